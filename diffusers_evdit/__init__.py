@@ -1,0 +1,42 @@
+"""diffusers-evdit: Efficient-vDiT (Attention Tile sparse attention) for Hugging Face diffusers video transformers.
+
+Two lines on top of a diffusers pipeline::
+
+    from diffusers_evdit import MaskPlan, apply_mask_plan
+    apply_mask_plan(pipe.transformer, MaskPlan.uniform(len(pipe.transformer.transformer_blocks), k=2))
+"""
+
+from .kernels import TileAttention, tile_attention
+from .layout import TileLayout, layout_from_latents
+from .masks import element_sparsity, format_mask, reference_frames, tile_mask
+from .plan import MaskPlan, apply_mask_plan, get_mask_plan, num_plan_layers, remove_mask_plan
+from .processors import (
+    CogVideoXTileSparseAttnProcessor,
+    HunyuanVideoTileSparseAttnProcessor,
+    TileSparseAttnProcessor,
+    WanTileSparseAttnProcessor,
+    supported_models,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CogVideoXTileSparseAttnProcessor",
+    "HunyuanVideoTileSparseAttnProcessor",
+    "MaskPlan",
+    "TileAttention",
+    "TileLayout",
+    "TileSparseAttnProcessor",
+    "WanTileSparseAttnProcessor",
+    "apply_mask_plan",
+    "element_sparsity",
+    "format_mask",
+    "get_mask_plan",
+    "layout_from_latents",
+    "num_plan_layers",
+    "reference_frames",
+    "remove_mask_plan",
+    "supported_models",
+    "tile_attention",
+    "tile_mask",
+]

@@ -1,0 +1,217 @@
+"""Mask plans: one ``k:F-k`` entry per self-attention layer, saved as JSON and installed on a transformer."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .kernels import TileAttention, check_kernel
+from .layout import TileLayout
+from .masks import check_k, element_sparsity, format_mask
+from .processors import TileState, family_for
+
+PLAN_VERSION = 1
+_STATE_ATTR = "_evdit_tile_state"
+
+
+@dataclass
+class MaskPlan:
+    """Per-layer Attention Tile plan: ``layers[i]`` is the number of reference frames ``k`` of layer ``i``, or
+    ``None`` for a dense layer. Layers are the transformer's video self-attentions in execution order
+    (HunyuanVideo: double-stream blocks, then single-stream blocks).
+
+    Args:
+        layers: one entry per layer, ``None`` or an int ``k >= 1`` (``k >= F`` is dense too).
+        model_class: transformer class the plan was made for (checked on apply when set).
+        metadata: free-form provenance (search threshold, date, source model, measured speedups).
+
+    Example:
+        >>> plan = MaskPlan.uniform(num_layers=4, k=2)
+        >>> plan.layers
+        [2, 2, 2, 2]
+        >>> MaskPlan.from_json(plan.to_json()) == plan
+        True
+    """
+
+    layers: list
+    model_class: str | None = None
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not isinstance(self.layers, (list, tuple)):
+            raise ValueError(f"MaskPlan.layers must be a list of None/int entries, got {type(self.layers).__name__}.")
+        self.layers = list(self.layers)
+        for i, k in enumerate(self.layers):
+            try:
+                check_k(k)
+            except ValueError as err:
+                raise ValueError(f"MaskPlan layer {i}: {err}") from None
+
+    @classmethod
+    def uniform(cls, num_layers: int, k: int | None, model_class: str | None = None) -> "MaskPlan":
+        """The same entry ``k`` on every layer (``k=None``: a dense plan)."""
+        if num_layers < 1:
+            raise ValueError(f"A plan needs at least one layer, got num_layers={num_layers}.")
+        return cls([k] * num_layers, model_class)
+
+    @classmethod
+    def dense(cls, num_layers: int, model_class: str | None = None) -> "MaskPlan":
+        """A plan that keeps every layer dense."""
+        return cls.uniform(num_layers, None, model_class)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def describe(self, num_frames: int) -> list[str]:
+        """The paper's name (``"k:F-k"`` or ``"dense"``) of every layer for ``num_frames`` latent frames."""
+        return [format_mask(num_frames, k) for k in self.layers]
+
+    def sparsity(self, layout: TileLayout) -> float:
+        """Mean element sparsity over layers on ``layout`` (the fraction of attention work skipped)."""
+        return sum(element_sparsity(layout, k) for k in self.layers) / self.num_layers
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "diffusers-evdit/mask-plan",
+            "version": PLAN_VERSION,
+            "model_class": self.model_class,
+            "num_layers": self.num_layers,
+            "layers": self.layers,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "MaskPlan":
+        """Build a plan from :meth:`to_dict` output; ``ValueError`` on anything malformed or newer."""
+        if not isinstance(data, dict):
+            raise ValueError(f"A mask plan must be a JSON object, got {type(data).__name__}.")
+        version = data.get("version")
+        if not isinstance(version, int):
+            raise ValueError("Not a mask plan: the 'version' field is missing or not an integer.")
+        if version > PLAN_VERSION:
+            raise ValueError(
+                f"This mask plan has version {version}, newer than the {PLAN_VERSION} this diffusers-evdit reads; "
+                "upgrade diffusers-evdit (pip install -U diffusers-evdit)."
+            )
+        layers = data.get("layers")
+        if not isinstance(layers, list):
+            raise ValueError("Not a mask plan: 'layers' must be a list of null/int entries.")
+        if "num_layers" in data and data["num_layers"] != len(layers):
+            raise ValueError(f"Corrupt mask plan: num_layers={data['num_layers']} but {len(layers)} layer entries.")
+        metadata = data.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise ValueError("Corrupt mask plan: 'metadata' must be an object.")
+        return cls(layers, data.get("model_class"), metadata)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MaskPlan":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"Mask plan is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the plan as JSON to ``path``."""
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "MaskPlan":
+        """Read a plan written by :meth:`save`."""
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            return cls.from_json(text)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+
+
+def num_plan_layers(transformer: nn.Module) -> int:
+    """How many entries a mask plan for ``transformer`` needs."""
+    return len(family_for(transformer).attention_modules(transformer))
+
+
+def get_mask_plan(transformer: nn.Module) -> MaskPlan | None:
+    """The plan installed on ``transformer``, or ``None`` when it runs its stock processors."""
+    state = getattr(transformer, _STATE_ATTR, None)
+    if state is None:
+        return None
+    family = family_for(transformer)
+    layers = [module.processor.k for _, module in family.attention_modules(transformer)]
+    return MaskPlan(layers, type(transformer).__name__)
+
+
+def apply_mask_plan(transformer: nn.Module, plan: MaskPlan, kernel: str = "auto") -> nn.Module:
+    """Install tile-sparse processors following ``plan`` on ``transformer`` and return it.
+
+    The transformer keeps its stock processors' math; only the attention product of each planned layer becomes the
+    exact ``k:F-k`` tile attention. Applying a new plan replaces the previous one. Nothing is modified when the plan
+    does not fit (wrong layer count, other model class, unsupported transformer).
+
+    Args:
+        transformer: a supported diffusers transformer (``pipe.transformer``).
+        plan: the :class:`MaskPlan`, one entry per video self-attention layer.
+        kernel: ``"auto"`` (default), ``"dense"``, ``"gathered"`` or ``"flex"`` for every sparse layer.
+
+    Example:
+        >>> from diffusers import WanTransformer3DModel
+        >>> from diffusers_evdit import MaskPlan, apply_mask_plan, remove_mask_plan
+        >>> t = WanTransformer3DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+        ...     text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32)
+        >>> t = apply_mask_plan(t, MaskPlan.uniform(2, k=1))
+        >>> t = remove_mask_plan(t)
+    """
+    family = family_for(transformer)
+    if not isinstance(plan, MaskPlan):
+        raise TypeError(f"plan must be a MaskPlan, got {type(plan).__name__}; load files with MaskPlan.load(path).")
+    check_kernel(kernel)
+    modules = family.attention_modules(transformer)
+    if plan.num_layers != len(modules):
+        raise ValueError(
+            f"The mask plan has {plan.num_layers} layers but {type(transformer).__name__} has {len(modules)} "
+            "self-attention layers; make a plan with one entry per layer "
+            f"(MaskPlan.uniform({len(modules)}, k))."
+        )
+    if plan.model_class is not None and plan.model_class != type(transformer).__name__:
+        raise ValueError(
+            f"The mask plan was made for {plan.model_class}, not {type(transformer).__name__}; set "
+            "plan.model_class = None to apply it anyway."
+        )
+
+    previous = getattr(transformer, _STATE_ATTR, None)
+    state = TileState(attention=TileAttention(kernel))
+    state.original_processors = (
+        previous.original_processors if previous is not None else {name: m.processor for name, m in modules}
+    )
+    if previous is not None:
+        previous.hook_handle.remove()
+
+    def capture_layout(module, args, kwargs):
+        state.video_layout = family.video_layout(module, args, kwargs)
+
+    state.hook_handle = transformer.register_forward_pre_hook(capture_layout, with_kwargs=True)
+    for i, ((_, module), k) in enumerate(zip(modules, plan.layers)):
+        module.set_processor(family.processor_cls(k, state, layer_index=i))
+    setattr(transformer, _STATE_ATTR, state)
+    return transformer
+
+
+def remove_mask_plan(transformer: nn.Module) -> nn.Module:
+    """Restore the stock processors that :func:`apply_mask_plan` replaced; a no-op without a plan."""
+    state = getattr(transformer, _STATE_ATTR, None)
+    if state is None:
+        return transformer
+    family = family_for(transformer)
+    for name, module in family.attention_modules(transformer):
+        module.set_processor(state.original_processors[name])
+    state.hook_handle.remove()
+    delattr(transformer, _STATE_ATTR)
+    return transformer

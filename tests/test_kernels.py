@@ -1,0 +1,95 @@
+import pytest
+import torch
+from reference import attention_f64, paper_mask
+
+from diffusers_evdit.kernels import TileAttention, tile_attention
+from diffusers_evdit.kernels.flex import tile_block_mask
+from diffusers_evdit.layout import TileLayout
+
+CASES = [  # frames, tokens a frame, text tokens, text position
+    (5, 12, 7, "first"),
+    (6, 10, 5, "last"),
+    (4, 9, 0, "none"),
+    (9, 4, 3, "first"),
+]
+
+
+def _inputs(layout, batch, heads, dim, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, layout.seq_len, dim, generator=g) for _ in range(3)]
+
+
+@pytest.mark.parametrize("kernel", ["gathered", "flex"])
+@pytest.mark.parametrize("case", CASES)
+def test_sparse_kernels_match_float64_reference(kernel, case):
+    frames, tpf, nt, pos = case
+    layout = TileLayout(frames, tpf, nt, pos)
+    for seed, k in enumerate(range(1, frames)):
+        q, kk, v = _inputs(layout, 2, 3, 16, seed)
+        mask = paper_mask(frames, tpf, nt, pos == "first", k)
+        ref = attention_f64(q, kk, v, mask)
+        out = tile_attention(q, kk, v, layout, k, kernel=kernel)
+        assert out.dtype == torch.float32
+        assert (out.double() - ref).abs().max().item() < 2e-6, (k, kernel)
+
+
+@pytest.mark.parametrize("kernel", ["gathered", "flex"])
+def test_key_padding_mask_applies_on_top(kernel):
+    layout = TileLayout(5, 8, 6, "last")
+    q, k, v = _inputs(layout, 2, 2, 8, 3)
+    keep = torch.ones(2, layout.seq_len, dtype=torch.bool)
+    keep[1, -3:] = False  # padded text tokens of the second sample
+    mask = paper_mask(5, 8, 6, False, 2)[None, None] & keep[:, None, None, :]
+    ref = attention_f64(q, k, v, mask)
+    out = tile_attention(q, k, v, layout, 2, key_padding_mask=keep, kernel=kernel)
+    assert (out.double() - ref).abs().max().item() < 2e-6
+    # the padding changes the answer: a test that ignores it would fail here
+    unpadded = tile_attention(q, k, v, layout, 2, kernel=kernel)
+    assert (unpadded[1] - out[1]).abs().max() > 1e-3
+
+
+def test_dense_entry_is_plain_attention():
+    layout = TileLayout(4, 6, 2, "first")
+    q, k, v = _inputs(layout, 1, 2, 8, 0)
+    ref = attention_f64(q, k, v)
+    for k_ref in (None, 4, 9):
+        assert TileAttention().choose(layout, k_ref, q.device) == "dense"
+        assert (tile_attention(q, k, v, layout, k_ref).double() - ref).abs().max() < 2e-6
+
+
+@pytest.mark.parametrize("block", [8, 16, 32])
+@pytest.mark.parametrize("case", CASES)
+def test_flex_block_mask_classifies_blocks_exactly(block, case):
+    frames, tpf, nt, pos = case
+    layout = TileLayout(frames, tpf, nt, pos)
+    n = layout.seq_len
+    for k in (1, 2):
+        elem = paper_mask(frames, tpf, nt, pos == "first", k)
+        bm = tile_block_mask(layout, k, block_size=block)
+        nb = -(-n // block)
+        padded = torch.zeros(nb * block, nb * block, dtype=torch.bool)
+        padded[:n, :n] = elem
+        tiles = padded.unflatten(0, (nb, block)).unflatten(2, (nb, block))  # qb, q, kb, k
+        any_allowed = tiles.any(3).any(1)
+        all_allowed = tiles.all(3).all(1)
+        partial = torch.zeros(nb, nb, dtype=torch.bool)
+        full = torch.zeros(nb, nb, dtype=torch.bool)
+        for qb in range(nb):
+            partial[qb, bm.kv_indices[0, 0, qb, : bm.kv_num_blocks[0, 0, qb]].long()] = True
+            full[qb, bm.full_kv_indices[0, 0, qb, : bm.full_kv_num_blocks[0, 0, qb]].long()] = True
+        assert not (partial & full).any()
+        assert torch.equal(partial | full, any_allowed)  # no needed block is skipped, no empty block is visited
+        assert not (full & ~all_allowed).any()  # a "full" block never hides a masked pair
+
+
+def test_kernel_input_errors():
+    layout = TileLayout(4, 6, 2, "first")
+    q, k, v = _inputs(layout, 1, 2, 8, 0)
+    with pytest.raises(ValueError, match="Unknown tile-attention kernel"):
+        TileAttention("fast")
+    with pytest.raises(ValueError, match="received 25 tokens"):
+        tile_attention(q[:, :, :-1], k[:, :, :-1], v[:, :, :-1], layout, 1)
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        tile_attention(q, k, v, layout, 1, key_padding_mask=torch.ones(1, layout.seq_len))
+    with pytest.raises(ValueError, match=r"\[batch, heads, tokens, head_dim\]"):
+        tile_attention(q[0], k[0], v[0], layout, 1)
