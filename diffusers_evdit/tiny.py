@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import CogVideoXTransformer3DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel
-from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+from .processors.cogvideox import cogvideox_rotary_emb
 
 TINY_FAMILIES = ("cogvideox", "wan", "hunyuan_video")
 
@@ -88,17 +89,6 @@ def tiny_transformer(family: str, num_layers: int = 2, seed: int = 0) -> torch.n
     return model.eval()
 
 
-def _cogvideox_rope(model, video: TinyVideo, device) -> tuple[torch.Tensor, torch.Tensor]:
-    p = model.config.patch_size
-    return get_3d_rotary_pos_embed(
-        embed_dim=model.config.attention_head_dim,
-        crops_coords=((0, 0), (video.height // p, video.width // p)),
-        grid_size=(video.height // p, video.width // p),
-        temporal_size=video.frames,
-        device=device,
-    )
-
-
 def tiny_inputs(model: torch.nn.Module, video: TinyVideo = TinyVideo(), seed: int = 0, padded_text: int = 2) -> dict:
     """Forward keyword arguments for ``model`` (from :func:`tiny_transformer`) on a random latent ``video``.
 
@@ -116,7 +106,7 @@ def tiny_inputs(model: torch.nn.Module, video: TinyVideo = TinyVideo(), seed: in
             hidden_states=randn(b, video.frames, c, video.height, video.width),
             encoder_hidden_states=randn(b, video.text_tokens, model.config.text_embed_dim),
             timestep=torch.full((b,), 500, dtype=torch.long),
-            image_rotary_emb=_cogvideox_rope(model, video, "cpu"),
+            image_rotary_emb=cogvideox_rotary_emb(model, video.frames, video.height, video.width, "cpu"),
         )
     if name == "WanTransformer3DModel":
         return dict(

@@ -19,7 +19,7 @@ def _inputs(layout, batch, heads, dim, seed):
     return [torch.randn(batch, heads, layout.seq_len, dim, generator=g) for _ in range(3)]
 
 
-@pytest.mark.parametrize("kernel", ["gathered", "flex"])
+@pytest.mark.parametrize("kernel", ["gathered", "split", "flex"])
 @pytest.mark.parametrize("case", CASES)
 def test_sparse_kernels_match_float64_reference(kernel, case):
     frames, tpf, nt, pos = case
@@ -33,7 +33,7 @@ def test_sparse_kernels_match_float64_reference(kernel, case):
         assert (out.double() - ref).abs().max().item() < 2e-6, (k, kernel)
 
 
-@pytest.mark.parametrize("kernel", ["gathered", "flex"])
+@pytest.mark.parametrize("kernel", ["gathered", "split", "flex"])
 def test_key_padding_mask_applies_on_top(kernel):
     layout = TileLayout(5, 8, 6, "last")
     q, k, v = _inputs(layout, 2, 2, 8, 3)

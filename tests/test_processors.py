@@ -45,7 +45,7 @@ def test_dense_plan_reproduces_stock_forward(model):
         remove_mask_plan(model)
 
 
-@pytest.mark.parametrize("kernel", ["gathered", "flex"])
+@pytest.mark.parametrize("kernel", ["gathered", "split", "flex"])
 @pytest.mark.parametrize("k", [1, 2, 4])
 def test_tile_plan_equals_masked_stock_forward(model, kernel, k):
     inputs = tiny_inputs(model, VIDEO)

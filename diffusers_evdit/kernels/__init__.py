@@ -4,6 +4,8 @@ Kernels (all exact for the ``k:F-k`` mask, inputs ``[B, H, N, D]``):
 
 * ``"dense"``: the model's own dense attention (no mask saved, nothing skipped);
 * ``"gathered"``: dense SDPA over gathered key sets (:mod:`.gathered`);
+* ``"split"``: partial dense attentions (own frame; shared reference + text context) merged by their
+  log-sum-exp (:mod:`.split`);
 * ``"flex"``: FlexAttention with a tile block mask (:mod:`.flex`).
 
 ``"auto"`` picks dense for dense entries and, otherwise, the kernel expected to be fastest on the device.
@@ -21,8 +23,9 @@ from ..masks import element_sparsity, is_dense, reference_frames
 from .dense import dense_attention
 from .flex import FlexTileKernel, tile_block_mask
 from .gathered import gathered_tile_attention
+from .split import split_tile_attention
 
-KERNELS = ("auto", "dense", "gathered", "flex")
+KERNELS = ("auto", "dense", "gathered", "split", "flex")
 
 # Below this element sparsity the gathered kernel's extra copies cost more than the skipped work (measured on
 # H100: 0.96x dense at 24% sparsity, 1.11x at 31%).
@@ -109,6 +112,9 @@ class TileAttention:
         if kernel == "gathered":
             refs = reference_frames(layout.num_frames, k_ref)
             return gathered_tile_attention(q, k, v, layout, refs, key_padding_mask, scale)
+        if kernel == "split":
+            refs = reference_frames(layout.num_frames, k_ref)
+            return split_tile_attention(q, k, v, layout, refs, key_padding_mask, scale)
         return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
 
 
@@ -133,6 +139,7 @@ __all__ = [
     "check_kernel",
     "dense_attention",
     "gathered_tile_attention",
+    "split_tile_attention",
     "tile_attention",
     "tile_block_mask",
 ]

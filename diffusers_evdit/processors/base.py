@@ -72,7 +72,8 @@ class TileSparseAttnProcessor:
 def key_padding_from_attention_mask(mask: torch.Tensor | None, batch: int, seq_len: int, where: str):
     """Turn a model's key-padding attention mask (``[B, N]`` or ``[B, 1, 1, N]``, bool) into ``[B, N]`` bool.
 
-    Any other mask form cannot be combined with the tile mask exactly, so it is refused.
+    An all-True mask is returned as ``None``: it changes nothing, and unmasked calls run the fastest kernels. Any
+    other mask form cannot be combined with the tile mask exactly, so it is refused.
     """
     if mask is None:
         return None
@@ -83,7 +84,7 @@ def key_padding_from_attention_mask(mask: torch.Tensor | None, batch: int, seq_l
             f"{where}: tile-sparse attention combines with boolean key-padding masks of shape [batch, 1, 1, tokens] "
             f"= [{batch}, 1, 1, {seq_len}], got {mask.dtype} {tuple(mask.shape)}. Use a dense plan entry for this layer."
         )
-    return mask
+    return None if bool(mask.all()) else mask
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class HunyuanVideoTileSparseAttnProcessor(TileSparseAttnProcessor):
                 q.transpose(1, 2),
                 k.transpose(1, 2),
                 v.transpose(1, 2),
-                attn_mask=attention_mask,
+                attn_mask=None if key_padding_mask is None else attention_mask,
                 dropout_p=0.0,
                 is_causal=False,
                 backend=self._attention_backend,
