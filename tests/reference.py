@@ -21,7 +21,7 @@ def paper_token_frames(num_frames, tokens_per_frame, num_text, text_first):
     return text + video if text_first else video + text
 
 
-def paper_mask(num_frames, tokens_per_frame, num_text, text_first, k) -> torch.Tensor:
+def paper_mask_loop(num_frames, tokens_per_frame, num_text, text_first, k) -> torch.Tensor:
     """The k:F-k rule evaluated pair by pair (slow, explicit, independent of the package)."""
     frames = paper_token_frames(num_frames, tokens_per_frame, num_text, text_first)
     refs = paper_reference_frames(num_frames, k)
@@ -31,6 +31,18 @@ def paper_mask(num_frames, tokens_per_frame, num_text, text_first, k) -> torch.T
         for j, fk in enumerate(frames):
             mask[i, j] = fq is None or fk is None or fq == fk or fq in refs or fk in refs
     return mask
+
+
+def paper_mask(num_frames, tokens_per_frame, num_text, text_first, k) -> torch.Tensor:
+    """The same rule, broadcast over all pairs (checked against :func:`paper_mask_loop` in the tests)."""
+    frames = torch.tensor([-1 if f is None else f for f in paper_token_frames(num_frames, tokens_per_frame, num_text,
+                                                                           text_first)])
+    refs = paper_reference_frames(num_frames, k)
+    is_ref = torch.tensor([f in refs for f in frames.tolist()])
+    text = frames < 0
+    return (
+        text[:, None] | text[None, :] | (frames[:, None] == frames[None, :]) | is_ref[:, None] | is_ref[None, :]
+    )
 
 
 def attention_f64(q, k, v, mask=None, scale=None):

@@ -93,3 +93,10 @@ def test_kernel_input_errors():
         tile_attention(q, k, v, layout, 1, key_padding_mask=torch.ones(1, layout.seq_len))
     with pytest.raises(ValueError, match=r"\[batch, heads, tokens, head_dim\]"):
         tile_attention(q[0], k[0], v[0], layout, 1)
+
+
+def test_flex_block_mask_index_tensors_are_dense_row_major():
+    """Compiled FlexAttention reads the index tensors as dense arrays (a strided view gave garbage on CUDA)."""
+    bm = tile_block_mask(TileLayout(13, 20, 9, "first"), 1, block_size=16)
+    for t in (bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices):
+        assert t.is_contiguous() and t.dtype == torch.int32

@@ -51,9 +51,9 @@ def _block_presence(groups: torch.Tensor, num_groups: int, block: int) -> torch.
 
 def _indices(select: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Bool ``[B, H, QB, KB]`` -> (count per row, kv block indices with the selected ones first)."""
-    num = select.sum(-1, dtype=torch.int32)
-    idx = torch.argsort((~select).to(torch.int8), dim=-1, stable=True).to(torch.int32)
-    return num, idx
+    num = select.sum(-1, dtype=torch.int32).contiguous()
+    idx = torch.argsort((~select).to(torch.int8), dim=-1, stable=True).to(torch.int32).contiguous()
+    return num, idx  # compiled FlexAttention reads these as dense row-major arrays
 
 
 def tile_block_mask(
