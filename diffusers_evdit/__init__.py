@@ -10,6 +10,7 @@ from .kernels import TileAttention, tile_attention
 from .layout import TileLayout, layout_from_latents
 from .masks import element_sparsity, format_mask, reference_frames, tile_mask
 from .plan import MaskPlan, apply_mask_plan, get_mask_plan, num_plan_layers, remove_mask_plan
+from .pipeline import EfficientVDiTPipeline, mask_plan_model_card
 from .processors import (
     CogVideoXTileSparseAttnProcessor,
     HunyuanVideoTileSparseAttnProcessor,
@@ -22,6 +23,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CogVideoXTileSparseAttnProcessor",
+    "EfficientVDiTPipeline",
+    "mask_plan_model_card",
     "HunyuanVideoTileSparseAttnProcessor",
     "MaskPlan",
     "TileAttention",

@@ -127,3 +127,205 @@ def tiny_inputs(model: torch.nn.Module, video: TinyVideo = TinyVideo(), seed: in
             guidance=torch.full((b,), 3500.0),
         )
     raise ValueError(f"No tiny inputs for {name}.")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tiny random *pipelines*: every component (VAE, text encoders, offline tokenizers, scheduler) in a tiny config.
+
+TINY_VOCAB = (
+    "a an the of and in on with to is are at by from it this that dog cat panda fox bird fish horse monkey red blue "
+    "green yellow white black small big eating walking running dancing flying swimming sitting bamboo tree forest "
+    "river sea sky city street night day sun snow video slow fast"
+).split()
+TINY_TEXT_VOCAB_SIZE = 64
+
+
+def tiny_tokenizer(add_eos: bool = True, add_bos: bool = False):
+    """An offline word-level tokenizer (``PreTrainedTokenizerFast``) over :data:`TINY_VOCAB`; no download needed.
+
+    Ids: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, ``<s>`` 3, then the words (lower-cased, split on whitespace and
+    punctuation); unknown words map to ``<unk>``. ``add_eos`` appends ``</s>`` (T5 style), ``add_bos`` prepends
+    ``<s>`` (Llama style) when ``add_special_tokens=True``.
+
+    Example:
+        >>> tok = tiny_tokenizer()
+        >>> tok("A red panda", padding="max_length", max_length=6).input_ids
+        [4, 29, 23, 1, 0, 0]
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "<s>": 3}
+    for word in TINY_VOCAB:
+        vocab.setdefault(word, len(vocab))
+    assert len(vocab) <= TINY_TEXT_VOCAB_SIZE
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    template = ("<s> " if add_bos else "") + "$A" + (" </s>" if add_eos else "")
+    tok.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[("<s>", 3), ("</s>", 1)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>",
+        model_max_length=4096,
+    )
+
+
+def tiny_vae(family: str, seed: int = 0) -> torch.nn.Module:
+    """A tiny random video VAE of ``family`` with 4 latent channels, 8x spatial and 4x temporal compression.
+
+    Example:
+        >>> type(tiny_vae("wan")).__name__
+        'AutoencoderKLWan'
+    """
+    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLHunyuanVideo, AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    if family == "cogvideox":
+        vae = AutoencoderKLCogVideoX(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8),
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=2,
+            temporal_compression_ratio=4,
+        )
+    elif family == "wan":
+        vae = AutoencoderKLWan(
+            base_dim=3,
+            z_dim=4,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+            latents_mean=[0.0] * 4,
+            latents_std=[1.0] * 4,
+        )
+    elif family == "hunyuan_video":
+        vae = AutoencoderKLHunyuanVideo(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+            up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8),
+            layers_per_block=1,
+            act_fn="silu",
+            norm_num_groups=4,
+            scaling_factor=0.476986,
+            spatial_compression_ratio=8,
+            temporal_compression_ratio=4,
+            mid_block_add_attention=True,
+        )
+    else:
+        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_FAMILIES)}.")
+    return vae.eval()
+
+
+def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transformers: bool = False):
+    """A tiny random diffusers pipeline of ``family`` with every component built in code (no download).
+
+    ``"cogvideox"``: ``CogVideoXPipeline`` (T5 encoder, ``CogVideoXDDIMScheduler``); ``"wan"``: ``WanPipeline``
+    (UMT5 encoder, ``FlowMatchEulerDiscreteScheduler``), with ``two_transformers=True`` a Wan 2.2 A14B-style pipeline
+    with ``transformer_2`` (seed ``seed + 1``) and ``boundary_ratio=0.875`` (so with 2 steps, step 0 runs
+    ``transformer`` and step 1 ``transformer_2``); ``"hunyuan_video"``: ``HunyuanVideoPipeline`` (Llama + CLIP
+    encoders). The transformers are :func:`tiny_transformer` (float32, eval). Call it with
+    :func:`tiny_pipeline_inputs`.
+
+    Example:
+        >>> pipe = tiny_pipeline("wan", two_transformers=True)
+        >>> type(pipe).__name__, type(pipe.transformer_2).__name__
+        ('WanPipeline', 'WanTransformer3DModel')
+    """
+    from diffusers import (
+        CogVideoXDDIMScheduler,
+        CogVideoXPipeline,
+        FlowMatchEulerDiscreteScheduler,
+        HunyuanVideoPipeline,
+        WanPipeline,
+    )
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        LlamaConfig,
+        LlamaModel,
+        T5Config,
+        T5EncoderModel,
+        UMT5Config,
+        UMT5EncoderModel,
+    )
+
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_FAMILIES)}.")
+    if two_transformers and family != "wan":
+        raise ValueError("two_transformers=True is the Wan 2.2 layout; use family='wan'.")
+    transformer = tiny_transformer(family, num_layers=num_layers, seed=seed)
+    vae = tiny_vae(family, seed=seed)
+    torch.manual_seed(seed)
+    t5 = dict(vocab_size=TINY_TEXT_VOCAB_SIZE, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
+              relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    if family == "cogvideox":
+        pipe = CogVideoXPipeline(
+            tokenizer=tiny_tokenizer(),
+            text_encoder=T5EncoderModel(T5Config(**t5)).eval(),
+            vae=vae,
+            transformer=transformer,
+            scheduler=CogVideoXDDIMScheduler(timestep_spacing="trailing"),
+        )
+    elif family == "wan":
+        pipe = WanPipeline(
+            tokenizer=tiny_tokenizer(),
+            text_encoder=UMT5EncoderModel(UMT5Config(**t5)).eval(),
+            vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            transformer=transformer,
+            transformer_2=tiny_transformer(family, num_layers=num_layers, seed=seed + 1) if two_transformers else None,
+            boundary_ratio=0.875 if two_transformers else None,
+        )
+    else:
+        ids = dict(vocab_size=TINY_TEXT_VOCAB_SIZE, pad_token_id=0, bos_token_id=3, eos_token_id=1)
+        llama = LlamaConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=2,
+                            num_hidden_layers=2, **ids)
+        clip = CLIPTextConfig(hidden_size=8, intermediate_size=16, num_attention_heads=2, num_hidden_layers=1,
+                              max_position_embeddings=77, projection_dim=8, **ids)
+        text_encoder = LlamaModel(llama).eval()
+        text_encoder_2 = CLIPTextModel(clip).eval()
+        pipe = HunyuanVideoPipeline(
+            text_encoder=text_encoder,
+            tokenizer=tiny_tokenizer(add_eos=False, add_bos=True),
+            transformer=transformer,
+            vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+            text_encoder_2=text_encoder_2,
+            tokenizer_2=tiny_tokenizer(),
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_pipeline_inputs(pipe, seed: int = 0, num_frames: int = 13, size: int = 32, steps: int = 2,
+                         output_type: str = "latent") -> dict:
+    """Call arguments for a pipeline from :func:`tiny_pipeline`: 13 frames (4 latent frames) of ``size x size``
+    pixels (``4 x 4`` latent, 4 tokens a frame after 2x2 patching), ``steps`` steps, 8 text tokens, seeded.
+
+    Example:
+        >>> pipe = tiny_pipeline("cogvideox")
+        >>> pipe(**tiny_pipeline_inputs(pipe)).frames.shape
+        torch.Size([1, 4, 4, 4, 4])
+    """
+    kwargs = dict(
+        prompt="a red panda eating bamboo",
+        num_frames=num_frames,
+        height=size,
+        width=size,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(seed),
+        output_type=output_type,
+        max_sequence_length=8,
+    )
+    if type(pipe).__name__.endswith("HunyuanVideoPipeline"):
+        kwargs["prompt_template"] = {"template": "{}", "crop_start": 0}
+    return kwargs

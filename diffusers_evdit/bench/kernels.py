@@ -100,7 +100,9 @@ def _dense_fns(q, k, v, device):
         fns["dense_flash"] = backend(SDPBackend.FLASH_ATTENTION)
         from torch.nn.attention.flex_attention import flex_attention
 
-        compiled = torch.compile(flex_attention, dynamic=False)
+        from ..kernels.compiled import CompiledFn
+
+        compiled = CompiledFn(flex_attention, {"dynamic": False})
         fns["dense_flex"] = lambda: compiled(q, k, v)
     else:
         fns["dense_sdpa"] = lambda: F.scaled_dot_product_attention(q, k, v)
@@ -112,7 +114,8 @@ def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, ke
     """Benchmark one shape: a row per mask (plus the dense timings in every row)."""
     layout = shape.layout
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.randn(1, shape.heads, layout.seq_len, shape.head_dim, generator=g).to(device, dtype)
+    # [B, N, H, D] viewed as [B, H, N, D], the layout the diffusers processors hand to attention
+    q, k, v = (torch.randn(1, layout.seq_len, shape.heads, shape.head_dim, generator=g).to(device, dtype).transpose(1, 2)
                for _ in range(3))
     dense_ms = {}
     for name, fn in _dense_fns(q, k, v, device).items():

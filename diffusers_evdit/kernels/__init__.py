@@ -23,7 +23,8 @@ from ..masks import element_sparsity, is_dense, reference_frames
 from .dense import dense_attention
 from .flex import FlexTileKernel, tile_block_mask
 from .gathered import gathered_tile_attention
-from .split import split_tile_attention
+from .compiled import CompiledFn
+from .split import merge_partial_attention, split_tile_attention
 
 KERNELS = ("auto", "dense", "gathered", "split", "flex")
 
@@ -73,6 +74,7 @@ class TileAttention:
 
     kernel: str = "auto"
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
+    fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": True}))
 
     def __post_init__(self):
         check_kernel(self.kernel)
@@ -114,7 +116,8 @@ class TileAttention:
             return gathered_tile_attention(q, k, v, layout, refs, key_padding_mask, scale)
         if kernel == "split":
             refs = reference_frames(layout.num_frames, k_ref)
-            return split_tile_attention(q, k, v, layout, refs, key_padding_mask, scale)
+            merge = self.fused_merge if q.device.type == "cuda" else merge_partial_attention
+            return split_tile_attention(q, k, v, layout, refs, key_padding_mask, scale, merge)
         return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
 
 

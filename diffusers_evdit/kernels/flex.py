@@ -20,6 +20,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from ..layout import TileLayout
 from ..masks import frame_tile_mask
+from .compiled import CompiledFn
 
 DEFAULT_BLOCK_SIZE = 128
 
@@ -110,7 +111,7 @@ class FlexTileKernel:
     block_size: int = DEFAULT_BLOCK_SIZE
     compile: bool | None = None
     _masks: dict = field(default_factory=dict, repr=False)
-    _compiled: object = field(default=None, repr=False)
+    _compiled: CompiledFn = field(default_factory=lambda: CompiledFn(flex_attention, {"dynamic": False}), repr=False)
 
     def block_mask(self, layout, k, batch_size, device, key_padding_mask=None) -> BlockMask:
         if key_padding_mask is not None:  # data-dependent: not cached
@@ -124,8 +125,6 @@ class FlexTileKernel:
         mask = self.block_mask(layout, k_ref, q.shape[0], q.device, key_padding_mask)
         use_compile = self.compile if self.compile is not None else q.device.type == "cuda"
         if use_compile:
-            if self._compiled is None:
-                self._compiled = torch.compile(flex_attention, dynamic=False)
             return self._compiled(q, k, v, block_mask=mask, scale=scale)
         with warnings.catch_warnings():  # eager FlexAttention is the intended (reference-speed) path off CUDA
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
