@@ -18,10 +18,20 @@ from .processors import (
     WanTileSparseAttnProcessor,
     supported_models,
 )
+from .analysis import AttentionProfile, profile_attention, record_transformer_inputs, tile_statistics
+from .search import budget_search, greedy_search, solve_budget_exact, solve_budget_lagrangian
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionProfile",
+    "budget_search",
+    "greedy_search",
+    "profile_attention",
+    "record_transformer_inputs",
+    "solve_budget_exact",
+    "solve_budget_lagrangian",
+    "tile_statistics",
     "CogVideoXTileSparseAttnProcessor",
     "EfficientVDiTPipeline",
     "mask_plan_model_card",

@@ -12,6 +12,7 @@ from .kernels import TileAttention, check_kernel
 from .layout import TileLayout
 from .masks import check_k, element_sparsity, format_mask
 from .processors import TileState, family_for
+from .processors.base import LayoutHook
 
 PLAN_VERSION = 1
 _STATE_ATTR = "_evdit_tile_state"
@@ -146,7 +147,7 @@ def get_mask_plan(transformer: nn.Module) -> MaskPlan | None:
         return None
     family = family_for(transformer)
     layers = [module.processor.k for _, module in family.attention_modules(transformer)]
-    return MaskPlan(layers, type(transformer).__name__)
+    return MaskPlan(layers, type(transformer).__name__, dict(state.metadata))
 
 
 def apply_mask_plan(transformer: nn.Module, plan: MaskPlan, kernel: str = "auto") -> nn.Module:
@@ -187,17 +188,14 @@ def apply_mask_plan(transformer: nn.Module, plan: MaskPlan, kernel: str = "auto"
         )
 
     previous = getattr(transformer, _STATE_ATTR, None)
-    state = TileState(attention=TileAttention(kernel))
+    state = TileState(attention=TileAttention(kernel), metadata=dict(plan.metadata))
     state.original_processors = (
         previous.original_processors if previous is not None else {name: m.processor for name, m in modules}
     )
     if previous is not None:
-        previous.hook_handle.remove()
-
-    def capture_layout(module, args, kwargs):
-        state.video_layout = family.video_layout(module, args, kwargs)
-
-    state.hook_handle = transformer.register_forward_pre_hook(capture_layout, with_kwargs=True)
+        _remove_hook(transformer, previous.hook_id)
+    handle = transformer.register_forward_pre_hook(LayoutHook(family, state), with_kwargs=True)
+    state.hook_id = handle.id
     for i, ((_, module), k) in enumerate(zip(modules, plan.layers)):
         module.set_processor(family.processor_cls(k, state, layer_index=i))
     setattr(transformer, _STATE_ATTR, state)
@@ -212,6 +210,12 @@ def remove_mask_plan(transformer: nn.Module) -> nn.Module:
     family = family_for(transformer)
     for name, module in family.attention_modules(transformer):
         module.set_processor(state.original_processors[name])
-    state.hook_handle.remove()
+    _remove_hook(transformer, state.hook_id)
     delattr(transformer, _STATE_ATTR)
     return transformer
+
+
+def _remove_hook(transformer: nn.Module, hook_id: int) -> None:
+    """Remove the layout hook by id (a handle object would not follow ``copy.deepcopy`` of the transformer)."""
+    transformer._forward_pre_hooks.pop(hook_id, None)
+    transformer._forward_pre_hooks_with_kwargs.pop(hook_id, None)

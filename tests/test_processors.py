@@ -106,7 +106,7 @@ def test_unexplained_sequence_length_is_refused(model):
     apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1))
     state = model._evdit_tile_state
     try:
-        state.hook_handle.remove()  # simulate a layout from another input
+        model._forward_pre_hooks.clear()  # simulate a layout from another input
         from diffusers_evdit.layout import TileLayout
 
         state.video_layout = TileLayout(3, 16)
@@ -133,3 +133,21 @@ def test_unsupported_transformer_lists_supported_ones():
     other = LTXVideoTransformer3DModel(num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, num_layers=1)
     with pytest.raises(TypeError, match="LTXVideoTransformer3DModel is not supported.*CogVideoXTransformer3DModel"):
         apply_mask_plan(other, MaskPlan.uniform(1, 1))
+
+
+def test_deepcopy_keeps_an_independent_working_plan():
+    import copy
+
+    model = tiny_transformer("wan")
+    inputs = tiny_inputs(model, VIDEO)
+    plan = MaskPlan.uniform(num_plan_layers(model), 1)
+    plan.metadata["source"] = "test"
+    apply_mask_plan(model, plan)
+    twin = copy.deepcopy(model)
+    assert torch.equal(_run(twin, inputs), _run(model, inputs))
+    assert get_mask_plan(twin).metadata == {"source": "test"}
+    remove_mask_plan(model)
+    assert get_mask_plan(twin).layers == plan.layers  # the copy keeps its plan
+    small = TinyVideo(frames=4, batch=1)
+    _run(twin, tiny_inputs(twin, small))  # the copy's hook updates the copy's own layout
+    assert twin._evdit_tile_state.video_layout.num_frames == 4

@@ -19,10 +19,11 @@ from typing import Callable
 import torch
 
 from ..layout import TileLayout
-from ..masks import element_sparsity, is_dense, reference_frames
+from ..masks import element_sparsity, is_dense
 from .dense import dense_attention
 from .flex import FlexTileKernel, tile_block_mask
 from .gathered import gathered_tile_attention
+from .indices import TileIndices, tile_indices
 from .compiled import CompiledFn
 from .split import merge_partial_attention, split_tile_attention
 
@@ -75,9 +76,17 @@ class TileAttention:
     kernel: str = "auto"
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
     fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": True}))
+    _indices: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         check_kernel(self.kernel)
+
+    def indices(self, layout: TileLayout, k_ref: int, device: torch.device) -> TileIndices:
+        """The cached :class:`TileIndices` of a sparse entry on ``layout``."""
+        key = (layout, k_ref, str(device))
+        if key not in self._indices:
+            self._indices[key] = tile_indices(layout, k_ref, device)
+        return self._indices[key]
 
     def choose(self, layout: TileLayout, k_ref: int | None, device: torch.device) -> str:
         """The kernel this call will use."""
@@ -112,12 +121,11 @@ class TileAttention:
                 return dense_fn(q, k, v)
             return dense_attention(q, k, v, key_padding_mask, scale)
         if kernel == "gathered":
-            refs = reference_frames(layout.num_frames, k_ref)
-            return gathered_tile_attention(q, k, v, layout, refs, key_padding_mask, scale)
+            return gathered_tile_attention(q, k, v, layout, self.indices(layout, k_ref, q.device), key_padding_mask, scale)
         if kernel == "split":
-            refs = reference_frames(layout.num_frames, k_ref)
             merge = self.fused_merge if q.device.type == "cuda" else merge_partial_attention
-            return split_tile_attention(q, k, v, layout, refs, key_padding_mask, scale, merge)
+            idx = self.indices(layout, k_ref, q.device)
+            return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, merge)
         return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
 
 

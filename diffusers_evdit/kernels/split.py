@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from ..layout import TileLayout
+from .gathered import frames_view
+from .indices import TileIndices
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None):
@@ -35,103 +37,67 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     return out, lse.reshape(*q.shape[:2], -1)[..., : q.shape[2]].float()
 
 
-def merge_partial_attention(o1, lse1, o2, lse2) -> torch.Tensor:
-    """Exact softmax attention over the union of two disjoint key sets from the two partial results."""
+def merge_partial_attention(out, o1, lse1, o2, lse2) -> None:
+    """Write into ``out`` the exact softmax attention over the union of two disjoint key sets, from the two partial
+    results ``(o, lse)``: ``o1 + (o2 - o1) * sigmoid(lse2 - lse1)``, computed in float32."""
     weight = torch.sigmoid(lse2 - lse1).unsqueeze(-1)
-    return torch.lerp(o1.float(), o2.float(), weight).to(o1.dtype)
+    out.copy_(torch.lerp(o1.float(), o2.float(), weight))
 
 
-def _contiguous_range(positions: list[int]) -> slice | None:
-    """``slice`` covering ``positions`` when they are consecutive, else ``None``."""
-    if positions and positions == list(range(positions[0], positions[0] + len(positions))):
-        return slice(positions[0], positions[0] + len(positions))
-    return None
-
-
-def global_positions(layout: TileLayout, refs) -> list[int]:
-    """Sequence positions of the reference frames and the text, in sequence order."""
-    pos = [p for f in refs for p in range(layout.frame_slice(f).start, layout.frame_slice(f).stop)]
-    pos += list(range(layout.text_slice.start, layout.text_slice.stop))
-    return sorted(pos)
-
-
-def _select_frames(x: torch.Tensor, frames: tuple[int, ...]) -> torch.Tensor:
-    """``[B, H, F, T, D]`` -> the listed frames, a view when they are consecutive."""
-    if frames == tuple(range(frames[0], frames[0] + len(frames))):
-        return x[:, :, frames[0] : frames[0] + len(frames)]
-    return x[:, :, list(frames)]
-
-
-def _tile_attention_one(q, k, v, layout: TileLayout, refs, nonrefs, text_keep, scale, merge=merge_partial_attention):
+def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep, scale, merge):
     """Split attention for inputs whose keys need no mask (``text_keep`` selects the valid text keys, or None)."""
     b, h, n, d = q.shape
-    tpf, m = layout.tokens_per_frame, len(nonrefs)
-    vs, ts = layout.video_slice, layout.text_slice
-    qv, kv, vv = (x[:, :, vs].unflatten(2, (layout.num_frames, tpf)) for x in (q, k, v))
+    tpf, m = layout.tokens_per_frame, len(idx.nonrefs)
+    qv, kv, vv = (frames_view(x, layout) for x in (q, k, v))
 
-    # Reference frames + text: one slice of the sequence when they are adjacent (CogVideoX with k=1), else gathered.
-    glob = global_positions(layout, refs)
-    glob_slice = _contiguous_range(glob) if text_keep is None else None
-    if glob_slice is not None:
-        q_glob, k_shared, v_shared = q[:, :, glob_slice], k[:, :, glob_slice], v[:, :, glob_slice]
+    if text_keep is None:  # reference frames + text, in sequence order (a view where adjacent)
+        k_shared, v_shared = k[:, :, idx.global_tokens], v[:, :, idx.global_tokens]
+        k_all, v_all = k, v
     else:
-        idx = torch.tensor(glob, device=q.device)
-        q_glob = q[:, :, idx]
-        k_text, v_text = k[:, :, ts], v[:, :, ts]
-        if text_keep is not None:
-            k_text, v_text = k_text[:, :, text_keep], v_text[:, :, text_keep]
-        k_shared = torch.cat([_select_frames(kv, refs).flatten(2, 3), k_text], dim=2)
-        v_shared = torch.cat([_select_frames(vv, refs).flatten(2, 3), v_text], dim=2)
+        ts, vs = layout.text_slice, layout.video_slice
+        k_text, v_text = k[:, :, ts][:, :, text_keep], v[:, :, ts][:, :, text_keep]
+        k_shared = torch.cat([kv[:, :, idx.ref_frames].flatten(2, 3), k_text], dim=2)
+        v_shared = torch.cat([vv[:, :, idx.ref_frames].flatten(2, 3), v_text], dim=2)
+        k_all, v_all = torch.cat([k[:, :, vs], k_text], dim=2), torch.cat([v[:, :, vs], v_text], dim=2)
 
     # Own frame, batched over non-reference frames: [B*M, H, T, D].
-    qn, kn, vn = (_select_frames(x, nonrefs) for x in (qv, kv, vv))  # B, H, M, T, D
+    qn, kn, vn = (x[:, :, idx.nonref_frames] for x in (qv, kv, vv))  # B, H, M, T, D
     o_own, lse_own = attention_with_lse(*(x.transpose(1, 2).reshape(b * m, h, tpf, d) for x in (qn, kn, vn)), scale)
     o_own = o_own.unflatten(0, (b, m)).transpose(1, 2).flatten(2, 3)  # B, H, M*T, D
     lse_own = lse_own.unflatten(0, (b, m)).transpose(1, 2).flatten(2, 3)
-    # Shared context (reference frames + text) for all non-reference queries at once.
+    # Shared context for all non-reference queries at once.
     o_shared, lse_shared = attention_with_lse(qn.flatten(2, 3), k_shared, v_shared, scale)
 
     out = torch.empty_like(q)
-    out_v = out[:, :, vs].unflatten(2, (layout.num_frames, tpf))
-    merged = merge(o_own, lse_own, o_shared, lse_shared).unflatten(2, (m, tpf))
-    nonref_slice = _contiguous_range(list(nonrefs))
-    if nonref_slice is not None:
-        out_v[:, :, nonref_slice] = merged
+    out_frames = frames_view(out, layout)
+    parts = [x.unflatten(2, (m, tpf)) for x in (o_own, lse_own, o_shared, lse_shared)]  # per frame: [B, H, M, T, ...]
+    if isinstance(idx.nonref_frames, slice):  # merge straight into the output (a view)
+        merge(out_frames[:, :, idx.nonref_frames], *parts)
     else:
-        out_v[:, :, list(nonrefs)] = merged
-
+        merged = torch.empty_like(parts[0])
+        merge(merged, *parts)
+        out_frames[:, :, idx.nonref_frames] = merged
     # Global queries: reference frames and text, against every (valid) key.
-    k_all, v_all = k, v
-    if text_keep is not None:
-        k_all = torch.cat([k[:, :, vs], k[:, :, ts][:, :, text_keep]], dim=2)
-        v_all = torch.cat([v[:, :, vs], v[:, :, ts][:, :, text_keep]], dim=2)
-    o_glob = F.scaled_dot_product_attention(q_glob, k_all, v_all, scale=scale)
-    if glob_slice is not None:
-        out[:, :, glob_slice] = o_glob
-    else:
-        out[:, :, idx] = o_glob
+    out[:, :, idx.global_tokens] = F.scaled_dot_product_attention(q[:, :, idx.global_tokens], k_all, v_all, scale=scale)
     return out
 
 
 def split_tile_attention(
-    q, k, v, layout: TileLayout, refs: tuple[int, ...], key_padding_mask=None, scale=None, merge=merge_partial_attention
+    q, k, v, layout: TileLayout, idx: TileIndices, key_padding_mask=None, scale=None, merge=merge_partial_attention
 ):
     """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs by LSE-merged partial dense attentions.
 
-    ``refs`` are the reference frames (not all frames). ``key_padding_mask`` (``[B, N]`` bool, True = keep) may
-    only mask text tokens; samples are then processed one by one with their padded keys dropped. ``merge`` may be
-    a compiled version of :func:`merge_partial_attention` (one fused pass on GPU).
+    ``idx`` comes from :func:`.indices.tile_indices`. ``key_padding_mask`` (``[B, N]`` bool, True = keep) may only
+    mask text tokens; samples are then processed one by one with their padded keys dropped. ``merge`` may be a
+    compiled version of :func:`merge_partial_attention` (one fused pass on GPU).
     """
-    refs = tuple(refs)
-    ref_set = set(refs)
-    nonrefs = tuple(f for f in range(layout.num_frames) if f not in ref_set)
     if key_padding_mask is None:
-        return _tile_attention_one(q, k, v, layout, refs, nonrefs, None, scale, merge)
+        return _tile_attention_one(q, k, v, layout, idx, None, scale, merge)
     if not bool(key_padding_mask[:, layout.video_slice].all()):
         raise ValueError("The split kernel supports key-padding masks on text tokens only; use kernel='gathered'.")
     text_keep = key_padding_mask[:, layout.text_slice]
     outs = [
-        _tile_attention_one(q[i : i + 1], k[i : i + 1], v[i : i + 1], layout, refs, nonrefs, text_keep[i], scale, merge)
+        _tile_attention_one(q[i : i + 1], k[i : i + 1], v[i : i + 1], layout, idx, text_keep[i], scale, merge)
         for i in range(q.shape[0])
     ]
     return torch.cat(outs, dim=0)

@@ -24,7 +24,8 @@ class TileState:
     attention: TileAttention = field(default_factory=TileAttention)
     video_layout: TileLayout | None = None
     original_processors: dict = field(default_factory=dict)
-    hook_handle: object = None
+    hook_id: int | None = None
+    metadata: dict = field(default_factory=dict)
 
     def layout(self, num_text_tokens: int, text_position: str, where: str) -> TileLayout:
         """The current video layout with this call's text segment."""
@@ -85,6 +86,20 @@ def key_padding_from_attention_mask(mask: torch.Tensor | None, batch: int, seq_l
             f"= [{batch}, 1, 1, {seq_len}], got {mask.dtype} {tuple(mask.shape)}. Use a dense plan entry for this layer."
         )
     return None if bool(mask.all()) else mask
+
+
+@dataclass
+class LayoutHook:
+    """Forward pre-hook that records the video layout of each transformer call in the shared state.
+
+    An object rather than a closure, so that ``copy.deepcopy(transformer)`` gives a copy whose hook updates the
+    copy's own state (EMA / teacher copies in distillation)."""
+
+    family: "ModelFamily"
+    state: TileState
+
+    def __call__(self, module, args, kwargs):
+        self.state.video_layout = self.family.video_layout(module, args, kwargs)
 
 
 @dataclass(frozen=True)
