@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..layout import TileLayout
-from ..masks import element_sparsity, is_dense
+from ..masks import is_dense
 from .dense import dense_attention
 from .flex import FlexTileKernel, tile_block_mask
 from .gathered import gathered_tile_attention
@@ -28,10 +28,6 @@ from .compiled import CompiledFn
 from .split import merge_partial_attention, split_tile_attention
 
 KERNELS = ("auto", "dense", "gathered", "split", "flex")
-
-# Below this element sparsity the gathered kernel's extra copies cost more than the skipped work (measured on
-# H100: 0.96x dense at 24% sparsity, 1.11x at 31%).
-GATHERED_MIN_SPARSITY = 0.3
 
 
 def check_kernel(kernel: str) -> str:
@@ -75,7 +71,7 @@ class TileAttention:
 
     kernel: str = "auto"
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
-    fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": True}))
+    fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": False}))
     _indices: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -88,15 +84,20 @@ class TileAttention:
             self._indices[key] = tile_indices(layout, k_ref, device)
         return self._indices[key]
 
-    def choose(self, layout: TileLayout, k_ref: int | None, device: torch.device) -> str:
-        """The kernel this call will use."""
+    def choose(self, layout: TileLayout, k_ref: int | None, device: torch.device, key_padding_mask=None) -> str:
+        """The kernel this call will use.
+
+        ``auto``: dense for dense entries; otherwise ``split``, the fastest exact kernel on every shape measured
+        (H100, bf16: 1.04x-9.7x over cuDNN dense, see BENCHMARKS.md), or ``gathered`` when a key-padding mask
+        covers video tokens (``split`` handles padded text only).
+        """
         if is_dense(layout.num_frames, k_ref):
             return "dense"
         if self.kernel != "auto":
             return self.kernel
-        if device.type != "cuda":
+        if key_padding_mask is not None and not bool(key_padding_mask[:, layout.video_slice].all()):
             return "gathered"
-        return "gathered" if element_sparsity(layout, k_ref) >= GATHERED_MIN_SPARSITY else "dense"
+        return "split"
 
     def __call__(
         self,
@@ -115,7 +116,7 @@ class TileAttention:
         replaces plain SDPA on the dense path, so a processor keeps its model's own attention backend there.
         """
         _check_inputs(q, k, v, layout, key_padding_mask)
-        kernel = self.choose(layout, k_ref, q.device)
+        kernel = self.choose(layout, k_ref, q.device, key_padding_mask)
         if kernel == "dense":
             if dense_fn is not None:
                 return dense_fn(q, k, v)

@@ -42,6 +42,7 @@ class TileIndices:
         ref_frames, nonref_frames: selectors along the frame axis.
         global_tokens: selector along the sequence of the reference-frame and text tokens, in sequence order.
         num_global: how many such tokens.
+        nonref_runs: the non-reference frames as slices of consecutive frames (the gaps between reference frames).
     """
 
     refs: tuple[int, ...]
@@ -50,6 +51,7 @@ class TileIndices:
     nonref_frames: Selector
     global_tokens: Selector
     num_global: int
+    nonref_runs: tuple[slice, ...] = ()
 
     def nbytes(self) -> int:
         """Device memory held by the index tensors."""
@@ -75,4 +77,5 @@ def tile_indices(layout: TileLayout, k: int, device) -> TileIndices:
         nonref_frames=selector(list(nonrefs), device),
         global_tokens=global_tokens,
         num_global=sum(b - a for a, b in merged),
+        nonref_runs=tuple(slice(a, b) for a, b in _merge_ranges([(f, f + 1) for f in nonrefs])),
     )

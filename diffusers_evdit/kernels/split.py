@@ -44,12 +44,15 @@ def merge_partial_attention(out, o1, lse1, o2, lse2) -> None:
     out.copy_(torch.lerp(o1.float(), o2.float(), weight))
 
 
-def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep, scale, merge):
-    """Split attention for inputs whose keys need no mask (``text_keep`` selects the valid text keys, or None)."""
-    b, h, n, d = q.shape
-    tpf, m = layout.tokens_per_frame, len(idx.nonrefs)
-    qv, kv, vv = (frames_view(x, layout) for x in (q, k, v))
+def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep, scale, merge, out):
+    """Split attention of one sample (``[1, H, N, D]``) into ``out``; ``text_keep`` selects the valid text keys.
 
+    Non-reference frames are processed run by run (consecutive frames between two reference frames), so every
+    query, key and value tensor of the two partial calls is a view of the input: nothing is gathered or copied, and
+    each run's merge writes straight into the output.
+    """
+    tpf = layout.tokens_per_frame
+    qv, kv, vv = (frames_view(x, layout) for x in (q, k, v))
     if text_keep is None:  # reference frames + text, in sequence order (a view where adjacent)
         k_shared, v_shared = k[:, :, idx.global_tokens], v[:, :, idx.global_tokens]
         k_all, v_all = k, v
@@ -60,26 +63,22 @@ def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep
         v_shared = torch.cat([vv[:, :, idx.ref_frames].flatten(2, 3), v_text], dim=2)
         k_all, v_all = torch.cat([k[:, :, vs], k_text], dim=2), torch.cat([v[:, :, vs], v_text], dim=2)
 
-    # Own frame, batched over non-reference frames: [B*M, H, T, D].
-    qn, kn, vn = (x[:, :, idx.nonref_frames] for x in (qv, kv, vv))  # B, H, M, T, D
-    o_own, lse_own = attention_with_lse(*(x.transpose(1, 2).reshape(b * m, h, tpf, d) for x in (qn, kn, vn)), scale)
-    o_own = o_own.unflatten(0, (b, m)).transpose(1, 2).flatten(2, 3)  # B, H, M*T, D
-    lse_own = lse_own.unflatten(0, (b, m)).transpose(1, 2).flatten(2, 3)
-    # Shared context for all non-reference queries at once.
-    o_shared, lse_shared = attention_with_lse(qn.flatten(2, 3), k_shared, v_shared, scale)
-
-    out = torch.empty_like(q)
     out_frames = frames_view(out, layout)
-    parts = [x.unflatten(2, (m, tpf)) for x in (o_own, lse_own, o_shared, lse_shared)]  # per frame: [B, H, M, T, ...]
-    if isinstance(idx.nonref_frames, slice):  # merge straight into the output (a view)
-        merge(out_frames[:, :, idx.nonref_frames], *parts)
-    else:
-        merged = torch.empty_like(parts[0])
-        merge(merged, *parts)
-        out_frames[:, :, idx.nonref_frames] = merged
+    for run in idx.nonref_runs:
+        m = run.stop - run.start
+        qr, kr, vr = qv[:, :, run], kv[:, :, run], vv[:, :, run]  # [1, H, m, T, D] views
+        # own frame: the run's frames as a batch [m, H, T, D]; shared context: the run as one query sequence
+        o_own, lse_own = attention_with_lse(qr[0].transpose(0, 1), kr[0].transpose(0, 1), vr[0].transpose(0, 1), scale)
+        o_sh, lse_sh = attention_with_lse(qr.flatten(2, 3), k_shared, v_shared, scale)
+        merge(
+            out_frames[:, :, run],
+            o_own.transpose(0, 1)[None],
+            lse_own.transpose(0, 1)[None],
+            o_sh.unflatten(2, (m, tpf)),
+            lse_sh.unflatten(2, (m, tpf)),
+        )
     # Global queries: reference frames and text, against every (valid) key.
     out[:, :, idx.global_tokens] = F.scaled_dot_product_attention(q[:, :, idx.global_tokens], k_all, v_all, scale=scale)
-    return out
 
 
 def split_tile_attention(
@@ -91,13 +90,14 @@ def split_tile_attention(
     mask text tokens; samples are then processed one by one with their padded keys dropped. ``merge`` may be a
     compiled version of :func:`merge_partial_attention` (one fused pass on GPU).
     """
-    if key_padding_mask is None:
-        return _tile_attention_one(q, k, v, layout, idx, None, scale, merge)
-    if not bool(key_padding_mask[:, layout.video_slice].all()):
-        raise ValueError("The split kernel supports key-padding masks on text tokens only; use kernel='gathered'.")
-    text_keep = key_padding_mask[:, layout.text_slice]
-    outs = [
-        _tile_attention_one(q[i : i + 1], k[i : i + 1], v[i : i + 1], layout, idx, text_keep[i], scale, merge)
-        for i in range(q.shape[0])
-    ]
-    return torch.cat(outs, dim=0)
+    text_keep = None
+    if key_padding_mask is not None:
+        if not bool(key_padding_mask[:, layout.video_slice].all()):
+            raise ValueError("The split kernel supports key-padding masks on text tokens only; use kernel='gathered'.")
+        text_keep = key_padding_mask[:, layout.text_slice]
+    out = torch.empty_like(q)
+    for i in range(q.shape[0]):
+        sample = slice(i, i + 1)
+        keep = None if text_keep is None else text_keep[i]
+        _tile_attention_one(q[sample], k[sample], v[sample], layout, idx, keep, scale, merge, out[sample])
+    return out
