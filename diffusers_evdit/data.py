@@ -93,6 +93,10 @@ __all__ = [
     "SyntheticVideoStream",
     "save_video",
     "video_grid",
+    "VIDEO_EXTENSIONS",
+    "read_video_frames",
+    "VideoFolderDataset",
+    "save_video_folder",
 ]
 
 # ---------------------------------------------------------------------------
@@ -873,3 +877,225 @@ def video_grid(videos: Sequence[Any], ncols: int | None = None, pad: int = 2, pa
         y0, x0 = pad + r * (h + pad), pad + c * (w + pad)
         grid[:, y0 : y0 + h, x0 : x0 + w] = a
     return grid
+
+
+# ---------------------------------------------------------------------------
+# Folders of real videos + captions
+# ---------------------------------------------------------------------------
+
+#: Video file extensions :class:`VideoFolderDataset` reads (``.gif`` with Pillow, the rest with ``imageio``).
+VIDEO_EXTENSIONS: tuple[str, ...] = (".gif", ".mp4", ".webm", ".mov", ".mkv", ".avi")
+
+
+def read_video_frames(path: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
+    """Decode a video file to ``uint8 (T, H, W, 3)`` frames (at most ``max_frames``).
+
+    ``.gif`` is read with Pillow; ``.mp4`` / ``.webm`` / ``.mov`` / ``.mkv`` / ``.avi`` need the optional
+    ``imageio`` package with a video plugin (``pip install imageio[pyav]`` or ``imageio imageio-ffmpeg``) and raise
+    ``RuntimeError`` naming the install command without it.
+
+    Example::
+
+        >>> save_video(render(sample_scene(0), 9, 32, 32), "/tmp/clip.gif")
+        >>> read_video_frames("/tmp/clip.gif").shape
+        (9, 32, 32, 3)
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    frames: list[np.ndarray] = []
+    if ext == ".gif":
+        from PIL import Image, ImageSequence
+
+        with Image.open(path) as im:
+            for frame in ImageSequence.Iterator(im):
+                frames.append(np.asarray(frame.convert("RGB"), dtype=np.uint8))
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    elif ext in VIDEO_EXTENSIONS:
+        try:
+            import imageio.v3 as iio  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise RuntimeError(
+                f"reading {ext} videos needs the optional package 'imageio' with a video plugin: "
+                "pip install 'imageio[pyav]' (or imageio imageio-ffmpeg); or convert the videos to .gif"
+            ) from exc
+        for frame in iio.imiter(path):  # pragma: no cover - depends on optional deps
+            frame = np.asarray(frame)
+            if frame.ndim == 2:
+                frame = np.repeat(frame[..., None], 3, axis=-1)
+            frames.append(frame[..., :3].astype(np.uint8))
+            if max_frames is not None and len(frames) >= max_frames:
+                break
+    else:
+        raise ValueError(f"unsupported video file {path!r}; expected one of {VIDEO_EXTENSIONS}")
+    if not frames:
+        raise ValueError(f"no frames could be read from {path!r}")
+    return np.stack(frames)
+
+
+def _resize_center_crop(frames: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Centre-crop ``(T, H, W, 3)`` frames to the target aspect ratio, then resize (bicubic) to ``height x width``."""
+    from PIL import Image
+
+    t, h, w, _ = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    target = width / height
+    if w / h > target:  # too wide
+        cw, ch = max(1, round(h * target)), h
+    else:
+        cw, ch = w, max(1, round(w / target))
+    x0, y0 = (w - cw) // 2, (h - ch) // 2
+    out = np.empty((t, height, width, 3), np.uint8)
+    for i in range(t):
+        img = Image.fromarray(frames[i, y0 : y0 + ch, x0 : x0 + cw])
+        out[i] = np.asarray(img.resize((width, height), Image.BICUBIC))
+    return out
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n").rstrip("\r") for line in f if line.strip()]
+
+
+@dataclass
+class VideoFolderDataset(Dataset):
+    """Map-style dataset of captioned videos in a folder; items like :class:`SyntheticVideoDataset`'s.
+
+    Three layouts are recognised, in this order:
+
+    1. ``metadata.jsonl`` (the Hugging Face ``videofolder`` / ``imagefolder`` convention): one JSON object a line
+       with ``"file_name"`` (path relative to the folder) and ``"text"`` (or ``"caption"`` / ``"prompt"``)::
+
+           folder/metadata.jsonl   {"file_name": "videos/0001.mp4", "text": "a red panda eating bamboo"}
+           folder/videos/0001.mp4
+
+    2. ``videos.txt`` + ``prompts.txt`` (the CogVideoX fine-tuning layout): line ``i`` of ``videos.txt`` is a path
+       relative to the folder, line ``i`` of ``prompts.txt`` its caption.
+    3. Sidecar captions: every video in the folder or its ``videos/`` subfolder with a ``<same name>.txt`` caption
+       next to it (videos without one are an error).
+
+    Each item has ``video`` (float ``(3, num_frames, height, width)`` in [-1, 1]: frames ``0, s, 2s, ...`` with
+    ``s = frame_stride``, centre-cropped to the aspect ratio and resized), ``caption``, ``index`` and ``path``. A
+    video with too few frames raises ``ValueError`` naming it. ``.gif`` needs only Pillow; other formats need
+    ``imageio`` (see :func:`read_video_frames`). Use :func:`collate_videos` with a ``DataLoader``.
+
+    Example::
+
+        >>> folder = save_video_folder(SyntheticVideoDataset(3, num_frames=9, height=32, width=32), "/tmp/vf")
+        >>> ds = VideoFolderDataset(folder, num_frames=9, height=32, width=32)
+        >>> len(ds), ds[0]["video"].shape, ds[0]["caption"] == SyntheticVideoDataset(3)[0]["caption"]
+        (3, torch.Size([3, 9, 32, 32]), True)
+    """
+
+    root: str
+    num_frames: int = DEFAULT_NUM_FRAMES
+    height: int = DEFAULT_HEIGHT
+    width: int = DEFAULT_WIDTH
+    frame_stride: int = 1
+
+    def __post_init__(self) -> None:
+        self.root = os.fspath(self.root)
+        if not os.path.isdir(self.root):
+            raise FileNotFoundError(f"video folder {self.root!r} does not exist")
+        if self.num_frames < 1 or self.frame_stride < 1:
+            raise ValueError("num_frames and frame_stride must be >= 1")
+        self.samples: list[tuple[str, str]] = self._index()
+        if not self.samples:
+            raise ValueError(f"no captioned videos found in {self.root!r}; see VideoFolderDataset for the layouts")
+        for path, _ in self.samples:
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{self.root}: listed video {path!r} does not exist")
+
+    def _index(self) -> list[tuple[str, str]]:
+        import json
+
+        meta = os.path.join(self.root, "metadata.jsonl")
+        if os.path.isfile(meta):
+            out = []
+            with open(meta, encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{meta}:{n}: not valid JSON ({err})") from None
+                    text = next((row[k] for k in ("text", "caption", "prompt") if k in row), None)
+                    if "file_name" not in row or text is None:
+                        raise ValueError(f"{meta}:{n}: each line needs 'file_name' and 'text' (or 'caption')")
+                    out.append((os.path.join(self.root, row["file_name"]), str(text)))
+            return out
+        videos_txt, prompts_txt = os.path.join(self.root, "videos.txt"), os.path.join(self.root, "prompts.txt")
+        if os.path.isfile(videos_txt) or os.path.isfile(prompts_txt):
+            if not (os.path.isfile(videos_txt) and os.path.isfile(prompts_txt)):
+                raise ValueError(f"{self.root}: videos.txt and prompts.txt must both exist")
+            videos, prompts = _read_lines(videos_txt), _read_lines(prompts_txt)
+            if len(videos) != len(prompts):
+                raise ValueError(
+                    f"{self.root}: videos.txt has {len(videos)} lines but prompts.txt has {len(prompts)}"
+                )
+            return [(os.path.join(self.root, v.strip()), p.strip()) for v, p in zip(videos, prompts)]
+        out = []
+        for sub in (self.root, os.path.join(self.root, "videos")):
+            if not os.path.isdir(sub):
+                continue
+            for name in sorted(os.listdir(sub)):
+                path = os.path.join(sub, name)
+                if os.path.splitext(name)[1].lower() not in VIDEO_EXTENSIONS or not os.path.isfile(path):
+                    continue
+                caption_file = os.path.splitext(path)[0] + ".txt"
+                if not os.path.isfile(caption_file):
+                    raise ValueError(
+                        f"{path} has no caption file {os.path.basename(caption_file)}; add one, or index the folder "
+                        "with metadata.jsonl"
+                    )
+                with open(caption_file, encoding="utf-8") as f:
+                    out.append((path, f.read().strip()))
+        return out
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index = index % len(self)
+        path, text = self.samples[index]
+        need = (self.num_frames - 1) * self.frame_stride + 1
+        frames = read_video_frames(path, max_frames=need)
+        if frames.shape[0] < need:
+            raise ValueError(
+                f"{path} has {frames.shape[0]} frames; {self.num_frames} frames with stride {self.frame_stride} "
+                f"need {need}"
+            )
+        frames = _resize_center_crop(frames[: need : self.frame_stride], self.height, self.width)
+        return {"video": frames_to_tensor(frames), "caption": text, "index": int(index), "path": path}
+
+
+def save_video_folder(dataset: Sequence[Mapping[str, Any]], folder: str | os.PathLike, fps: int = 8,
+                      ext: str = ".gif") -> str:
+    """Write a dataset's clips as ``folder/videos/NNNNNN<ext>`` + ``folder/metadata.jsonl``; returns ``folder``.
+
+    The result loads with :class:`VideoFolderDataset` (layout 1). Handy to export synthetic clips.
+
+    Example::
+
+        >>> folder = save_video_folder(SyntheticVideoDataset(2, num_frames=5, height=16, width=16), "/tmp/vf2")
+        >>> sorted(os.listdir(folder))
+        ['metadata.jsonl', 'videos']
+    """
+    import json
+
+    folder = os.fspath(folder)
+    os.makedirs(os.path.join(folder, "videos"), exist_ok=True)
+    rows = []
+    for i in range(len(dataset)):
+        item = dataset[i]
+        name = f"videos/{i:06d}{ext}"
+        save_video(tensor_to_frames(item["video"]), os.path.join(folder, name), fps=fps)
+        rows.append({"file_name": name, "text": item["caption"]})
+    with open(os.path.join(folder, "metadata.jsonl"), "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return folder

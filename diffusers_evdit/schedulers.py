@@ -37,7 +37,7 @@ from diffusers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["MLCDDDIMScheduler", "MLCDFlowMatchEulerScheduler", "mlcd_scheduler_from"]
+__all__ = ["MLCDDDIMScheduler", "MLCDFlowMatchEulerScheduler", "mlcd_scheduler_from", "stock_scheduler"]
 
 
 def _extended_init(base: type, extra: dict[str, Any]):
@@ -318,3 +318,21 @@ def mlcd_scheduler_from(base_scheduler, timesteps, sigmas=None):
                                                 torch.as_tensor(final, dtype=torch.float64)):
         raise ValueError("The teacher's final_alpha_cumprod cannot be reproduced (set_alpha_to_one differs).")
     return sched
+
+
+def stock_scheduler(scheduler):
+    """A fresh stock diffusers scheduler with ``scheduler``'s config (MLCD milestone entries dropped).
+
+    ``MLCDFlowMatchEulerScheduler`` -> ``FlowMatchEulerDiscreteScheduler``, ``MLCDDDIMScheduler`` ->
+    ``CogVideoXDDIMScheduler``; any other scheduler -> a new instance of its own class.
+
+    Example:
+        >>> type(stock_scheduler(MLCDFlowMatchEulerScheduler(mlcd_sigmas=[1.0, 0.5]))).__name__
+        'FlowMatchEulerDiscreteScheduler'
+    """
+    config = {k: v for k, v in dict(scheduler.config).items() if not k.startswith("mlcd_") and k != "use_mlcd_steps"}
+    if isinstance(scheduler, MLCDFlowMatchEulerScheduler):
+        return FlowMatchEulerDiscreteScheduler.from_config(config)
+    if isinstance(scheduler, MLCDDDIMScheduler):
+        return CogVideoXDDIMScheduler.from_config(config)
+    return type(scheduler).from_config(config)

@@ -125,9 +125,10 @@ class FlexTileKernel:
         mask = self.block_mask(layout, k_ref, q.shape[0], q.device, key_padding_mask)
         use_compile = self.compile if self.compile is not None else q.device.type == "cuda"
         if use_compile:
-            if q.shape[-1] < 16 or q.shape[-1] & (q.shape[-1] - 1):
+            if q.shape[-1] % 16:  # measured: 64, 96, 128 compile; 12 fails inside inductor
                 raise ValueError(
-                    f"Compiled FlexAttention needs a power-of-two head_dim >= 16, got {q.shape[-1]}; use kernel='split'."
+                    f"Compiled FlexAttention needs a head_dim that is a multiple of 16, got {q.shape[-1]}; "
+                    "use kernel='split'."
                 )
             return self._compiled(q, k, v, block_mask=mask, scale=scale)
         with warnings.catch_warnings():  # eager FlexAttention is the intended (reference-speed) path off CUDA
