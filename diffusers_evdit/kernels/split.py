@@ -37,11 +37,21 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     return out, lse.reshape(*q.shape[:2], -1)[..., : q.shape[2]].float()
 
 
-def merge_partial_attention(out, o1, lse1, o2, lse2) -> None:
-    """Write into ``out`` the exact softmax attention over the union of two disjoint key sets, from the two partial
-    results ``(o, lse)``: ``o1 + (o2 - o1) * sigmoid(lse2 - lse1)``, computed in float32."""
-    weight = torch.sigmoid(lse2 - lse1).unsqueeze(-1)
-    out.copy_(torch.lerp(o1.float(), o2.float(), weight))
+def merge_weight(out: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor) -> torch.Tensor:
+    """``sigmoid(lse2 - lse1)``, the weight of the second partial result, laid out like ``out`` without its last
+    dimension, so that the merge reads it in the same order as it writes ``out`` (coalesced)."""
+    weight = torch.sigmoid(lse2 - lse1)
+    if out.stride(-1) != 1 or any(s % out.shape[-1] for s in out.stride()[:-1]):
+        return weight
+    order = sorted(range(weight.dim()), key=lambda i: -out.stride(i))  # outermost first
+    dense = weight.permute(order).contiguous()
+    return dense.permute([order.index(i) for i in range(weight.dim())])
+
+
+def merge_partial_attention(out, o1, o2, weight) -> None:
+    """Write into ``out`` the exact softmax attention over the union of two disjoint key sets, from the partial
+    results ``o1, o2`` and ``weight = sigmoid(lse2 - lse1)``: ``o1 + (o2 - o1) * weight``, computed in float32."""
+    out.copy_(torch.lerp(o1.float(), o2.float(), weight.unsqueeze(-1)))
 
 
 def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep, scale, merge, out):
@@ -70,13 +80,9 @@ def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep
         # own frame: the run's frames as a batch [m, H, T, D]; shared context: the run as one query sequence
         o_own, lse_own = attention_with_lse(qr[0].transpose(0, 1), kr[0].transpose(0, 1), vr[0].transpose(0, 1), scale)
         o_sh, lse_sh = attention_with_lse(qr.flatten(2, 3), k_shared, v_shared, scale)
-        merge(
-            out_frames[:, :, run],
-            o_own.transpose(0, 1)[None],
-            lse_own.transpose(0, 1)[None],
-            o_sh.unflatten(2, (m, tpf)),
-            lse_sh.unflatten(2, (m, tpf)),
-        )
+        target = out_frames[:, :, run]
+        weight = merge_weight(target, lse_own.transpose(0, 1)[None], lse_sh.unflatten(2, (m, tpf)))
+        merge(target, o_own.transpose(0, 1)[None], o_sh.unflatten(2, (m, tpf)), weight)
     # Global queries: reference frames and text, against every (valid) key.
     out[:, :, idx.global_tokens] = F.scaled_dot_product_attention(q[:, :, idx.global_tokens], k_all, v_all, scale=scale)
 
