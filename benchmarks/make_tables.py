@@ -1,0 +1,42 @@
+"""Render the JSON results under benchmarks/results/ as the Markdown tables of BENCHMARKS.md (printed)."""
+
+import json
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def kernels_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = [f"`{path.name}`: {data['device']}, torch {data['torch']}, {data['dtype']}, {data['date']}", "",
+             "| shape | mask | sparsity | cuDNN dense ms | Flash dense ms | Flex dense ms | split ms | gathered ms | "
+             "flex tile ms | speedup | ideal | % of ideal |", "|" + " --- |" * 12]
+    for r in data["rows"]:
+        def ms(key):
+            return "" if r.get(key) is None else f"{r[key]:.2f}"
+        lines.append(
+            f"| {r['shape']} | {r['mask']} | {100 * r['element_sparsity']:.1f}% | {ms('dense_cudnn')} | "
+            f"{ms('dense_flash')} | {ms('dense_flex')} | {ms('split_ms')} | {ms('gathered_ms')} | {ms('flex_ms')} | "
+            f"{r['speedup']:.2f}x | {r['ideal']:.2f}x | {r['pct_of_ideal']:.0f} |")
+    return "\n".join(lines)
+
+
+def step_table(path: Path) -> str:
+    data = json.loads(path.read_text())
+    lines = [f"`{path.name}`: {data['device']}, torch {data['torch']}, kernel {data.get('kernel')}, {data['date']}", "",
+             "| model | plan | dense step s | sparse step s | speedup | attention share | Amdahl limit | % of Amdahl |",
+             "|" + " --- |" * 8]
+    for r in data["rows"]:
+        lines.append(f"| {r['model']} | {r['plan']} | {r['dense_step_s']:.3f} | {r['sparse_step_s']:.3f} | "
+                     f"{r['speedup']:.2f}x | {r['attention_share']:.2f} | {r['amdahl_limit']:.2f}x | "
+                     f"{r['pct_of_amdahl']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    for p in sorted(RESULTS.glob("kernels-*.json")):
+        print(kernels_table(p), end="\n\n")
+    for p in sorted(RESULTS.glob("step-*.json")):
+        print(step_table(p), end="\n\n")
+    sys.exit(0)
