@@ -6,6 +6,7 @@ Two lines on top of a diffusers pipeline::
     apply_mask_plan(pipe.transformer, MaskPlan.uniform(len(pipe.transformer.transformer_blocks), k=2))
 """
 
+from . import schedulers  # registers the few-step MLCD schedulers so saved students reload
 from .kernels import TileAttention, tile_attention
 from .layout import TileLayout, layout_from_latents
 from .masks import element_sparsity, format_mask, reference_frames, tile_mask

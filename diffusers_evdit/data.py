@@ -890,7 +890,9 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (".gif", ".mp4", ".webm", ".mov", ".mkv", ".
 def read_video_frames(path: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
     """Decode a video file to ``uint8 (T, H, W, 3)`` frames (at most ``max_frames``).
 
-    ``.gif`` is read with Pillow; ``.mp4`` / ``.webm`` / ``.mov`` / ``.mkv`` / ``.avi`` need the optional
+    ``.gif`` is read with Pillow; frames that the GIF writer merged because they were identical (Pillow does this)
+    are expanded again from the frame durations, and a single-frame GIF is a still clip (repeated to
+    ``max_frames``). ``.mp4`` / ``.webm`` / ``.mov`` / ``.mkv`` / ``.avi`` need the optional
     ``imageio`` package with a video plugin (``pip install imageio[pyav]`` or ``imageio imageio-ffmpeg``) and raise
     ``RuntimeError`` naming the install command without it.
 
@@ -906,11 +908,21 @@ def read_video_frames(path: str | os.PathLike, max_frames: int | None = None) ->
     if ext == ".gif":
         from PIL import Image, ImageSequence
 
+        durations = []
         with Image.open(path) as im:
             for frame in ImageSequence.Iterator(im):
                 frames.append(np.asarray(frame.convert("RGB"), dtype=np.uint8))
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
+                durations.append(int(frame.info.get("duration") or 0))
+        # GIF writers (Pillow included) merge identical consecutive frames into one longer frame: expand them
+        # back, taking the shortest frame duration as the frame period. A single-frame GIF is a still clip.
+        positive = [d for d in durations if d > 0]
+        if len(frames) > 1 and positive:
+            base = min(positive)
+            frames = [f for f, d in zip(frames, durations) for _ in range(max(1, round(d / base)) if d else 1)]
+        if len(frames) == 1 and max_frames is not None:
+            frames = frames * max_frames
+        if max_frames is not None:
+            frames = frames[:max_frames]
     elif ext in VIDEO_EXTENSIONS:
         try:
             import imageio.v3 as iio  # type: ignore[import-not-found]

@@ -53,7 +53,13 @@ import torch
 from torch import nn
 
 from .processors import family_for
-from .schedulers import MLCDDDIMScheduler, MLCDFlowMatchEulerScheduler, mlcd_scheduler_from
+from .schedulers import (
+    MLCDDDIMScheduler,
+    MLCDFlowMatchEulerScheduler,
+    is_flow_scheduler,
+    mlcd_scheduler_from,
+    stock_scheduler,
+)
 
 __all__ = [
     "PREDICTION_TYPES",
@@ -164,7 +170,7 @@ def ddim_jump(
 # ------------------------------------------------------------------------------------------------------ the grid
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class DiffusionGrid:
     """The teacher's sampling grid: ``N + 1`` noise levels from the first step (index 0) to the clean end (``N``).
 
@@ -176,7 +182,9 @@ class DiffusionGrid:
         prediction_type: one of :data:`PREDICTION_TYPES`.
         flow_sigmas: flow matching: the scheduler's sigmas (``== sigmas``); ``None`` for DDPM-style grids.
 
-    Build it with :meth:`from_scheduler` from the teacher's scheduler and step count.
+    Build it with :meth:`from_scheduler` from the teacher's scheduler and step count. Jumps on the grid are the
+    plain deterministic DDIM / Euler steps: a DDPM-style teacher's ``clip_sample`` / ``thresholding`` options are not
+    applied (``DDIMScheduler`` clips by default; ``CogVideoXDDIMScheduler.step`` never does).
 
     Example:
         >>> from diffusers import CogVideoXDDIMScheduler
@@ -219,7 +227,9 @@ class DiffusionGrid:
 
         Args:
             scheduler: the teacher pipeline's scheduler. Flow matching: ``FlowMatchEulerDiscreteScheduler`` (and the
-                MLCD subclass). DDPM-style: any scheduler with ``alphas_cumprod``, ``set_timesteps(n)`` and
+                MLCD subclass), or a multistep solver with flow sigmas (Wan's ``UniPCMultistepScheduler``: the grid
+                is its timesteps / sigmas; MLCD's teacher solver step on it is the first-order Euler step).
+                DDPM-style: any scheduler with ``alphas_cumprod``, ``set_timesteps(n)`` and
                 ``prediction_type`` ``epsilon`` / ``v_prediction`` / ``sample`` (``CogVideoXDDIMScheduler``,
                 ``CogVideoXDPMScheduler``, ``DDIMScheduler``, ...).
             num_steps: ``N``, the teacher's step count (e.g. 50).
@@ -237,29 +247,27 @@ class DiffusionGrid:
             >>> [round(s, 4) for s in grid.sigmas.tolist()]
             [1.0, 0.75, 0.5, 0.25, 0.0]
         """
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
         if not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}.")
         config = {k: v for k, v in dict(scheduler.config).items()}
-        if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-            sched = FlowMatchEulerDiscreteScheduler.from_config(
-                {k: v for k, v in config.items() if not k.startswith("mlcd_") and k != "use_mlcd_steps"}
-            )
-            if sched.config.invert_sigmas:
+        if is_flow_scheduler(scheduler):
+            sched = stock_scheduler(scheduler)  # a fresh copy with the teacher's config
+            if sched.config.get("invert_sigmas"):
                 raise ValueError("invert_sigmas=True (Mochi) schedulers are not supported.")
-            if sched.config.use_dynamic_shifting and mu is None:
+            if sched.config.get("use_dynamic_shifting") and mu is None:
                 raise ValueError("This scheduler uses dynamic shifting: pass the pipeline's mu=... .")
+            kwargs = {} if mu is None else {"mu": mu}
             if sigmas is not None:
                 sigmas = [float(s) for s in sigmas]
                 if len(sigmas) != num_steps:
                     raise ValueError(f"sigmas has {len(sigmas)} entries, expected num_steps={num_steps}.")
-                sched.set_timesteps(sigmas=sigmas, mu=mu)
+                sched.set_timesteps(num_steps, sigmas=sigmas, **kwargs)
             else:
-                sched.set_timesteps(num_steps, mu=mu)
-            flow_sigmas = sched.sigmas.double().cpu()
-            if flow_sigmas.shape[0] != num_steps + 1:
-                raise ValueError("The scheduler did not produce num_steps + 1 sigmas.")
+                sched.set_timesteps(num_steps, **kwargs)
+            if sched.timesteps.shape[0] != num_steps or sched.sigmas.shape[0] < num_steps:
+                raise ValueError(f"{type(sched).__name__}.set_timesteps({num_steps}) did not give {num_steps} steps.")
+            # the clean end is sigma 0 (a multistep solver may end at sigma_min instead)
+            flow_sigmas = torch.cat([sched.sigmas[:num_steps].double().cpu(), torch.zeros(1, dtype=torch.float64)])
             timesteps = torch.cat([sched.timesteps.float().cpu(), torch.zeros(1)])
             return cls(timesteps, 1 - flow_sigmas, flow_sigmas.clone(), "flow", flow_sigmas)
 
@@ -271,10 +279,7 @@ class DiffusionGrid:
                 "(FlowMatchEulerDiscreteScheduler) or a DDPM-style one with alphas_cumprod and prediction_type "
                 "epsilon / v_prediction / sample (CogVideoXDDIMScheduler, CogVideoXDPMScheduler, DDIMScheduler)."
             )
-        stock = {k: v for k, v in config.items() if not k.startswith("mlcd_") and k != "use_mlcd_steps"}
-        sched = type(scheduler).from_config(stock)
-        if isinstance(sched, MLCDDDIMScheduler):
-            sched.register_to_config(use_mlcd_steps=False)
+        sched = stock_scheduler(scheduler)
         sched.set_timesteps(num_steps)
         steps = sched.timesteps.long().cpu()
         if steps.shape[0] != num_steps:
@@ -283,6 +288,11 @@ class DiffusionGrid:
         final = torch.tensor(1.0, dtype=torch.float64) if final is None else torch.as_tensor(final).double()
         ac = torch.cat([sched.alphas_cumprod.double()[steps], final.reshape(1)])
         timesteps = torch.cat([steps, torch.tensor([-1])])
+        if prediction_type == "epsilon" and bool((ac[:-1] <= 0).any()):
+            raise ValueError(
+                "An epsilon-prediction model cannot recover x0 at zero SNR (alphas_cumprod = 0 on the grid, e.g. "
+                "rescale_betas_zero_snr=True); use v_prediction or a schedule without zero terminal SNR."
+            )
         return cls(timesteps, ac.sqrt(), (1 - ac).clamp_min(0).sqrt(), prediction_type)
 
     def coefficients(self, index: torch.Tensor, device=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -348,7 +358,7 @@ def progressive_num_segments(schedule: Sequence[int], progress: float) -> int:
     return int(schedule[k])
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MLCDPoints:
     """One MLCD training point per batch element, as grid indices.
 
@@ -365,7 +375,7 @@ class MLCDPoints:
     index_s: torch.Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class MLCDSchedule:
     """Segments of a teacher grid, the sampling of training points and the few-step inference scheduler.
 
@@ -674,6 +684,10 @@ class TransformerPredictor:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The transformer's weight dtype (adapter weights, e.g. fp32 LoRA on a bf16 model, are skipped)."""
+        for name, param in self.module.named_parameters():
+            if "lora_" not in name and torch.is_floating_point(param):
+                return param.dtype
         return next(self.module.parameters()).dtype
 
     def with_transformer(self, transformer: nn.Module) -> "TransformerPredictor":

@@ -33,11 +33,18 @@ import torch
 from diffusers import CogVideoXDDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.configuration_utils import register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401  diffusers' loader looks it up here
 from diffusers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["MLCDDDIMScheduler", "MLCDFlowMatchEulerScheduler", "mlcd_scheduler_from", "stock_scheduler"]
+__all__ = [
+    "MLCDDDIMScheduler",
+    "MLCDFlowMatchEulerScheduler",
+    "is_flow_scheduler",
+    "mlcd_scheduler_from",
+    "stock_scheduler",
+]
 
 
 def _extended_init(base: type, extra: dict[str, Any]):
@@ -263,16 +270,32 @@ class MLCDDDIMScheduler(CogVideoXDDIMScheduler):
         return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
 
 
-def _is_flow_scheduler(scheduler) -> bool:
-    return isinstance(scheduler, FlowMatchEulerDiscreteScheduler)
+def is_flow_scheduler(scheduler) -> bool:
+    """Whether ``scheduler`` samples a flow-matching model (velocity ``v = eps - x0``, ``x_t = (1-s) x0 + s eps``).
+
+    True for ``FlowMatchEulerDiscreteScheduler`` (and subclasses) and for multistep solvers configured with flow
+    sigmas (``UniPCMultistepScheduler`` / ``DPMSolverMultistepScheduler`` with ``use_flow_sigmas=True`` and
+    ``prediction_type="flow_prediction"``, as in the Wan 2.1 checkpoints).
+
+    Example:
+        >>> from diffusers import UniPCMultistepScheduler
+        >>> is_flow_scheduler(UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction"))
+        True
+    """
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        return True
+    config = scheduler.config
+    return bool(config.get("use_flow_sigmas")) and config.get("prediction_type") == "flow_prediction"
 
 
 def mlcd_scheduler_from(base_scheduler, timesteps, sigmas=None):
     """The few-step scheduler of an MLCD student: the teacher's scheduler config, pinned to the milestones.
 
     Args:
-        base_scheduler: the teacher's scheduler (``FlowMatchEulerDiscreteScheduler`` for flow matching; a DDPM-style
-            scheduler with ``alphas_cumprod`` such as ``CogVideoXDDIMScheduler``, ``CogVideoXDPMScheduler`` or
+        base_scheduler: the teacher's scheduler (flow matching: ``FlowMatchEulerDiscreteScheduler`` or a multistep
+            solver with flow sigmas such as Wan's ``UniPCMultistepScheduler``, see :func:`is_flow_scheduler`; the
+            student samples with Euler jumps between the milestones either way. DDPM-style: a scheduler with
+            ``alphas_cumprod`` such as ``CogVideoXDDIMScheduler``, ``CogVideoXDPMScheduler`` or
             ``DDIMScheduler``).
         timesteps: the ``S`` milestone timesteps (transformer inputs), descending.
         sigmas: flow matching only: the ``S`` milestone sigmas, descending (required there).
@@ -287,11 +310,14 @@ def mlcd_scheduler_from(base_scheduler, timesteps, sigmas=None):
         ('MLCDFlowMatchEulerScheduler', 3.0, 2)
     """
     config = {k: v for k, v in dict(base_scheduler.config).items() if not k.startswith("_")}
-    if _is_flow_scheduler(base_scheduler):
+    if is_flow_scheduler(base_scheduler):
         if sigmas is None:
             raise ValueError("A flow-matching scheduler needs the milestone sigmas (sigmas=...).")
         keys = set(inspect.signature(MLCDFlowMatchEulerScheduler.__init__).parameters) - {"self"}
         kwargs = {k: v for k, v in config.items() if k in keys}
+        if not isinstance(base_scheduler, FlowMatchEulerDiscreteScheduler):  # e.g. UniPC with flow sigmas
+            kwargs = {"num_train_timesteps": config.get("num_train_timesteps", 1000),
+                      "shift": float(config.get("flow_shift") or 1.0)}
         kwargs.update(stochastic_sampling=False, mlcd_sigmas=_as_list(sigmas, "sigmas", float),
                       mlcd_timesteps=_as_list(timesteps, "timesteps", float), use_mlcd_steps=True)
         return MLCDFlowMatchEulerScheduler(**kwargs)

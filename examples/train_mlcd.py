@@ -1,0 +1,874 @@
+#!/usr/bin/env python
+"""Multi-step latent consistency distillation (MLCD) of a diffusers video pipeline: Efficient-vDiT Stage 1.
+
+Distils a teacher pipeline (CogVideoX, Wan 2.1 / single-expert Wan 2.2, HunyuanVideo) that samples in ``N`` steps
+(``--teacher_steps``, default: the pipeline's default) into a student that samples in ``S`` steps
+(``--num_segments``), with the loss of :func:`diffusers_evdit.mlcd.mlcd_loss`. The result is a pipeline folder whose
+scheduler samples in ``S`` steps by default::
+
+    from diffusers_evdit import EfficientVDiTPipeline
+    import diffusers_evdit.schedulers  # makes the few-step scheduler classes loadable by diffusers
+    pipe = EfficientVDiTPipeline.from_pretrained("mlcd-out")      # S steps, no argument needed
+
+Built like diffusers' consistency-distillation examples (``train_lcm_distill_*.py``): ``accelerate`` (mixed
+precision, gradient accumulation, multi-GPU with DDP), checkpoints (``--checkpointing_steps``,
+``--checkpoints_total_limit``, ``--resume_from_checkpoint latest``), optional LoRA (peft), an EMA target network,
+validation GIFs written (and sent to the trackers) during training, and ``save_pretrained`` at the end.
+
+Data (``--dataset``):
+
+* ``synthetic``: the procedural captioned clips of :mod:`diffusers_evdit.data` (unlimited, seeded);
+* a folder: :class:`diffusers_evdit.data.VideoFolderDataset` layouts: ``metadata.jsonl`` with ``file_name`` +
+  ``text`` lines, or ``videos.txt`` + ``prompts.txt``, or videos with sidecar ``<name>.txt`` captions. GIFs need only
+  Pillow; mp4 / webm need ``imageio`` with a video plugin.
+
+Examples::
+
+    # one GPU, the shipped demo model, 8 steps, about 8 minutes in total (training stops early to fit
+    # the final validation, the evaluation on 64 held-out prompts and the save into the budget)
+    python examples/train_mlcd.py --teacher diffusers_evdit/demo_model --dataset synthetic \\
+        --output_dir runs/mlcd-s8 --num_segments 8 --teacher_steps 48 --train_batch_size 8 --learning_rate 1e-4 \\
+        --allow_tf32 --mixed_precision no --max_train_steps 100000 --max_minutes 7.5 --dataloader_num_workers 8 \\
+        --checkpointing_steps 1000 --checkpoints_total_limit 2 --validation_steps 500 --validate_teacher \\
+        --eval_prompts 64
+
+    # several GPUs (DDP), LoRA, bf16, progressive 16 -> 8 segments, resumable
+    accelerate launch --multi_gpu --num_processes 4 --mixed_precision bf16 examples/train_mlcd.py \\
+        --teacher PATH --output_dir runs/mlcd --progressive_segments 16,8 --use_lora --lora_rank 64 \\
+        --learning_rate 1e-4 --resume_from_checkpoint latest
+
+    # CPU smoke test on a tiny random pipeline (one thread: small ops are slow with several)
+    OMP_NUM_THREADS=1 python examples/train_mlcd.py --teacher tiny:wan --output_dir /tmp/mlcd --num_frames 9 \\
+        --height 32 --width 32 --teacher_steps 8 --num_segments 2 --max_train_steps 4 --max_sequence_length 8
+
+Each optimisation step appends ``{"step", "loss", "lr", "num_segments", "elapsed_s"}`` to
+``<output_dir>/losses.jsonl``; the final folder also holds ``mlcd_config.json`` (settings and provenance) and, with
+``--eval_prompts N``, ``eval.json`` (the ``evdit eval`` metrics of the student at S steps, the teacher at S steps and
+the teacher at its default steps on N held-out synthetic prompts), and ``evdit_demo.json`` (the student's generation
+settings: S steps, no CFG), so ``evdit eval --model DIR`` evaluates the student as it should run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+logger = logging.getLogger("train_mlcd")
+
+TINY_PREFIX = "tiny:"
+TINY_HUNYUAN_TEMPLATE = {"template": "{}", "crop_start": 0}
+
+
+# --------------------------------------------------------------------------------------------------------- args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    g = p.add_argument_group("teacher and distillation")
+    g.add_argument("--teacher", required=True,
+                   help="teacher pipeline: a folder (or Hub id) of a CogVideoX / Wan / HunyuanVideo pipeline, or "
+                        "tiny:cogvideox | tiny:wan | tiny:hunyuan_video (tiny random pipeline, for tests)")
+    g.add_argument("--revision", default=None, help="Hub revision of --teacher")
+    g.add_argument("--teacher_steps", type=int, default=None,
+                   help="N, the teacher's step count the segments split (default: the teacher's default steps, from "
+                        "its evdit_demo.json or the pipeline's __call__; a finer grid, e.g. 48, makes the teacher's "
+                        "first-order solver step more accurate)")
+    g.add_argument("--num_segments", type=int, default=8, help="S, the student's step count (default 8)")
+    g.add_argument("--progressive_segments", default=None,
+                   help="progressive reduction, e.g. '16,8,4': train with each count for an equal share of the run "
+                        "(by steps, or by time with --max_minutes); the last one is S (overrides --num_segments)")
+    g.add_argument("--solver_steps", type=int, default=1,
+                   help="teacher grid steps of the solver step t_m -> t_n (default 1)")
+    g.add_argument("--guidance_scale", type=float, default=None,
+                   help="teacher classifier-free guidance scale w (default for CogVideoX / Wan: evdit_demo.json's, "
+                        "else the pipeline's default; 1.0, i.e. no true CFG, for HunyuanVideo)")
+    g.add_argument("--embedded_guidance_scale", type=float, default=None,
+                   help="HunyuanVideo's embedded guidance (default: the pipeline's default guidance_scale, 6.0)")
+    g.add_argument("--negative_prompt", default="", help="unconditional prompt of the teacher's CFG (default '')")
+    g.add_argument("--loss_type", choices=("l2", "huber"), default="l2")
+    g.add_argument("--huber_c", type=float, default=1e-3)
+    g.add_argument("--ema_decay", type=float, default=0.95,
+                   help="decay of the EMA target network f_target (0: the student itself, under no_grad)")
+    g.add_argument("--max_sequence_length", type=int, default=None,
+                   help="text tokens (default: evdit_demo.json's, else the pipeline's default)")
+
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--use_lora", action="store_true", help="train a LoRA adapter instead of all weights; the "
+                   "teacher is then the same transformer with the adapter disabled")
+    g.add_argument("--lora_rank", type=int, default=64)
+    g.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
+    g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="synthetic", help="'synthetic' or a folder of captioned videos")
+    g.add_argument("--num_frames", type=int, default=None,
+                   help="frames per clip, 4k+1 (default: the teacher's evdit_demo.json, else 29)")
+    g.add_argument("--height", type=int, default=None, help="default: evdit_demo.json, else 128")
+    g.add_argument("--width", type=int, default=None, help="default: evdit_demo.json, else 128")
+    g.add_argument("--frame_stride", type=int, default=1, help="folder datasets: take every n-th frame")
+    g.add_argument("--synthetic_num_samples", type=int, default=1_000_000)
+    g.add_argument("--synthetic_split", default="train", choices=("train", "heldout", "all"))
+    g.add_argument("--train_batch_size", type=int, default=1, help="per device")
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--max_train_steps", type=int, default=1000)
+    g.add_argument("--max_minutes", type=float, default=None,
+                   help="wall-clock budget of the whole run; training stops early so that the final checkpoint, "
+                        "validation, evaluation and save fit")
+    g.add_argument("--time_reserve_s", type=float, default=None,
+                   help="seconds kept for the work after training with --max_minutes (default: measured, >= 20)")
+    g.add_argument("--learning_rate", type=float, default=5e-5)
+    g.add_argument("--lr_scheduler", default="constant",
+                   help="diffusers.optimization.get_scheduler name (constant, cosine, linear, ...)")
+    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=0.0)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                   help="default: accelerate's config")
+    g.add_argument("--allow_tf32", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument("--output_dir", required=True)
+    g.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
+    g.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
+    g.add_argument("--tracker_project_name", default="mlcd")
+    g.add_argument("--checkpointing_steps", type=int, default=500, help="0: no intermediate checkpoints")
+    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    g.add_argument("--save_weights", choices=("student", "ema"), default="student",
+                   help="weights of the saved pipeline: the student or its EMA (the target network)")
+    g.add_argument("--save_dtype", choices=("teacher", "fp32", "fp16", "bf16"), default="teacher",
+                   help="dtype of the saved transformer (default: as the teacher was loaded)")
+
+    g = p.add_argument_group("validation and evaluation")
+    g.add_argument("--validation_steps", type=int, default=250, help="0: only at the end")
+    g.add_argument("--validation_prompts", nargs="*", default=None,
+                   help="default: 2 held-out synthetic prompts (synthetic data) or the first dataset captions")
+    g.add_argument("--validation_seed", type=int, default=0)
+    g.add_argument("--validation_fps", type=int, default=None, help="default: evdit_demo.json's, else 8")
+    g.add_argument("--validate_teacher", action="store_true",
+                   help="also write the teacher's videos at S steps and at its default steps (once)")
+    g.add_argument("--no_final_validation", action="store_true")
+    g.add_argument("--eval_prompts", type=int, default=0,
+                   help="N > 0: the `evdit eval` metrics (diffusers_evdit.demo.evaluate_pipeline) of the student "
+                        "(S steps), the teacher at S steps and the teacher at its default steps on N held-out "
+                        "synthetic prompts -> eval.json (CogVideoX / Wan)")
+    g.add_argument("--eval_batch_size", type=int, default=8)
+    g.add_argument("--eval_workers", type=int, default=4, help="processes scoring the evaluation videos")
+    args = p.parse_args(argv)
+
+    if args.progressive_segments:
+        try:
+            args.segment_schedule = [int(v) for v in args.progressive_segments.split(",") if v.strip()]
+        except ValueError:
+            p.error(f"--progressive_segments must be comma-separated ints, got {args.progressive_segments!r}")
+        if not args.segment_schedule or any(b > a for a, b in zip(args.segment_schedule, args.segment_schedule[1:])):
+            p.error("--progressive_segments must be a non-increasing list such as 16,8,4")
+        args.num_segments = args.segment_schedule[-1]
+    else:
+        args.segment_schedule = [args.num_segments]
+    if args.num_frames is not None and (args.num_frames - 1) % 4:
+        p.error(f"--num_frames must be 4k+1 for the video VAEs, got {args.num_frames}")
+    if not 0.0 <= args.ema_decay < 1.0:
+        p.error("--ema_decay must be in [0, 1)")
+    if args.max_train_steps < 1:
+        p.error("--max_train_steps must be >= 1")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+class EMATarget:
+    """EMA of the trainable parameters: the target network ``f_target``, swapped in for its forward passes.
+
+    Holding the EMA as shadow tensors (not a third model copy) works the same for full fine-tuning and for LoRA
+    (where only the adapter weights move). ``state_dict`` / ``load_state_dict`` make it part of accelerate
+    checkpoints (``accelerator.register_for_checkpointing``).
+    """
+
+    def __init__(self, params, decay: float):
+        self.params = list(params)
+        self.decay = float(decay)
+        self.shadow = [p.detach().clone().float() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        backup = [p.detach().clone() for p in self.params]
+        try:
+            with torch.no_grad():
+                for p, s in zip(self.params, self.shadow):
+                    p.copy_(s.to(p.dtype))
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(self.params, backup):
+                    p.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": [s.cpu() for s in self.shadow]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.shadow):
+            raise ValueError("The checkpoint's EMA does not match the trainable parameters (LoRA / full mismatch?).")
+        self.decay = float(state["decay"])
+        self.shadow = [s.to(p.device, torch.float32) for s, p in zip(state["shadow"], self.params)]
+
+
+class ResumableSampler(Sampler):
+    """Endless, deterministic index stream sharded over processes, that can start at any micro-step.
+
+    Global position ``g`` maps to ``perm_e[g % n]`` with ``perm_e`` a permutation seeded by ``(seed, e = g // n)``;
+    micro-step ``c`` of process ``r`` (of ``w``) reads positions ``(c * w + r) * b + [0, b)``.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 start_micro_step: int = 0):
+        self.n, self.b, self.seed, self.rank, self.world = num_items, batch_size, seed, rank, world
+        self.start = start_micro_step
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _index(self, g: int) -> int:
+        epoch = g // self.n
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=gen))
+        return int(self._perm[1][g % self.n])
+
+    def __iter__(self):
+        c = self.start
+        while True:
+            base = (c * self.world + self.rank) * self.b
+            for j in range(self.b):
+                yield self._index(base + j)
+            c += 1
+
+    def __len__(self):  # endless; DataLoader only needs it for len(loader)
+        return sys.maxsize
+
+
+def load_teacher(spec: str, revision: str | None = None):
+    """The dense teacher pipeline (an ``EfficientVDiT<Base>`` instance) and whether it is a tiny test pipeline."""
+    from diffusers_evdit import EfficientVDiTPipeline
+
+    if spec.startswith(TINY_PREFIX):
+        from diffusers_evdit.tiny import TINY_FAMILIES, tiny_pipeline
+
+        family = spec[len(TINY_PREFIX):]
+        if family not in TINY_FAMILIES:
+            raise SystemExit(f"--teacher {spec}: unknown tiny family; use one of "
+                             f"{', '.join(TINY_PREFIX + f for f in TINY_FAMILIES)}")
+        return EfficientVDiTPipeline.from_pipe(tiny_pipeline(family)), True
+    kwargs = {"revision": revision} if revision else {}
+    return EfficientVDiTPipeline.from_pretrained(spec, mask_plan=None, **kwargs), False
+
+
+def teacher_generation_settings(spec: str) -> dict:
+    """The teacher folder's ``evdit_demo.json`` (generation settings of the demo model) as a dict; {} if none."""
+    path = os.path.join(spec, "evdit_demo.json")
+    if spec.startswith(TINY_PREFIX) or not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path} must hold a JSON object")
+    return data
+
+
+def stored_dtype(spec: str, component: str) -> torch.dtype | None:
+    """The dtype of a component's saved safetensors weights in a local pipeline folder (``None`` if unknown)."""
+    folder = os.path.join(spec, component)
+    if spec.startswith(TINY_PREFIX) or not os.path.isdir(folder):
+        return None
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(folder, files[0]), framework="pt") as f:
+        for key in f.keys():
+            t = f.get_slice(key)
+            dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}.get(t.get_dtype())
+            if dtype is not None:
+                return dtype
+    return None
+
+
+def call_default(pipe, name: str, fallback=None):
+    import inspect
+
+    param = inspect.signature(type(pipe).__call__).parameters.get(name)
+    return fallback if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def checkpoint_dirs(output_dir: str) -> list[str]:
+    if not os.path.isdir(output_dir):
+        return []
+    dirs = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()]
+    return sorted(dirs, key=lambda d: int(d.split("-")[-1]))
+
+
+def frame_strip(frames: np.ndarray, max_frames: int = 8) -> np.ndarray:
+    """Up to ``max_frames`` evenly spaced frames side by side, uint8 ``(H, k W, 3)`` (for image trackers)."""
+    idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
+    arr = frames[idx]
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    return np.concatenate(list(arr), axis=1)
+
+
+# --------------------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+
+    from diffusers_evdit import data as evdit_data
+    from diffusers_evdit import mlcd
+    from diffusers_evdit.processors import family_for
+    from diffusers_evdit.schedulers import stock_scheduler
+
+    t_start = time.time()
+    output_dir = os.path.abspath(args.output_dir)
+    report_to = args.report_to
+    if report_to in ("tensorboard", "all"):
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            if report_to == "tensorboard":
+                print("train_mlcd: tensorboard is not installed; logging to losses.jsonl only (--report_to none)",
+                      file=sys.stderr)
+                report_to = None
+    if report_to == "none":
+        report_to = None
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=output_dir,
+                                            logging_dir=os.path.join(output_dir, args.logging_dir)),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logger.setLevel(logging.WARNING)
+    set_seed(args.seed)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if accelerator.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+    # ---- teacher pipeline, student, teacher and target predictors
+    pipe, is_tiny = load_teacher(args.teacher, args.revision)
+    pipe.set_progress_bar_config(disable=True)
+    family = family_for(pipe.transformer).name
+    base_predictor = mlcd.TransformerPredictor.from_pipeline(pipe)  # refuses unsupported pipelines early
+    # generation settings: flags, else the teacher folder's evdit_demo.json, else the pipeline's defaults
+    saved = teacher_generation_settings(args.teacher)
+    args.num_frames = args.num_frames or saved.get("num_frames", 29)
+    args.height = args.height or saved.get("height", 128)
+    args.width = args.width or saved.get("width", 128)
+    args.validation_fps = args.validation_fps or saved.get("fps", 8)
+    if (args.num_frames - 1) % 4:
+        raise SystemExit(f"num_frames must be 4k+1 for the video VAEs, got {args.num_frames}")
+    base_steps = saved.get("num_inference_steps") or call_default(pipe, "num_inference_steps", 50)
+    teacher_steps = args.teacher_steps or base_steps
+    if family == "hunyuan_video":
+        guidance = 1.0 if args.guidance_scale is None else args.guidance_scale
+        embedded = args.embedded_guidance_scale or saved.get("guidance_scale") or call_default(
+            pipe, "guidance_scale", 6.0)
+        if args.eval_prompts:
+            raise SystemExit("--eval_prompts (the evdit eval metrics) supports CogVideoX and Wan pipelines only.")
+    else:
+        guidance = args.guidance_scale
+        if guidance is None:
+            guidance = saved.get("guidance_scale") or call_default(pipe, "guidance_scale", 1.0)
+        embedded = 6.0
+    prompt_template = TINY_HUNYUAN_TEMPLATE if (is_tiny and family == "hunyuan_video") else None
+    max_seq = args.max_sequence_length or saved.get("max_sequence_length") or call_default(
+        pipe, "max_sequence_length", 226)
+    teacher_scheduler = stock_scheduler(pipe.scheduler)
+    grid_sigmas = np.linspace(1.0, 0.0, teacher_steps + 1)[:-1].tolist() if family == "hunyuan_video" else None
+    grid = mlcd.DiffusionGrid.from_scheduler(teacher_scheduler, teacher_steps, sigmas=grid_sigmas)
+    schedules = {s: mlcd.MLCDSchedule(grid, s, args.solver_steps) for s in sorted(set(args.segment_schedule))}
+
+    # dtypes to save in: as the teacher's files are stored (diffusers loads them upcast to float32)
+    orig_dtypes = {name: stored_dtype(args.teacher, name) or c.dtype for name, c in pipe.components.items()
+                   if isinstance(c, torch.nn.Module)}
+    student = pipe.transformer
+    student.requires_grad_(False)
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module) and name != "transformer":
+            module.requires_grad_(False).eval()
+            # VAE and text encoders: bf16 when training in bf16, else fp32 (T5 and the VAEs overflow in fp16)
+            module.to(device, dtype=torch.bfloat16 if weight_dtype == torch.bfloat16 else torch.float32)
+    if args.use_lora:
+        from peft import LoraConfig
+
+        student.to(device, dtype=weight_dtype)
+        student.add_adapter(LoraConfig(
+            r=args.lora_rank, lora_alpha=args.lora_alpha or args.lora_rank, init_lora_weights="gaussian",
+            target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
+        ))
+        if weight_dtype != torch.float32:
+            cast_training_params(student, dtype=torch.float32)
+        teacher_module = None
+    else:
+        teacher_module = copy.deepcopy(student).to(device, dtype=weight_dtype).eval()
+        student.to(device, dtype=torch.float32).requires_grad_(True)
+    student.train()
+    if args.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise SystemExit("No trainable parameters (check --lora_target_modules).")
+    ema = EMATarget(params, args.ema_decay) if args.ema_decay > 0 else None
+
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    unwrapped = accelerator.unwrap_model(student)
+
+    student_predict = base_predictor.with_transformer(student)
+    student_predict.embedded_guidance_scale = embedded
+    plain_predict = base_predictor.with_transformer(unwrapped)
+    plain_predict.embedded_guidance_scale = embedded
+    if teacher_module is not None:
+        teacher_predict = base_predictor.with_transformer(teacher_module)
+        teacher_predict.embedded_guidance_scale = embedded
+    else:
+        def teacher_predict(z, t, c):
+            with mlcd.adapters_disabled(unwrapped):
+                return plain_predict(z, t, c)
+
+    if ema is not None:
+        def target_predict(z, t, c):
+            with ema.swapped():
+                return plain_predict(z, t, c)
+    else:
+        target_predict = plain_predict
+
+    # ---- data
+    if args.dataset == "synthetic":
+        dataset = evdit_data.SyntheticVideoDataset(
+            num_samples=args.synthetic_num_samples, seed=args.seed, num_frames=args.num_frames, height=args.height,
+            width=args.width, split=args.synthetic_split)
+    else:
+        dataset = evdit_data.VideoFolderDataset(args.dataset, num_frames=args.num_frames, height=args.height,
+                                                width=args.width, frame_stride=args.frame_stride)
+    if args.validation_prompts:
+        validation_prompts = list(args.validation_prompts)
+    elif args.dataset == "synthetic":
+        validation_prompts = [c for c, _ in evdit_data.heldout_prompts()[:2]]
+    else:
+        validation_prompts = [dataset.samples[i][1] for i in range(min(2, len(dataset)))]
+
+    # ---- resume
+    global_step = 0
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            dirs = checkpoint_dirs(output_dir)
+            path = os.path.join(output_dir, dirs[-1]) if dirs else None
+        else:
+            path = args.resume_from_checkpoint
+        if path is None:
+            logger.info("No checkpoint in %s; starting a new run.", output_dir)
+        elif not os.path.isdir(path):
+            raise SystemExit(f"--resume_from_checkpoint {path}: not a folder")
+        else:
+            logger.info("Resuming from %s", path)
+            accelerator.load_state(path)
+            global_step = int(os.path.basename(os.path.normpath(path)).split("-")[-1])
+    micro_step = global_step * args.gradient_accumulation_steps
+    sampler = ResumableSampler(len(dataset), args.train_batch_size, args.seed, accelerator.process_index,
+                               accelerator.num_processes, start_micro_step=micro_step)
+    loader = DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler,
+                        collate_fn=evdit_data.collate_videos, num_workers=args.dataloader_num_workers)
+
+    if accelerator.is_main_process:
+        config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
+                  for k, v in vars(args).items()}
+        accelerator.init_trackers(args.tracker_project_name, config=config)
+
+    # ---- text conditioning (cached by caption)
+    cond_cache: dict[str, dict] = {}
+
+    def conditions(captions: list[str]) -> dict:
+        missing = [c for c in dict.fromkeys(captions) if c not in cond_cache]
+        if missing:
+            enc = mlcd.encode_prompts(pipe, missing, device=device, max_sequence_length=max_seq,
+                                      prompt_template=prompt_template)
+            for i, c in enumerate(missing):
+                cond_cache[c] = {k: v[i: i + 1] for k, v in enc.items()}
+            while len(cond_cache) > 8192:
+                cond_cache.pop(next(iter(cond_cache)))
+        return {k: torch.cat([cond_cache[c][k] for c in captions]) for k in cond_cache[captions[0]]}
+
+    uncond_one = conditions([args.negative_prompt]) if guidance != 1.0 else None
+
+    # ---- validation
+    val_dir = os.path.join(output_dir, "validation")
+    call_kwargs = dict(num_frames=args.num_frames, height=args.height, width=args.width,
+                       max_sequence_length=max_seq, output_type="np")
+    if prompt_template is not None:
+        call_kwargs["prompt_template"] = prompt_template
+
+    def generate(transformer, scheduler, prompts, steps, student_mode, seed):
+        from diffusers_evdit import EfficientVDiTPipeline
+
+        vpipe = EfficientVDiTPipeline.from_pipe(pipe, transformer=transformer, scheduler=scheduler)
+        vpipe.set_progress_bar_config(disable=True)
+        kw = dict(call_kwargs, num_inference_steps=steps)
+        if family == "hunyuan_video":
+            kw["guidance_scale"] = embedded
+        else:
+            kw["guidance_scale"] = 1.0 if student_mode else guidance
+            if not student_mode and guidance != 1.0:
+                kw["negative_prompt"] = [args.negative_prompt] * len(prompts)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.no_grad(), accelerator.autocast():
+            frames = vpipe(prompt=list(prompts), generator=gen, **kw).frames
+        return np.asarray(frames, dtype=np.float32)
+
+    def student_weights():
+        return ema.swapped() if (ema is not None and args.save_weights == "ema") else contextlib.nullcontext()
+
+    def log_videos(tag: str, videos: np.ndarray, step: int) -> list[str]:
+        os.makedirs(val_dir, exist_ok=True)
+        paths = []
+        for i, frames in enumerate(videos):
+            path = os.path.join(val_dir, f"{tag}-step{step:06d}-{i}.gif")
+            evdit_data.save_video(frames, path, fps=args.validation_fps)
+            paths.append(path)
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard":
+                strips = np.stack([frame_strip(v) for v in videos])
+                tracker.writer.add_images(f"validation/{tag}", strips, step, dataformats="NHWC")
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.log({f"validation/{tag}": [wandb.Video(p, fps=args.validation_fps, format="gif",
+                                                               caption=c)
+                                                   for p, c in zip(paths, validation_prompts)]}, step=step)
+        return paths
+
+    def run_validation(step: int, num_segments: int) -> float:
+        t0 = time.time()
+        sched = schedules[num_segments].inference_scheduler(teacher_scheduler)
+        unwrapped.eval()
+        with student_weights():
+            videos = generate(unwrapped, sched, validation_prompts, num_segments, True, args.validation_seed)
+        unwrapped.train()
+        log_videos(f"student-S{num_segments}", videos, step)
+        logger.info("validation at step %d: %d videos in %s (%.1f s)", step, len(videos), val_dir, time.time() - t0)
+        return time.time() - t0
+
+    @contextlib.contextmanager
+    def teacher_transformer():
+        if teacher_module is not None:
+            yield teacher_module
+        else:
+            with mlcd.adapters_disabled(unwrapped) as module:
+                yield module
+
+    if args.validate_teacher and accelerator.is_main_process:
+        with teacher_transformer() as tmod:
+            for steps in sorted({args.num_segments, base_steps}):
+                videos = generate(tmod, stock_scheduler(teacher_scheduler), validation_prompts, steps, False,
+                                  args.validation_seed)
+                log_videos(f"teacher-{steps}steps", videos, 0)
+
+    # ---- training
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** MLCD: %s (%s) -> S=%s from N=%d teacher steps *****", args.teacher, family,
+                ",".join(map(str, args.segment_schedule)), teacher_steps)
+    logger.info("  milestones (grid indices) for S=%d: %s; timesteps: %s", args.num_segments,
+                schedules[args.num_segments].milestones,
+                [round(float(t), 3) for t in schedules[args.num_segments].milestone_timesteps()])
+    logger.info("  teacher CFG %.2f, loss %s, EMA %.3f, LoRA %s, total batch %d, steps %d -> %d", guidance,
+                args.loss_type, args.ema_decay, args.use_lora, total_batch, global_step, args.max_train_steps)
+    loss_log = os.path.join(output_dir, "losses.jsonl")
+    budget_s = args.max_minutes * 60.0 if args.max_minutes else None
+    validation_s = 0.0
+    losses: list[dict] = []
+    stopped_by_time = False
+    data_iter = iter(loader)
+    train_start = time.time()
+
+    def current_segments() -> int:
+        progress = global_step / args.max_train_steps
+        if budget_s:  # the time share of the training part of the budget
+            progress = max(progress, (time.time() - t_start) / max(budget_s - reserve_s(), 1e-3))
+        return mlcd.progressive_num_segments(args.segment_schedule, progress)
+
+    def reserve_s() -> float:
+        if args.time_reserve_s is not None:
+            return args.time_reserve_s
+        extra = 0.0 if args.no_final_validation else 1.5 * validation_s
+        return max(20.0, extra + 10.0) + (30.0 + 1.0 * args.eval_prompts if args.eval_prompts else 0.0)
+
+    num_segments = current_segments()
+    acc_loss = torch.zeros((), device=device)
+    while global_step < args.max_train_steps:
+        batch = next(data_iter)
+        num_segments = current_segments()
+        schedule = schedules[num_segments]
+        gen = torch.Generator().manual_seed(
+            (args.seed * 1_000_003 + micro_step) * 4099 + accelerator.process_index)
+        with accelerator.accumulate(student):
+            latents = mlcd.encode_videos(pipe, batch["video"], generator=gen).float()
+            cond = conditions(batch["caption"])
+            uncond = None
+            if uncond_one is not None:
+                uncond = {k: v.expand(latents.shape[0], *v.shape[1:]) for k, v in uncond_one.items()}
+            with accelerator.autocast():
+                out = mlcd.mlcd_loss(student_predict, target_predict, teacher_predict, latents, cond, schedule,
+                                     uncond=uncond, guidance_scale=guidance, generator=gen,
+                                     loss_type=args.loss_type, huber_c=args.huber_c)
+            accelerator.backward(out.loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        micro_step += 1
+        acc_loss += out.loss.detach() / args.gradient_accumulation_steps
+        if not accelerator.sync_gradients:
+            continue
+        if ema is not None:
+            ema.update()
+        global_step += 1
+        step_loss = accelerator.reduce(acc_loss.clone(), reduction="mean").item()
+        acc_loss.zero_()
+        row = {"step": global_step, "loss": step_loss, "lr": lr_scheduler.get_last_lr()[0],
+               "num_segments": num_segments, "elapsed_s": round(time.time() - t_start, 3)}
+        losses.append(row)
+        if accelerator.is_main_process:
+            with open(loss_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            accelerator.log({"loss": step_loss, "lr": row["lr"], "num_segments": num_segments}, step=global_step)
+            if global_step == 1 or global_step % 10 == 0:
+                logger.info("step %d loss %.5f S=%d (%.1f s)", global_step, step_loss, num_segments, row["elapsed_s"])
+
+        stop = torch.tensor(0.0, device=device)
+        if budget_s is not None and time.time() - t_start > budget_s - reserve_s():
+            stop += 1
+        stop = accelerator.reduce(stop, reduction="sum").item() > 0
+        last = stop or global_step >= args.max_train_steps
+        if args.checkpointing_steps and (global_step % args.checkpointing_steps == 0 or stop):
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if (accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0
+                and not last):
+            validation_s = run_validation(global_step, num_segments)
+        if stop:
+            stopped_by_time = True
+            logger.info("Stopping at step %d: the --max_minutes budget (%.1f min) is reached.", global_step,
+                        args.max_minutes)
+            break
+    train_s = time.time() - train_start
+    accelerator.wait_for_everyone()
+
+    # ---- final validation, evaluation, save
+    final_segments = num_segments
+    if final_segments != args.num_segments:
+        logger.warning("Training stopped in the progressive phase S=%d before reaching S=%d; the saved scheduler "
+                       "uses S=%d.", final_segments, args.num_segments, final_segments)
+    summary = {"output_dir": output_dir, "global_step": global_step, "num_segments": final_segments,
+               "losses": losses, "stopped_by_time": stopped_by_time}
+    if accelerator.is_main_process:
+        if not args.no_final_validation:
+            run_validation(global_step, final_segments)
+        final_schedule = schedules[final_segments]
+        inference_scheduler = final_schedule.inference_scheduler(teacher_scheduler)
+        generation = {"num_frames": args.num_frames, "height": args.height, "width": args.width,
+                      "max_sequence_length": max_seq, "fps": args.validation_fps}
+        if args.eval_prompts:
+            summary["eval"] = evaluate(args, pipe, unwrapped, student_weights, teacher_transformer,
+                                       inference_scheduler, teacher_scheduler, final_segments, base_steps,
+                                       guidance, generation, output_dir)
+        save_pipeline(args, pipe, unwrapped, ema, inference_scheduler, orig_dtypes, output_dir, family)
+        write_generation_settings(output_dir, generation, final_segments,
+                                  embedded if family == "hunyuan_video" else 1.0, args.teacher)
+        provenance = {
+            "teacher": args.teacher, "family": family, "teacher_steps": teacher_steps,
+            "num_segments": final_segments, "segment_schedule": args.segment_schedule,
+            "solver_steps": args.solver_steps, "milestones": final_schedule.milestones,
+            "milestone_timesteps": [float(t) for t in final_schedule.milestone_timesteps()],
+            "prediction_type": grid.prediction_type, "teacher_guidance_scale": guidance,
+            "embedded_guidance_scale": embedded if family == "hunyuan_video" else None,
+            "loss_type": args.loss_type, "ema_decay": args.ema_decay, "use_lora": args.use_lora,
+            "steps": global_step, "final_loss": losses[-1]["loss"] if losses else None,
+            "train_seconds": round(train_s, 1), "total_seconds": round(time.time() - t_start, 1),
+            "stopped_by_time": stopped_by_time, "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "frames": args.num_frames, "height": args.height, "width": args.width, "dataset": args.dataset,
+        }
+        with open(os.path.join(output_dir, "mlcd_config.json"), "w", encoding="utf-8") as f:
+            json.dump(provenance, f, indent=2)
+        append_model_card(output_dir, provenance, summary.get("eval"))
+        logger.info("Saved the %d-step pipeline to %s (%.1f s in total)", final_segments, output_dir,
+                    time.time() - t_start)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None) -> None:
+    """``accelerator.save_state`` to ``checkpoint-<step>``, pruning the oldest beyond ``total_limit`` first."""
+    if accelerator.is_main_process and total_limit is not None:
+        dirs = checkpoint_dirs(output_dir)
+        if len(dirs) >= total_limit:
+            for d in dirs[: len(dirs) - total_limit + 1]:
+                shutil.rmtree(os.path.join(output_dir, d))
+    path = os.path.join(output_dir, f"checkpoint-{step}")
+    accelerator.save_state(path)
+    logger.info("Saved state to %s", path)
+
+
+def save_pipeline(args, pipe, unwrapped, ema, scheduler, orig_dtypes, output_dir: str, family: str) -> None:
+    """The distilled pipeline folder (EfficientVDiTPipeline layout) with the few-step scheduler; LoRA also alone."""
+    from diffusers_evdit import EfficientVDiTPipeline
+
+    ctx = ema.swapped() if (ema is not None and args.save_weights == "ema") else contextlib.nullcontext()
+    with ctx:
+        transformer = unwrapped
+        if args.use_lora:
+            from peft.utils import get_peft_model_state_dict
+
+            lora = get_peft_model_state_dict(transformer)
+            pipe.__class__.save_lora_weights(os.path.join(output_dir, "lora"), transformer_lora_layers=lora)
+            transformer.fuse_lora()
+            transformer.unload_lora()
+        else:
+            transformer = copy.deepcopy(unwrapped)  # the EMA swap ends after the copy
+    transformer.requires_grad_(False).eval()
+    if getattr(transformer, "is_gradient_checkpointing", False):
+        transformer.disable_gradient_checkpointing()
+    save_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        args.save_dtype, orig_dtypes.get("transformer", torch.float32))
+    transformer.to("cpu", dtype=save_dtype)
+    components = {}
+    for name, dtype in orig_dtypes.items():
+        if name != "transformer":
+            components[name] = pipe.components[name].to("cpu", dtype=dtype)
+    out = EfficientVDiTPipeline.from_pipe(pipe, transformer=transformer, scheduler=scheduler, **components)
+    out.save_pretrained(output_dir)
+
+
+def evaluate(args, pipe, unwrapped, student_weights, teacher_transformer, scheduler, teacher_scheduler,
+             num_segments: int, base_steps: int, guidance: float, generation: dict, output_dir: str) -> list[dict]:
+    """The ``evdit eval`` metrics (:func:`diffusers_evdit.demo.evaluate_pipeline`) on held-out prompts.
+
+    Rows: ``MLCD`` (student, S steps, no CFG), ``Teacher`` (teacher, S steps, its CFG: the baseline without
+    distillation) and ``Base`` (teacher at its default steps). Same prompts and seeds for all rows.
+    """
+    from diffusers_evdit import EfficientVDiTPipeline
+    from diffusers_evdit.demo import EVAL_KEYS, GenerationConfig, evaluate_pipeline
+    from diffusers_evdit.schedulers import stock_scheduler
+
+    def run(name, transformer, sched, steps, guidance_scale):
+        vpipe = EfficientVDiTPipeline.from_pipe(pipe, transformer=transformer, scheduler=sched)
+        gen = GenerationConfig(num_frames=generation["num_frames"], height=generation["height"],
+                               width=generation["width"], max_sequence_length=generation["max_sequence_length"],
+                               num_inference_steps=steps, guidance_scale=guidance_scale, fps=generation["fps"])
+        t0 = time.time()
+        res = evaluate_pipeline(vpipe, gen, num_prompts=args.eval_prompts, seed=args.validation_seed,
+                                batch_size=args.eval_batch_size, workers=args.eval_workers, progress=False,
+                                reference=False)
+        row = {"name": name, "steps": steps, "guidance_scale": guidance_scale,
+               **{k: res.get(k) for k in EVAL_KEYS}, "num_videos": res.get("num_videos"),
+               "step_ms": res.get("timing", {}).get("step_ms"), "eval_seconds": round(time.time() - t0, 1)}
+        logger.info("eval %-8s steps %3d final_score %.4f frechet %s", name, steps, row["final_score"],
+                    row["frechet"])
+        return row
+
+    unwrapped.eval()
+    with student_weights():
+        rows = [run("MLCD", unwrapped, scheduler, num_segments, 1.0)]
+    with teacher_transformer() as tmod:
+        rows.append(run("Teacher", tmod, stock_scheduler(teacher_scheduler), num_segments, guidance))
+        rows.append(run("Base", tmod, stock_scheduler(teacher_scheduler), base_steps, guidance))
+    unwrapped.train()
+    with open(os.path.join(output_dir, "eval.json"), "w", encoding="utf-8") as f:
+        json.dump({"prompts": args.eval_prompts, "seed": args.validation_seed, "rows": rows}, f, indent=2)
+    return rows
+
+
+def write_generation_settings(output_dir: str, generation: dict, steps: int, guidance_scale: float,
+                              teacher: str) -> None:
+    """``evdit_demo.json`` of the student: its S steps and no CFG, so ``evdit demo/eval --model DIR`` use them."""
+    from diffusers_evdit.demo import GenerationConfig
+
+    GenerationConfig(num_frames=generation["num_frames"], height=generation["height"], width=generation["width"],
+                     max_sequence_length=generation["max_sequence_length"], num_inference_steps=steps,
+                     guidance_scale=guidance_scale, fps=generation["fps"],
+                     extra={"mlcd_teacher": teacher}).save(output_dir)
+
+
+def append_model_card(output_dir: str, provenance: dict, eval_rows: list[dict] | None) -> None:
+    """Add (or replace) an MLCD section after the pipeline's model card section."""
+    path = os.path.join(output_dir, "README.md")
+    begin, end = "<!-- diffusers-evdit:mlcd:begin -->", "<!-- diffusers-evdit:mlcd:end -->"
+    lines = [begin, "## MLCD few-step distillation", "",
+             f"Distilled with `examples/train_mlcd.py` (multi-step latent consistency distillation, Efficient-vDiT "
+             f"Stage 1) from `{provenance['teacher']}` ({provenance['teacher_steps']} teacher steps) to "
+             f"**{provenance['num_segments']} steps**; the saved scheduler samples with them by default "
+             "(`import diffusers_evdit.schedulers` before loading).", "",
+             "| setting | value |", "| --- | --- |"]
+    for key in ("segment_schedule", "milestone_timesteps", "prediction_type", "teacher_guidance_scale", "loss_type",
+                "ema_decay", "use_lora", "steps", "final_loss", "train_seconds", "device", "mixed_precision",
+                "dataset"):
+        lines.append(f"| {key} | {provenance[key]} |")
+    if eval_rows:
+        lines += ["", "`evdit eval` metrics on held-out prompts (`eval.json`):", "",
+                  "| model | steps | final_score | frechet |", "| --- | --- | --- | --- |"]
+        lines += [f"| {r['name']} | {r['steps']} | {r['final_score']:.4f} | {r['frechet']} |" for r in eval_rows]
+    lines += [end, ""]
+    section = "\n".join(lines)
+    text = Path(path).read_text(encoding="utf-8") if os.path.exists(path) else ""
+    if begin in text and end in text:
+        text = text[: text.index(begin)] + section.rstrip("\n") + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    Path(path).write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
