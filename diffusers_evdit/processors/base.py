@@ -19,10 +19,16 @@ class TileState:
 
     ``video_layout`` is set by a forward pre-hook on the transformer from the latent shape of each call; the
     processors add their own text segment to it. ``attention`` holds the kernel choice and the kernels' caches.
+    ``parallel_config`` is the transformer's diffusers ``ParallelConfig`` (``None`` unless
+    ``enable_parallelism`` ran on it), recorded by the same hook, so that processors installed after
+    parallelism was enabled (a later :func:`~diffusers_evdit.apply_mask_plan`) run under it too. The layout is
+    always the *global* one: diffusers' context-parallel hooks shard the sequence inside the transformer, after
+    this hook has seen the whole latent.
     """
 
     attention: TileAttention = field(default_factory=TileAttention)
     video_layout: TileLayout | None = None
+    parallel_config: object = None
     original_processors: dict = field(default_factory=dict)
     hook_id: int | None = None
     metadata: dict = field(default_factory=dict)
@@ -60,14 +66,78 @@ class TileSparseAttnProcessor:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(layer={self.layer_index}, k={self.k})"
 
+    @property
+    def parallel_config(self):
+        """The diffusers ``ParallelConfig`` this processor runs under, or ``None``.
+
+        ``enable_parallelism`` sets ``_parallel_config`` on the processors present at that time; processors installed
+        later get the transformer's config from the shared :class:`TileState`.
+        """
+        return self._parallel_config if self._parallel_config is not None else self.state.parallel_config
+
+    def context_parallel(self):
+        """The ``ParallelConfig`` when it enables context parallelism (Ulysses and/or ring), else ``None``."""
+        config = self.parallel_config
+        if config is None or getattr(config, "context_parallel_config", None) is None:
+            return None
+        return config
+
+    def check_seq_len(self, layout: TileLayout, seq_len: int, where: str) -> None:
+        """Check that this call's (local) self-attention sequence fits the global ``layout``.
+
+        Single process: ``seq_len`` must be ``layout.seq_len``. Under context parallelism the video tokens are
+        sharded over the ranks and the text tokens are whole on every rank (see :mod:`diffusers_evdit.parallel`).
+        """
+        config = self.context_parallel()
+        if config is None:
+            layout.check_seq_len(seq_len, where)
+            return
+        from ..parallel import check_local_seq_len
+
+        check_local_seq_len(layout, seq_len, config.context_parallel_config, where)
+
     def tile_attention(self, q, k, v, layout: TileLayout, key_padding_mask=None, dense_fn=None) -> torch.Tensor:
-        """Exact tile attention of ``[B, H, N, D]`` tensors for this layer's plan entry."""
-        if self._parallel_config is not None and not is_dense(layout.num_frames, self.k):
-            raise NotImplementedError(
-                f"Layer {self.layer_index}: tile-sparse attention does not run under diffusers' context parallelism "
-                "yet; use a dense plan (or no plan) while parallelism is enabled."
-            )
+        """Exact tile attention of ``[B, H, N, D]`` tensors for this layer's plan entry.
+
+        ``layout`` and ``key_padding_mask`` describe the global sequence. In a single process ``q, k, v`` hold that
+        whole sequence. Under diffusers' context parallelism they hold this rank's shard (the text segment whole,
+        a slice of the video tokens) for all heads; :func:`diffusers_evdit.parallel.ulysses_tile_attention` then
+        exchanges them (Ulysses all-to-all) so that the kernel sees the global sequence for this rank's heads.
+        ``dense_fn(q, k, v)`` is the model's own attention call on the processor's tensors (local shards under
+        context parallelism, run through diffusers' own context-parallel attention).
+        """
+        config = self.context_parallel()
+        if config is not None:
+            from ..parallel import ulysses_tile_attention
+
+            return ulysses_tile_attention(self, q, k, v, layout, key_padding_mask, dense_fn, config)
         return self.state.attention(q, k, v, layout, self.k, key_padding_mask=key_padding_mask, dense_fn=dense_fn)
+
+    def is_dense_on(self, layout: TileLayout) -> bool:
+        """Whether this layer's entry is dense on ``layout`` (``k=None`` or ``k >= F``)."""
+        return is_dense(layout.num_frames, self.k)
+
+
+def dispatch_dense_fn(processor: TileSparseAttnProcessor, attention_mask: torch.Tensor | None) -> Callable:
+    """The model's own dense attention call for ``[B, H, N, D]`` tensors: diffusers' ``dispatch_attention_fn`` on
+    ``[B, N, H, D]`` with the processor's attention backend and parallel config (as the stock Wan and HunyuanVideo
+    processors call it)."""
+    from diffusers.models.attention_dispatch import dispatch_attention_fn
+
+    def dense_fn(q, k, v):
+        out = dispatch_attention_fn(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=attention_mask,
+            dropout_p=0.0,
+            is_causal=False,
+            backend=processor._attention_backend,
+            parallel_config=processor._parallel_config,
+        )
+        return out.transpose(1, 2)
+
+    return dense_fn
 
 
 def key_padding_from_attention_mask(mask: torch.Tensor | None, batch: int, seq_len: int, where: str):
@@ -100,6 +170,7 @@ class LayoutHook:
 
     def __call__(self, module, args, kwargs):
         self.state.video_layout = self.family.video_layout(module, args, kwargs)
+        self.state.parallel_config = getattr(module, "_parallel_config", None)
 
 
 @dataclass(frozen=True)

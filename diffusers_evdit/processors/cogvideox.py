@@ -25,8 +25,8 @@ class CogVideoXTileSparseAttnProcessor(TileSparseAttnProcessor):
         batch_size, sequence_length, _ = hidden_states.shape
         where = f"CogVideoX layer {self.layer_index}"
         layout = self.state.layout(text_seq_length, TEXT_FIRST, where)
-        layout.check_seq_len(sequence_length, where)
-        key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, sequence_length, where)
+        self.check_seq_len(layout, sequence_length, where)
+        key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, layout.seq_len, where)
 
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..layout import TEXT_LAST, layout_from_latents
-from .base import ModelFamily, TileSparseAttnProcessor, forward_arg, key_padding_from_attention_mask
+from .base import (
+    ModelFamily,
+    TileSparseAttnProcessor,
+    dispatch_dense_fn,
+    forward_arg,
+    key_padding_from_attention_mask,
+)
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -66,22 +71,10 @@ class HunyuanVideoTileSparseAttnProcessor(TileSparseAttnProcessor):
 
         batch_size, sequence_length = query.shape[:2]
         layout = self.state.layout(num_text, TEXT_LAST, where)
-        layout.check_seq_len(sequence_length, where)
-        key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, sequence_length, where)
+        self.check_seq_len(layout, sequence_length, where)
+        key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, layout.seq_len, where)
 
-        def dense_fn(q, k, v):  # the stock call, on [B, N, H, D]
-            out = dispatch_attention_fn(
-                q.transpose(1, 2),
-                k.transpose(1, 2),
-                v.transpose(1, 2),
-                attn_mask=None if key_padding_mask is None else attention_mask,
-                dropout_p=0.0,
-                is_causal=False,
-                backend=self._attention_backend,
-                parallel_config=self._parallel_config,
-            )
-            return out.transpose(1, 2)
-
+        dense_fn = dispatch_dense_fn(self, None if key_padding_mask is None else attention_mask)
         out = self.tile_attention(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), layout, key_padding_mask, dense_fn
         )

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import torch
-from diffusers.models.attention_dispatch import dispatch_attention_fn
 
 from ..layout import TEXT_NONE, layout_from_latents
-from .base import ModelFamily, TileSparseAttnProcessor, forward_arg, key_padding_from_attention_mask
+from .base import (
+    ModelFamily,
+    TileSparseAttnProcessor,
+    dispatch_dense_fn,
+    forward_arg,
+    key_padding_from_attention_mask,
+)
 
 
 def _apply_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor):
@@ -36,8 +41,8 @@ class WanTileSparseAttnProcessor(TileSparseAttnProcessor):
             raise ValueError(f"{where}: tile-sparse processors only replace Wan's self-attention (attn1).")
         batch_size, sequence_length, _ = hidden_states.shape
         layout = self.state.layout(0, TEXT_NONE, where)
-        layout.check_seq_len(sequence_length, where)
-        key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, sequence_length, where)
+        self.check_seq_len(layout, sequence_length, where)
+        key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, layout.seq_len, where)
 
         if attn.fused_projections:
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
@@ -50,19 +55,7 @@ class WanTileSparseAttnProcessor(TileSparseAttnProcessor):
             query = _apply_rotary_emb(query, *rotary_emb)
             key = _apply_rotary_emb(key, *rotary_emb)
 
-        def dense_fn(q, k, v):  # the stock call, on [B, N, H, D]
-            out = dispatch_attention_fn(
-                q.transpose(1, 2),
-                k.transpose(1, 2),
-                v.transpose(1, 2),
-                attn_mask=attention_mask,
-                dropout_p=0.0,
-                is_causal=False,
-                backend=self._attention_backend,
-                parallel_config=self._parallel_config,
-            )
-            return out.transpose(1, 2)
-
+        dense_fn = dispatch_dense_fn(self, attention_mask)
         out = self.tile_attention(
             query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), layout, key_padding_mask, dense_fn
         )
