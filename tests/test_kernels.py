@@ -100,3 +100,26 @@ def test_flex_block_mask_index_tensors_are_dense_row_major():
     bm = tile_block_mask(TileLayout(13, 20, 9, "first"), 1, block_size=16)
     for t in (bm.kv_num_blocks, bm.kv_indices, bm.full_kv_num_blocks, bm.full_kv_indices):
         assert t.is_contiguous() and t.dtype == torch.int32
+
+
+@pytest.mark.parametrize("kernel", ["auto", "gathered"])  # FlexAttention has no CPU backward
+def test_gradients_match_the_masked_reference(kernel):
+    layout = TileLayout(5, 6, 3, "first")
+    q, k, v = (x.double().requires_grad_() for x in _inputs(layout, 1, 2, 8, 7))
+    mask = paper_mask(5, 6, 3, True, 2)
+    g = torch.randn(1, 2, layout.seq_len, 8, dtype=torch.float64)
+    ref = torch.autograd.grad((attention_f64(q, k, v, mask) * g).sum(), (q, k, v))
+    out = tile_attention(q, k, v, layout, 2, kernel=kernel)
+    got = torch.autograd.grad((out * g).sum(), (q, k, v))
+    for a, b in zip(got, ref):
+        assert (a - b).abs().max() < 1e-9
+
+
+def test_split_refuses_to_train():
+    layout = TileLayout(5, 6, 3, "first")
+    q, k, v = (x.requires_grad_() for x in _inputs(layout, 1, 2, 8, 7))
+    with pytest.raises(RuntimeError, match="inference-only"):
+        tile_attention(q, k, v, layout, 2, kernel="split")
+    with torch.no_grad():
+        assert TileAttention().choose(layout, 2, q.device) == "split"
+    assert TileAttention().choose(layout, 2, q.device) == "gathered"

@@ -4,7 +4,13 @@
     evdit generate --model THUDM/CogVideoX-5b --plan plan.json --prompt "..." --frames 49 --out panda.gif
 
 Prints the plan (k per layer), the element sparsity on the actual token layout, and the time of every denoising
-step; diffusers' progress bar shows the progress. ``.gif`` is written with Pillow; ``.mp4`` needs ``imageio`` with
+step; diffusers' progress bar shows the progress. ``--cp N`` runs on N GPUs with tile-sparse attention under
+diffusers' Ulysses context parallelism (docs/parallel.md): the command relaunches itself under ``torchrun
+--standalone --nproc-per-node N`` (or, already under ``torchrun --nproc-per-node N``, runs as one of its ranks);
+rank 0 prints and writes the video.
+
+    evdit generate --model ./hunyuan-evdit --prompt "..." --frames 129 --height 720 --width 1280 --cp 4 --out a.mp4
+ ``.gif`` is written with Pillow; ``.mp4`` needs ``imageio`` with
 ``imageio-ffmpeg``, or ``opencv-python``.
 """
 
@@ -125,6 +131,33 @@ def _describe_plans(pipe) -> list[str]:
     return lines
 
 
+def _relaunch_with_torchrun(args) -> int:
+    """Run this very command line under ``torchrun --standalone --nproc-per-node args.cp``; return its exit code."""
+    import subprocess
+    import sys
+
+    from ..cli import build_parser
+    from ..parallel import SAFE_MULTI_GPU_ENV
+
+    argv = sys.argv[1:]
+    try:
+        same = vars(build_parser().parse_args(argv)) == vars(args)
+    except SystemExit:
+        same = False
+    if not same:
+        raise ValueError(
+            "--cp N relaunches the evdit command line under torchrun, but this call did not come from the command "
+            "line; launch it yourself: torchrun --nproc-per-node N -m diffusers_evdit.cli generate ... --cp N."
+        )
+    env = dict(os.environ)
+    for key, value in SAFE_MULTI_GPU_ENV.items():
+        env.setdefault(key, value)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.cp}",
+           "-m", "diffusers_evdit.cli", *argv]
+    print("running: " + " ".join(cmd[1:]), flush=True)
+    return subprocess.call(cmd, env=env)
+
+
 def _cmd_generate(args) -> int:
     import torch
 
@@ -134,6 +167,25 @@ def _cmd_generate(args) -> int:
     check_video_path(args.out)  # before loading anything
     if args.plan and args.dense:
         raise ValueError("--plan and --dense exclude each other.")
+    if args.cp < 1:
+        raise ValueError(f"--cp must be >= 1, got {args.cp}.")
+    rank = 0
+    if args.cp > 1:
+        if "WORLD_SIZE" not in os.environ:
+            return _relaunch_with_torchrun(args)
+        if int(os.environ["WORLD_SIZE"]) != args.cp:
+            raise ValueError(f"--cp {args.cp} but torchrun started {os.environ['WORLD_SIZE']} processes.")
+        from ..parallel import init_distributed
+
+        rank, _, cp_device = init_distributed(backend="gloo" if args.device == "cpu" else None)
+        if cp_device.type == "cpu":
+            torch.set_num_threads(1)
+        args.device = str(cp_device)
+
+    def say(*parts, **kwargs):
+        if rank == 0:
+            print(*parts, **kwargs)
+
     plan_kwargs = {}
     if args.plan:
         plan_kwargs["mask_plan"] = MaskPlan.load(args.plan)
@@ -152,7 +204,11 @@ def _cmd_generate(args) -> int:
             raise
         raise ValueError(f"cannot load {args.model}: {err}") from None
     pipe.to(device)
-    pipe.set_progress_bar_config(disable=False)
+    pipe.set_progress_bar_config(disable=rank != 0)
+    if args.cp > 1:
+        from ..parallel import enable_tile_parallelism
+
+        enable_tile_parallelism(pipe, ulysses_degree=args.cp)
 
     call = {"prompt": args.prompt, "output_type": "pil"}
     optional = {
@@ -170,15 +226,18 @@ def _cmd_generate(args) -> int:
         if name not in params:
             raise ValueError(f"{type(pipe).__name__} does not take {name}; drop --{name.replace('_', '-')}.")
         call[name] = value
+    if args.seed is None and args.cp > 1:
+        args.seed = 0  # every rank must start from the same noise
+        say("--cp: no --seed given, using seed 0 on every rank")
     if args.seed is not None:
         call["generator"] = torch.Generator("cpu").manual_seed(args.seed)
 
     from tqdm.auto import tqdm
 
-    print(f"model {args.model}: {type(pipe).__name__} on {device} ({dtype_name})")
+    say(f"model {args.model}: {type(pipe).__name__} on {device} ({dtype_name})")
     for line in _describe_plans(pipe):
-        print(line)
-    timer = _StepTimer(pipe, tqdm.write)
+        say(line)
+    timer = _StepTimer(pipe, tqdm.write if rank == 0 else (lambda line: None))
     if "callback_on_step_end" in params:
         call["callback_on_step_end"] = timer.callback
     try:
@@ -197,18 +256,22 @@ def _cmd_generate(args) -> int:
             + (f" + {layout.num_text_tokens} text tokens" if layout.num_text_tokens else "")
         )
         if plan is None:
-            print(f"{slot}: sparsity 0.0% (dense) on {shape}")
+            say(f"{slot}: sparsity 0.0% (dense) on {shape}")
         else:
             names = sorted(set(plan.describe(layout.num_frames)))
-            print(f"{slot}: sparsity {plan.sparsity(layout):.1%} ({', '.join(names)}) on {shape}")
+            say(f"{slot}: sparsity {plan.sparsity(layout):.1%} ({', '.join(names)}) on {shape}")
     if timer.times:
         mean = sum(timer.times) / len(timer.times)
-        print(
+        say(
             f"{len(timer.times)} steps, mean {1e3 * mean:.1f} ms/step; "
             f"total {total:.2f} s with text encoding and decoding"
         )
-    path = write_video(frames, args.out, fps=args.fps)
-    print(f"wrote {path} ({len(frames)} frames)")
+    if rank == 0:
+        path = write_video(frames, args.out, fps=args.fps)
+        say(f"wrote {path} ({len(frames)} frames)")
+    if args.cp > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
 
 
@@ -233,5 +296,13 @@ def register(sub) -> None:
     gen.add_argument("--fps", type=int, default=8)
     gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    gen.add_argument(
+        "--cp",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run on N GPUs (N processes) with tile-sparse attention under diffusers' Ulysses context parallelism; "
+        "relaunches itself with torchrun unless already under torchrun --nproc-per-node N (docs/parallel.md)",
+    )
     gen.add_argument("--out", required=True, help="output video: .mp4 (imageio/opencv) or .gif (Pillow)")
     gen.set_defaults(func=_cmd_generate)

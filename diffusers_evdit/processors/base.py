@@ -133,7 +133,7 @@ def dispatch_dense_fn(processor: TileSparseAttnProcessor, attention_mask: torch.
             dropout_p=0.0,
             is_causal=False,
             backend=processor._attention_backend,
-            parallel_config=processor._parallel_config,
+            parallel_config=processor.parallel_config,
         )
         return out.transpose(1, 2)
 

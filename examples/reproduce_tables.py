@@ -1,0 +1,786 @@
+#!/usr/bin/env python
+"""The paper's three-stage result on the shipped demo model: Base, MLCD, MLCD + uniform masks, Ours (search + KD).
+
+From the demo model (``diffusers_evdit/demo_model``, a Wan-style pipeline; or ``--model DIR``) this script builds and
+evaluates, all on the same held-out prompts and seeds (``diffusers_evdit.demo.evaluate_pipeline``: the analytic
+``final_score`` in 0-1 and the Frechet stand-in over analytic video features):
+
+* ``Base``: the model, dense, its default steps and guidance;
+* ``MLCD``: the Stage 1 few-step model (``examples/train_mlcd.py``, ``S`` = ``--num_segments`` steps), dense; or
+  ``--mlcd_model DIR``, a trained one;
+* ``MLCD_k:F-k``: the MLCD model with a uniform plan (the paper's 4:4-style ablation), without training, and
+  ``MLCD_k:F-k+KD`` after the same KD as ours (fair comparison of uniform vs searched plans);
+* ``Ours_r=R`` for each ``R`` in ``--ratios`` (0.025, 0.05, 0.1, 0.2, 0.4): the greedy layer-wise search
+  (``diffusers_evdit.search.greedy_search``, threshold ``R`` on the output MSE, inputs recorded from the MLCD
+  pipeline on training prompts) followed by knowledge distillation (``examples/train_kd.py``, teacher = the dense
+  MLCD model, task loss = the MLCD loss with the Base model as ODE teacher);
+* order ablation (Tables 5 / 11): ``MLCD_then_KD`` (= ``Ours_r=--ablation_r``) vs ``KD_then_MLCD`` (KD of the Base
+  model with the same plan and the diffusion loss, then MLCD of the sparse model with itself as ODE teacher).
+
+Columns: ``steps``; ``sparsity`` (mean element sparsity of the plan's attention on the demo layout: 8 latent frames x
+64 tokens); ``final_score``; ``frechet``; ``speedup = step_ratio * step_speedup`` where ``step_ratio = Base steps /
+steps`` and ``step_speedup`` is the per-step speedup of *the same plan* on the full-size architecture of the family
+(default ``wan2.1-1.3b_81f_480p``, 81 frames 480p) on a GPU. The plan is mapped to that model layer by layer (depth
+proportional) and mask by mask (the ``k`` whose element sparsity on the full-size layout is closest). The per-step
+speedup is, in order of preference:
+
+1. **measured**: ``--step_speedups FILE`` (``{"Ours_r=0.1": 1.52, ...}``, e.g. measured with the mapped plans this
+   script writes to ``WORK/fullsize_plans/``), or ``--measure_step_speedups`` (times the mapped plans on the full-size
+   random-weight transformer on this GPU, bf16, batch 1, as ``evdit bench step``);
+2. **derived**: from the measured uniform-plan step times of ``--step_results`` (``benchmarks/results/step-h100.json``)
+   interpolated linearly over element sparsity, layer by layer (each layer adds ``1/L`` of the uniform plan's step
+   time change at its sparsity; beyond the sparsest measured plan the attention time scales with ``1 - sparsity``).
+
+``speedup_incl_cfg`` also counts classifier-free guidance passes (Base with CFG runs the transformer twice a step;
+the MLCD student runs once). Writes ``OUT/quality.json`` and ``OUT/quality.md`` (rows with ``name``, ``steps``,
+``sparsity``, ``final_score``, ``frechet``, ``speedup``, plus the per-step speedup, its source, plans, training
+summaries, every metric), after every row, so an interrupted run leaves its rows.
+
+Time: ``--budget_minutes`` (default 8) is shared by the stages: the MLCD training gets three shares, every KD run
+one, after the measured evaluation times are reserved. On one H100 the default run takes about 8 minutes.
+
+    # one GPU, the shipped demo model, ~8 minutes
+    python examples/reproduce_tables.py --out_dir benchmarks/results --work_dir runs/reproduce
+    # with an MLCD model trained before, and per-step speedups measured on this GPU
+    python examples/reproduce_tables.py --mlcd_model runs/mlcd-s8 --measure_step_speedups
+    # CPU smoke test: tiny random pipeline, a few training steps per stage (plumbing only: no quality)
+    OMP_NUM_THREADS=1 python examples/reproduce_tables.py --smoke --work_dir /tmp/reproduce
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import gc
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from datetime import date
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+if os.path.isdir(os.path.join(ROOT, "diffusers_evdit")) and ROOT not in sys.path:
+    sys.path.insert(1, ROOT)
+
+import torch  # noqa: E402
+
+DEFAULT_RATIOS = (0.025, 0.05, 0.1, 0.2, 0.4)
+ROW_KEYS = ("name", "steps", "sparsity", "final_score", "frechet", "speedup")
+FULLSIZE_DEFAULT = {"wan": "wan2.1-1.3b_81f_480p", "cogvideox": "cogvideox-5b_49f_480p",
+                    "hunyuan_video": "hunyuan_129f_720p"}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default=None, help="Base pipeline folder (default: the shipped demo model)")
+    p.add_argument("--mlcd_model", default=None, help="a trained MLCD folder (train_mlcd.py) instead of training one")
+    p.add_argument("--work_dir", default=None, help="trained models, plans, logs (default runs/reproduce[-smoke])")
+    p.add_argument("--out_dir", default=None,
+                   help="where quality.json / quality.md go (default benchmarks/results; --smoke: the work dir)")
+    p.add_argument("--budget_minutes", type=float, default=8.0, help="wall-clock budget of the whole run")
+    p.add_argument("--eval_prompts", type=int, default=64, help="held-out prompts per row")
+    p.add_argument("--eval_batch_size", type=int, default=None, help="default 16 on CUDA, 1 on CPU")
+    p.add_argument("--eval_workers", type=int, default=None, help="metric processes (default: min(8, CPUs))")
+    p.add_argument("--num_segments", type=int, default=8, help="S, the MLCD student's steps")
+    p.add_argument("--teacher_steps", type=int, default=None, help="N of MLCD (default: the Base model's steps)")
+    p.add_argument("--mlcd_shares", type=float, default=3.0, help="time shares of the MLCD run (a KD run has 1)")
+    p.add_argument("--ratios", default=",".join(map(str, DEFAULT_RATIOS)), help="search thresholds r")
+    p.add_argument("--uniform_ks", default="auto",
+                   help="k of the uniform-plan rows (auto: F/2, F/4, 1; e.g. 4,2,1 for 8 latent frames)")
+    p.add_argument("--no_uniform_kd", action="store_true", help="skip the KD of the uniform plans")
+    p.add_argument("--ablation_r", type=float, default=0.1, help="r of the order ablation's plan")
+    p.add_argument("--no_ablation", action="store_true", help="skip the order ablation")
+    p.add_argument("--search_prompts", type=int, default=2, help="training prompts whose MLCD calls feed the search")
+    p.add_argument("--search_loss", choices=("output", "layer"), default="output")
+    p.add_argument("--kd_batch_size", type=int, default=8)
+    p.add_argument("--kd_learning_rate", type=float, default=1e-4)
+    p.add_argument("--kd_weight", type=float, default=1.0)
+    p.add_argument("--task_weight", type=float, default=100.0, help="lambda of the KD runs (paper: 100)")
+    p.add_argument("--mlcd_batch_size", type=int, default=8)
+    p.add_argument("--mlcd_learning_rate", type=float, default=1e-4)
+    p.add_argument("--dataloader_num_workers", type=int, default=None, help="default 8 on CUDA, 0 on CPU")
+    p.add_argument("--fullsize_model", default=None,
+                   help="evdit bench step model whose per-step speedups count (default: the family's, "
+                        "wan2.1-1.3b_81f_480p for the demo model)")
+    p.add_argument("--step_results", default=os.path.join(ROOT, "benchmarks", "results", "step-h100.json"),
+                   help="evdit bench step JSON with measured uniform-plan step times (for derived speedups)")
+    p.add_argument("--step_speedups", default=None, help="JSON {row name: measured per-step speedup}")
+    p.add_argument("--measure_step_speedups", action="store_true",
+                   help="time the mapped plans on the full-size transformer on this GPU (CUDA, ~1 min)")
+    p.add_argument("--device", default=None, help="default: cuda when available")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny random pipeline, 2 training steps per stage, 2 prompts (tests the plumbing on CPU)")
+    args = p.parse_args(argv)
+    try:
+        args.ratio_list = [float(r) for r in args.ratios.split(",") if r.strip()]
+    except ValueError:
+        p.error(f"--ratios must be comma-separated numbers, got {args.ratios!r}")
+    if not args.ratio_list or any(r <= 0 for r in args.ratio_list):
+        p.error("--ratios must be positive")
+    if args.eval_prompts < 2:
+        p.error("--eval_prompts must be >= 2 (the Frechet distance needs two videos)")
+    if args.measure_step_speedups and not torch.cuda.is_available():
+        p.error("--measure_step_speedups needs a CUDA device")
+    if args.smoke:
+        args.eval_prompts = min(args.eval_prompts, 2)
+        args.num_segments = 2
+        args.teacher_steps = args.teacher_steps or 4
+        args.search_prompts = 1
+        args.kd_batch_size = args.mlcd_batch_size = 1
+    args.work_dir = os.path.abspath(args.work_dir or os.path.join("runs", "reproduce-smoke" if args.smoke
+                                                                  else "reproduce"))
+    args.out_dir = os.path.abspath(args.out_dir or (args.work_dir if args.smoke
+                                                    else os.path.join(ROOT, "benchmarks", "results")))
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------ time
+
+
+class Clock:
+    """The run's deadline, split into training time shares after the evaluations still to come are reserved."""
+
+    def __init__(self, minutes: float):
+        self.start = time.time()
+        self.deadline = self.start + 60.0 * minutes
+        self.eval_s = 0.0  # the longest evaluation so far
+        self.extra_s = 0.0  # kept for the final stage (per-step speedup measurement)
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def minutes_for(self, shares: float, shares_left: float, evals_left: int, extra_s: float = 0.0) -> float:
+        """Minutes for a run of ``shares`` out of ``shares_left``, keeping time for ``evals_left`` evaluations."""
+        reserve = evals_left * max(self.eval_s, 5.0) + extra_s + self.extra_s + 5.0
+        left = self.deadline - time.time() - reserve
+        return max(0.25, left * shares / max(shares_left, 1e-9) / 60.0)
+
+
+# ------------------------------------------------------------------------------------------------------ models
+
+
+def make_smoke_model(folder: str) -> str:
+    """A random tiny demo pipeline folder (structure of the shipped model; 4 latent frames of 16 tokens)."""
+    from diffusers_evdit import EfficientVDiTPipeline
+    from diffusers_evdit.demo import GenerationConfig
+    from diffusers_evdit.tiny import tiny_demo_pipeline
+
+    if not os.path.isfile(os.path.join(folder, "model_index.json")):
+        EfficientVDiTPipeline.from_pipe(tiny_demo_pipeline()).save_pretrained(folder)
+        GenerationConfig.tiny().save(folder)
+    return folder
+
+
+def saved_plan(folder: str):
+    from diffusers_evdit import MaskPlan
+
+    path = os.path.join(folder, "mask_plan.json")
+    return MaskPlan.load(path) if os.path.isfile(path) else None
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def evaluate(args, clock: Clock, folder: str, plan=None, use_saved_plan: bool = True) -> dict:
+    """The evdit eval metrics of a pipeline folder with its own generation settings (and ``plan`` or its saved one)."""
+    import diffusers_evdit.schedulers  # noqa: F401  (MLCD schedulers load by name)
+    from diffusers_evdit.demo import EVAL_KEYS, evaluate_pipeline, load_pipeline
+
+    t0 = time.time()
+    pipe, gen = load_pipeline(folder, device=args.device)
+    if plan is None and use_saved_plan:
+        plan = saved_plan(folder)
+    pipe.set_mask_plan(plan)
+    batch = args.eval_batch_size or (16 if str(pipe._execution_device).startswith("cuda") else 1)
+    res = evaluate_pipeline(pipe, gen, num_prompts=args.eval_prompts, seed=args.seed, batch_size=batch,
+                            workers=args.eval_workers, progress=False, reference=False)
+    out = {k: res[k] for k in EVAL_KEYS}
+    out.update(steps=gen.num_inference_steps, guidance_scale=gen.guidance_scale, sparsity=res["plan"]["sparsity"],
+               latent_frames=res["plan"]["latent_frames"], tokens_per_frame=res["plan"]["tokens_per_frame"],
+               plan=None if plan is None else list(plan.layers), step_ms=res["timing"]["step_ms"],
+               eval_seconds=round(time.time() - t0, 1))
+    del pipe
+    free_memory()
+    clock.eval_s = max(clock.eval_s, time.time() - t0)
+    return out
+
+
+def common_train_args(args) -> list[str]:
+    workers = args.dataloader_num_workers
+    if workers is None:
+        workers = 8 if torch.cuda.is_available() and not args.smoke else 0
+    out = ["--report_to", "none", "--checkpointing_steps", "0", "--validation_steps", "0", "--mixed_precision", "no",
+           "--seed", str(args.seed), "--dataloader_num_workers", str(workers), "--allow_tf32"]
+    return out
+
+
+def budget_args(args, minutes: float) -> list[str]:
+    if args.smoke:
+        return ["--max_train_steps", "2"]
+    return ["--max_train_steps", "1000000", "--max_minutes", f"{minutes:.3f}", "--time_reserve_s", "6"]
+
+
+def reset_accelerate() -> None:
+    """accelerate keeps process-wide singleton state; reset it between training runs in this process."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def train_mlcd(args, base: str, out: str, minutes: float) -> dict:
+    import train_mlcd as script
+
+    argv = ["--teacher", base, "--output_dir", out, "--num_segments", str(args.num_segments),
+            "--train_batch_size", str(args.mlcd_batch_size), "--learning_rate", str(args.mlcd_learning_rate),
+            "--no_final_validation", *common_train_args(args), *budget_args(args, minutes)]
+    if args.teacher_steps:
+        argv += ["--teacher_steps", str(args.teacher_steps)]
+    reset_accelerate()
+    summary = script.main(argv)
+    free_memory()
+    return {"steps": summary.get("global_step"), "final_loss": (summary.get("losses") or [{}])[-1].get("loss"),
+            "minutes": round(minutes, 2), "stopped_by_time": summary.get("stopped_by_time")}
+
+
+def train_kd(args, out: str, minutes: float, extra: list[str]) -> dict:
+    import train_kd as script
+
+    argv = ["--output_dir", out, "--train_batch_size", str(args.kd_batch_size), "--learning_rate",
+            str(args.kd_learning_rate), "--task_weight", str(args.task_weight), "--no_final_validation",
+            *common_train_args(args), *budget_args(args, minutes), *extra]
+    if "--kd_weight" not in extra:
+        argv += ["--kd_weight", str(args.kd_weight)]
+    t0 = time.time()
+    reset_accelerate()
+    summary = script.main(argv)
+    free_memory()
+    last = (summary.get("losses") or [{}])[-1]
+    return {"steps": summary.get("global_step"), "final_loss": last.get("loss"),
+            "final_feature_loss": last.get("feature_loss"), "final_task_loss": last.get("task_loss"),
+            "task_loss": summary.get("task_loss"), "minutes": round(minutes, 2),
+            "seconds": round(time.time() - t0, 1), "stopped_by_time": summary.get("stopped_by_time")}
+
+
+# ------------------------------------------------------------------------------------------------------ search
+
+
+def search_plans(args, mlcd_dir: str, ratios: list[float], plan_dir: str) -> dict:
+    """Greedy plans of the MLCD model for each threshold, on transformer inputs recorded from its own sampling."""
+    import diffusers_evdit.schedulers  # noqa: F401
+    from diffusers_evdit.analysis import record_transformer_inputs
+    from diffusers_evdit.data import SyntheticVideoDataset
+    from diffusers_evdit.demo import load_pipeline
+    from diffusers_evdit.search import greedy_search
+
+    pipe, gen = load_pipeline(mlcd_dir, device=args.device)
+    pipe.set_mask_plan(None)
+    ds = SyntheticVideoDataset(num_samples=1000, seed=args.seed + 7, split="train")
+    prompts = [ds.scene(i).caption() for i in range(args.search_prompts)]
+    with record_transformer_inputs(pipe.transformer, device=None) as calls, torch.no_grad():
+        pipe(prompt=prompts, generator=torch.Generator("cpu").manual_seed(args.seed), output_type="latent",
+             **gen.call_kwargs())
+    plans = {}
+    os.makedirs(plan_dir, exist_ok=True)
+    for r in ratios:
+        plan = greedy_search(pipe.transformer, calls, r, loss=args.search_loss, progress=False)
+        plan.metadata.update(source=mlcd_dir, search_prompts=prompts, inputs="recorded MLCD sampling calls")
+        path = os.path.join(plan_dir, f"ours_r={r:g}.json")
+        plan.save(path)
+        plans[r] = (plan, path)
+        print(f"[reproduce] search r={r:g}: k per layer {plan.layers}", flush=True)
+    del pipe, calls
+    free_memory()
+    return plans
+
+
+# ------------------------------------------------------------------------------------------------- speedups
+
+
+def _fullsize(name: str):
+    """(StepModel, family, num plan layers, layout) of an evdit bench step model."""
+    import diffusers
+
+    from diffusers_evdit.bench.step import MODELS
+    from diffusers_evdit.layout import layout_from_latents
+
+    if name not in MODELS:
+        raise SystemExit(f"--fullsize_model {name}: choose one of {', '.join(MODELS)}")
+    spec = MODELS[name]
+    cls = {"wan": diffusers.WanTransformer3DModel, "cogvideox": diffusers.CogVideoXTransformer3DModel,
+           "hunyuan_video": diffusers.HunyuanVideoTransformer3DModel}[spec.family]
+    params = inspect.signature(cls.__init__).parameters
+    cfg = {k: v.default for k, v in params.items() if v.default is not inspect.Parameter.empty}
+    cfg.update(spec.config)
+    layers = cfg["num_layers"] + (cfg.get("num_single_layers", 0) if spec.family == "hunyuan_video" else 0)
+    patch = cfg["patch_size"]
+    if spec.family == "cogvideox":
+        patch = (cfg.get("patch_size_t") or 1, patch, patch)
+    elif spec.family == "hunyuan_video":
+        patch = (cfg.get("patch_size_t") or 1, patch, patch)
+    text = {"wan": (0, "none"), "cogvideox": (spec.text_tokens, "first"), "hunyuan_video": (spec.text_tokens, "last")}
+    layout = layout_from_latents(spec.latent, patch, *text[spec.family])
+    return spec, layers, layout
+
+
+def map_plan(plan, src_layout, dst_layers: int, dst_layout):
+    """The plan on the full-size model: layer ``j`` takes layer ``floor(j L / L_full)``; each sparse ``k`` becomes
+    the full-size ``k`` whose element sparsity is closest."""
+    from diffusers_evdit import MaskPlan
+    from diffusers_evdit.masks import element_sparsity
+
+    f_dst = dst_layout.num_frames
+    cache = {}
+    layers = []
+    for j in range(dst_layers):
+        k = plan.layers[j * plan.num_layers // dst_layers]
+        if k is None or k >= src_layout.num_frames:
+            layers.append(None)
+            continue
+        if k not in cache:
+            s = element_sparsity(src_layout, k)
+            cache[k] = min(range(1, f_dst), key=lambda kk: abs(element_sparsity(dst_layout, kk) - s))
+        layers.append(cache[k])
+    return MaskPlan(layers, None, {"mapped_from": list(plan.layers)})
+
+
+class StepTimes:
+    """Per-step time vs element sparsity of uniform plans, measured (``evdit bench step`` rows of one model)."""
+
+    def __init__(self, path: str, model: str):
+        if not os.path.isfile(path):
+            raise SystemExit(f"{path}: no step benchmark (run `evdit bench step --out {path}` on a GPU, or pass "
+                             "--step_speedups / --measure_step_speedups)")
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        rows = [r for r in data.get("rows", []) if r.get("model") == model]
+        if not rows:
+            raise SystemExit(f"{path} has no rows of {model}; run `evdit bench step --models {model}`")
+        self.source = {"file": os.path.relpath(path, ROOT) if path.startswith(ROOT) else path,
+                       "device": data.get("device"), "date": data.get("date"), "model": model}
+        self.dense = sum(r["dense_step_s"] for r in rows) / len(rows)
+        self.non_attention = rows[0]["non_attention_s"]
+        pts = sorted((r["element_sparsity"], r["sparse_step_s"]) for r in rows)
+        self.points = [(0.0, self.dense)] + pts
+
+    def step_time(self, s: float) -> float:
+        """Step time of a uniform plan of sparsity ``s`` (linear between measured points)."""
+        xs = [p[0] for p in self.points]
+        if s >= xs[-1]:
+            s_max, t_max = self.points[-1]
+            attn = max(t_max - self.non_attention, 0.0)
+            return self.non_attention + attn * (1 - s) / max(1 - s_max, 1e-9)
+        i = bisect.bisect_right(xs, s)
+        (x0, y0), (x1, y1) = self.points[i - 1], self.points[i]
+        return y0 + (y1 - y0) * (s - x0) / (x1 - x0)
+
+    def speedup(self, plan, layout) -> float:
+        """Dense step / plan step, with each layer adding 1/L of the uniform step time change at its sparsity."""
+        from diffusers_evdit.masks import element_sparsity
+
+        delta = sum(self.step_time(element_sparsity(layout, k)) - self.dense for k in plan.layers if k is not None)
+        return self.dense / (self.dense + delta / plan.num_layers)
+
+
+def measure_step_speedups(mapped: dict, model: str, reps: int = 3) -> dict:
+    """Per-step speedups of mapped plans on the full-size random-weight transformer (CUDA, bf16, batch 1)."""
+    from diffusers_evdit.bench.step import MODELS, build_model
+
+    torch.backends.cuda.matmul.allow_tf32 = True
+    model_t, inputs = build_model(MODELS[model], torch.device("cuda"))
+    try:
+        return _time_plans(model_t, inputs, mapped, reps)
+    finally:
+        del model_t, inputs
+        free_memory()
+
+
+def _time_plans(model, inputs, mapped: dict, reps: int) -> dict:
+    from diffusers_evdit import MaskPlan, apply_mask_plan, num_plan_layers
+
+    def timed() -> float:
+        def step():
+            with torch.no_grad():
+                model(**inputs, return_dict=False)
+            torch.cuda.synchronize()
+
+        step()  # warm-up
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - t0)
+        return sorted(times)[len(times) // 2]
+
+    apply_mask_plan(model, MaskPlan.dense(num_plan_layers(model)))
+    dense = timed()
+    out = {}
+    for name, plan in mapped.items():
+        if all(k is None for k in plan.layers):
+            out[name] = 1.0
+            continue
+        apply_mask_plan(model, plan)
+        out[name] = dense / timed()
+        print(f"[reproduce] measured step speedup {name}: {out[name]:.3f}x", flush=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------ output
+
+
+def fmt(v, spec=".4f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    return format(v, spec)
+
+
+def runs(layers) -> str:
+    """``[3, 3, 3, None]`` -> ``"0-2: 3, 3: dense"``."""
+    if not layers:
+        return "n/a"
+    out, start = [], 0
+    for i in range(1, len(layers) + 1):
+        if i == len(layers) or layers[i] != layers[start]:
+            span = f"{start}" if i - 1 == start else f"{start}-{i - 1}"
+            out.append(f"{span}: {'dense' if layers[start] is None else layers[start]}")
+            start = i
+    return ", ".join(out)
+
+
+def fx(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}x"
+
+
+def finish_rows(rows: list[dict], base: dict, step_speedup) -> None:
+    """Fill the speedup columns of every row (``step_speedup(row) -> (value, source)``)."""
+    for row in rows:
+        s, source = step_speedup(row)
+        row["step_speedup"], row["step_speedup_source"] = s, source
+        row["step_ratio"] = base["steps"] / row["steps"]
+        row["speedup"] = row["step_ratio"] * s
+        cfg = lambda r: 2 if r["guidance_scale"] > 1.0 else 1  # noqa: E731  (forwards per step, CFG batched)
+        row["speedup_incl_cfg"] = row["speedup"] * cfg(base) / cfg(row)
+
+
+def comparisons(rows: list[dict]) -> dict:
+    """The issue's checks, as measured: Ours within 0.01 of Base at >= 5x; searched vs uniform plans on Frechet."""
+    base = next((r for r in rows if r["name"] == "Base"), None)
+    ours = [r for r in rows if r["name"].startswith("Ours_")]
+    uniform = [r for r in rows if r["name"].startswith("MLCD_") and r.get("plan")]
+    uniform_kd = [r for r in uniform if r["name"].endswith("+KD")] or uniform
+    out: dict = {}
+    if base is not None:
+        ok = [r["name"] for r in ours if r["final_score"] is not None and r["speedup"] is not None
+              and r["final_score"] >= base["final_score"] - 0.01 and r["speedup"] >= 5.0]
+        out["ours_within_0.01_of_base_at_5x"] = ok
+    pairs = []
+    for u in uniform_kd:
+        for o in ours:
+            if o["sparsity"] >= u["sparsity"] - 1e-9 and o["frechet"] is not None and u["frechet"] is not None:
+                pairs.append({"ours": o["name"], "uniform": u["name"], "ours_sparsity": o["sparsity"],
+                              "uniform_sparsity": u["sparsity"], "ours_frechet": o["frechet"],
+                              "uniform_frechet": u["frechet"], "ours_better": o["frechet"] < u["frechet"]})
+    out["searched_vs_uniform_at_equal_or_higher_sparsity"] = pairs
+    return out
+
+
+def write_results(args, rows, ablation, meta, final: bool) -> None:
+    os.makedirs(args.out_dir, exist_ok=True)
+    data = {"benchmark": "quality", "complete": final, "smoke": args.smoke, **meta,
+            "rows": rows, "order_ablation": ablation, "checks": comparisons(rows) if final else None}
+    with open(os.path.join(args.out_dir, "quality.json"), "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(args.out_dir, "quality.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(data))
+
+
+def markdown(data: dict) -> str:
+    lines = ["# Efficient-vDiT on the demo model: quality and speed", ""]
+    if data["smoke"]:
+        lines += ["**Smoke run: a tiny random-weight pipeline and a few training steps per stage. These numbers test "
+                  "the script; they say nothing about quality.**", ""]
+    if not data["complete"]:
+        lines += ["**Incomplete: the run stopped before all rows were built.**", ""]
+    s = data["settings"]
+    lines += [
+        f"Model `{s['model']}` ({s['device']}), {s['eval_prompts']} held-out prompts (same prompts and seeds for every "
+        f"row), {s['latent_frames']} latent frames x {s['tokens_per_frame']} tokens. MLCD: {s['num_segments']} "
+        f"steps. KD: lambda = {s['task_weight']}, feature weight {s['kd_weight']}. Generated by "
+        "`examples/reproduce_tables.py` on " + f"{data['date']} in {data['total_minutes']:.1f} min.", "",
+        "`final_score`: analytic metric, 0-1, higher is better; `frechet`: Frechet distance of analytic video "
+        "features to real videos of the same prompts, lower is better. `sparsity`: mean attention element sparsity "
+        "of the plan on the demo layout. `speedup` = step ratio (Base steps / steps) x per-step speedup of the same "
+        "plan on the full-size architecture; `incl. CFG` also counts Base's two transformer passes per step.", "",
+        "| name | steps | sparsity | final_score | frechet | per-step speedup (source) | speedup | incl. CFG | "
+        "train steps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+
+    def line(r):
+        src = r.get("step_speedup_source", "")
+        train = r.get("training") or {}
+        return (f"| {r['name']} | {r['steps']} | {r['sparsity']:.1%} | {fmt(r['final_score'])} | "
+                f"{fmt(r['frechet'], '.3f')} | {fx(r.get('step_speedup'))} ({src or 'pending'}) | "
+                f"{fx(r.get('speedup'))} | {fx(r.get('speedup_incl_cfg'))} | "
+                f"{train.get('steps', '')} |")
+
+    lines += [line(r) for r in data["rows"]]
+    if data["order_ablation"]:
+        lines += ["", "## Order ablation (paper Tables 5 / 11)", "",
+                  "Same plan for both orders. `MLCD_then_KD`: MLCD, then KD of the sparse student from the dense "
+                  "MLCD model (the `Ours` pipeline). `KD_then_MLCD`: KD of the Base model with the plan (diffusion "
+                  "loss), then MLCD of that sparse model with itself as the ODE teacher.", "",
+                  "| order | steps | sparsity | final_score | frechet | speedup |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        lines += [f"| {r['name']} | {r['steps']} | {r['sparsity']:.1%} | {fmt(r['final_score'])} | "
+                  f"{fmt(r['frechet'], '.3f')} | {fx(r.get('speedup'))} |" for r in data["order_ablation"]]
+    sp = data["speedup_source"]
+    lines += ["", "## What is measured and what is derived", ""] if sp else []
+    lines += [] if not sp else [
+              "* Measured here: every `final_score` / `frechet` (generated videos scored against real ones), the "
+              "plans (search on recorded MLCD calls), the training runs.",
+              f"* Per-step speedups on `{sp['fullsize_model']}`: {sp['description']}",
+              "* Derived: `speedup` = step ratio x per-step speedup (the two are measured separately, not as one "
+              "end-to-end time of the demo model, whose 512-token sequences are too short for attention to matter).",
+              ""]
+    checks = data.get("checks")
+    if checks:
+        ok = checks.get("ours_within_0.01_of_base_at_5x")
+        lines += ["## Checks", "",
+                  f"* `Ours` rows within 0.01 of Base's final_score at >= 5x speedup: "
+                  f"{', '.join(ok) if ok else 'none'}."]
+        pairs = checks["searched_vs_uniform_at_equal_or_higher_sparsity"]
+        if pairs:
+            wins = sum(p["ours_better"] for p in pairs)
+            lines.append(f"* Searched plans vs uniform plans they match or exceed in sparsity, on Frechet: {wins} of "
+                         f"{len(pairs)} pairs favour the searched plan:")
+            lines += [f"  * {p['ours']} ({p['ours_sparsity']:.1%}, {p['ours_frechet']:.3f}) vs {p['uniform']} "
+                      f"({p['uniform_sparsity']:.1%}, {p['uniform_frechet']:.3f}): "
+                      f"{'searched better' if p['ours_better'] else 'uniform better'}" for p in pairs]
+        else:
+            lines.append("* No searched plan is at least as sparse as a uniform plan: no Frechet comparison at equal "
+                         "or higher sparsity.")
+        lines.append("")
+    plans = [r for r in data["rows"] if r.get("plan")]
+    if plans:
+        lines += ["## Plans (k per layer; None = dense)", ""]
+        lines += [f"* {r['name']}: {r['plan']} (full-size, {len(r.get('fullsize_plan') or [])} layers: "
+                  f"{runs(r.get('fullsize_plan'))})" for r in plans]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    if args.smoke:
+        torch.set_num_threads(1)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.eval_workers is None:
+        args.eval_workers = 1 if args.smoke else min(8, os.cpu_count() or 1)
+    os.makedirs(args.work_dir, exist_ok=True)
+    clock = Clock(args.budget_minutes)
+    clock.extra_s = 60.0 if args.measure_step_speedups else 0.0
+    from diffusers_evdit.demo import GenerationConfig, resolve_model
+    from diffusers_evdit.layout import layout_from_latents
+    from diffusers_evdit.masks import format_mask
+    from diffusers_evdit import MaskPlan
+
+    base_dir = make_smoke_model(os.path.join(args.work_dir, "base")) if args.smoke else resolve_model(args.model)
+    gen = GenerationConfig.load(base_dir)
+    with open(os.path.join(base_dir, "model_index.json"), encoding="utf-8") as f:
+        index = json.load(f)
+    tclass = index.get("transformer", [None, None])[1]
+    family = {"WanTransformer3DModel": "wan", "CogVideoXTransformer3DModel": "cogvideox",
+              "HunyuanVideoTransformer3DModel": "hunyuan_video"}.get(tclass)
+    if family is None:
+        raise SystemExit(f"{base_dir}: transformer {tclass} is not supported")
+    with open(os.path.join(base_dir, "transformer", "config.json"), encoding="utf-8") as f:
+        tcfg = json.load(f)
+    patch = tcfg["patch_size"] if family == "wan" else (tcfg.get("patch_size_t") or 1, tcfg["patch_size"],
+                                                        tcfg["patch_size"])
+    demo_layout = layout_from_latents((gen.latent_frames, gen.height // 8, gen.width // 8), patch)
+    n_frames = demo_layout.num_frames
+    fullsize = args.fullsize_model or FULLSIZE_DEFAULT[family]
+    fs_spec, fs_layers, fs_layout = _fullsize(fullsize)
+    uniform_ks = (sorted({k for k in (n_frames // 2, n_frames // 4, 1) if k >= 1}, reverse=True)
+                  if args.uniform_ks == "auto" else [int(k) for k in args.uniform_ks.split(",") if k.strip()])
+    if any(not 1 <= k < n_frames for k in uniform_ks):
+        raise SystemExit(f"--uniform_ks must be in 1..{n_frames - 1} for {n_frames} latent frames")
+    n_kd = len(args.ratio_list) + (0 if args.no_uniform_kd else len(uniform_ks)) + (0 if args.no_ablation else 2)
+    shares_left = n_kd + (0 if args.mlcd_model else args.mlcd_shares)
+    evals_left = 2 + len(uniform_ks) * (1 if args.no_uniform_kd else 2) + len(args.ratio_list) + (
+        0 if args.no_ablation else 1)
+
+    meta = {"date": date.today().isoformat(), "total_minutes": 0.0,
+            "settings": {"model": os.path.relpath(base_dir, ROOT) if base_dir.startswith(ROOT) else base_dir,
+                         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+                         "eval_prompts": args.eval_prompts, "seed": args.seed, "num_segments": args.num_segments,
+                         "latent_frames": n_frames, "tokens_per_frame": demo_layout.tokens_per_frame,
+                         "ratios": args.ratio_list, "uniform_ks": uniform_ks, "task_weight": args.task_weight,
+                         "kd_weight": args.kd_weight, "budget_minutes": args.budget_minutes,
+                         "kd_batch_size": args.kd_batch_size, "kd_learning_rate": args.kd_learning_rate},
+            "speedup_source": None}
+    rows: list[dict] = []
+    ablation: list[dict] = []
+
+    def add(name, folder, plan=None, training=None, use_saved=True, into=None):
+        nonlocal evals_left
+        res = evaluate(args, clock, folder, plan, use_saved)
+        row = {"name": name, "steps": res.pop("steps"), "sparsity": res.pop("sparsity"),
+               "final_score": res["final_score"], "frechet": res["frechet"], "speedup": None, **res,
+               "model_dir": os.path.relpath(folder, args.work_dir), "training": training}
+        (rows if into is None else into).append(row)
+        evals_left -= 1
+        meta["total_minutes"] = clock.elapsed() / 60
+        write_results(args, rows, ablation, meta, final=False)
+        print(f"[reproduce] {name}: steps {row['steps']}, sparsity {row['sparsity']:.1%}, final_score "
+              f"{row['final_score']:.4f}, frechet {fmt(row['frechet'], '.3f')} ({clock.elapsed():.0f} s)", flush=True)
+        return row
+
+    # 1. Base
+    add("Base", base_dir, use_saved=False)
+    # 2. MLCD
+    if args.mlcd_model:
+        mlcd_dir = os.path.abspath(args.mlcd_model)
+        mlcd_training = {"given": args.mlcd_model}
+    else:
+        mlcd_dir = os.path.join(args.work_dir, "mlcd")
+        minutes = clock.minutes_for(args.mlcd_shares, shares_left, evals_left, extra_s=20)
+        print(f"[reproduce] MLCD training: {minutes:.2f} min", flush=True)
+        mlcd_training = train_mlcd(args, base_dir, mlcd_dir, minutes)
+        shares_left -= args.mlcd_shares
+    add("MLCD", mlcd_dir, use_saved=False, training=mlcd_training)
+    mlcd_cfg_path = os.path.join(mlcd_dir, "mlcd_config.json")
+    mlcd_cfg = json.load(open(mlcd_cfg_path, encoding="utf-8")) if os.path.isfile(mlcd_cfg_path) else {}
+    # KD of the MLCD model: features from the dense MLCD model, task loss = MLCD with the Base model as ODE teacher
+    kd_task = ["--task_loss", "mlcd", "--mlcd_teacher", base_dir]
+
+    # 3. search
+    plans = search_plans(args, mlcd_dir, sorted(set(args.ratio_list + ([] if args.no_ablation else
+                                                                         [args.ablation_r]))),
+                         os.path.join(args.work_dir, "plans"))
+
+    # 4. Ours: search + KD
+    for r in args.ratio_list:
+        plan, path = plans[r]
+        out = os.path.join(args.work_dir, f"ours_r={r:g}")
+        minutes = clock.minutes_for(1, shares_left, evals_left)
+        print(f"[reproduce] KD for r={r:g}: {minutes:.2f} min", flush=True)
+        training = train_kd(args, out, minutes, ["--teacher", mlcd_dir, "--plan", path, *kd_task])
+        shares_left -= 1
+        row = add(f"Ours_r={r:g}", out, training=training)
+        row["search"] = {"threshold": r, "layer_losses": plan.metadata.get("layer_losses")}
+
+    # 5. MLCD + uniform masks (no training), then with the same KD as ours
+    for k in uniform_ks:
+        name = f"MLCD_{format_mask(n_frames, k)}"
+        plan = MaskPlan.uniform(len(plans[args.ratio_list[0]][0].layers), k)
+        add(name, mlcd_dir, plan=plan, training=None)
+        if not args.no_uniform_kd:
+            out = os.path.join(args.work_dir, f"uniform_k={k}")
+            minutes = clock.minutes_for(1, shares_left, evals_left)
+            training = train_kd(args, out, minutes, ["--teacher", mlcd_dir, "--plan", f"uniform:{k}", *kd_task])
+            shares_left -= 1
+            add(name + "+KD", out, training=training)
+
+    # 6. order ablation
+    if not args.no_ablation:
+        plan, path = plans[args.ablation_r]
+        first = next((r for r in rows if r["name"] == f"Ours_r={args.ablation_r:g}"), None)
+        if first is not None:
+            ablation.append(dict(first, name="MLCD_then_KD"))
+        kd_base = os.path.join(args.work_dir, "ablation", "kd_base")
+        minutes = clock.minutes_for(1, shares_left, evals_left)
+        t1 = train_kd(args, kd_base, minutes, ["--teacher", base_dir, "--plan", path, "--task_loss", "diffusion"])
+        shares_left -= 1
+        final = os.path.join(args.work_dir, "ablation", "kd_then_mlcd")
+        minutes = clock.minutes_for(1, shares_left, evals_left)
+        mlcd_flags = ["--num_segments", str(mlcd_cfg.get("num_segments") or args.num_segments)]
+        if mlcd_cfg.get("teacher_steps") or args.teacher_steps:
+            mlcd_flags += ["--teacher_steps", str(mlcd_cfg.get("teacher_steps") or args.teacher_steps)]
+        if mlcd_cfg.get("teacher_guidance_scale") is not None:
+            mlcd_flags += ["--guidance_scale", str(mlcd_cfg["teacher_guidance_scale"])]
+        t2 = train_kd(args, final, minutes, ["--student", kd_base, "--plan", "saved", "--kd_weight", "0",
+                                             "--task_loss", "mlcd", "--mlcd_teacher", kd_base,
+                                             "--mlcd_teacher_plan", "saved", *mlcd_flags])
+        shares_left -= 1
+        add("KD_then_MLCD", final, training={"kd": t1, "mlcd": t2}, into=ablation)
+
+    # 7. speedups
+    plan_dir = os.path.join(args.work_dir, "fullsize_plans")
+    os.makedirs(plan_dir, exist_ok=True)
+    mapped = {}
+    for r in rows + ablation:
+        if r.get("plan"):
+            src = MaskPlan(r["plan"])
+            mp = map_plan(src, demo_layout, fs_layers, fs_layout)
+            r["fullsize_plan"] = mp.layers
+            r["fullsize_sparsity"] = mp.sparsity(fs_layout)
+            mapped[r["name"]] = mp
+            mp.save(os.path.join(plan_dir, f"{r['name'].replace(':', '-')}.json"))
+    given = {}
+    if args.step_speedups:
+        with open(args.step_speedups, encoding="utf-8") as f:
+            given = json.load(f)
+        if not isinstance(given, dict):
+            raise SystemExit(f"{args.step_speedups}: expected a JSON object {{row name: per-step speedup}}")
+    measured = measure_step_speedups(mapped, fullsize) if args.measure_step_speedups else {}
+    step_times = None
+    try:
+        step_times = StepTimes(args.step_results, fullsize)
+    except SystemExit as err:
+        if not (given or measured):
+            raise
+        print(f"[reproduce] {err}", flush=True)
+
+    def step_speedup(row):
+        if not row.get("plan"):
+            return 1.0, "dense"
+        if row["name"] in given:
+            return float(given[row["name"]]), "measured (--step_speedups)"
+        if row["name"] in measured:
+            return measured[row["name"]], "measured here"
+        if step_times is None:
+            raise SystemExit(f"no per-step speedup for {row['name']}")
+        return step_times.speedup(mapped[row["name"]], fs_layout), "derived"
+
+    base_row = rows[0]
+    finish_rows(rows, base_row, step_speedup)
+    finish_rows(ablation, base_row, step_speedup)
+    parts = []
+    if given:
+        parts.append(f"measured, from `{args.step_speedups}` for {', '.join(sorted(given))}")
+    if measured:
+        parts.append(f"measured on {torch.cuda.get_device_name()} in this run (random weights, bf16, batch 1)")
+    if step_times is not None:
+        parts.append(f"derived for the other rows from the uniform-plan step times measured in "
+                     f"`{step_times.source['file']}` ({step_times.source['device']}, {step_times.source['date']}), "
+                     "interpolated over element sparsity layer by layer")
+    meta["speedup_source"] = {"fullsize_model": fullsize, "fullsize_layers": fs_layers,
+                              "fullsize_layout": {"frames": fs_layout.num_frames,
+                                                  "tokens_per_frame": fs_layout.tokens_per_frame},
+                              "description": "; ".join(parts) + ".",
+                              "step_results": None if step_times is None else step_times.source}
+    meta["total_minutes"] = clock.elapsed() / 60
+    meta["mlcd"] = {"dir": mlcd_dir, "config": mlcd_cfg, "training": mlcd_training}
+    write_results(args, rows, ablation, meta, final=True)
+    print(f"[reproduce] wrote {args.out_dir}/quality.json and quality.md in {clock.elapsed() / 60:.1f} min",
+          flush=True)
+    return {"rows": rows, "order_ablation": ablation, "out_dir": args.out_dir}
+
+
+if __name__ == "__main__":
+    main()

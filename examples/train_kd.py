@@ -1,0 +1,829 @@
+#!/usr/bin/env python
+"""Knowledge distillation of a tile-sparse student from its dense teacher: Efficient-vDiT Stage 3.
+
+The student is a copy of the teacher with a mask plan (from ``evdit search``, or ``uniform:K``); the loss
+(:mod:`diffusers_evdit.kd`) is the mean over layers of MSE(attention output) + MSE(MLP output) between student and
+teacher, captured with forward hooks, plus ``--task_weight`` (lambda, paper: 100) times a task loss:
+
+* ``diffusion``: the denoising loss on the data (flow velocity / epsilon / v target at a noise level of the
+  teacher's sampling grid): for a base (many-step) teacher;
+* ``mlcd``: the MLCD loss (:func:`diffusers_evdit.mlcd.mlcd_loss`) with the ODE solver of ``--mlcd_teacher``
+  (default: the ``teacher`` recorded in the teacher folder's ``mlcd_config.json``): for an MLCD (few-step) teacher,
+  so the student stays a few-step model; the saved pipeline samples in ``S`` steps;
+* ``output``: MSE of the final outputs (no data target); ``none``: features only.
+
+Default (``auto``): ``mlcd`` when the teacher folder has an ``mlcd_config.json`` (written by
+``examples/train_mlcd.py``), else ``diffusion``. With ``--kd_weight 0 --task_loss mlcd --student DIR`` the script
+runs plain MLCD training of a sparse model (the "KD then MLCD" order of the paper's ablation).
+
+The sparse layers train with the ``gathered`` kernel (exact gradients; the fast ``split`` kernel has none through
+its log-sum-exp merge). The result is an :class:`~diffusers_evdit.EfficientVDiTPipeline` folder with the plan
+(``mask_plan.json``), the scheduler and ``evdit_demo.json`` (generation settings), loadable with
+``EfficientVDiTPipeline.from_pretrained(DIR)`` and ``evdit eval --model DIR``.
+
+Same conventions as ``examples/train_mlcd.py``: ``accelerate`` (mixed precision, gradient accumulation, DDP),
+checkpoints (``--checkpointing_steps``, ``--checkpoints_total_limit``, ``--resume_from_checkpoint latest``), LoRA
+(peft) or full fine-tuning, ``--max_minutes``, validation GIFs, ``losses.jsonl``.
+
+Examples::
+
+    # MLCD model -> sparse student with a searched plan, one GPU, ~1 minute
+    evdit search --model runs/mlcd-s8 --device cuda --threshold 0.1 --out plan.json
+    python examples/train_kd.py --teacher runs/mlcd-s8 --plan plan.json --output_dir runs/kd-r0.1 \\
+        --train_batch_size 8 --learning_rate 1e-4 --max_train_steps 100000 --max_minutes 1 --allow_tf32
+
+    # base model, uniform 2:6 plan, LoRA, bf16, two GPUs, resumable
+    accelerate launch --multi_gpu --num_processes 2 --mixed_precision bf16 examples/train_kd.py \\
+        --teacher PATH --plan uniform:2 --use_lora --lora_rank 64 --output_dir runs/kd --resume_from_checkpoint latest
+
+    # CPU smoke test on a tiny random pipeline
+    OMP_NUM_THREADS=1 python examples/train_kd.py --teacher tiny:wan --plan uniform:1 --output_dir /tmp/kd \\
+        --num_frames 9 --height 32 --width 32 --max_train_steps 2 --max_sequence_length 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from train_mlcd import (  # noqa: E402  (shared helpers of the distillation examples)
+    TINY_HUNYUAN_TEMPLATE,
+    TINY_PREFIX,
+    EMATarget,
+    ResumableSampler,
+    checkpoint_dirs,
+    frame_strip,
+    save_checkpoint,
+    stored_dtype,
+)
+
+logger = logging.getLogger("train_kd")
+
+TASK_LOSSES = ("auto", "diffusion", "mlcd", "output", "none")
+MLCD_CONFIG = "mlcd_config.json"
+
+
+# --------------------------------------------------------------------------------------------------------- args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    g = p.add_argument_group("teacher, student and loss")
+    g.add_argument("--teacher", default=None,
+                   help="dense teacher pipeline: a folder of a CogVideoX / Wan / HunyuanVideo pipeline (its saved plan "
+                        "is ignored), or tiny:cogvideox | tiny:wan | tiny:hunyuan_video (random, for tests)")
+    g.add_argument("--student", default=None,
+                   help="pipeline folder to start the student from (default: a copy of --teacher); its saved plan is "
+                        "used unless --plan is given")
+    g.add_argument("--plan", default=None,
+                   help="the student's plan: a plan JSON (evdit search), uniform:K, or 'saved' (the --student folder's "
+                        "plan; the default with --student)")
+    g.add_argument("--kernel", choices=("gathered", "flex"), default="gathered",
+                   help="tile kernel of the sparse layers during training (exact gradients; flex needs CUDA)")
+    g.add_argument("--kd_weight", type=float, default=1.0,
+                   help="weight of the feature loss mean_l MSE(attn) + MSE(mlp) (0: task loss only)")
+    g.add_argument("--task_loss", choices=TASK_LOSSES, default="auto",
+                   help="auto: mlcd if the teacher folder has mlcd_config.json, else diffusion")
+    g.add_argument("--task_weight", type=float, default=100.0, help="lambda, the task loss weight (paper: 100)")
+    g.add_argument("--grid_steps", type=int, default=None,
+                   help="diffusion / output / none: noise levels drawn from the teacher's sampling grid with this many "
+                        "steps (default: the teacher's default steps)")
+    g.add_argument("--uncond_prob", type=float, default=None,
+                   help="fraction of captions replaced by --negative_prompt, so the student also learns the "
+                        "unconditional branch of classifier-free guidance (default 0.1; 0 with the mlcd task)")
+    g.add_argument("--max_sequence_length", type=int, default=None,
+                   help="text tokens (default: evdit_demo.json's, else the pipeline's default)")
+    g.add_argument("--negative_prompt", default="", help="unconditional prompt (CFG; caption dropout)")
+
+    g = p.add_argument_group("MLCD task loss (--task_loss mlcd)")
+    g.add_argument("--mlcd_teacher", default=None,
+                   help="the model whose ODE steps MLCD follows (default: 'teacher' of the mlcd_config.json in the "
+                        "--teacher / --student folder)")
+    g.add_argument("--mlcd_teacher_plan", choices=("dense", "saved"), default="dense",
+                   help="run --mlcd_teacher dense (default) or with its saved plan (a sparse model distilled to few "
+                        "steps: the KD-then-MLCD order)")
+    g.add_argument("--teacher_steps", type=int, default=None, help="N (default: mlcd_config.json, else the "
+                   "MLCD teacher's default steps)")
+    g.add_argument("--num_segments", type=int, default=None, help="S (default: mlcd_config.json)")
+    g.add_argument("--solver_steps", type=int, default=None, help="default: mlcd_config.json, else 1")
+    g.add_argument("--guidance_scale", type=float, default=None,
+                   help="CFG of the MLCD teacher (default: mlcd_config.json, else its evdit_demo.json / default)")
+    g.add_argument("--embedded_guidance_scale", type=float, default=None, help="HunyuanVideo (default 6.0)")
+    g.add_argument("--ema_decay", type=float, default=0.95, help="EMA target network of the MLCD loss (0: the "
+                   "student under no_grad)")
+    g.add_argument("--loss_type", choices=("l2", "huber"), default="l2")
+    g.add_argument("--huber_c", type=float, default=1e-3)
+
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--use_lora", action="store_true", help="train a LoRA adapter on the student instead of all weights")
+    g.add_argument("--lora_rank", type=int, default=64)
+    g.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
+    g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
+
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="synthetic", help="'synthetic' or a folder of captioned videos")
+    g.add_argument("--num_frames", type=int, default=None, help="4k+1 (default: evdit_demo.json, else 29)")
+    g.add_argument("--height", type=int, default=None, help="default: evdit_demo.json, else 128")
+    g.add_argument("--width", type=int, default=None, help="default: evdit_demo.json, else 128")
+    g.add_argument("--frame_stride", type=int, default=1)
+    g.add_argument("--synthetic_num_samples", type=int, default=1_000_000)
+    g.add_argument("--synthetic_split", default="train", choices=("train", "heldout", "all"))
+    g.add_argument("--train_batch_size", type=int, default=1, help="per device")
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--max_train_steps", type=int, default=1000)
+    g.add_argument("--max_minutes", type=float, default=None,
+                   help="wall-clock budget of the whole run; training stops early so that checkpoint, validation, "
+                        "evaluation and save fit")
+    g.add_argument("--time_reserve_s", type=float, default=None,
+                   help="seconds kept for the work after training with --max_minutes (default: estimated, >= 10)")
+    g.add_argument("--learning_rate", type=float, default=5e-5)
+    g.add_argument("--lr_scheduler", default="constant")
+    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=0.0)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
+    g.add_argument("--allow_tf32", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument("--output_dir", required=True)
+    g.add_argument("--logging_dir", default="logs")
+    g.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
+    g.add_argument("--tracker_project_name", default="kd")
+    g.add_argument("--checkpointing_steps", type=int, default=500, help="0: no intermediate checkpoints")
+    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    g.add_argument("--save_dtype", choices=("teacher", "fp32", "fp16", "bf16"), default="teacher")
+
+    g = p.add_argument_group("validation and evaluation")
+    g.add_argument("--validation_steps", type=int, default=250, help="0: only at the end")
+    g.add_argument("--validation_prompts", nargs="*", default=None)
+    g.add_argument("--validation_seed", type=int, default=0)
+    g.add_argument("--validation_fps", type=int, default=None)
+    g.add_argument("--validate_teacher", action="store_true", help="also write the dense teacher's videos (once)")
+    g.add_argument("--no_final_validation", action="store_true")
+    g.add_argument("--eval_prompts", type=int, default=0,
+                   help="N > 0: evdit eval metrics of the student and the dense teacher on N held-out synthetic "
+                        "prompts -> eval.json (CogVideoX / Wan)")
+    g.add_argument("--eval_batch_size", type=int, default=8)
+    g.add_argument("--eval_workers", type=int, default=4)
+    args = p.parse_args(argv)
+
+    if args.teacher is None and args.student is None:
+        p.error("give --teacher (and optionally --student)")
+    if args.teacher is None and args.kd_weight != 0:
+        p.error("the feature loss needs a dense --teacher; pass --teacher or --kd_weight 0")
+    if args.plan is None:
+        if args.student is None:
+            p.error("--plan is required (a plan JSON, uniform:K) unless --student has a saved plan")
+        args.plan = "saved"
+    if args.kd_weight < 0 or args.task_weight < 0:
+        p.error("--kd_weight and --task_weight must be >= 0")
+    if args.num_frames is not None and (args.num_frames - 1) % 4:
+        p.error(f"--num_frames must be 4k+1 for the video VAEs, got {args.num_frames}")
+    if args.uncond_prob is not None and not 0.0 <= args.uncond_prob < 1.0:
+        p.error("--uncond_prob must be in [0, 1)")
+    if not 0.0 <= args.ema_decay < 1.0:
+        p.error("--ema_decay must be in [0, 1)")
+    if args.max_train_steps < 1:
+        p.error("--max_train_steps must be >= 1")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+def load_pipeline(spec: str, mask_plan="saved"):
+    """An ``EfficientVDiT<Base>`` pipeline from a folder (``mask_plan``: ``"saved"`` or ``None``) or
+    ``tiny:<family>``."""
+    from diffusers_evdit import EfficientVDiTPipeline
+    import diffusers_evdit.schedulers  # noqa: F401  (MLCD schedulers load by name)
+
+    if spec.startswith(TINY_PREFIX):
+        from diffusers_evdit.tiny import TINY_FAMILIES, tiny_pipeline
+
+        family = spec[len(TINY_PREFIX):]
+        if family not in TINY_FAMILIES:
+            raise SystemExit(f"{spec}: unknown tiny family; use one of "
+                             f"{', '.join(TINY_PREFIX + f for f in TINY_FAMILIES)}")
+        return EfficientVDiTPipeline.from_pipe(tiny_pipeline(family))
+    if not os.path.isfile(os.path.join(spec, "model_index.json")):
+        raise SystemExit(f"{spec}: not a pipeline folder (no model_index.json)")
+    return EfficientVDiTPipeline.from_pretrained(spec, mask_plan=mask_plan)
+
+
+def read_json(folder: str | None, name: str) -> dict:
+    """``folder/name`` as a dict; {} when absent (or for tiny:<family> specs)."""
+    if not folder or folder.startswith(TINY_PREFIX):
+        return {}
+    path = os.path.join(folder, name)
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path} must hold a JSON object")
+    return data
+
+
+def call_default(pipe, name: str, fallback=None):
+    import inspect
+
+    param = inspect.signature(type(pipe).__call__).parameters.get(name)
+    return fallback if param is None or param.default is inspect.Parameter.empty else param.default
+
+
+def resolve_plan(spec: str, transformer, saved):
+    """The student's plan from ``--plan`` (``saved``: ``saved``, the --student folder's plan)."""
+    from diffusers_evdit.demo import parse_plan
+
+    if spec == "saved":
+        if saved is None:
+            raise SystemExit("--plan saved: the --student folder has no saved plan; pass --plan FILE or uniform:K")
+        return copy.deepcopy(saved)
+    plan = parse_plan(spec, transformer)
+    if plan is None:
+        raise SystemExit("--plan dense: a dense student needs no distillation; pass a sparse plan")
+    return plan
+
+
+def hunyuan_grid_sigmas(family: str, steps: int):
+    """HunyuanVideo's pipeline passes linspace(1, 0, N + 1)[:-1] as sigmas; the others use set_timesteps(N)."""
+    return np.linspace(1.0, 0.0, steps + 1)[:-1].tolist() if family == "hunyuan_video" else None
+
+
+# --------------------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+    from diffusers.optimization import get_scheduler
+    from diffusers.training_utils import cast_training_params
+
+    from diffusers_evdit import data as evdit_data
+    from diffusers_evdit import kd, mlcd
+    from diffusers_evdit.plan import apply_mask_plan, get_mask_plan
+    from diffusers_evdit.processors import family_for
+    from diffusers_evdit.schedulers import stock_scheduler
+
+    t_start = time.time()
+    output_dir = os.path.abspath(args.output_dir)
+    report_to = None if args.report_to == "none" else args.report_to
+    if report_to in ("tensorboard", "all"):
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            if report_to == "tensorboard":
+                print("train_kd: tensorboard is not installed; logging to losses.jsonl only", file=sys.stderr)
+                report_to = None
+    task = args.task_loss
+    if task == "auto":
+        task = "mlcd" if (read_json(args.teacher, MLCD_CONFIG) or read_json(args.student, MLCD_CONFIG)) else "diffusion"
+    use_features = args.kd_weight > 0
+    if not use_features and task in ("output", "none"):
+        raise SystemExit(f"--kd_weight 0 with --task_loss {task} trains on nothing; use diffusion or mlcd")
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=output_dir,
+                                            logging_dir=os.path.join(output_dir, args.logging_dir)),
+        # the feature loss alone leaves the output head unused
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=task in ("none",))],
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logger.setLevel(logging.WARNING)
+    set_seed(args.seed)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if accelerator.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+    device = accelerator.device
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+    # ---- pipelines: the dense teacher, the student's starting point
+    teacher_pipe = load_pipeline(args.teacher, mask_plan=None) if args.teacher else None
+    if args.student:
+        pipe = load_pipeline(args.student, mask_plan="saved")
+        saved_plan = pipe.mask_plan
+        init_spec = args.student
+    else:
+        pipe, saved_plan, init_spec = teacher_pipe, None, args.teacher
+    pipe.set_progress_bar_config(disable=True)
+    if getattr(pipe, "transformer_2", None) is not None:
+        raise SystemExit("Pipelines with two transformers (Wan 2.2 A14B) are not supported; distil one transformer.")
+    family = family_for(pipe.transformer).name
+    is_tiny = init_spec.startswith(TINY_PREFIX)
+    if args.eval_prompts and family == "hunyuan_video":
+        raise SystemExit("--eval_prompts (the evdit eval metrics) supports CogVideoX and Wan pipelines only.")
+    plan = resolve_plan(args.plan, pipe.transformer, saved_plan)
+    if teacher_pipe is not None and type(teacher_pipe.transformer) is not type(pipe.transformer):
+        raise SystemExit("--teacher and --student hold different transformer classes")
+
+    # generation settings of the student: flags, else its folder's evdit_demo.json, else the pipeline's defaults
+    saved = read_json(init_spec, "evdit_demo.json")
+    args.num_frames = args.num_frames or saved.get("num_frames", 29)
+    args.height = args.height or saved.get("height", 128)
+    args.width = args.width or saved.get("width", 128)
+    args.validation_fps = args.validation_fps or saved.get("fps", 8)
+    if (args.num_frames - 1) % 4:
+        raise SystemExit(f"num_frames must be 4k+1 for the video VAEs, got {args.num_frames}")
+    gen_steps = saved.get("num_inference_steps") or call_default(pipe, "num_inference_steps", 50)
+    gen_guidance = saved.get("guidance_scale")
+    if gen_guidance is None:
+        gen_guidance = call_default(pipe, "guidance_scale", 1.0)
+    max_seq = args.max_sequence_length or saved.get("max_sequence_length") or call_default(
+        pipe, "max_sequence_length", 226)
+    prompt_template = TINY_HUNYUAN_TEMPLATE if (is_tiny and family == "hunyuan_video") else None
+    uncond_prob = args.uncond_prob if args.uncond_prob is not None else (0.0 if task == "mlcd" else 0.1)
+
+    # ---- task loss setup
+    mlcd_cfg = read_json(args.teacher, MLCD_CONFIG) or read_json(args.student, MLCD_CONFIG)
+    save_scheduler = pipe.scheduler
+    out_steps, out_guidance = gen_steps, gen_guidance
+    solver_module = None
+    schedule = None
+    grid = None
+    guidance = 1.0
+    embedded = args.embedded_guidance_scale or (gen_guidance if family == "hunyuan_video" else 6.0)
+    if task == "mlcd":
+        solver_spec = args.mlcd_teacher or mlcd_cfg.get("teacher")
+        if not solver_spec:
+            raise SystemExit("--task_loss mlcd needs --mlcd_teacher (no mlcd_config.json names the MLCD teacher)")
+        solver_saved = read_json(solver_spec, "evdit_demo.json")
+        if solver_spec == args.teacher and args.mlcd_teacher_plan == "dense" and teacher_pipe is not None:
+            solver_pipe = teacher_pipe
+        else:
+            solver_pipe = load_pipeline(solver_spec, mask_plan="saved" if args.mlcd_teacher_plan == "saved" else None)
+        solver_module = solver_pipe.transformer
+        teacher_scheduler = stock_scheduler(solver_pipe.scheduler)
+        teacher_steps = (args.teacher_steps or mlcd_cfg.get("teacher_steps") or solver_saved.get("num_inference_steps")
+                         or call_default(solver_pipe, "num_inference_steps", 50))
+        num_segments = args.num_segments or mlcd_cfg.get("num_segments")
+        if not num_segments:
+            raise SystemExit("--task_loss mlcd needs --num_segments (no mlcd_config.json gives S)")
+        solver_steps = args.solver_steps or mlcd_cfg.get("solver_steps") or 1
+        if family == "hunyuan_video":
+            guidance = 1.0 if args.guidance_scale is None else args.guidance_scale
+            embedded = args.embedded_guidance_scale or mlcd_cfg.get("embedded_guidance_scale") or solver_saved.get(
+                "guidance_scale") or 6.0
+        else:
+            guidance = args.guidance_scale
+            if guidance is None:
+                guidance = mlcd_cfg.get("teacher_guidance_scale")
+            if guidance is None:
+                guidance = solver_saved.get("guidance_scale") or call_default(solver_pipe, "guidance_scale", 1.0)
+        grid = mlcd.DiffusionGrid.from_scheduler(teacher_scheduler, int(teacher_steps),
+                                                 sigmas=hunyuan_grid_sigmas(family, int(teacher_steps)))
+        schedule = mlcd.MLCDSchedule(grid, int(num_segments), int(solver_steps))
+        save_scheduler = schedule.inference_scheduler(teacher_scheduler)
+        out_steps = int(num_segments)
+        out_guidance = embedded if family == "hunyuan_video" else 1.0
+    else:
+        grid_steps = args.grid_steps or int(gen_steps)
+        base_sched = stock_scheduler(pipe.scheduler)
+        grid = mlcd.DiffusionGrid.from_scheduler(base_sched, grid_steps, sigmas=hunyuan_grid_sigmas(family, grid_steps))
+        if family == "hunyuan_video":
+            embedded = args.embedded_guidance_scale or gen_guidance or 6.0
+
+    # ---- models
+    orig_dtypes = {name: stored_dtype(init_spec, name) or c.dtype for name, c in pipe.components.items()
+                   if isinstance(c, torch.nn.Module)}
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module) and name != "transformer":
+            module.requires_grad_(False).eval()
+            module.to(device, dtype=torch.bfloat16 if weight_dtype == torch.bfloat16 else torch.float32)
+    teacher_module = None
+    if use_features:
+        teacher_module = teacher_pipe.transformer
+        if getattr(teacher_module, "_evdit_tile_state", None) is not None:
+            raise SystemExit("the teacher must be dense")
+    master_dtype = weight_dtype if args.use_lora else torch.float32
+    if args.student:
+        student = pipe.transformer
+        student.to(dtype=master_dtype)
+        apply_mask_plan(student, plan, kernel=args.kernel)
+        student.requires_grad_(True).train()
+    else:
+        student = kd.make_sparse_student(pipe.transformer, plan, kernel=args.kernel, dtype=master_dtype)
+    if teacher_module is not None:
+        teacher_module.requires_grad_(False).eval().to(device, dtype=weight_dtype)
+    if solver_module is not None and solver_module is not teacher_module:
+        solver_module.requires_grad_(False).eval().to(device, dtype=weight_dtype)
+    student.to(device)
+    if args.use_lora:
+        from peft import LoraConfig
+
+        student.requires_grad_(False)
+        student.add_adapter(LoraConfig(
+            r=args.lora_rank, lora_alpha=args.lora_alpha or args.lora_rank, init_lora_weights="gaussian",
+            target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
+        ))
+        if weight_dtype != torch.float32:
+            cast_training_params(student, dtype=torch.float32)
+    if args.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise SystemExit("No trainable parameters (check --lora_target_modules).")
+    ema = EMATarget(params, args.ema_decay) if (task == "mlcd" and args.ema_decay > 0) else None
+
+    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
+    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
+                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
+    student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    unwrapped = accelerator.unwrap_model(student)
+    kd.check_trainable_kernel(unwrapped)
+
+    base_predictor = mlcd.TransformerPredictor(unwrapped, embedded_guidance_scale=embedded,
+                                               vae_scale_factor_spatial=getattr(pipe, "vae_scale_factor_spatial", 8))
+    student_predict = base_predictor.with_transformer(student)
+    plain_predict = base_predictor.with_transformer(unwrapped)
+    student_capture = kd.LayerOutputCapture(unwrapped)
+    teacher_predict = teacher_capture = None
+    if teacher_module is not None:
+        teacher_predict = base_predictor.with_transformer(teacher_module)
+        teacher_capture = kd.LayerOutputCapture(teacher_module)
+    solver_predict = base_predictor.with_transformer(solver_module) if solver_module is not None else None
+    if ema is not None:
+        def target_predict(z, t, c):
+            with ema.swapped():
+                return plain_predict(z, t, c)
+    else:
+        target_predict = plain_predict
+
+    # ---- data
+    if args.dataset == "synthetic":
+        dataset = evdit_data.SyntheticVideoDataset(
+            num_samples=args.synthetic_num_samples, seed=args.seed, num_frames=args.num_frames, height=args.height,
+            width=args.width, split=args.synthetic_split)
+    else:
+        dataset = evdit_data.VideoFolderDataset(args.dataset, num_frames=args.num_frames, height=args.height,
+                                                width=args.width, frame_stride=args.frame_stride)
+    if args.validation_prompts:
+        validation_prompts = list(args.validation_prompts)
+    elif args.dataset == "synthetic":
+        validation_prompts = [c for c, _ in evdit_data.heldout_prompts()[:2]]
+    else:
+        validation_prompts = [dataset.samples[i][1] for i in range(min(2, len(dataset)))]
+
+    # ---- resume
+    global_step = 0
+    if args.resume_from_checkpoint:
+        if args.resume_from_checkpoint == "latest":
+            dirs = checkpoint_dirs(output_dir)
+            path = os.path.join(output_dir, dirs[-1]) if dirs else None
+        else:
+            path = args.resume_from_checkpoint
+        if path is None:
+            logger.info("No checkpoint in %s; starting a new run.", output_dir)
+        elif not os.path.isdir(path):
+            raise SystemExit(f"--resume_from_checkpoint {path}: not a folder")
+        else:
+            logger.info("Resuming from %s", path)
+            accelerator.load_state(path)
+            global_step = int(os.path.basename(os.path.normpath(path)).split("-")[-1])
+    micro_step = global_step * args.gradient_accumulation_steps
+    sampler = ResumableSampler(len(dataset), args.train_batch_size, args.seed, accelerator.process_index,
+                               accelerator.num_processes, start_micro_step=micro_step)
+    loader = DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler,
+                        collate_fn=evdit_data.collate_videos, num_workers=args.dataloader_num_workers)
+    if accelerator.is_main_process:
+        config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
+                  for k, v in vars(args).items()}
+        accelerator.init_trackers(args.tracker_project_name, config=config)
+
+    # ---- text conditioning (cached by caption)
+    cond_cache: dict[str, dict] = {}
+
+    def conditions(captions: list[str]) -> dict:
+        missing = [c for c in dict.fromkeys(captions) if c not in cond_cache]
+        if missing:
+            enc = mlcd.encode_prompts(pipe, missing, device=device, max_sequence_length=max_seq,
+                                      prompt_template=prompt_template)
+            for i, c in enumerate(missing):
+                cond_cache[c] = {k: v[i: i + 1] for k, v in enc.items()}
+            while len(cond_cache) > 8192:
+                cond_cache.pop(next(iter(cond_cache)))
+        return {k: torch.cat([cond_cache[c][k] for c in captions]) for k in cond_cache[captions[0]]}
+
+    uncond_one = conditions([args.negative_prompt]) if (task == "mlcd" and guidance != 1.0) else None
+
+    # ---- validation
+    val_dir = os.path.join(output_dir, "validation")
+    call_kwargs = dict(num_frames=args.num_frames, height=args.height, width=args.width,
+                       max_sequence_length=max_seq, output_type="np")
+    if prompt_template is not None:
+        call_kwargs["prompt_template"] = prompt_template
+
+    def generate(transformer, scheduler, steps, guidance_scale, seed, plan_for=None, kernel="auto"):
+        from diffusers_evdit import EfficientVDiTPipeline
+
+        vpipe = EfficientVDiTPipeline.from_pipe(pipe, transformer=transformer, scheduler=scheduler,
+                                                mask_plan=plan_for, kernel=kernel)
+        vpipe.set_progress_bar_config(disable=True)
+        kw = dict(call_kwargs, num_inference_steps=steps, guidance_scale=guidance_scale)
+        if family != "hunyuan_video" and guidance_scale > 1.0:
+            kw["negative_prompt"] = [args.negative_prompt] * len(validation_prompts)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.no_grad(), accelerator.autocast():
+            frames = vpipe(prompt=list(validation_prompts), generator=gen, **kw).frames
+        return np.asarray(frames, dtype=np.float32)
+
+    def log_videos(tag: str, videos: np.ndarray, step: int) -> None:
+        os.makedirs(val_dir, exist_ok=True)
+        paths = []
+        for i, frames in enumerate(videos):
+            path = os.path.join(val_dir, f"{tag}-step{step:06d}-{i}.gif")
+            evdit_data.save_video(frames, path, fps=args.validation_fps)
+            paths.append(path)
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_images(f"validation/{tag}", np.stack([frame_strip(v) for v in videos]), step,
+                                          dataformats="NHWC")
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.log({f"validation/{tag}": [wandb.Video(p, fps=args.validation_fps, format="gif", caption=c)
+                                                   for p, c in zip(paths, validation_prompts)]}, step=step)
+
+    def run_validation(step: int) -> float:
+        t0 = time.time()
+        unwrapped.eval()
+        # re-installs the same plan with the training kernel (from_pipe sets the plan of the transformer it gets)
+        videos = generate(unwrapped, save_scheduler, out_steps, out_guidance, args.validation_seed,
+                          plan_for=get_mask_plan(unwrapped), kernel=args.kernel)
+        unwrapped.train()
+        log_videos("student", videos, step)
+        logger.info("validation at step %d: %d videos in %s (%.1f s)", step, len(videos), val_dir, time.time() - t0)
+        return time.time() - t0
+
+    if args.validate_teacher and accelerator.is_main_process and teacher_module is not None:
+        videos = generate(teacher_module, teacher_pipe.scheduler, gen_steps, gen_guidance, args.validation_seed)
+        log_videos("teacher", videos, 0)
+
+    # ---- training
+    total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info("***** KD: %s -> sparse student (%s, plan k=%s), task %s x %.3g, features x %.3g *****",
+                args.teacher or "(no feature teacher)", family, plan.layers, task, args.task_weight, args.kd_weight)
+    logger.info("  student init %s, kernel %s, LoRA %s, total batch %d, steps %d -> %d", init_spec, args.kernel,
+                args.use_lora, total_batch, global_step, args.max_train_steps)
+    loss_log = os.path.join(output_dir, "losses.jsonl")
+    budget_s = args.max_minutes * 60.0 if args.max_minutes else None
+    validation_s = 0.0
+    losses: list[dict] = []
+    stopped_by_time = False
+    data_iter = iter(loader)
+    train_start = time.time()
+
+    def reserve_s() -> float:
+        if args.time_reserve_s is not None:
+            return args.time_reserve_s
+        extra = 0.0 if args.no_final_validation else 1.5 * validation_s
+        return max(10.0, extra + 8.0) + (30.0 + 1.0 * args.eval_prompts if args.eval_prompts else 0.0)
+
+    def step_loss(batch, gen) -> "kd.KDLossOutput":
+        latents = mlcd.encode_videos(pipe, batch["video"], generator=gen).float()
+        captions = list(batch["caption"])
+        if uncond_prob > 0:
+            drop = torch.rand(len(captions), generator=gen) < uncond_prob
+            captions = [args.negative_prompt if d else c for c, d in zip(captions, drop.tolist())]
+        cond = conditions(captions)
+        if task == "mlcd":
+            uncond = None
+            if uncond_one is not None:
+                uncond = {k: v.expand(latents.shape[0], *v.shape[1:]) for k, v in uncond_one.items()}
+            return kd.kd_mlcd_loss(student_predict, target_predict, solver_predict, teacher_predict,
+                                   student_capture, teacher_capture, latents, cond, schedule,
+                                   task_weight=args.task_weight, feature_weight=args.kd_weight, uncond=uncond,
+                                   guidance_scale=guidance, generator=gen, loss_type=args.loss_type,
+                                   huber_c=args.huber_c)
+        z_t, t, target, _ = kd.diffusion_inputs(grid, latents, gen)
+        if not use_features:  # diffusion loss only
+            out = student_predict(z_t, t, cond)
+            loss = (out.float() - target).pow(2).mean()
+            zero = loss.new_zeros(len(student_capture.layers))
+            return kd.KDLossOutput(args.task_weight * loss, loss.new_zeros(()), zero, zero, loss, out)
+        return kd.kd_loss(student_predict, teacher_predict, (z_t, t, cond), student_capture=student_capture,
+                          teacher_capture=teacher_capture, task_target=target if task == "diffusion" else None,
+                          task="output" if task == "output" else "target", task_weight=args.task_weight,
+                          feature_weight=args.kd_weight)
+
+    acc = {k: torch.zeros((), device=device) for k in ("loss", "feature", "attention", "mlp", "task")}
+    while global_step < args.max_train_steps:
+        batch = next(data_iter)
+        gen = torch.Generator().manual_seed((args.seed * 1_000_003 + micro_step) * 4099 + accelerator.process_index)
+        with accelerator.accumulate(student):
+            with accelerator.autocast():
+                out = step_loss(batch, gen)
+            accelerator.backward(out.loss)
+            if accelerator.sync_gradients and args.max_grad_norm > 0:
+                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+        micro_step += 1
+        parts = {"loss": out.loss, "feature": out.feature_loss, "attention": out.attention_losses.mean(),
+                 "mlp": out.mlp_losses.mean(), "task": out.task_loss if out.task_loss is not None else out.loss * 0}
+        for k, v in parts.items():
+            acc[k] += v.detach().float() / args.gradient_accumulation_steps
+        if not accelerator.sync_gradients:
+            continue
+        if ema is not None:
+            ema.update()
+        global_step += 1
+        vals = {k: accelerator.reduce(v.clone(), reduction="mean").item() for k, v in acc.items()}
+        for v in acc.values():
+            v.zero_()
+        row = {"step": global_step, "loss": vals["loss"], "feature_loss": vals["feature"],
+               "attention_loss": vals["attention"], "mlp_loss": vals["mlp"],
+               "task_loss": vals["task"] if (out.task_loss is not None) else None,
+               "lr": lr_scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - t_start, 3)}
+        if not math.isfinite(row["loss"]):
+            raise SystemExit(f"The loss is {row['loss']} at step {global_step}; lower --learning_rate or "
+                             "--task_weight.")
+        losses.append(row)
+        if accelerator.is_main_process:
+            with open(loss_log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+            accelerator.log({k: v for k, v in row.items() if isinstance(v, float)}, step=global_step)
+            if global_step == 1 or global_step % 10 == 0:
+                logger.info("step %d loss %.5f (features %.5f, task %s) (%.1f s)", global_step, row["loss"],
+                            row["feature_loss"], "n/a" if row["task_loss"] is None else f"{row['task_loss']:.5f}",
+                            row["elapsed_s"])
+        stop = torch.tensor(0.0, device=device)
+        if budget_s is not None and time.time() - t_start > budget_s - reserve_s():
+            stop += 1
+        stop = accelerator.reduce(stop, reduction="sum").item() > 0
+        last = stop or global_step >= args.max_train_steps
+        if args.checkpointing_steps and (global_step % args.checkpointing_steps == 0 or stop):
+            save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if (accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0
+                and not last):
+            validation_s = run_validation(global_step)
+        if stop:
+            stopped_by_time = True
+            logger.info("Stopping at step %d: the --max_minutes budget (%.1f min) is reached.", global_step,
+                        args.max_minutes)
+            break
+    train_s = time.time() - train_start
+    accelerator.wait_for_everyone()
+    student_capture.remove()
+    if teacher_capture is not None:
+        teacher_capture.remove()
+
+    # ---- final validation, evaluation, save
+    summary = {"output_dir": output_dir, "global_step": global_step, "losses": losses, "task_loss": task,
+               "stopped_by_time": stopped_by_time, "train_seconds": round(train_s, 1)}
+    if accelerator.is_main_process:
+        if not args.no_final_validation:
+            run_validation(global_step)
+        generation = {"num_frames": args.num_frames, "height": args.height, "width": args.width,
+                      "max_sequence_length": max_seq, "fps": args.validation_fps}
+        final_plan = copy.deepcopy(plan)
+        provenance = {
+            "teacher": args.teacher, "student_init": init_spec, "family": family, "plan_layers": plan.layers,
+            "kernel": args.kernel, "kd_weight": args.kd_weight, "task_loss": task, "task_weight": args.task_weight,
+            "uncond_prob": uncond_prob, "use_lora": args.use_lora, "steps": global_step,
+            "final_loss": losses[-1]["loss"] if losses else None,
+            "final_feature_loss": losses[-1]["feature_loss"] if losses else None,
+            "train_seconds": round(train_s, 1), "stopped_by_time": stopped_by_time,
+            "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "frames": args.num_frames, "height": args.height, "width": args.width, "dataset": args.dataset,
+            "sampling_steps": out_steps, "sampling_guidance_scale": out_guidance,
+        }
+        if task == "mlcd":
+            provenance.update(mlcd_teacher=args.mlcd_teacher or mlcd_cfg.get("teacher"),
+                              mlcd_teacher_plan=args.mlcd_teacher_plan, teacher_steps=grid.num_steps,
+                              num_segments=schedule.num_segments, milestones=schedule.milestones,
+                              teacher_guidance_scale=guidance, ema_decay=args.ema_decay)
+        else:
+            provenance["grid_steps"] = grid.num_steps
+        metadata = dict(final_plan.metadata)
+        if "kd" in metadata:  # a student that went through KD before (e.g. KD, then MLCD): keep its history
+            metadata["kd_history"] = list(metadata.get("kd_history", [])) + [metadata.pop("kd")]
+        metadata["kd"] = {k: v for k, v in provenance.items() if k != "plan_layers"}
+        final_plan.metadata = metadata
+        if args.eval_prompts:
+            teacher_saved = read_json(args.teacher, "evdit_demo.json") if args.teacher != init_spec else saved
+            t_steps = teacher_saved.get("num_inference_steps") or gen_steps
+            t_guidance = teacher_saved.get("guidance_scale", gen_guidance)
+            summary["eval"] = evaluate(args, pipe, unwrapped, final_plan, teacher_module, teacher_pipe, save_scheduler,
+                                       out_steps, out_guidance, t_steps, t_guidance, generation, output_dir)
+        save_pipeline(args, pipe, unwrapped, final_plan, save_scheduler, orig_dtypes, output_dir)
+        from diffusers_evdit.demo import GenerationConfig
+
+        GenerationConfig(num_frames=args.num_frames, height=args.height, width=args.width,
+                         max_sequence_length=max_seq, num_inference_steps=int(out_steps),
+                         guidance_scale=float(out_guidance), fps=args.validation_fps,
+                         extra={"kd_teacher": args.teacher, "kd_student_init": init_spec}).save(output_dir)
+        provenance["total_seconds"] = round(time.time() - t_start, 1)
+        with open(os.path.join(output_dir, "kd_config.json"), "w", encoding="utf-8") as f:
+            json.dump(provenance, f, indent=2)
+        if task == "mlcd":  # the student is a few-step model now: its MLCD settings, for later stages
+            mlcd_out = dict(mlcd_cfg)
+            mlcd_out.update(teacher=provenance["mlcd_teacher"], teacher_steps=grid.num_steps,
+                            num_segments=schedule.num_segments, milestones=schedule.milestones,
+                            solver_steps=schedule.solver_steps, teacher_guidance_scale=guidance,
+                            prediction_type=grid.prediction_type, family=family)
+            with open(os.path.join(output_dir, MLCD_CONFIG), "w", encoding="utf-8") as f:
+                json.dump(mlcd_out, f, indent=2)
+        logger.info("Saved the sparse student (%d steps, plan %s) to %s (%.1f s in total)", out_steps,
+                    final_plan.layers, output_dir, time.time() - t_start)
+        summary["plan"] = final_plan.layers
+        summary["sampling_steps"] = out_steps
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def save_pipeline(args, pipe, unwrapped, plan, scheduler, orig_dtypes, output_dir: str) -> None:
+    """The student as an EfficientVDiTPipeline folder with its plan (and, with LoRA, the adapter alone)."""
+    from diffusers_evdit import EfficientVDiTPipeline
+    from diffusers_evdit.plan import remove_mask_plan
+
+    transformer = unwrapped
+    if args.use_lora:
+        from peft.utils import get_peft_model_state_dict
+
+        lora = get_peft_model_state_dict(transformer)
+        pipe.__class__.save_lora_weights(os.path.join(output_dir, "lora"), transformer_lora_layers=lora)
+        transformer.fuse_lora()
+        transformer.unload_lora()
+    else:
+        remove_mask_plan(transformer)  # copy without the training kernel's state
+        transformer = copy.deepcopy(unwrapped)
+    transformer.requires_grad_(False).eval()
+    if getattr(transformer, "is_gradient_checkpointing", False):
+        transformer.disable_gradient_checkpointing()
+    save_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
+        args.save_dtype, orig_dtypes.get("transformer", torch.float32))
+    transformer.to("cpu", dtype=save_dtype)
+    components = {name: pipe.components[name].to("cpu", dtype=dtype) for name, dtype in orig_dtypes.items()
+                  if name != "transformer"}
+    out = EfficientVDiTPipeline.from_pipe(pipe, transformer=transformer, scheduler=scheduler, mask_plan=plan,
+                                          **components)
+    out.save_pretrained(output_dir)
+
+
+def evaluate(args, pipe, unwrapped, plan, teacher_module, teacher_pipe, scheduler, steps, guidance, teacher_steps,
+             teacher_guidance, generation, output_dir) -> list[dict]:
+    """``evdit eval`` metrics of the sparse student and the dense teacher on held-out prompts -> eval.json."""
+    from diffusers_evdit import EfficientVDiTPipeline
+    from diffusers_evdit.demo import EVAL_KEYS, GenerationConfig, evaluate_pipeline
+
+    def run(name, transformer, sched, n_steps, guidance_scale, mask_plan):
+        vpipe = EfficientVDiTPipeline.from_pipe(pipe, transformer=transformer, scheduler=sched, mask_plan=mask_plan,
+                                                kernel=args.kernel)
+        gen = GenerationConfig(num_frames=generation["num_frames"], height=generation["height"],
+                               width=generation["width"], max_sequence_length=generation["max_sequence_length"],
+                               num_inference_steps=int(n_steps), guidance_scale=float(guidance_scale),
+                               fps=generation["fps"])
+        res = evaluate_pipeline(vpipe, gen, num_prompts=args.eval_prompts, seed=args.validation_seed,
+                                batch_size=args.eval_batch_size, workers=args.eval_workers, progress=False,
+                                reference=False)
+        row = {"name": name, "steps": int(n_steps), "guidance_scale": guidance_scale,
+               **{k: res.get(k) for k in EVAL_KEYS}, "sparsity": res["plan"]["sparsity"]}
+        logger.info("eval %-8s steps %3d final_score %.4f frechet %s", name, n_steps, row["final_score"],
+                    row["frechet"])
+        return row
+
+    unwrapped.eval()
+    rows = [run("student", unwrapped, scheduler, steps, guidance, plan)]
+    if teacher_module is not None:
+        rows.append(run("teacher", teacher_module, teacher_pipe.scheduler, teacher_steps, teacher_guidance, None))
+    with open(os.path.join(output_dir, "eval.json"), "w", encoding="utf-8") as f:
+        json.dump({"prompts": args.eval_prompts, "seed": args.validation_seed, "rows": rows}, f, indent=2)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

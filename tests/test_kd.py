@@ -1,0 +1,256 @@
+"""Stage 3 knowledge distillation: the hooked feature loss, gradients, a training step, examples/train_kd.py and
+examples/reproduce_tables.py --smoke, on tiny random models (CPU). Random weights: plumbing only, no quality."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
+
+from diffusers_evdit import EfficientVDiTPipeline, MaskPlan, get_mask_plan, num_plan_layers
+from diffusers_evdit.kd import (
+    LayerOutputCapture,
+    check_trainable_kernel,
+    diffusion_inputs,
+    kd_layers,
+    kd_loss,
+    kd_mlcd_loss,
+    make_sparse_student,
+)
+from diffusers_evdit.mlcd import DiffusionGrid, MLCDSchedule, TransformerPredictor
+from diffusers_evdit.plan import apply_mask_plan
+from diffusers_evdit.tiny import TinyVideo, tiny_inputs, tiny_transformer
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+FAMILIES = ("cogvideox", "wan", "hunyuan_video")
+VIDEO = TinyVideo(frames=4, height=8, width=8)
+
+
+def _direct_modules(model, family):
+    """The attention / MLP modules per plan layer, named by hand (independent of kd.kd_layers)."""
+    if family == "cogvideox":
+        return [(b.attn1, [b.ff]) for b in model.transformer_blocks]
+    if family == "wan":
+        return [(b.attn1, [b.ffn]) for b in model.blocks]
+    return ([(b.attn, [b.ff, b.ff_context]) for b in model.transformer_blocks]
+            + [(b.attn, [b.act_mlp]) for b in model.single_transformer_blocks])
+
+
+def _record(model, family, inputs):
+    """Run ``model`` once with plain forward hooks; per layer, the attention and MLP outputs as flat vectors."""
+    store, handles = [], []
+    for attn, mlps in _direct_modules(model, family):
+        entry = {"attn": [], "mlp": []}
+        store.append(entry)
+
+        def keep(key, entry=entry):
+            def hook(module, args, out):
+                outs = out if isinstance(out, tuple) else (out,)
+                entry[key] += [o.detach().flatten() for o in outs if o is not None]
+            return hook
+
+        handles.append(attn.register_forward_hook(keep("attn")))
+        handles += [m.register_forward_hook(keep("mlp")) for m in mlps]
+    with torch.no_grad():
+        out = model(**inputs, return_dict=False)[0]
+    for h in handles:
+        h.remove()
+    return out, [{k: torch.cat(v) for k, v in e.items()} for e in store]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_kd_loss_equals_direct_computation_from_captured_outputs(family):
+    teacher = tiny_transformer(family)
+    student = make_sparse_student(teacher, MaskPlan.uniform(num_plan_layers(teacher), k=1))
+    inputs = tiny_inputs(teacher, VIDEO, seed=1)
+    target = torch.randn_like(inputs["hidden_states"])
+    out = kd_loss(student, teacher, inputs, task_target=target, task_weight=100.0, feature_weight=0.5)
+
+    t_out, t_feats = _record(teacher, family, inputs)
+    s_out, s_feats = _record(student, family, inputs)
+    attn = torch.stack([(s["attn"] - t["attn"]).pow(2).mean() for s, t in zip(s_feats, t_feats)])
+    mlp = torch.stack([(s["mlp"] - t["mlp"]).pow(2).mean() for s, t in zip(s_feats, t_feats)])
+    feature = (attn + mlp).mean()
+    task = (s_out - target).pow(2).mean()
+    assert len(attn) == num_plan_layers(teacher) == len(kd_layers(student))
+    assert float(feature) > 0  # the sparse student really differs from the dense teacher
+    torch.testing.assert_close(out.attention_losses, attn, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(out.mlp_losses, mlp, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(out.feature_loss.detach(), feature, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(out.task_loss.detach(), task, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(out.loss.detach(), 0.5 * feature + 100.0 * task, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(out.teacher_output, t_out)
+    # the output task compares with the teacher's final output instead
+    out2 = kd_loss(student, teacher, inputs, task="output", task_weight=2.0)
+    torch.testing.assert_close(out2.task_loss.detach(), (s_out - t_out).pow(2).mean(), rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("family", ("wan", "hunyuan_video"))
+def test_gradients_reach_only_the_student(family):
+    teacher = tiny_transformer(family)
+    assert all(p.requires_grad for p in teacher.parameters())  # no_grad and detach, not requires_grad, protect it
+    student = make_sparse_student(teacher, MaskPlan.uniform(num_plan_layers(teacher), k=1))
+    assert get_mask_plan(teacher) is None  # the copy has the plan, the teacher stays dense
+    inputs = tiny_inputs(teacher, VIDEO, seed=2)
+    out = kd_loss(student, teacher, inputs, task_target=torch.zeros_like(inputs["hidden_states"]))
+    out.loss.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    for layer in kd_layers(student):
+        block = student.get_submodule(layer.block_name)
+        for module in (layer.attention, *layer.mlp):
+            if not list(module.parameters()):  # HunyuanVideo single blocks: act_mlp (GELU) of proj_mlp
+                module = block.proj_mlp
+            grads = [p.grad for p in module.parameters()]
+            assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads), layer.block_name
+    assert bool(student.proj_out.weight.grad.abs().sum() > 0)  # through the task loss
+
+
+def test_a_kd_step_lowers_the_loss_on_a_fixed_batch():
+    teacher = tiny_transformer("cogvideox")
+    student = make_sparse_student(teacher, MaskPlan.uniform(num_plan_layers(teacher), k=1))
+    inputs = tiny_inputs(teacher, VIDEO, seed=3)
+    target = torch.randn_like(inputs["hidden_states"])
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    with LayerOutputCapture(student) as cs, LayerOutputCapture(teacher) as ct:
+        losses = []
+        for _ in range(3):
+            out = kd_loss(student, teacher, inputs, student_capture=cs, teacher_capture=ct, task_target=target,
+                          task_weight=1.0)
+            losses.append(float(out.loss.detach()))
+            opt.zero_grad()
+            out.loss.backward()
+            opt.step()
+    assert losses[1] < losses[0] and losses[2] < losses[1]
+
+
+def test_the_split_kernel_is_refused_for_training_and_captures_are_scoped():
+    teacher = tiny_transformer("wan")
+    plan = MaskPlan.uniform(2, k=1)
+    with pytest.raises(ValueError, match="gathered"):
+        make_sparse_student(teacher, plan, kernel="auto")
+    student = make_sparse_student(teacher, plan)
+    apply_mask_plan(student, plan)  # kernel "auto" -> split: wrong gradients
+    inputs = tiny_inputs(teacher, VIDEO)
+    with pytest.raises(ValueError, match="backward pass is not exact"):
+        kd_loss(student, teacher, inputs)
+    with torch.no_grad():  # evaluation needs no gradients: allowed
+        kd_loss(student, teacher, inputs)
+    apply_mask_plan(student, plan, kernel="gathered")
+    check_trainable_kernel(student)
+
+    capture = LayerOutputCapture(student)
+    student(**inputs)  # outside a recording: nothing kept
+    with pytest.raises(RuntimeError, match="No attention"):
+        capture.outputs()
+    with pytest.raises(RuntimeError, match="second attention output"):
+        with capture.recording():
+            student(**inputs)
+            student(**inputs)
+    capture.remove()
+    assert not student.blocks[0].attn1._forward_hooks
+
+
+def test_kd_with_the_mlcd_loss_records_only_the_student_call():
+    teacher = tiny_transformer("wan")
+    student = make_sparse_student(teacher, MaskPlan.uniform(2, k=1))
+    f_t, f_s = TransformerPredictor(teacher), TransformerPredictor(student)
+    schedule = MLCDSchedule(DiffusionGrid.from_scheduler(FlowMatchEulerDiscreteScheduler(shift=3.0), 8), 2)
+    cond = {"encoder_hidden_states": torch.randn(2, 7, 16)}
+    x0 = torch.randn(2, 4, 3, 8, 8)
+    with LayerOutputCapture(student) as cs, LayerOutputCapture(teacher) as ct:
+        # the target network is the student itself (under no_grad): its forward must not be recorded
+        out = kd_mlcd_loss(f_s, f_s, f_t, f_t, cs, ct, x0, cond, schedule, task_weight=100.0,
+                           generator=torch.Generator().manual_seed(0))
+    out.loss.backward()
+    assert float(out.feature_loss.detach()) > 0 and float(out.task_loss.detach()) >= 0
+    assert all(p.grad is None for p in teacher.parameters())
+    assert student.blocks[0].attn1.to_q.weight.grad is not None
+    z, t, target, idx = diffusion_inputs(schedule.grid, x0, torch.Generator().manual_seed(1))
+    sigma = schedule.grid.sigmas[idx].float().view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(z, (1 - sigma) * x0 + sigma * (target + x0))  # flow: z = x0 + sigma * (eps - x0)
+
+
+# ---------------------------------------------------------------------------------------------------- the scripts
+
+
+def _import(name):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+
+
+def run_kd(args):
+    from accelerate.state import AcceleratorState, GradientState
+
+    script = _import("train_kd")
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    return script.main([str(a) for a in args])
+
+
+TINY = ["--num_frames", 9, "--height", 32, "--width", 32, "--max_sequence_length", 8, "--train_batch_size", 1,
+        "--learning_rate", 1e-3, "--report_to", "none", "--seed", 5, "--validation_steps", 0]
+
+
+def test_train_kd_resumes_exactly_and_saves_a_pipeline_with_its_plan(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--teacher", "tiny:wan", "--plan", "uniform:1", *TINY, "--max_train_steps", 3]
+    run_a = run_kd([*common, "--output_dir", a, "--checkpointing_steps", 2, "--checkpoints_total_limit", 1])
+    assert [r["step"] for r in run_a["losses"]] == [1, 2, 3] and run_a["task_loss"] == "diffusion"
+    assert all(r["feature_loss"] > 0 and r["task_loss"] is not None for r in run_a["losses"])
+    assert sorted(p.name for p in a.glob("checkpoint-*")) == ["checkpoint-2"]
+    assert len(list((a / "validation").glob("student-step000003-*.gif"))) == 2
+    b.mkdir()
+    shutil.copytree(a / "checkpoint-2", b / "checkpoint-2")
+    run_b = run_kd([*common, "--output_dir", b, "--resume_from_checkpoint", "latest", "--checkpointing_steps", 0,
+                    "--no_final_validation"])
+    assert [r["step"] for r in run_b["losses"]] == [3]
+    assert run_b["losses"][0]["loss"] == run_a["losses"][2]["loss"]  # identical next step after resuming
+
+    pipe = EfficientVDiTPipeline.from_pretrained(a)
+    assert pipe.mask_plan.layers == [1, 1] and pipe.mask_plan.metadata["kd"]["task_loss"] == "diffusion"
+    stock = DiffusionPipeline.from_pretrained(a).transformer.state_dict()  # the stock diffusers class loads it
+    teacher = tiny_transformer("wan").state_dict()
+    assert set(stock) == set(teacher) and any(not torch.equal(stock[k], teacher[k]) for k in teacher)
+    config = json.loads((a / "kd_config.json").read_text())
+    assert config["kernel"] == "gathered" and config["steps"] == 3
+
+
+def test_train_kd_lora_with_the_mlcd_task_saves_a_few_step_student(tmp_path):
+    out = tmp_path / "out"
+    run = run_kd(["--teacher", "tiny:cogvideox", "--plan", "uniform:2", *TINY, "--max_train_steps", 2,
+                  "--task_loss", "mlcd", "--mlcd_teacher", "tiny:cogvideox", "--num_segments", 2,
+                  "--teacher_steps", 4, "--use_lora", "--lora_rank", 4, "--output_dir", out,
+                  "--checkpointing_steps", 0, "--no_final_validation"])
+    assert run["task_loss"] == "mlcd" and len(run["losses"]) == 2
+    assert (out / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    pipe = EfficientVDiTPipeline.from_pretrained(out)
+    assert pipe.mask_plan.layers == [2, 2] and pipe.scheduler.mlcd_num_steps == 2
+    assert json.loads((out / "evdit_demo.json").read_text())["num_inference_steps"] == 2
+    assert json.loads((out / "mlcd_config.json").read_text())["num_segments"] == 2
+
+
+def test_reproduce_tables_smoke_writes_the_tables(tmp_path):
+    script = _import("reproduce_tables")
+    result = script.main(["--smoke", "--work_dir", str(tmp_path / "work"), "--out_dir", str(tmp_path / "out"),
+                          "--ratios", "0.1", "--uniform_ks", "1"])
+    data = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert data["complete"] and data["smoke"] and result["out_dir"] == str(tmp_path / "out")
+    names = [r["name"] for r in data["rows"]]
+    assert names == ["Base", "MLCD", "Ours_r=0.1", "MLCD_1:3", "MLCD_1:3+KD"]
+    assert [r["name"] for r in data["order_ablation"]] == ["MLCD_then_KD", "KD_then_MLCD"]
+    for row in data["rows"] + data["order_ablation"]:
+        assert set(script.ROW_KEYS) <= set(row)
+        assert 0.0 <= row["final_score"] <= 1.0 and row["frechet"] is not None and row["speedup"] > 0
+    base, mlcd, ours = data["rows"][:3]
+    assert base["speedup"] == 1.0 and base["sparsity"] == 0.0
+    assert mlcd["steps"] == 2 and mlcd["speedup"] == pytest.approx(base["steps"] / 2)
+    assert ours["sparsity"] > 0 and ours["step_speedup_source"] == "derived" and ours["step_speedup"] > 1.0
+    assert "quality and speed" in (tmp_path / "out" / "quality.md").read_text()
