@@ -18,7 +18,13 @@ TINY_FAMILIES = ("cogvideox", "wan", "hunyuan_video")
 
 @dataclass(frozen=True)
 class TinyVideo:
-    """Latent video size of a tiny input: ``frames`` latent frames of ``height x width`` latent pixels."""
+    """Latent video size of a tiny input: ``frames`` latent frames of ``height x width`` latent pixels.
+
+    Example:
+        >>> t = tiny_transformer("cogvideox")
+        >>> tiny_inputs(t, TinyVideo(frames=4, batch=2))["hidden_states"].shape   # CogVideoX: (B, F, C, H, W)
+        torch.Size([2, 4, 4, 8, 8])
+    """
 
     frames: int = 6
     height: int = 8
@@ -93,6 +99,12 @@ def tiny_inputs(model: torch.nn.Module, video: TinyVideo = TinyVideo(), seed: in
     """Forward keyword arguments for ``model`` (from :func:`tiny_transformer`) on a random latent ``video``.
 
     For HunyuanVideo the last ``padded_text`` text tokens of the last batch element are padding (masked out).
+
+    Example:
+        >>> t = tiny_transformer("hunyuan_video")
+        >>> x = tiny_inputs(t, TinyVideo(batch=2))
+        >>> x["hidden_states"].shape, x["encoder_attention_mask"][-1].tolist()
+        (torch.Size([2, 4, 6, 8, 8]), [1, 1, 1, 1, 1, 0, 0])
     """
     g = torch.Generator().manual_seed(seed)
     b, c = video.batch, model.config.in_channels

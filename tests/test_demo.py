@@ -1,0 +1,219 @@
+"""The demo model plumbing: ``evdit demo`` / ``evdit eval`` on a random tiny pipeline of the shipped structure, the
+training scripts' ``--smoke`` runs (loss goes down, checkpoints resume), the model card stage, and the flow-matching
+conventions shared by training and the pipeline's sampler. Random weights: nothing here claims quality."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffusers_evdit.cli import main
+from diffusers_evdit.demo import (
+    DEMO_MODEL_DIR,
+    EVAL_KEYS,
+    DemoModelMissingError,
+    GenerationConfig,
+    build_demo_pipeline,
+    caption_tokenizer,
+    eval_prompts,
+    load_pipeline,
+    resolve_model,
+    run_demo,
+)
+from diffusers_evdit.metrics import psnr, ssim
+from diffusers_evdit.tiny import tiny_demo_pipeline
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+sys.path.insert(0, str(EXAMPLES))
+
+
+def _shipped() -> bool:
+    return os.path.isfile(os.path.join(DEMO_MODEL_DIR, "model_index.json"))
+
+
+@pytest.mark.skipif(_shipped(), reason="the trained demo model is present")
+def test_missing_demo_model_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(DemoModelMissingError, match="train_demo.sh"):
+        resolve_model(None)
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "demo model is missing" in err and "--model tiny" in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_tokenizer_covers_every_caption():
+    tok = caption_tokenizer()
+    for caption, _ in eval_prompts(30):
+        ids = tok(caption).input_ids
+        assert 2 not in ids  # no <unk>
+        assert ids[-1] == 1  # </s>
+        assert tok.decode(ids, skip_special_tokens=True) == caption
+
+
+def test_shortened_demo_writes_video_sheet_and_report(tmp_path):
+    out = tmp_path / "demo"
+    rep = run_demo(out, model="tiny", num_prompts=2, steps=2, plan="uniform:1", progress=False, log=lambda s: None)
+    gif = Image.open(out / "side_by_side.gif")
+    assert gif.n_frames == GenerationConfig.tiny().num_frames
+    assert gif.size[0] > 3 * 64  # real | dense | sparse
+    assert Image.open(out / "contact_sheet.png").size[1] > 2 * 3 * 64
+    data = json.loads((out / "report.json").read_text())
+    assert data["plan"]["layers"] == [1, 1] and data["plan"]["sparsity"] == pytest.approx(0.375)
+    for run in ("dense", "sparse"):
+        assert set(EVAL_KEYS) <= set(data[run]["metrics"])
+        assert data[run]["timing"]["step_ms"] > 0 and len(data[run]["per_video"]) == 2
+    assert data["speedup"]["step"] > 0 and data["fidelity"]["psnr"] > 0
+    assert data["reference"]["color_accuracy"] == 1.0
+    md = (out / "report.md").read_text()
+    assert "speedup" in md.lower() and "contact_sheet.png" in md and "random-weight" in md
+    assert rep["files"]["video"] == "side_by_side.gif"
+
+
+def test_eval_cli_json_keys(tmp_path, capsys):
+    path = tmp_path / "eval.json"
+    assert main(["eval", "--model", "tiny", "--prompts", "2", "--steps", "2", "--plan", "uniform:1",
+                 "--json", str(path), "--no-progress"]) == 0
+    data = json.loads(path.read_text())
+    assert list(data)[: len(EVAL_KEYS)] == list(EVAL_KEYS)
+    for key in EVAL_KEYS:
+        assert isinstance(data[key], float)
+        if key != "frechet":
+            assert 0.0 <= data[key] <= 1.0
+    assert data["num_videos"] == 2 and data["plan"]["layers"] == [1, 1]
+    assert data["reference"]["motion_direction_accuracy"] == 1.0
+    assert "final_score" in capsys.readouterr().out
+
+
+def test_batched_decoding_matches_the_pipeline():
+    from diffusers_evdit.demo import decode_latents
+
+    pipe, gen = load_pipeline("tiny", device="cpu")
+    call = dict(prompt="a blue square moving right on a light background", **gen.call_kwargs())
+    ref = pipe(**call, output_type="np", generator=torch.Generator().manual_seed(1)).frames[0]
+    lat = pipe(**call, output_type="latent", generator=torch.Generator().manual_seed(1)).frames
+    video = decode_latents(pipe, lat)[0]
+    assert np.abs(video.astype(np.float32) - ref * 255.0).max() <= 1.0
+
+
+def test_psnr_ssim_separate_copies_from_noise():
+    from diffusers_evdit.data import render, sample_scene
+
+    v = render(sample_scene(0), 5, 32, 32)
+    noisy = np.clip(v / 255.0 + np.random.default_rng(0).normal(0, 0.1, v.shape), 0, 1)
+    assert psnr(v, v) == 100.0 and ssim(v, v) == 1.0
+    assert 15 < psnr(v, noisy) < 25 and ssim(v, noisy) < 0.6
+
+
+def test_flow_matching_targets_match_the_pipeline_sampler():
+    """An oracle velocity built with the training code's convention makes WanPipeline's sampler (UniPC, flow sigmas,
+    integer timesteps) land on the data latent, and decoding de-normalises with latents_mean/std."""
+    from train_demo_t2v import flow_matching_batch
+
+    pipe = tiny_demo_pipeline()
+    z = pipe.vae.config.z_dim
+    mean, std = torch.linspace(-0.5, 0.5, z), torch.linspace(0.5, 2.0, z)
+    pipe.vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())
+    gen = GenerationConfig.tiny()
+    gen.num_inference_steps, gen.guidance_scale = 8, 1.0
+    shape = (1, z, gen.latent_frames, gen.height // 8, gen.width // 8)
+    x0 = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+
+    def oracle(hidden_states, timestep, encoder_hidden_states=None, return_dict=False, **kwargs):
+        s = (timestep.float() / 1000.0).view(-1, 1, 1, 1, 1)
+        noise = (hidden_states - (1 - s) * x0) / s
+        return (flow_matching_batch(x0, noise, s.view(-1))[1],)
+
+    pipe.transformer.forward = oracle
+    call = dict(prompt="a red circle moving left on a dark background", **gen.call_kwargs())
+    latents = pipe(**call, output_type="latent", generator=torch.Generator().manual_seed(0)).frames
+    assert (latents - x0).abs().max() < 0.02
+    video = pipe(**call, output_type="pt", generator=torch.Generator().manual_seed(0)).frames[0]
+    with torch.no_grad():
+        ref = pipe.vae.decode(x0 * std.view(1, -1, 1, 1, 1) + mean.view(1, -1, 1, 1, 1)).sample[0]
+    ref = ((ref + 1) / 2).clamp(0, 1).permute(1, 0, 2, 3)
+    assert (video - ref).abs().max() < 0.05
+
+
+def test_saved_demo_structure_loads_offline(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    build_demo_pipeline("tiny").save_pretrained(tmp_path)
+    GenerationConfig.tiny().save(tmp_path)
+    pipe = DiffusionPipeline.from_pretrained(tmp_path)
+    assert type(pipe).__name__ == "WanPipeline"
+    assert pipe.tokenizer("a cyan square bouncing").input_ids[-1] == 1
+    loaded, gen = load_pipeline(str(tmp_path), device="cpu")
+    assert gen == GenerationConfig.tiny() and type(loaded).__name__ == "EfficientVDiTWanPipeline"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# training scripts (--smoke: tiny models, 32x32 clips, CPU)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    import train_demo_t2v
+    import train_demo_vae
+
+    root = tmp_path_factory.mktemp("train")
+    vae = train_demo_vae.main(["--output_dir", str(root / "vae"), "--smoke", "--max_train_steps", "24"])
+    t2v = train_demo_t2v.main(["--vae_path", str(root / "vae" / "vae"), "--output_dir", str(root / "t2v"),
+                               "--pipeline_dir", str(root / "pipe"), "--smoke", "--max_train_steps", "24"])
+    return root, vae, t2v
+
+
+def _decreases(losses, n=6):
+    return np.mean(losses[-n:]) < np.mean(losses[:n])
+
+
+def test_vae_smoke_learns_and_saves(trained):
+    root, vae, _ = trained
+    assert vae["steps"] == 24 and _decreases(vae["losses"]["loss"])
+    assert (root / "vae" / "vae" / "config.json").exists()
+    assert set(vae["reconstruction"]) >= {"psnr", "color_accuracy"}
+
+
+def test_t2v_smoke_learns_and_saves_a_pipeline(trained):
+    root, _, t2v = trained
+    assert t2v["steps"] == 24 and _decreases(t2v["losses"]["loss"])
+    pipe, gen = load_pipeline(str(root / "pipe"), device="cpu")
+    assert gen.num_frames == 9 and gen.max_sequence_length == 32
+    assert pipe.vae.config.latents_std == pytest.approx(t2v["latents_std"])
+    assert pipe.transformer.proj_out.weight.abs().sum() > 0  # trained away from the zero init
+
+
+def test_t2v_resume_from_latest_checkpoint(trained, capsys):
+    import train_demo_t2v
+
+    root, _, first = trained
+    ckpts = sorted(p.name for p in (root / "t2v").glob("checkpoint-*"))
+    assert ckpts == ["checkpoint-20", "checkpoint-24"]  # --checkpoints_total_limit 2
+    res = train_demo_t2v.main(["--vae_path", str(root / "vae" / "vae"), "--output_dir", str(root / "t2v"),
+                               "--pipeline_dir", str(root / "pipe2"), "--smoke", "--max_train_steps", "28",
+                               "--resume_from_checkpoint", "latest"])
+    assert "resumed from" in capsys.readouterr().out
+    assert res["steps"] == 28
+    assert res["losses"]["steps"] == list(range(1, 29))
+    assert res["losses"]["loss"][:24] == pytest.approx(first["losses"]["loss"])
+
+
+def test_model_card_stage(trained):
+    import train_demo_card
+
+    root, _, _ = trained
+    info = train_demo_card.main(["--pipeline_dir", str(root / "pipe"), "--vae_log", str(root / "vae" / "vae_log.json"),
+                                 "--t2v_log", str(root / "t2v" / "t2v_log.json"), "--smoke", "--sparse_plan",
+                                 "uniform:1"])
+    card = (root / "pipe" / "README.md").read_text()
+    assert "## Training" in card and "| color_accuracy |" in card and "library_name: diffusers" in card
+    log = json.loads((root / "pipe" / "training_log.json").read_text())
+    assert len(log["t2v"]["losses"]["loss"]) == log["t2v"]["steps"] >= 24
+    assert len(log["vae"]["losses"]["loss"]) == log["vae"]["steps"] == 24
+    assert (root / "pipe" / "samples.png").exists() and info["sizes"]["total_mb"] < 1
+    gen = GenerationConfig.load(root / "pipe")
+    assert gen.guidance_scale in (1.0, 4.0)
