@@ -30,8 +30,22 @@ from .split import merge_partial_attention, split_tile_attention
 KERNELS = ("auto", "dense", "gathered", "split", "flex")
 
 
+# The merge is compiled (one fused pass) only for inputs this large: each distinct run length compiles once (seconds),
+# which pays off on real video models (CogVideoX-5B: 5e7 elements) but not on small ones like the demo model (1e5).
+FUSED_MERGE_MIN_NUMEL = 1 << 22
+
+
 def check_kernel(kernel: str) -> str:
-    """Return ``kernel`` if it names a kernel, else raise ``ValueError`` listing the choices."""
+    """Return ``kernel`` if it names a kernel, else raise ``ValueError`` listing the choices.
+
+    Example:
+        >>> check_kernel("split")
+        'split'
+        >>> check_kernel("fast")
+        Traceback (most recent call last):
+            ...
+        ValueError: Unknown tile-attention kernel 'fast'; choose one of auto, dense, gathered, split, flex.
+    """
     if kernel not in KERNELS:
         raise ValueError(f"Unknown tile-attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}.")
     return kernel
@@ -132,7 +146,8 @@ class TileAttention:
                     "The split tile kernel is inference-only (its fused log-sum-exp has no gradient); train with "
                     "kernel='gathered' (or 'auto', which picks it when gradients are enabled)."
                 )
-            merge = self.fused_merge if q.device.type == "cuda" else merge_partial_attention
+            fuse = q.device.type == "cuda" and q.numel() >= FUSED_MERGE_MIN_NUMEL
+            merge = self.fused_merge if fuse else merge_partial_attention
             idx = self.indices(layout, k_ref, q.device)
             return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, merge)
         return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
