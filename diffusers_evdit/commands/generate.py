@@ -20,6 +20,8 @@ import inspect
 import os
 import time
 
+from ..kernels import KERNELS
+
 GIF_EXTENSIONS = (".gif",)
 VIDEO_EXTENSIONS = (".mp4",)
 
@@ -286,7 +288,7 @@ def register(sub) -> None:
     gen.add_argument("--plan", default=None, help="mask plan JSON for transformer (default: the folder's saved plan)")
     gen.add_argument("--plan-2", default=None, help="mask plan JSON for transformer_2 (Wan 2.2; default: as --plan)")
     gen.add_argument("--dense", action="store_true", help="ignore saved plans, run dense")
-    gen.add_argument("--kernel", default="auto", choices=["auto", "dense", "gathered", "flex"])
+    gen.add_argument("--kernel", default="auto", choices=KERNELS)
     gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
     gen.add_argument("--frames", type=int, default=None, help="video frames (default: the pipeline's)")
     gen.add_argument("--height", type=int, default=None)

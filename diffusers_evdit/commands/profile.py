@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..kernels import KERNELS
+
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -53,7 +55,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                    help="torch.save'd list of transformer forward-keyword dicts (record_transformer_inputs) instead "
                         "of random inputs")
     g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--kernel", choices=("auto", "dense", "gathered", "flex"), default="auto")
+    g.add_argument("--kernel", choices=KERNELS, default="auto")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
