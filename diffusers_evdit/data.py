@@ -191,7 +191,12 @@ _PHRASE_TO_MOTION: Mapping[str, str] = MappingProxyType({v: k for k, v in _MOTIO
 
 @dataclass(frozen=True)
 class ObjectAttributes:
-    """The captioned attributes of one object (what a caption can express)."""
+    """The captioned attributes of one object (what a caption can express).
+
+    Example:
+        >>> parse_caption("a red circle moving right on a dark background").objects[0]
+        ObjectAttributes(color='red', shape='circle', motion='right')
+    """
 
     color: str
     shape: str
@@ -200,7 +205,13 @@ class ObjectAttributes:
 
 @dataclass(frozen=True)
 class CaptionAttributes:
-    """The attributes a caption expresses: objects (in caption order) and background."""
+    """The attributes a caption expresses: objects (in caption order) and background.
+
+    Example:
+        >>> attrs = parse_caption("a red circle moving right and a blue square bouncing on a light background")
+        >>> len(attrs.objects), attrs.background, caption(attrs)
+        (2, 'light', 'a red circle moving right and a blue square bouncing on a light background')
+    """
 
     objects: tuple[ObjectAttributes, ...]
     background: str
@@ -222,6 +233,11 @@ class ObjectSpec:
         heading: initial direction of travel (``"left"``, ``"right"``, ``"up"``,
             ``"down"``); equal to ``motion`` for linear motions, the initial
             direction for ``"bouncing"``, ``None`` for ``"still"``.
+
+    Example:
+        >>> obj = ObjectSpec(shape="circle", color="red", motion="right", x=0.3, y=0.5, size=0.1, speed=0.4)
+        >>> SceneSpec(objects=(obj,), background="dark").caption()
+        'a red circle moving right on a dark background'
     """
 
     shape: str
@@ -387,7 +403,12 @@ def caption_vocabulary() -> list[str]:
 
 
 def is_heldout(scene: SceneSpec | CaptionAttributes) -> bool:
-    """True iff any object's (colour, shape, motion) is in :data:`HELDOUT_COMBOS`."""
+    """True iff any object's (colour, shape, motion) is in :data:`HELDOUT_COMBOS`.
+
+    Example:
+        >>> is_heldout(sample_scene(0, split="heldout")), is_heldout(sample_scene(0, split="train"))
+        (True, False)
+    """
     return any((o.color, o.shape, o.motion) in _HELDOUT_SET for o in scene.objects)
 
 
@@ -670,13 +691,26 @@ def render(
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """``uint8 (T, H, W, 3)`` frames -> float tensor ``(3, T, H, W)`` in [-1, 1]."""
+    """``uint8 (T, H, W, 3)`` frames -> float tensor ``(3, T, H, W)`` in [-1, 1].
+
+    Example:
+        >>> frames = render(sample_scene(0), 5, 32, 32)
+        >>> video = frames_to_tensor(frames)
+        >>> video.shape, float(video.min()) >= -1.0
+        (torch.Size([3, 5, 32, 32]), True)
+    """
     x = torch.from_numpy(np.ascontiguousarray(frames)).float().div_(127.5).sub_(1.0)
     return x.permute(3, 0, 1, 2).contiguous()
 
 
 def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
-    """Float tensor ``(3, T, H, W)`` in [-1, 1] -> ``uint8 (T, H, W, 3)`` frames."""
+    """Float tensor ``(3, T, H, W)`` in [-1, 1] -> ``uint8 (T, H, W, 3)`` frames.
+
+    Example:
+        >>> frames = render(sample_scene(0), 5, 32, 32)
+        >>> bool((tensor_to_frames(frames_to_tensor(frames)) == frames).all())
+        True
+    """
     if video.ndim != 4 or video.shape[0] != 3:
         raise ValueError(f"expected a (3, T, H, W) tensor, got shape {tuple(video.shape)}")
     x = ((video.detach().float().cpu().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)

@@ -96,7 +96,12 @@ _EVAL_SEED = 20250214  # held-out scenes beyond the fixed 24 of heldout_prompts(
 
 
 class DemoModelMissingError(FileNotFoundError):
-    """The shipped demo model has no trained weights (``diffusers_evdit/demo_model/`` holds only its README)."""
+    """The shipped demo model has no trained weights (``diffusers_evdit/demo_model/`` holds only its README).
+
+    Example:
+        >>> issubclass(DemoModelMissingError, FileNotFoundError)
+        True
+    """
 
 
 # ---------------------------------------------------------------------------------------------------------------------

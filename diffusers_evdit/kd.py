@@ -100,6 +100,12 @@ class KDLayer:
         attention: that module; its forward output (a tensor or a ``(video, text)`` tuple) is the attention output.
         mlp_names: the MLP modules (``("blocks.3.ffn",)``; HunyuanVideo double blocks: ``ff`` and ``ff_context``).
         mlp: those modules; their forward outputs together are the MLP output.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> layer = kd_layers(tiny_transformer("wan"))[1]
+        >>> layer.index, layer.attention_name, layer.mlp_names
+        (1, 'blocks.1.attn1', ('blocks.1.ffn',))
     """
 
     index: int
@@ -149,6 +155,16 @@ class LayerOutputs:
     """Captured outputs of one forward: per plan layer, the attention tensors and the MLP tensors.
 
     ``attention[l]`` / ``mlp[l]`` are tuples of tensors (one per returned stream), batch first.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer, tiny_inputs
+        >>> t = tiny_transformer("wan")
+        >>> with LayerOutputCapture(t) as capture:
+        ...     with torch.no_grad(), capture.recording():
+        ...         _ = t(**tiny_inputs(t))
+        ...     outs = capture.outputs()
+        >>> outs.num_layers, outs.attention[0][0].shape, outs.mlp[0][0].shape
+        (2, torch.Size([1, 96, 24]), torch.Size([1, 96, 24]))
     """
 
     attention: list[tuple[torch.Tensor, ...]]
@@ -294,6 +310,13 @@ class FeatureLoss:
         loss: ``mean_l (attention[l] + mlp[l])``, a scalar.
         attention: ``(L,)`` per-layer MSE of the attention outputs.
         mlp: ``(L,)`` per-layer MSE of the MLP outputs.
+
+    Example:
+        >>> x = LayerOutputs([(torch.zeros(1, 2),)], [(torch.zeros(1, 2),)])
+        >>> y = LayerOutputs([(torch.ones(1, 2),)], [(torch.zeros(1, 2),)])
+        >>> f = kd_feature_loss(x, y)
+        >>> f.loss, f.attention, f.mlp
+        (tensor(1.), tensor([1.]), tensor([0.]))
     """
 
     loss: torch.Tensor
@@ -332,6 +355,14 @@ class KDLossOutput:
         attention_losses, mlp_losses: ``(L,)`` per-layer parts (detached).
         task_loss: the diffusion / MLCD / output loss, or ``None`` when not used.
         student_output: the student's model output (with grad); ``teacher_output``: the teacher's (no grad).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer, tiny_inputs
+        >>> teacher = tiny_transformer("wan")
+        >>> student = make_sparse_student(teacher, MaskPlan.uniform(2, k=1))
+        >>> out = kd_loss(student, teacher, tiny_inputs(teacher), task="output")
+        >>> out.attention_losses.shape, out.student_output.shape == out.teacher_output.shape
+        (torch.Size([2]), True)
     """
 
     loss: torch.Tensor

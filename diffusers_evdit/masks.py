@@ -20,7 +20,16 @@ from .layout import TileLayout
 
 
 def check_k(k: int | None) -> None:
-    """Raise ``ValueError`` unless ``k`` is ``None`` (dense) or an integer >= 1."""
+    """Raise ``ValueError`` unless ``k`` is ``None`` (dense) or an integer >= 1.
+
+    Example:
+        >>> check_k(None), check_k(2)
+        (None, None)
+        >>> check_k(0)
+        Traceback (most recent call last):
+            ...
+        ValueError: A mask needs k >= 1 reference frames (frame 0 is always one), got k=0. Use None for a dense layer.
+    """
     if k is None:
         return
     if isinstance(k, bool) or not isinstance(k, int):
@@ -32,7 +41,12 @@ def check_k(k: int | None) -> None:
 
 
 def is_dense(num_frames: int, k: int | None) -> bool:
-    """True when ``k`` keeps every tile: ``None`` or ``k >= F``."""
+    """True when ``k`` keeps every tile: ``None`` or ``k >= F``.
+
+    Example:
+        >>> is_dense(13, None), is_dense(13, 13), is_dense(13, 2)
+        (True, True, False)
+    """
     check_k(k)
     return k is None or k >= num_frames
 
@@ -52,7 +66,12 @@ def reference_frames(num_frames: int, k: int | None) -> tuple[int, ...]:
 
 
 def non_reference_frames(num_frames: int, k: int | None) -> tuple[int, ...]:
-    """Frames that are not reference frames, in order."""
+    """Frames that are not reference frames, in order.
+
+    Example:
+        >>> non_reference_frames(6, 2)
+        (1, 2, 4, 5)
+    """
     refs = set(reference_frames(num_frames, k))
     return tuple(f for f in range(num_frames) if f not in refs)
 
@@ -73,7 +92,12 @@ def tile_allowed(q_frame, k_frame, q_is_ref, k_is_ref):
 
 def reference_flags(num_frames: int, k: int | None, device=None) -> torch.Tensor:
     """Boolean tensor ``[F + 1]``: entry ``f`` says whether frame ``f`` is a reference frame; the last entry
-    (index ``-1``, used by text tokens) is ``False``."""
+    (index ``-1``, used by text tokens) is ``False``.
+
+    Example:
+        >>> reference_flags(4, 2).tolist()        # frames 0 and 2, then the text slot
+        [True, False, True, False, False]
+    """
     flags = torch.zeros(num_frames + 1, dtype=torch.bool, device=device)
     flags[list(reference_frames(num_frames, k))] = True
     return flags
@@ -83,6 +107,13 @@ def frame_tile_mask(num_frames: int, k: int | None) -> torch.Tensor:
     """Tile-level mask ``[F + 1, F + 1]`` over groups (frames ``0..F-1``, then text at index ``F``).
 
     Entry ``[a, b]`` says whether queries of group ``a`` attend to keys of group ``b``.
+
+    Example:
+        >>> frame_tile_mask(3, 1).int()           # frames 0..2, then text
+        tensor([[1, 1, 1, 1],
+                [1, 1, 0, 1],
+                [1, 0, 1, 1],
+                [1, 1, 1, 1]], dtype=torch.int32)
     """
     groups = torch.arange(num_frames + 1)
     groups[-1] = -1
@@ -94,6 +125,13 @@ def tile_mask(layout: TileLayout, k: int | None, device=None) -> torch.Tensor:
     """The explicit boolean ``[N, N]`` mask of a ``k:F-k`` plan entry (``True`` = attend).
 
     Meant for references and small inputs; kernels never build it.
+
+    Example:
+        >>> from diffusers_evdit.layout import TileLayout
+        >>> tile_mask(TileLayout(num_frames=3, tokens_per_frame=1), k=1).int()   # frame 0 is the reference frame
+        tensor([[1, 1, 1],
+                [1, 1, 0],
+                [1, 0, 1]], dtype=torch.int32)
     """
     frames = layout.token_frames(device)
     flags = reference_flags(layout.num_frames, k, device)[frames]
@@ -101,7 +139,13 @@ def tile_mask(layout: TileLayout, k: int | None, device=None) -> torch.Tensor:
 
 
 def allowed_pairs(layout: TileLayout, k: int | None) -> int:
-    """Number of (query, key) pairs the mask keeps, from the closed form (no mask is built)."""
+    """Number of (query, key) pairs the mask keeps, from the closed form (no mask is built).
+
+    Example:
+        >>> layout = TileLayout(num_frames=4, tokens_per_frame=8, num_text_tokens=3, text_position="first")
+        >>> allowed_pairs(layout, 1) == int(tile_mask(layout, 1).sum())
+        True
+    """
     n = layout.seq_len
     if is_dense(layout.num_frames, k):
         return n * n
@@ -125,7 +169,12 @@ def element_sparsity(layout: TileLayout, k: int | None) -> float:
 
 
 def format_mask(num_frames: int, k: int | None) -> str:
-    """The paper's name of a mask, ``"k:F-k"``; ``"dense"`` for a dense entry."""
+    """The paper's name of a mask, ``"k:F-k"``; ``"dense"`` for a dense entry.
+
+    Example:
+        >>> format_mask(13, 2), format_mask(13, None), format_mask(13, 13)
+        ('2:11', 'dense', 'dense')
+    """
     if is_dense(num_frames, k):
         return "dense"
     return f"{k}:{num_frames - k}"

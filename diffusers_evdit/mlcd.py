@@ -367,6 +367,13 @@ class MLCDPoints:
         index_m: ``(B,)`` ``t_m`` in ``[e_k, e_{k+1})``.
         index_n: ``(B,)`` ``t_n = min(t_m + solver_steps, e_{k+1})``.
         index_s: ``(B,)`` ``t_step^s = e_{k+1}``, the segment end the jumps go to.
+
+    Example:
+        >>> from diffusers import FlowMatchEulerDiscreteScheduler
+        >>> grid = DiffusionGrid.from_scheduler(FlowMatchEulerDiscreteScheduler(), 8)
+        >>> points = MLCDSchedule(grid, num_segments=2).sample_points(4, torch.Generator().manual_seed(0))
+        >>> bool(((points.index_m < points.index_n) & (points.index_n <= points.index_s)).all())
+        True
     """
 
     segment: torch.Tensor
@@ -528,6 +535,15 @@ class MLCDLossOutput:
         target: ``nograd DDIM(z_tn, f_target(z_tn, t_n) -> t_step^s)``.
         z_tm: the noisy input at ``t_m``; ``z_tn``: the teacher's solver step from it.
         points: the :class:`MLCDPoints` used.
+
+    Example:
+        >>> from diffusers import FlowMatchEulerDiscreteScheduler
+        >>> schedule = MLCDSchedule(DiffusionGrid.from_scheduler(FlowMatchEulerDiscreteScheduler(), 8), 2)
+        >>> f = lambda z, t, c: torch.zeros_like(z)
+        >>> out = mlcd_loss(f, f, f, torch.randn(2, 4, 3, 8, 8), None, schedule,
+        ...                 generator=torch.Generator().manual_seed(0))
+        >>> out.loss.shape, out.student.shape == out.target.shape == out.z_tm.shape
+        (torch.Size([]), True)
     """
 
     loss: torch.Tensor

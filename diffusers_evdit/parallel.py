@@ -187,6 +187,11 @@ def check_local_seq_len(layout: TileLayout, seq_len: int, cp, where: str) -> Non
 
     ``cp`` is the ``ContextParallelConfig``; the shard sizes follow diffusers' sharder over the flattened
     (ring x ulysses) mesh.
+
+    Example (on every rank, inside a tile processor under ``torchrun``; a sequence that is not this rank's shard
+    raises ``ValueError`` naming the fix)::
+
+        check_local_seq_len(layout, q.shape[2], transformer._parallel_config.context_parallel_config, "attn1")
     """
     _, rank, world = _group_rank(cp._flattened_mesh)
     sizes = video_shard_sizes(layout.num_video_tokens, world, _is_uneven(cp))
@@ -262,6 +267,15 @@ def ulysses_tile_attention(processor, q, k, v, layout: TileLayout, key_padding_m
     The all-to-all gives each rank the global sequence for ``H / ulysses_degree`` heads, the tile kernel runs on it
     with the global layout, and the inverse all-to-all (video) and an all-gather over heads (text) bring the result
     back. Refuses ring attention, gradients, and head counts that do not divide by the Ulysses degree.
+
+    Example (called for you by every tile processor once parallelism is enabled; run with
+    ``torchrun --nproc-per-node 2 script.py``)::
+
+        rank, world, device = init_distributed()
+        plan = MaskPlan.uniform(2, k=1)
+        pipe = EfficientVDiTPipeline.from_pipe(tiny_pipeline("cogvideox"), mask_plan=plan).to(device)
+        enable_tile_parallelism(pipe, ulysses_degree=world)   # tile layers now run ulysses_tile_attention
+        latents = pipe(**tiny_pipeline_inputs(pipe)).frames   # the same on every rank
     """
     cp = config.context_parallel_config
     has_text = layout.num_text_tokens > 0

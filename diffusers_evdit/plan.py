@@ -136,12 +136,27 @@ class MaskPlan:
 
 
 def num_plan_layers(transformer: nn.Module) -> int:
-    """How many entries a mask plan for ``transformer`` needs."""
+    """How many entries a mask plan for ``transformer`` needs.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> num_plan_layers(tiny_transformer("wan")), num_plan_layers(tiny_transformer("hunyuan_video"))
+        (2, 4)
+    """
     return len(family_for(transformer).attention_modules(transformer))
 
 
 def get_mask_plan(transformer: nn.Module) -> MaskPlan | None:
-    """The plan installed on ``transformer``, or ``None`` when it runs its stock processors."""
+    """The plan installed on ``transformer``, or ``None`` when it runs its stock processors.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> t = tiny_transformer("wan")
+        >>> get_mask_plan(t) is None
+        True
+        >>> get_mask_plan(apply_mask_plan(t, MaskPlan([1, None]))).layers
+        [1, None]
+    """
     state = getattr(transformer, _STATE_ATTR, None)
     if state is None:
         return None
@@ -203,7 +218,14 @@ def apply_mask_plan(transformer: nn.Module, plan: MaskPlan, kernel: str = "auto"
 
 
 def remove_mask_plan(transformer: nn.Module) -> nn.Module:
-    """Restore the stock processors that :func:`apply_mask_plan` replaced; a no-op without a plan."""
+    """Restore the stock processors that :func:`apply_mask_plan` replaced; a no-op without a plan.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> t = apply_mask_plan(tiny_transformer("wan"), MaskPlan.uniform(2, k=1))
+        >>> type(remove_mask_plan(t).blocks[0].attn1.processor).__name__, get_mask_plan(t)
+        ('WanAttnProcessor', None)
+    """
     state = getattr(transformer, _STATE_ATTR, None)
     if state is None:
         return transformer

@@ -14,5 +14,12 @@ def padding_attn_mask(key_padding_mask: torch.Tensor | None) -> torch.Tensor | N
 
 
 def dense_attention(q, k, v, key_padding_mask=None, scale=None):
-    """Full attention over ``[B, H, N, D]`` inputs; keys where ``key_padding_mask`` is False are ignored."""
+    """Full attention over ``[B, H, N, D]`` inputs; keys where ``key_padding_mask`` is False are ignored.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 2, 6, 8)
+        >>> keep = torch.tensor([[True] * 5 + [False]])          # the last key is padding
+        >>> torch.allclose(dense_attention(q, k, v, keep), dense_attention(q, k[:, :, :5], v[:, :, :5]), atol=1e-6)
+        True
+    """
     return F.scaled_dot_product_attention(q, k, v, attn_mask=padding_attn_mask(key_padding_mask), scale=scale)

@@ -65,7 +65,13 @@ def tile_block_mask(
     block_size: int = DEFAULT_BLOCK_SIZE,
     device=None,
 ) -> BlockMask:
-    """FlexAttention :class:`BlockMask` of a ``k:F-k`` plan entry on ``layout`` (plus an optional key-padding mask)."""
+    """FlexAttention :class:`BlockMask` of a ``k:F-k`` plan entry on ``layout`` (plus an optional key-padding mask).
+
+    Example:
+        >>> mask = tile_block_mask(TileLayout(num_frames=4, tokens_per_frame=128), k=1)
+        >>> mask.shape
+        (1, 1, 512, 512)
+    """
     n = layout.seq_len
     g_count = layout.num_frames + 2
     allowed = group_mask(layout, k, device)
@@ -106,6 +112,14 @@ class FlexTileKernel:
     """FlexAttention with cached block masks (per layout, ``k``, batch size and device).
 
     ``compile=None`` compiles on CUDA and runs eagerly elsewhere (eager FlexAttention is a slow reference path).
+
+    Example:
+        >>> from diffusers_evdit import TileLayout, tile_attention
+        >>> layout = TileLayout(num_frames=4, tokens_per_frame=8)
+        >>> q = k = v = torch.randn(1, 2, layout.seq_len, 16)
+        >>> out = FlexTileKernel()(q, k, v, layout, 1)     # eager on a CPU, compiled on CUDA
+        >>> torch.allclose(out, tile_attention(q, k, v, layout, 1, kernel="gathered"), atol=1e-5)
+        True
     """
 
     block_size: int = DEFAULT_BLOCK_SIZE

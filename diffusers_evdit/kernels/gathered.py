@@ -35,7 +35,18 @@ def _frame_key_sets(t: torch.Tensor, layout: TileLayout, idx: TileIndices) -> to
 
 
 def gathered_tile_attention(q, k, v, layout: TileLayout, idx: TileIndices, key_padding_mask=None, scale=None):
-    """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs (``idx`` from :func:`.indices.tile_indices`)."""
+    """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs (``idx`` from :func:`.indices.tile_indices`).
+
+    Example:
+        >>> from diffusers_evdit.masks import tile_mask
+        >>> from diffusers_evdit.kernels.indices import tile_indices
+        >>> layout = TileLayout(num_frames=4, tokens_per_frame=8)
+        >>> q = k = v = torch.randn(1, 2, layout.seq_len, 16)
+        >>> out = gathered_tile_attention(q, k, v, layout, tile_indices(layout, 1, q.device))
+        >>> ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=tile_mask(layout, 1))
+        >>> torch.allclose(out, ref, atol=1e-5)
+        True
+    """
     b = q.shape[0]
     m = len(idx.nonrefs)
 

@@ -95,6 +95,16 @@ def split_tile_attention(
     ``idx`` comes from :func:`.indices.tile_indices`. ``key_padding_mask`` (``[B, N]`` bool, True = keep) may only
     mask text tokens; samples are then processed one by one with their padded keys dropped. ``merge`` may be a
     compiled version of :func:`merge_partial_attention` (one fused pass on GPU).
+
+    Example:
+        >>> from diffusers_evdit.masks import tile_mask
+        >>> from diffusers_evdit.kernels.indices import tile_indices
+        >>> layout = TileLayout(num_frames=4, tokens_per_frame=8, num_text_tokens=3, text_position="first")
+        >>> q = k = v = torch.randn(1, 2, layout.seq_len, 16)
+        >>> out = split_tile_attention(q, k, v, layout, tile_indices(layout, 2, q.device))
+        >>> ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=tile_mask(layout, 2))
+        >>> torch.allclose(out, ref, atol=1e-5)
+        True
     """
     text_keep = None
     if key_padding_mask is not None:

@@ -13,12 +13,23 @@ FAMILIES: tuple[ModelFamily, ...] = (COGVIDEOX, WAN, HUNYUAN_VIDEO)
 
 
 def supported_models() -> list[str]:
-    """Transformer class names that accept a mask plan."""
+    """Transformer class names that accept a mask plan.
+
+    Example:
+        >>> supported_models()
+        ['CogVideoXTransformer3DModel', 'WanTransformer3DModel', 'HunyuanVideoTransformer3DModel']
+    """
     return [name for family in FAMILIES for name in family.class_names]
 
 
 def family_for(transformer: nn.Module) -> ModelFamily:
-    """The :class:`ModelFamily` of ``transformer``; ``TypeError`` naming the supported classes otherwise."""
+    """The :class:`ModelFamily` of ``transformer``; ``TypeError`` naming the supported classes otherwise.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> family_for(tiny_transformer("hunyuan_video")).name
+        'hunyuan_video'
+    """
     name = type(transformer).__name__
     for family in FAMILIES:
         if name in family.class_names:

@@ -24,6 +24,15 @@ class TileState:
     parallelism was enabled (a later :func:`~diffusers_evdit.apply_mask_plan`) run under it too. The layout is
     always the *global* one: diffusers' context-parallel hooks shard the sequence inside the transformer, after
     this hook has seen the whole latent.
+
+    Example:
+        >>> from diffusers_evdit import MaskPlan, apply_mask_plan
+        >>> from diffusers_evdit.tiny import tiny_transformer, tiny_inputs
+        >>> t = apply_mask_plan(tiny_transformer("wan"), MaskPlan.uniform(2, k=1))
+        >>> with torch.no_grad():
+        ...     _ = t(**tiny_inputs(t))
+        >>> t._evdit_tile_state.video_layout
+        TileLayout(num_frames=6, tokens_per_frame=16, num_text_tokens=0, text_position='none')
     """
 
     attention: TileAttention = field(default_factory=TileAttention)
@@ -53,6 +62,13 @@ class TileSparseAttnProcessor:
     Attributes:
         k: number of reference frames of this layer, or ``None`` for dense.
         layer_index: position of the layer in the mask plan.
+
+    Example:
+        >>> from diffusers_evdit import MaskPlan, TileSparseAttnProcessor, apply_mask_plan
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> t = apply_mask_plan(tiny_transformer("wan"), MaskPlan([1, None]))
+        >>> [(p.layer_index, p.k) for p in t.attn_processors.values() if isinstance(p, TileSparseAttnProcessor)]
+        [(0, 1), (1, None)]
     """
 
     _attention_backend = None
@@ -184,6 +200,13 @@ class ModelFamily:
         processor_cls: the :class:`TileSparseAttnProcessor` subclass.
         video_layout: ``(transformer, forward args, forward kwargs) -> TileLayout`` of the video tokens.
         text_position: where text tokens sit in self-attention (``"first"``, ``"last"`` or ``"none"``).
+
+    Example:
+        >>> from diffusers_evdit.processors import family_for
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> family = family_for(tiny_transformer("cogvideox"))
+        >>> family.name, family.text_position, family.processor_cls.__name__
+        ('cogvideox', 'first', 'CogVideoXTileSparseAttnProcessor')
     """
 
     name: str

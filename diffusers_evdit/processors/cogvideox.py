@@ -10,7 +10,18 @@ from .base import ModelFamily, TileSparseAttnProcessor, forward_arg, key_padding
 
 
 class CogVideoXTileSparseAttnProcessor(TileSparseAttnProcessor):
-    """Tile-sparse version of diffusers' ``CogVideoXAttnProcessor2_0`` (same projections, QK norms and RoPE)."""
+    """Tile-sparse version of diffusers' ``CogVideoXAttnProcessor2_0`` (same projections, QK norms and RoPE).
+
+    Installed by :func:`~diffusers_evdit.apply_mask_plan` on the ``attn1`` of every ``CogVideoXBlock``; the joint
+    self-attention sequence is the text tokens first, then the video.
+
+    Example:
+        >>> from diffusers_evdit import MaskPlan, apply_mask_plan
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> t = apply_mask_plan(tiny_transformer("cogvideox"), MaskPlan([2, None]))
+        >>> t.transformer_blocks[0].attn1.processor
+        CogVideoXTileSparseAttnProcessor(layer=0, k=2)
+    """
 
     def __call__(
         self,

@@ -20,7 +20,19 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 class HunyuanVideoTileSparseAttnProcessor(TileSparseAttnProcessor):
-    """Tile-sparse version of diffusers' ``HunyuanVideoAttnProcessor2_0``; the text padding mask still applies."""
+    """Tile-sparse version of diffusers' ``HunyuanVideoAttnProcessor2_0``; the text padding mask still applies.
+
+    Installed on the ``attn`` of the double-stream blocks, then of the single-stream blocks (plan order); the
+    self-attention sequence is the video, then the text.
+
+    Example:
+        >>> from diffusers_evdit import MaskPlan, apply_mask_plan, num_plan_layers
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> t = tiny_transformer("hunyuan_video")            # 2 double-stream + 2 single-stream blocks
+        >>> t = apply_mask_plan(t, MaskPlan.uniform(num_plan_layers(t), k=1))
+        >>> t.single_transformer_blocks[1].attn.processor
+        HunyuanVideoTileSparseAttnProcessor(layer=3, k=1)
+    """
 
     def __call__(
         self,

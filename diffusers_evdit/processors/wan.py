@@ -26,7 +26,18 @@ def _apply_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freq
 
 
 class WanTileSparseAttnProcessor(TileSparseAttnProcessor):
-    """Tile-sparse version of diffusers' ``WanAttnProcessor`` for the self-attention ``attn1`` of each block."""
+    """Tile-sparse version of diffusers' ``WanAttnProcessor`` for the self-attention ``attn1`` of each block.
+
+    Wan attends to the text by cross-attention (``attn2``), which keeps its stock processor; the self-attention
+    sequence is video only.
+
+    Example:
+        >>> from diffusers_evdit import MaskPlan, apply_mask_plan
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> t = apply_mask_plan(tiny_transformer("wan"), MaskPlan.uniform(2, k=1))
+        >>> t.blocks[0].attn1.processor, type(t.blocks[0].attn2.processor).__name__
+        (WanTileSparseAttnProcessor(layer=0, k=1), 'WanAttnProcessor')
+    """
 
     def __call__(
         self,
