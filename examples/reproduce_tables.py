@@ -407,19 +407,10 @@ def measure_step_speedups(mapped: dict, model: str, reps: int = 3) -> dict:
 def _time_plans(model, inputs, mapped: dict, reps: int) -> dict:
     from diffusers_evdit import MaskPlan, apply_mask_plan, num_plan_layers
 
-    def timed() -> float:
-        def step():
-            with torch.no_grad():
-                model(**inputs, return_dict=False)
-            torch.cuda.synchronize()
+    from diffusers_evdit.bench.step import time_step
 
-        step()  # warm-up
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - t0)
-        return sorted(times)[len(times) // 2]
+    def timed() -> float:
+        return time_step(model, inputs, reps)
 
     apply_mask_plan(model, MaskPlan.dense(num_plan_layers(model)))
     dense = timed()

@@ -74,7 +74,9 @@ def build_model(spec: StepModel, device: torch.device, dtype=torch.bfloat16):
     return model.eval(), inputs
 
 
-def _time_step(model, inputs, reps: int) -> float:
+def time_step(model, inputs, reps: int) -> float:
+    """Median seconds of ``reps`` CUDA-synchronised no-grad forwards of ``model(**inputs)`` after one warm-up."""
+
     def step():
         with torch.no_grad():
             model(**inputs, return_dict=False)
@@ -112,18 +114,18 @@ def bench_model(spec: StepModel, kernel: str = "auto", reps: int = 3, device: st
     model, inputs = build_model(spec, dev)
     n_layers = num_plan_layers(model)
     apply_mask_plan(model, MaskPlan.dense(n_layers))
-    dense = _time_step(model, inputs, reps)
+    dense = time_step(model, inputs, reps)
     layout = model._evdit_tile_state.video_layout
     text = 0 if spec.family == "wan" else spec.text_tokens
     layout = layout.with_text(text, {"cogvideox": "first", "hunyuan_video": "last"}.get(spec.family, "none"))
     with _identity_self_attention(layout.seq_len):
-        non_attention = _time_step(model, inputs, reps)
+        non_attention = time_step(model, inputs, reps)
     attention = dense - non_attention
     rows = []
     for k in spec.masks:
         plan = MaskPlan.uniform(n_layers, k)
         apply_mask_plan(model, plan, kernel=kernel)
-        sparse = _time_step(model, inputs, reps)
+        sparse = time_step(model, inputs, reps)
         sparsity = plan.sparsity(layout)
         limit = dense / (non_attention + attention * (1 - sparsity))
         row = dict(model=spec.name, plan=f"uniform {format_mask(layout.num_frames, k)}", kernel=kernel,
