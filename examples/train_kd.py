@@ -54,7 +54,6 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -62,8 +61,7 @@ from train_mlcd import (  # noqa: E402  (shared helpers of the distillation exam
     TINY_HUNYUAN_TEMPLATE,
     TINY_PREFIX,
     EMATarget,
-    ResumableSampler,
-    checkpoint_dirs,
+    build_data,
     frame_strip,
     save_checkpoint,
     stored_dtype,
@@ -479,42 +477,8 @@ def main(argv=None) -> dict:
     else:
         target_predict = plain_predict
 
-    # ---- data
-    if args.dataset == "synthetic":
-        dataset = evdit_data.SyntheticVideoDataset(
-            num_samples=args.synthetic_num_samples, seed=args.seed, num_frames=args.num_frames, height=args.height,
-            width=args.width, split=args.synthetic_split)
-    else:
-        dataset = evdit_data.VideoFolderDataset(args.dataset, num_frames=args.num_frames, height=args.height,
-                                                width=args.width, frame_stride=args.frame_stride)
-    if args.validation_prompts:
-        validation_prompts = list(args.validation_prompts)
-    elif args.dataset == "synthetic":
-        validation_prompts = [c for c, _ in evdit_data.heldout_prompts()[:2]]
-    else:
-        validation_prompts = [dataset.samples[i][1] for i in range(min(2, len(dataset)))]
+    dataset, validation_prompts, global_step, micro_step, loader = build_data(args, accelerator, output_dir)
 
-    # ---- resume
-    global_step = 0
-    if args.resume_from_checkpoint:
-        if args.resume_from_checkpoint == "latest":
-            dirs = checkpoint_dirs(output_dir)
-            path = os.path.join(output_dir, dirs[-1]) if dirs else None
-        else:
-            path = args.resume_from_checkpoint
-        if path is None:
-            logger.info("No checkpoint in %s; starting a new run.", output_dir)
-        elif not os.path.isdir(path):
-            raise SystemExit(f"--resume_from_checkpoint {path}: not a folder")
-        else:
-            logger.info("Resuming from %s", path)
-            accelerator.load_state(path)
-            global_step = int(os.path.basename(os.path.normpath(path)).split("-")[-1])
-    micro_step = global_step * args.gradient_accumulation_steps
-    sampler = ResumableSampler(len(dataset), args.train_batch_size, args.seed, accelerator.process_index,
-                               accelerator.num_processes, start_micro_step=micro_step)
-    loader = DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler,
-                        collate_fn=evdit_data.collate_videos, num_workers=args.dataloader_num_workers)
     if accelerator.is_main_process:
         config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
                   for k, v in vars(args).items()}
