@@ -228,24 +228,10 @@ def _all_gather(x: torch.Tensor, group) -> torch.Tensor:
 
 def _inner_dense_fn(processor, key_padding_mask):
     """The model's dense attention backend on the gathered (global sequence, local heads) tensors, no parallelism."""
-    from diffusers.models.attention_dispatch import dispatch_attention_fn
+    from .processors.base import dispatch_dense_fn
 
     mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-
-    def dense_fn(q, k, v):
-        out = dispatch_attention_fn(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            attn_mask=mask,
-            dropout_p=0.0,
-            is_causal=False,
-            backend=processor._attention_backend,
-            parallel_config=None,
-        )
-        return out.transpose(1, 2)
-
-    return dense_fn
+    return dispatch_dense_fn(processor, mask, parallel=False)
 
 
 def ulysses_tile_attention(processor, q, k, v, layout: TileLayout, key_padding_mask, dense_fn, config) -> torch.Tensor:

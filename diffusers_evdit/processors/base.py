@@ -134,10 +134,12 @@ class TileSparseAttnProcessor:
         return is_dense(layout.num_frames, self.k)
 
 
-def dispatch_dense_fn(processor: TileSparseAttnProcessor, attention_mask: torch.Tensor | None) -> Callable:
+def dispatch_dense_fn(
+    processor: TileSparseAttnProcessor, attention_mask: torch.Tensor | None, parallel: bool = True
+) -> Callable:
     """The model's own dense attention call for ``[B, H, N, D]`` tensors: diffusers' ``dispatch_attention_fn`` on
     ``[B, N, H, D]`` with the processor's attention backend and parallel config (as the stock Wan and HunyuanVideo
-    processors call it)."""
+    processors call it). ``parallel=False`` drops the parallel config (for tensors already gathered by Ulysses)."""
     from diffusers.models.attention_dispatch import dispatch_attention_fn
 
     def dense_fn(q, k, v):
@@ -149,7 +151,7 @@ def dispatch_dense_fn(processor: TileSparseAttnProcessor, attention_mask: torch.
             dropout_p=0.0,
             is_causal=False,
             backend=processor._attention_backend,
-            parallel_config=processor.parallel_config,
+            parallel_config=processor.parallel_config if parallel else None,
         )
         return out.transpose(1, 2)
 
