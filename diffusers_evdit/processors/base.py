@@ -38,6 +38,7 @@ class TileState:
     attention: TileAttention = field(default_factory=TileAttention)
     video_layout: TileLayout | None = None
     parallel_config: object = None
+    padding_cache: tuple = (None, None)  # (the model's attention-mask tensor, its key-padding form) of this forward
     original_processors: dict = field(default_factory=dict)
     hook_id: int | None = None
     metadata: dict = field(default_factory=dict)
@@ -128,6 +129,17 @@ class TileSparseAttnProcessor:
 
             return ulysses_tile_attention(self, q, k, v, layout, key_padding_mask, dense_fn, config)
         return self.state.attention(q, k, v, layout, self.k, key_padding_mask=key_padding_mask, dense_fn=dense_fn)
+
+    def key_padding(self, attention_mask, batch: int, seq_len: int, where: str):
+        """:func:`key_padding_from_attention_mask` of the model's mask, computed once per forward: every layer gets
+        the same mask tensor, and checking it (``mask.all()``) synchronises the GPU, so later layers reuse it."""
+        cached_mask, cached = self.state.padding_cache
+        if attention_mask is not None and attention_mask is cached_mask:
+            return cached
+        result = key_padding_from_attention_mask(attention_mask, batch, seq_len, where)
+        if attention_mask is not None:
+            self.state.padding_cache = (attention_mask, result)
+        return result
 
     def is_dense_on(self, layout: TileLayout) -> bool:
         """Whether this layer's entry is dense on ``layout`` (``k=None`` or ``k >= F``)."""

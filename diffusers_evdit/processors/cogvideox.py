@@ -6,7 +6,7 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 
 from ..layout import TEXT_FIRST, layout_from_latents
-from .base import ModelFamily, TileSparseAttnProcessor, forward_arg, key_padding_from_attention_mask
+from .base import ModelFamily, TileSparseAttnProcessor, forward_arg
 
 
 class CogVideoXTileSparseAttnProcessor(TileSparseAttnProcessor):
@@ -37,7 +37,7 @@ class CogVideoXTileSparseAttnProcessor(TileSparseAttnProcessor):
         where = f"CogVideoX layer {self.layer_index}"
         layout = self.state.layout(text_seq_length, TEXT_FIRST, where)
         self.check_seq_len(layout, sequence_length, where)
-        key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, layout.seq_len, where)
+        key_padding_mask = self.key_padding(attention_mask, batch_size, layout.seq_len, where)
 
         query = attn.to_q(hidden_states)
         key = attn.to_k(hidden_states)

@@ -11,7 +11,6 @@ from .base import (
     TileSparseAttnProcessor,
     dispatch_dense_fn,
     forward_arg,
-    key_padding_from_attention_mask,
 )
 
 
@@ -84,7 +83,7 @@ class HunyuanVideoTileSparseAttnProcessor(TileSparseAttnProcessor):
         batch_size, sequence_length = query.shape[:2]
         layout = self.state.layout(num_text, TEXT_LAST, where)
         self.check_seq_len(layout, sequence_length, where)
-        key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, layout.seq_len, where)
+        key_padding_mask = self.key_padding(attention_mask, batch_size, layout.seq_len, where)
 
         dense_fn = dispatch_dense_fn(self, None if key_padding_mask is None else attention_mask)
         out = self.tile_attention(

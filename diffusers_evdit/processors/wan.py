@@ -10,7 +10,6 @@ from .base import (
     TileSparseAttnProcessor,
     dispatch_dense_fn,
     forward_arg,
-    key_padding_from_attention_mask,
 )
 
 
@@ -53,7 +52,7 @@ class WanTileSparseAttnProcessor(TileSparseAttnProcessor):
         batch_size, sequence_length, _ = hidden_states.shape
         layout = self.state.layout(0, TEXT_NONE, where)
         self.check_seq_len(layout, sequence_length, where)
-        key_padding_mask = key_padding_from_attention_mask(attention_mask, batch_size, layout.seq_len, where)
+        key_padding_mask = self.key_padding(attention_mask, batch_size, layout.seq_len, where)
 
         if attn.fused_projections:
             query, key, value = attn.to_qkv(hidden_states).chunk(3, dim=-1)
