@@ -123,3 +123,17 @@ def test_split_refuses_to_train():
     with torch.no_grad():
         assert TileAttention().choose(layout, 2, q.device) == "split"
     assert TileAttention().choose(layout, 2, q.device) == "gathered"
+
+
+def test_split_refuses_padding_on_video_tokens_and_auto_falls_back():
+    layout = TileLayout(4, 6, 3, "last")
+    q, k, v = _inputs(layout, 1, 2, 8, 5)
+    keep = torch.ones(1, layout.seq_len, dtype=torch.bool)
+    keep[0, 2] = False  # a video token
+    with pytest.raises(ValueError, match="text tokens only"):
+        tile_attention(q, k, v, layout, 1, key_padding_mask=keep, kernel="split")
+    with torch.no_grad():
+        assert TileAttention().choose(layout, 1, q.device, keep) == "gathered"
+        out = tile_attention(q, k, v, layout, 1, key_padding_mask=keep)
+    mask = paper_mask(4, 6, 3, False, 1)[None, None] & keep[:, None, None, :]
+    assert (out.double() - attention_f64(q, k, v, mask)).abs().max() < 2e-6
