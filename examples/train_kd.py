@@ -62,6 +62,7 @@ from train_mlcd import (  # noqa: E402  (shared helpers of the distillation exam
     TINY_PREFIX,
     EMATarget,
     build_data,
+    caption_conditions,
     frame_strip,
     save_checkpoint,
     stored_dtype,
@@ -485,18 +486,7 @@ def main(argv=None) -> dict:
         accelerator.init_trackers(args.tracker_project_name, config=config)
 
     # ---- text conditioning (cached by caption)
-    cond_cache: dict[str, dict] = {}
-
-    def conditions(captions: list[str]) -> dict:
-        missing = [c for c in dict.fromkeys(captions) if c not in cond_cache]
-        if missing:
-            enc = mlcd.encode_prompts(pipe, missing, device=device, max_sequence_length=max_seq,
-                                      prompt_template=prompt_template)
-            for i, c in enumerate(missing):
-                cond_cache[c] = {k: v[i: i + 1] for k, v in enc.items()}
-            while len(cond_cache) > 8192:
-                cond_cache.pop(next(iter(cond_cache)))
-        return {k: torch.cat([cond_cache[c][k] for c in captions]) for k in cond_cache[captions[0]]}
+    conditions = caption_conditions(pipe, device, max_seq, prompt_template)
 
     uncond_one = conditions([args.negative_prompt]) if (task == "mlcd" and guidance != 1.0) else None
 

@@ -344,6 +344,27 @@ def frame_strip(frames: np.ndarray, max_frames: int = 8) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------- main
 
 
+def caption_conditions(pipe, device, max_sequence_length: int, prompt_template=None, max_cached: int = 8192):
+    """``captions -> conditioning dict`` (batched along dim 0), encoding each caption once with the pipeline's text
+    encoder and keeping the most recent ``max_cached`` encodings (shared by train_mlcd.py and train_kd.py)."""
+    from diffusers_evdit import mlcd
+
+    cache: dict[str, dict] = {}
+
+    def conditions(captions: list[str]) -> dict:
+        missing = [c for c in dict.fromkeys(captions) if c not in cache]
+        if missing:
+            enc = mlcd.encode_prompts(pipe, missing, device=device, max_sequence_length=max_sequence_length,
+                                      prompt_template=prompt_template)
+            for i, c in enumerate(missing):
+                cache[c] = {k: v[i: i + 1] for k, v in enc.items()}
+            while len(cache) > max_cached:
+                cache.pop(next(iter(cache)))
+        return {k: torch.cat([cache[c][k] for c in captions]) for k in cache[captions[0]]}
+
+    return conditions
+
+
 def build_data(args, accelerator, output_dir: str):
     """The training data of the distillation examples (shared by train_mlcd.py and train_kd.py).
 
@@ -539,18 +560,7 @@ def main(argv=None) -> dict:
         accelerator.init_trackers(args.tracker_project_name, config=config)
 
     # ---- text conditioning (cached by caption)
-    cond_cache: dict[str, dict] = {}
-
-    def conditions(captions: list[str]) -> dict:
-        missing = [c for c in dict.fromkeys(captions) if c not in cond_cache]
-        if missing:
-            enc = mlcd.encode_prompts(pipe, missing, device=device, max_sequence_length=max_seq,
-                                      prompt_template=prompt_template)
-            for i, c in enumerate(missing):
-                cond_cache[c] = {k: v[i: i + 1] for k, v in enc.items()}
-            while len(cond_cache) > 8192:
-                cond_cache.pop(next(iter(cond_cache)))
-        return {k: torch.cat([cond_cache[c][k] for c in captions]) for k in cond_cache[captions[0]]}
+    conditions = caption_conditions(pipe, device, max_seq, prompt_template)
 
     uncond_one = conditions([args.negative_prompt]) if guidance != 1.0 else None
 
