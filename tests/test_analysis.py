@@ -24,15 +24,6 @@ from diffusers_evdit.processors import family_for
 from diffusers_evdit.tiny import TINY_FAMILIES, tiny_inputs, tiny_transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models: thread start-up dominates; one thread is ~50x faster on a loaded CPU.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _frame_of(layout):
     return [None] * layout.num_text_tokens + [f for f in range(layout.num_frames) for _ in range(layout.tokens_per_frame)]
 

@@ -27,14 +27,6 @@ from diffusers_evdit.search import (
 from diffusers_evdit.tiny import tiny_inputs, tiny_transformer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def intrinsic_masks(monkeypatch):
     """Make chosen layers *intrinsically local*: layer l always attends under the k_l:F-k_l mask (in the "dense"
