@@ -56,7 +56,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .layout import TEXT_FIRST, TEXT_NONE, TileLayout
+from .layout import TEXT_FIRST, TileLayout
 from .masks import is_dense
 from .plan import MaskPlan, apply_mask_plan, get_mask_plan, num_plan_layers
 from .processors import family_for
