@@ -3,7 +3,10 @@
 
 Stage 1 of ``examples/train_demo.sh``. Clips come from :mod:`diffusers_evdit.data` (training split, rendered on the fly
 by a process pool); the VAE sees random 9-frame windows of 29-frame 128x128 clips (one first frame encoded alone plus
-two causal 4-frame chunks: the same computation as on full clips, at a third of the cost). Loss: foreground-weighted
+two causal 4-frame chunks: the same computation as on full clips, at a third of the cost), cropped to random
+``--crop_size`` squares for most of the run (the VAE is convolutional apart from a per-frame attention block at the
+bottleneck, so crops teach the same features at a quarter of the cost) and full-size for the last
+``--full_size_fraction`` of it. Loss: foreground-weighted
 L1 + MSE on pixels (objects are ~4% of the frame, so their pixels are up-weighted) + a small KL term. The decoder
 output is not clamped during training (diffusers clamps it to [-1, 1] in ``decode``, which would stop gradients).
 
@@ -61,10 +64,14 @@ def parse_args(argv=None):
     p.add_argument("--clip_frames", type=int, default=None, help="frames of a rendered clip (default 29; 9 smoke)")
     p.add_argument("--window_frames", type=int, default=None, help="frames of a training window, 1 + 4n (default 9)")
     p.add_argument("--windows_per_clip", type=int, default=2)
+    p.add_argument("--crop_size", type=int, default=None,
+                   help="train on random square crops of this size (default 64; none with --smoke); 0: full frames")
+    p.add_argument("--full_size_fraction", type=float, default=0.2,
+                   help="last fraction of the run (by budget progress) trained on full frames, not crops")
     p.add_argument("--num_clips", type=int, default=None,
                    help="cycle over this many clips (default: unlimited; 4 with --smoke)")
-    p.add_argument("--train_batch_size", type=int, default=None, help="windows per step (default 16; 2 smoke)")
-    p.add_argument("--learning_rate", type=float, default=None, help="default 6e-4 (2e-3 with --smoke)")
+    p.add_argument("--train_batch_size", type=int, default=None, help="windows per step (default 32; 2 smoke)")
+    p.add_argument("--learning_rate", type=float, default=None, help="default 1e-3 (2e-3 with --smoke)")
     p.add_argument("--adam_weight_decay", type=float, default=0.0)
     p.add_argument("--lr_warmup_steps", type=int, default=None, help="default 100 (2 smoke)")
     p.add_argument("--max_grad_norm", type=float, default=1.0)
@@ -86,17 +93,19 @@ def parse_args(argv=None):
     smoke = args.smoke
     defaults = dict(
         architecture="tiny" if smoke else "demo", resolution=32 if smoke else 128, clip_frames=9 if smoke else 29,
-        window_frames=5 if smoke else 9, train_batch_size=2 if smoke else 16,
-        learning_rate=2e-3 if smoke else 6e-4, lr_warmup_steps=2 if smoke else 100,
+        window_frames=5 if smoke else 9, train_batch_size=2 if smoke else 32,
+        learning_rate=2e-3 if smoke else 1e-3, lr_warmup_steps=2 if smoke else 100,
         max_train_steps=30 if smoke else None, checkpointing_steps=10 if smoke else 400,
         dataloader_num_workers=0 if smoke else default_workers(), logging_steps=5 if smoke else 25,
-        eval_clips=2 if smoke else 8, num_clips=4 if smoke else None,
+        eval_clips=2 if smoke else 16, num_clips=4 if smoke else None, crop_size=0 if smoke else 64,
     )
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if (args.window_frames - 1) % 4 or args.window_frames > args.clip_frames:
         p.error("--window_frames must be 1 + 4n and at most --clip_frames")
+    if args.crop_size and (args.crop_size % 16 or not 16 <= args.crop_size <= args.resolution):
+        p.error("--crop_size must be a multiple of 16 between 16 and --resolution (or 0 for full frames)")
     return args
 
 
@@ -118,6 +127,14 @@ def decode_unclamped(vae, z: torch.Tensor) -> torch.Tensor:
         return torch.cat(outs, 2)
     except (AttributeError, TypeError):
         return vae.decode(z).sample
+
+
+def random_crops(clips: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """One random ``size x size`` crop per window of ``uint8 (N, T, H, W, 3)`` clips (the same crop for all frames)."""
+    n, _, h, w, _ = clips.shape
+    ys = rng.integers(0, h - size + 1, size=n)
+    xs = rng.integers(0, w - size + 1, size=n)
+    return np.stack([c[:, y : y + size, x : x + size] for c, y, x in zip(clips, ys, xs)])
 
 
 def foreground_weight(x: torch.Tensor, extra: float) -> torch.Tensor:
@@ -204,9 +221,12 @@ def _train(args, budget, stream, resume_path, state, clips_per_step) -> dict:
         f"(mixed precision {accelerator.mixed_precision}); batch {args.train_batch_size} windows of "
         f"{args.window_frames} frames {args.resolution}x{args.resolution}; {budget.left():.0f} s left")
     t_log, samples = time.time(), 0
+    crop_rng = np.random.default_rng([args.seed, step, 11])
     while not budget.done(step):
         clips, _ = stream.batch(clips_per_step)
         clips = clips.reshape(-1, *clips.shape[2:])[: args.train_batch_size]
+        if args.crop_size and args.crop_size < args.resolution and budget.progress(step) < 1 - args.full_size_fraction:
+            clips = random_crops(clips, args.crop_size, crop_rng)
         x = to_video_tensor(clips, device)
         with accelerator.autocast():
             dist = raw.encode(x).latent_dist
@@ -235,7 +255,7 @@ def _train(args, budget, stream, resume_path, state, clips_per_step) -> dict:
             history.flush()
             rate = samples / max(1e-6, time.time() - t_log)
             t_log, samples = time.time(), 0
-            log(f"vae step {step}: loss {history.recent('loss', args.logging_steps):.4f} "
+            log(f"vae step {step} ({x.shape[-1]}px): loss {history.recent('loss', args.logging_steps):.4f} "
                 f"(l1 {history.recent('l1', args.logging_steps):.4f}, "
                 f"kl {history.recent('kl', args.logging_steps):.2f})"
                 f" lr {lr:.2e} {rate:.1f} windows/s, {budget.left():.0f} s left")
@@ -274,6 +294,8 @@ def _train(args, budget, stream, resume_path, state, clips_per_step) -> dict:
         "batch_size": args.train_batch_size,
         "window_frames": args.window_frames,
         "resolution": args.resolution,
+        "crop_size": args.crop_size,
+        "full_size_fraction": args.full_size_fraction,
         "windows_seen": step * args.train_batch_size,
         "learning_rate": args.learning_rate,
         "kl_weight": args.kl_weight,
