@@ -65,7 +65,11 @@ import diffusers_evdit.data  # noqa: E402,F401  (loaded before the render pool f
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[1], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--vae_path", required=True, help="trained AutoencoderKLWan folder (train_demo_vae.py's vae/)")
+    p.add_argument("--vae_path", default=None,
+                   help="trained AutoencoderKLWan folder (train_demo_vae.py's vae/); default: INIT_FROM/vae")
+    p.add_argument("--init_from", default=None,
+                   help="continue training the transformer and text encoder of this saved pipeline folder (its VAE "
+                        "and latent statistics are kept; Adam state starts fresh; use another --seed for new clips)")
     p.add_argument("--output_dir", required=True, help="checkpoints and t2v_log.json")
     p.add_argument("--pipeline_dir", default=None, help="final pipeline folder (default OUTPUT_DIR/pipeline)")
     p.add_argument("--architecture", default=None, choices=["demo", "tiny"], help="default: demo (tiny with --smoke)")
@@ -111,6 +115,10 @@ def parse_args(argv=None):
         checkpointing_steps=10 if smoke else 1000, dataloader_num_workers=0 if smoke else default_workers(),
         logging_steps=5 if smoke else 50,
     )
+    if args.vae_path is None:
+        if not args.init_from:
+            p.error("--vae_path is required (or --init_from a pipeline folder)")
+        args.vae_path = os.path.join(args.init_from, "vae")
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -259,6 +267,9 @@ def _main(args, budget, resume_path, state, stream) -> dict:
     bank, captions = encode_clips(args, budget, vae, device, accelerator.autocast, stream)
     stream.close()
     mean, std = latent_stats(bank)
+    if args.init_from:  # keep the normalisation the loaded transformer was trained with
+        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=mean.device)
+        std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=std.device)
     bank = ((bank.float() - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)).to(torch.bfloat16)
     vae.to("cpu")
     if torch.cuda.is_available():
@@ -274,8 +285,23 @@ def _main(args, budget, resume_path, state, stream) -> dict:
     ids_empty, mask_empty = empty.input_ids.to(device), empty.attention_mask.to(device)
 
     # 3. models
-    transformer = build_transformer(args.architecture, seed=args.seed).train()
-    text_encoder = build_text_encoder(args.architecture, seed=args.seed).train()
+    prior_steps = 0
+    if args.init_from:
+        from diffusers import WanTransformer3DModel
+        from transformers import UMT5EncoderModel
+
+        from diffusers_evdit.demo import GenerationConfig
+
+        transformer = WanTransformer3DModel.from_pretrained(args.init_from, subfolder="transformer",
+                                                            torch_dtype=torch.float32).train()
+        text_encoder = UMT5EncoderModel.from_pretrained(os.path.join(args.init_from, "text_encoder"),
+                                                        torch_dtype=torch.float32).train()
+        prior_steps = int(GenerationConfig.load(args.init_from).extra.get("trained_steps", 0))
+        log(f"continuing the transformer and text encoder of {args.init_from} ({prior_steps} steps so far)")
+    else:
+        transformer = build_transformer(args.architecture, seed=args.seed).train()
+        text_encoder = build_text_encoder(args.architecture, seed=args.seed).train()
+    args.prior_steps = prior_steps
     params = list(transformer.parameters()) + list(text_encoder.parameters())
     n_params = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(0.9, 0.99), weight_decay=args.adam_weight_decay,
@@ -414,7 +440,8 @@ def save_pipeline(args, accelerator, transformer, text_encoder, ema, vae, tokeni
     GenerationConfig(
         num_frames=args.num_frames, height=args.resolution, width=args.resolution,
         max_sequence_length=args.max_sequence_length, num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale, extra={"trained_steps": step, "architecture": args.architecture},
+        guidance_scale=args.guidance_scale,
+        extra={"trained_steps": getattr(args, "prior_steps", 0) + step, "architecture": args.architecture},
     ).save(args.pipeline_dir)
     log(f"saved pipeline to {args.pipeline_dir}")
 
