@@ -266,10 +266,11 @@ def _main(args, budget, resume_path, state, stream) -> dict:
     log(f"VAE from {args.vae_path}; {budget.left():.0f} s left")
     bank, captions = encode_clips(args, budget, vae, device, accelerator.autocast, stream)
     stream.close()
-    mean, std = latent_stats(bank)
     if args.init_from:  # keep the normalisation the loaded transformer was trained with
-        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=mean.device)
-        std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=std.device)
+        mean = torch.tensor(vae.config.latents_mean, dtype=torch.float32, device=bank.device)
+        std = torch.tensor(vae.config.latents_std, dtype=torch.float32, device=bank.device)
+    else:
+        mean, std = latent_stats(bank)
     bank = ((bank.float() - mean.view(1, -1, 1, 1, 1)) / std.view(1, -1, 1, 1, 1)).to(torch.bfloat16)
     vae.to("cpu")
     if torch.cuda.is_available():
@@ -294,7 +295,7 @@ def _main(args, budget, resume_path, state, stream) -> dict:
 
         transformer = WanTransformer3DModel.from_pretrained(args.init_from, subfolder="transformer",
                                                             torch_dtype=torch.float32).train()
-        text_encoder = UMT5EncoderModel.from_pretrained(os.path.join(args.init_from, "text_encoder"),
+        text_encoder = UMT5EncoderModel.from_pretrained(args.init_from, subfolder="text_encoder",
                                                         torch_dtype=torch.float32).train()
         prior_steps = int(GenerationConfig.load(args.init_from).extra.get("trained_steps", 0))
         log(f"continuing the transformer and text encoder of {args.init_from} ({prior_steps} steps so far)")
@@ -441,7 +442,7 @@ def save_pipeline(args, accelerator, transformer, text_encoder, ema, vae, tokeni
         num_frames=args.num_frames, height=args.resolution, width=args.resolution,
         max_sequence_length=args.max_sequence_length, num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
-        extra={"trained_steps": getattr(args, "prior_steps", 0) + step, "architecture": args.architecture},
+        extra={"trained_steps": args.prior_steps + step, "architecture": args.architecture},
     ).save(args.pipeline_dir)
     log(f"saved pipeline to {args.pipeline_dir}")
 
