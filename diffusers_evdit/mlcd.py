@@ -73,6 +73,8 @@ __all__ = [
     "concat_conditions",
     "ddim_jump",
     "encode_prompts",
+    "draw_posterior",
+    "encode_video_posteriors",
     "encode_videos",
     "guided_prediction",
     "mlcd_loss",
@@ -819,6 +821,50 @@ def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_se
         return {"encoder_hidden_states": embeds}
 
 
+def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior ``(mean, std)`` of pixel videos ``(B, 3, T, H, W)`` in [-1, 1], in the transformer's layout
+    and scale, so that ``mean + std * eps`` is a clean latent ``x0`` (see :func:`encode_videos`).
+
+    Keeping these two tensors instead of the videos lets a training loop encode each clip once and still draw a fresh
+    posterior sample every epoch (``--cache_latents`` of the distillation examples). Runs without gradients, in the
+    VAE's dtype.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> mean, std = encode_video_posteriors(tiny_pipeline("wan"), torch.zeros(1, 3, 9, 32, 32))
+        >>> mean.shape == std.shape
+        True
+    """
+    if videos.ndim != 5 or videos.shape[1] != 3:
+        raise ValueError(f"videos must be (B, 3, T, H, W) in [-1, 1], got shape {tuple(videos.shape)}.")
+    vae = pipe.vae
+    family = family_for(_unwrap_module(pipe.transformer)).name
+    t = videos.shape[2]
+    if (t - 1) % 4 != 0:
+        raise ValueError(f"The video VAEs need 4k + 1 frames, got {t}; use e.g. {4 * ((t - 1) // 4) + 1}.")
+    param = next(vae.parameters())
+    with torch.no_grad():
+        dist = vae.encode(videos.to(device=param.device, dtype=param.dtype)).latent_dist
+        mean, std = dist.mean, dist.std
+        if family == "cogvideox":
+            scale = vae.config.scaling_factor
+            return ((mean * scale).permute(0, 2, 1, 3, 4).contiguous(),
+                    (std * scale).permute(0, 2, 1, 3, 4).contiguous())
+        if family == "wan":
+            shift = torch.tensor(vae.config.latents_mean, device=mean.device, dtype=mean.dtype).view(1, -1, 1, 1, 1)
+            scale = torch.tensor(vae.config.latents_std, device=mean.device, dtype=mean.dtype).view(1, -1, 1, 1, 1)
+            return (mean - shift) / scale, std / scale
+        return mean * vae.config.scaling_factor, std * vae.config.scaling_factor
+
+
+def draw_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A draw ``mean + std * eps`` of the posterior :func:`encode_video_posteriors` returns, with ``eps`` drawn as
+    diffusers' ``DiagonalGaussianDistribution.sample`` draws it (so a seeded generator gives the same latents)."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return mean + std * randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+
 def encode_videos(pipe, videos: torch.Tensor, generator: torch.Generator | None = None,
                   sample_posterior: bool = True) -> torch.Tensor:
     """Clean latents ``x0`` of pixel videos ``(B, 3, T, H, W)`` in [-1, 1], in the transformer's layout and scale.
@@ -833,24 +879,10 @@ def encode_videos(pipe, videos: torch.Tensor, generator: torch.Generator | None 
         >>> encode_videos(pipe, torch.zeros(1, 3, 9, 32, 32)).shape
         torch.Size([1, 3, 4, 4, 4])
     """
-    if videos.ndim != 5 or videos.shape[1] != 3:
-        raise ValueError(f"videos must be (B, 3, T, H, W) in [-1, 1], got shape {tuple(videos.shape)}.")
-    vae = pipe.vae
-    family = family_for(_unwrap_module(pipe.transformer)).name
-    t = videos.shape[2]
-    if (t - 1) % 4 != 0:
-        raise ValueError(f"The video VAEs need 4k + 1 frames, got {t}; use e.g. {4 * ((t - 1) // 4) + 1}.")
-    param = next(vae.parameters())
-    with torch.no_grad():
-        dist = vae.encode(videos.to(device=param.device, dtype=param.dtype)).latent_dist
-        z = dist.sample(generator) if sample_posterior else dist.mode()
-        if family == "cogvideox":
-            return (z * vae.config.scaling_factor).permute(0, 2, 1, 3, 4).contiguous()
-        if family == "wan":
-            mean = torch.tensor(vae.config.latents_mean, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
-            std = torch.tensor(vae.config.latents_std, device=z.device, dtype=z.dtype).view(1, -1, 1, 1, 1)
-            return (z - mean) / std
-        return z * vae.config.scaling_factor
+    mean, std = encode_video_posteriors(pipe, videos)
+    if not sample_posterior:
+        return mean
+    return draw_posterior(mean, std, generator)
 
 
 @contextlib.contextmanager

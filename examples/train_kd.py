@@ -61,6 +61,7 @@ from train_mlcd import (  # noqa: E402  (shared helpers of the distillation exam
     TINY_HUNYUAN_TEMPLATE,
     TINY_PREFIX,
     EMATarget,
+    LatentCache,
     build_data,
     caption_conditions,
     frame_strip,
@@ -138,6 +139,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--width", type=int, default=None, help="default: evdit_demo.json, else 128")
     g.add_argument("--frame_stride", type=int, default=1)
     g.add_argument("--synthetic_num_samples", type=int, default=1_000_000)
+    g.add_argument("--cache_latents", action="store_true",
+                   help="encode each clip with the VAE once and keep its posterior (mean, std) in memory; later epochs draw a fresh posterior sample without the VAE (set --synthetic_num_samples to a size that fits)")
     g.add_argument("--synthetic_split", default="train", choices=("train", "heldout", "all"))
     g.add_argument("--train_batch_size", type=int, default=1, help="per device")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -487,6 +490,7 @@ def main(argv=None) -> dict:
 
     # ---- text conditioning (cached by caption)
     conditions = caption_conditions(pipe, device, max_seq, prompt_template)
+    latent_cache = LatentCache(pipe, args.cache_latents, len(dataset))
 
     uncond_one = conditions([args.negative_prompt]) if (task == "mlcd" and guidance != 1.0) else None
 
@@ -564,7 +568,7 @@ def main(argv=None) -> dict:
         return max(10.0, extra + 8.0) + (30.0 + 1.0 * args.eval_prompts if args.eval_prompts else 0.0)
 
     def step_loss(batch, gen) -> "kd.KDLossOutput":
-        latents = mlcd.encode_videos(pipe, batch["video"], generator=gen).float()
+        latents = latent_cache.latents(batch, gen)
         captions = list(batch["caption"])
         if uncond_prob > 0:
             drop = torch.rand(len(captions), generator=gen) < uncond_prob

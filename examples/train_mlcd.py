@@ -119,6 +119,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--width", type=int, default=None, help="default: evdit_demo.json, else 128")
     g.add_argument("--frame_stride", type=int, default=1, help="folder datasets: take every n-th frame")
     g.add_argument("--synthetic_num_samples", type=int, default=1_000_000)
+    g.add_argument("--cache_latents", action="store_true",
+                   help="encode each clip with the VAE once and keep its posterior (mean, std) in memory; later epochs draw a fresh posterior sample without the VAE (set --synthetic_num_samples to a size that fits)")
     g.add_argument("--synthetic_split", default="train", choices=("train", "heldout", "all"))
     g.add_argument("--train_batch_size", type=int, default=1, help="per device")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -365,6 +367,38 @@ def caption_conditions(pipe, device, max_sequence_length: int, prompt_template=N
     return conditions
 
 
+class LatentCache:
+    """Clean training latents ``x0`` of a batch (shared by train_mlcd.py and train_kd.py).
+
+    Without ``--cache_latents`` every batch goes through the VAE. With it, each dataset item's VAE posterior
+    ``(mean, std)`` is encoded the first time the item is drawn and kept, and every later draw of the item samples
+    ``mean + std * eps`` afresh: the VAE (often most of a small model's step) runs once per clip.
+    """
+
+    def __init__(self, pipe, enabled: bool, num_items: int):
+        self.pipe, self.enabled, self.num_items = pipe, enabled, num_items
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        from diffusers_evdit import mlcd
+
+        if not self.enabled:
+            return mlcd.encode_videos(self.pipe, batch["video"], generator=generator).float()
+        indices = [int(i) for i in batch["index"]]
+        missing = [j for j, i in enumerate(indices) if i not in self.store]
+        if missing:
+            mean, std = mlcd.encode_video_posteriors(self.pipe, batch["video"][missing])
+            if not self.store:
+                per_item = 2 * mean[0].numel() * mean.element_size() / 2**20
+                logger.info("Latent cache: %.2f MiB a clip, up to %.0f MiB for the %d clips of the dataset.",
+                            per_item, per_item * self.num_items, self.num_items)
+            for k, j in enumerate(missing):
+                self.store[indices[j]] = (mean[k: k + 1], std[k: k + 1])
+        mean = torch.cat([self.store[i][0] for i in indices])
+        std = torch.cat([self.store[i][1] for i in indices])
+        return mlcd.draw_posterior(mean, std, generator).float()
+
+
 def build_data(args, accelerator, output_dir: str):
     """The training data of the distillation examples (shared by train_mlcd.py and train_kd.py).
 
@@ -561,6 +595,7 @@ def main(argv=None) -> dict:
 
     # ---- text conditioning (cached by caption)
     conditions = caption_conditions(pipe, device, max_seq, prompt_template)
+    latent_cache = LatentCache(pipe, args.cache_latents, len(dataset))
 
     uncond_one = conditions([args.negative_prompt]) if guidance != 1.0 else None
 
@@ -674,7 +709,7 @@ def main(argv=None) -> dict:
         gen = torch.Generator().manual_seed(
             (args.seed * 1_000_003 + micro_step) * 4099 + accelerator.process_index)
         with accelerator.accumulate(student):
-            latents = mlcd.encode_videos(pipe, batch["video"], generator=gen).float()
+            latents = latent_cache.latents(batch, gen)
             cond = conditions(batch["caption"])
             uncond = None
             if uncond_one is not None:

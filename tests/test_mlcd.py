@@ -27,7 +27,9 @@ from diffusers_evdit.mlcd import (
     MLCDSchedule,
     TransformerPredictor,
     ddim_jump,
+    draw_posterior,
     encode_prompts,
+    encode_video_posteriors,
     encode_videos,
     guided_prediction,
     mlcd_loss,
@@ -263,6 +265,57 @@ def test_predictor_and_milestone_sampler_reproduce_the_pipeline(family):
         uncond, w = encode_prompts(pipe, [""], max_sequence_length=8), (6.0 if family == "cogvideox" else 5.0)
     got = MLCDSchedule(grid, 2).sample(predict, noise, cond, uncond, w)
     torch.testing.assert_close(got, ref.float(), rtol=1e-5, atol=1e-4 if family == "cogvideox" else 1e-5)
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+def test_cached_posteriors_give_the_latents_of_the_vae(family):
+    """encode_video_posteriors is the VAE posterior in the transformer's layout and scale (reference: the VAE's own
+    DiagonalGaussianDistribution and the pipelines' normalisation, written out here), and --cache_latents' LatentCache
+    runs the VAE once per clip while drawing a fresh posterior sample on every call."""
+    pipe = tiny_pipeline(family)
+    data = SyntheticVideoDataset(3, num_frames=9, height=32, width=32)
+    videos = torch.stack([data[i]["video"] for i in range(3)])
+    dist = pipe.vae.encode(videos).latent_dist
+    z = dist.sample(torch.Generator().manual_seed(1))
+    cfg = pipe.vae.config
+    if family == "wan":
+        shift = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
+        scale = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
+        ref_mean, ref_x0 = (dist.mean - shift) / scale, (z - shift) / scale
+    else:  # CogVideoX: scaled, frames before channels
+        ref_mean = (dist.mean * cfg.scaling_factor).permute(0, 2, 1, 3, 4)
+        ref_x0 = None  # the noise is drawn in the transformer's layout, so only the distribution matches
+    mean, std = encode_video_posteriors(pipe, videos)
+    torch.testing.assert_close(mean, ref_mean)
+    assert bool((std > 0).all())
+    x0 = encode_videos(pipe, videos, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(x0, draw_posterior(mean, std, torch.Generator().manual_seed(1)))
+    if ref_x0 is not None:
+        torch.testing.assert_close(x0, ref_x0)
+    torch.testing.assert_close(encode_videos(pipe, videos, sample_posterior=False), mean)
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from train_mlcd import LatentCache
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    calls = []
+    encode = pipe.vae.encode
+    pipe.vae.encode = lambda x: calls.append(x.shape[0]) or encode(x)
+    cache = LatentCache(pipe, enabled=True, num_items=len(data))
+    batch = {"video": videos[:2], "index": [0, 1]}
+    first = cache.latents(batch, torch.Generator().manual_seed(2))
+    again = cache.latents(batch, torch.Generator().manual_seed(2))
+    fresh = cache.latents(batch, torch.Generator().manual_seed(3))
+    mixed = cache.latents({"video": videos[1:], "index": [1, 2]}, torch.Generator().manual_seed(4))
+    assert calls == [2, 1]  # clips 0 and 1 once, then only the new clip 2
+    torch.testing.assert_close(first, draw_posterior(mean[:2], std[:2], torch.Generator().manual_seed(2)))
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, fresh)
+    torch.testing.assert_close(mixed, draw_posterior(mean[1:], std[1:], torch.Generator().manual_seed(4)))
+    off = LatentCache(pipe, enabled=False, num_items=len(data))
+    torch.testing.assert_close(off.latents(batch, torch.Generator().manual_seed(2)), first)
+    assert calls == [2, 1, 2]
 
 
 @pytest.mark.parametrize("family", ["wan", "cogvideox"])
