@@ -494,3 +494,46 @@ def test_train_script_lora_on_a_video_folder(tmp_path):
     assert any(not torch.equal(student[k], teacher[k]) for k in teacher)
     frames = pipe(**tiny_pipeline_inputs(pipe), guidance_scale=1.0).frames
     assert torch.isfinite(frames).all()
+
+
+def test_mlcd_table_scores_students_against_the_teacher_on_the_same_prompts(tmp_path):
+    """examples/mlcd_table.py: one row per (model, steps), the checks computed from the rows, --reuse verified."""
+    from diffusers_evdit.demo import GenerationConfig, build_demo_pipeline
+
+    teacher = tmp_path / "teacher"
+    build_demo_pipeline("tiny").save_pretrained(teacher)
+    GenerationConfig(num_frames=9, height=32, width=32, num_inference_steps=4, guidance_scale=2.0,
+                     max_sequence_length=8).save(teacher)
+    student = tmp_path / "student"
+    run_script(["--teacher", teacher, "--num_segments", 2, "--max_train_steps", 1, "--train_batch_size", 2,
+                "--report_to", "none", "--output_dir", student, "--checkpointing_steps", 0,
+                "--validation_steps", 0, "--no_final_validation"])
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import mlcd_table
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    out = tmp_path / "res" / "mlcd.json"
+    common = ["--teacher", str(teacher), "--students", str(student), "--prompts", "2", "--device", "cpu",
+              "--out", str(out)]
+    result = mlcd_table.main(common)
+    rows = {r["name"]: r for r in result["rows"]}
+    assert [(r["name"], r["steps"], r["transformer_calls"]) for r in result["rows"]] == [
+        ("Teacher", 4, 8), ("Teacher_S=2", 2, 4), ("MLCD_S=2", 2, 2)]
+    for r in result["rows"]:
+        data = json.loads(Path(r["eval_json"]).read_text())
+        assert data["final_score"] == r["final_score"] and data["num_videos"] == 2
+        assert data["generation"]["num_inference_steps"] == r["steps"]
+    (check,) = result["checks"]
+    assert check["gap_to_teacher"] == rows["MLCD_S=2"]["final_score"] - rows["Teacher"]["final_score"]
+    assert check["margin_over_baseline"] == rows["MLCD_S=2"]["final_score"] - rows["Teacher_S=2"]["final_score"]
+    assert check["within"] == (check["gap_to_teacher"] >= -mlcd_table.WITHIN)
+    assert "| MLCD_S=2 | 2 | 1 | 2 |" in out.with_suffix(".md").read_text()
+    assert json.loads(out.read_text()) == result
+
+    # --reuse: a matching file replaces the evaluation, a file of other settings is refused
+    teacher_json = rows["Teacher"]["eval_json"]
+    again = mlcd_table.main([*common, "--reuse", f"Teacher={teacher_json}"])
+    assert again["rows"][0]["final_score"] == rows["Teacher"]["final_score"]
+    with pytest.raises(SystemExit, match="Teacher_S=2"):
+        mlcd_table.main([*common, "--reuse", f"Teacher_S=2={teacher_json}"])

@@ -21,41 +21,57 @@ import json
 import os
 
 
-def _cmd_eval(args) -> int:
-    import torch
+def eval_model(model: str | None = None, plan: str | None = None, steps: int | None = None,
+               guidance_scale: float | None = None, prompts: int = 64, seed: int = 0, batch_size: int | None = None,
+               workers: int = 1, device: str | None = None, progress: bool = True) -> dict:
+    """The ``evdit eval`` JSON of one pipeline folder (``model``; None: the shipped demo model; ``"tiny"``).
 
+    ``plan`` is ``uniform:K``, a plan JSON file, ``"saved"`` (the folder's ``mask_plan.json``) or None (dense);
+    ``steps`` / ``guidance_scale`` override the folder's ``evdit_demo.json``. Prompt ``i`` uses seed ``seed + i``, so
+    two calls with the same ``prompts`` and ``seed`` score the same scenes from the same noise.
+    """
     from ..demo import EVAL_KEYS, evaluate_pipeline, load_pipeline, parse_plan, resolve_model, strip_private
 
-    if args.prompts < 1:
+    if prompts < 1:
         raise ValueError("--prompts must be >= 1")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    path = resolve_model(args.model)
-    pipe, gen = load_pipeline(path, device=args.device)
-    if args.steps is not None:
-        gen.num_inference_steps = args.steps
-    if args.guidance_scale is not None:
-        gen.guidance_scale = args.guidance_scale
-    if args.plan == "saved":
+    path = resolve_model(model)
+    pipe, gen = load_pipeline(path, device=device)
+    if steps is not None:
+        gen.num_inference_steps = steps
+    if guidance_scale is not None:
+        gen.guidance_scale = guidance_scale
+    if plan == "saved":
         from ..plan import MaskPlan
 
         file = os.path.join(path, "mask_plan.json")
         if path == "tiny" or not os.path.isfile(file):
             raise FileNotFoundError(f"--plan saved: {path} has no mask_plan.json")
-        plan = MaskPlan.load(file)
+        mask_plan = MaskPlan.load(file)
     else:
-        plan = parse_plan(args.plan, pipe.transformer) if args.plan else None
-    pipe.set_mask_plan(plan)
-    device = str(pipe._execution_device)
-    batch = args.batch_size or (16 if device.startswith("cuda") else 1)
-    print(f"evaluating {path} on {args.prompts} held-out prompts ({device}, batch {batch}, "
-          f"{gen.num_inference_steps} steps, plan {args.plan or 'dense'})", flush=True)
-    result = evaluate_pipeline(pipe, gen, num_prompts=args.prompts, seed=args.seed, batch_size=batch,
-                               workers=args.workers, progress=not args.no_progress)
+        mask_plan = parse_plan(plan, pipe.transformer) if plan else None
+    pipe.set_mask_plan(mask_plan)
+    where = str(pipe._execution_device)
+    batch = batch_size or (16 if where.startswith("cuda") else 1)
+    print(f"evaluating {path} on {prompts} held-out prompts ({where}, batch {batch}, "
+          f"{gen.num_inference_steps} steps, plan {plan or 'dense'})", flush=True)
+    result = evaluate_pipeline(pipe, gen, num_prompts=prompts, seed=seed, batch_size=batch, workers=workers,
+                               progress=progress)
     out = {k: result[k] for k in EVAL_KEYS}
     out.update({k: v for k, v in strip_private(result).items() if k not in out})
     out["model"] = path
-    out["plan"]["spec"] = args.plan or "dense"
+    out["plan"]["spec"] = plan or "dense"
+    return out
+
+
+def _cmd_eval(args) -> int:
+    import torch
+
+    from ..demo import EVAL_KEYS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = eval_model(args.model, args.plan, args.steps, args.guidance_scale, args.prompts, args.seed,
+                     args.batch_size, args.workers, args.device, progress=not args.no_progress)
     directory = os.path.dirname(os.path.abspath(args.json))
     os.makedirs(directory, exist_ok=True)
     with open(args.json, "w", encoding="utf-8") as f:
