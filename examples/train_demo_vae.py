@@ -99,6 +99,8 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny model, 32x32 clips, few steps: a CPU test of the script")
     args = p.parse_args(argv)
     smoke = args.smoke
+    if args.init_from and args.architecture:
+        p.error("--architecture does not apply with --init_from: the loaded VAE keeps its own configuration")
     defaults = dict(
         architecture="tiny" if smoke else "demo", resolution=32 if smoke else 128, clip_frames=9 if smoke else 29,
         window_frames=5 if smoke else 9, train_batch_size=2 if smoke else 32,
@@ -231,7 +233,7 @@ def _train(args, budget, stream, resume_path, state, clips_per_step) -> dict:
         log(f"resumed from {resume_path} at step {step}")
     history = LossLog(state.get("history"))
     budget.start_loop(float(state.get("train_seconds", 0.0)))
-    log(f"VAE {args.architecture}: {n_params / 1e6:.2f}M parameters on {device} "
+    log(f"VAE {args.init_from or args.architecture}: {n_params / 1e6:.2f}M parameters on {device} "
         f"(mixed precision {accelerator.mixed_precision}); batch {args.train_batch_size} windows of "
         f"{args.window_frames} frames {args.resolution}x{args.resolution}; {budget.left():.0f} s left")
     t_log, samples = time.time(), 0

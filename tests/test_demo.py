@@ -202,6 +202,38 @@ def test_t2v_resume_from_latest_checkpoint(trained, capsys):
     assert res["losses"]["loss"][:24] == pytest.approx(first["losses"]["loss"])
 
 
+def test_vae_init_from_fine_tunes_the_saved_vae(trained):
+    import train_demo_vae
+
+    root, scratch, _ = trained
+    saved = root / "vae" / "vae"
+    with pytest.raises(SystemExit):  # the loaded VAE's config wins: an --architecture would be silently ignored
+        train_demo_vae.parse_args(["--output_dir", str(root / "x"), "--init_from", str(saved), "--architecture", "tiny"])
+    res = train_demo_vae.main(["--output_dir", str(root / "vae_ft"), "--smoke", "--init_from", str(saved),
+                               "--max_train_steps", "2"])
+    assert res["steps"] == 2
+    # same seed, same first batch: the fine-tune starts from the trained weights, not from a random init
+    assert res["losses"]["loss"][0] < 0.8 * scratch["losses"]["loss"][0]
+    a = json.loads((saved / "config.json").read_text())
+    b = json.loads((root / "vae_ft" / "vae" / "config.json").read_text())
+    assert {k: v for k, v in a.items() if not k.startswith("_")} == {k: v for k, v in b.items() if not k.startswith("_")}
+
+
+def test_t2v_init_from_continues_a_saved_pipeline(trained):
+    import train_demo_t2v
+
+    root, _, first = trained
+    res = train_demo_t2v.main(["--init_from", str(root / "pipe"), "--output_dir", str(root / "t2v_ft"),
+                               "--pipeline_dir", str(root / "pipe_ft"), "--smoke", "--max_train_steps", "2"])
+    assert res["steps"] == 2
+    before, gen0 = load_pipeline(str(root / "pipe"), device="cpu")
+    after, gen1 = load_pipeline(str(root / "pipe_ft"), device="cpu")
+    assert gen1.extra["trained_steps"] == gen0.extra["trained_steps"] + 2 == first["steps"] + 2
+    assert after.vae.config.latents_std == before.vae.config.latents_std  # the loaded normalisation is kept
+    w0, w1 = before.transformer.proj_out.weight, after.transformer.proj_out.weight
+    assert w0.abs().sum() > 0 and (w1 - w0).norm() < 0.5 * w0.norm()  # continued from, not re-initialised
+
+
 def test_model_card_stage(trained):
     import train_demo_card
 
