@@ -103,6 +103,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="decay of the EMA target network f_target (0: the student itself, under no_grad)")
     g.add_argument("--max_sequence_length", type=int, default=None,
                    help="text tokens (default: evdit_demo.json's, else the pipeline's default)")
+    g.add_argument("--init_student", default=None,
+                   help="start the student (and its EMA target) from this pipeline folder's transformer instead of "
+                        "the teacher's, e.g. an S=8 student when distilling S=4 (the paper's progressive reduction "
+                        "across runs); the teacher stays --teacher")
 
     g = p.add_argument_group("LoRA")
     g.add_argument("--use_lora", action="store_true", help="train a LoRA adapter instead of all weights; the "
@@ -535,6 +539,8 @@ def main(argv=None) -> dict:
             module.requires_grad_(False).eval()
             # VAE and text encoders: bf16 when training in bf16, else fp32 (T5 and the VAEs overflow in fp16)
             module.to(device, dtype=torch.bfloat16 if weight_dtype == torch.bfloat16 else torch.float32)
+    if args.use_lora and args.init_student:
+        raise SystemExit("--init_student starts full weights; with --use_lora, train from the teacher instead.")
     if args.use_lora:
         from peft import LoraConfig
 
@@ -548,6 +554,8 @@ def main(argv=None) -> dict:
         teacher_module = None
     else:
         teacher_module = copy.deepcopy(student).to(device, dtype=weight_dtype).eval()
+        if args.init_student:
+            load_student_weights(student, args.init_student)
         student.to(device, dtype=torch.float32).requires_grad_(True)
     student.train()
     if args.gradient_checkpointing:
@@ -783,7 +791,8 @@ def main(argv=None) -> dict:
         write_generation_settings(output_dir, generation, final_segments,
                                   embedded if family == "hunyuan_video" else 1.0, args.teacher)
         provenance = {
-            "teacher": args.teacher, "family": family, "teacher_steps": teacher_steps,
+            "teacher": args.teacher, "init_student": args.init_student, "family": family,
+            "teacher_steps": teacher_steps,
             "num_segments": final_segments, "segment_schedule": args.segment_schedule,
             "solver_steps": args.solver_steps, "milestones": final_schedule.milestones,
             "milestone_timesteps": [float(t) for t in final_schedule.milestone_timesteps()],
@@ -805,6 +814,24 @@ def main(argv=None) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def load_student_weights(student: torch.nn.Module, folder: str) -> None:
+    """Copy the transformer of pipeline ``folder`` (same architecture as the teacher's) into ``student``."""
+    path = os.path.join(folder, "transformer")
+    if not os.path.isdir(path):
+        raise SystemExit(f"--init_student {folder}: no transformer/ folder (expected a saved pipeline)")
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        saved_class = json.load(f).get("_class_name")
+    if saved_class != type(student).__name__:
+        raise SystemExit(f"--init_student {folder}: its transformer ({saved_class}) does not match the teacher's "
+                         f"({type(student).__name__})")
+    init = type(student).from_pretrained(path, torch_dtype=torch.float32)
+    try:
+        student.load_state_dict(init.state_dict())
+    except RuntimeError as err:
+        raise SystemExit(f"--init_student {folder}: its transformer does not match the teacher's ({err})") from None
+    logger.info("Student initialised from %s", path)
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None) -> None:

@@ -537,3 +537,27 @@ def test_mlcd_table_scores_students_against_the_teacher_on_the_same_prompts(tmp_
     assert again["rows"][0]["final_score"] == rows["Teacher"]["final_score"]
     with pytest.raises(SystemExit, match="Teacher_S=2"):
         mlcd_table.main([*common, "--reuse", f"Teacher_S=2={teacher_json}"])
+
+
+def test_train_script_init_student_continues_a_saved_student(tmp_path):
+    """--init_student: the student starts from another folder's transformer (progressive S across runs)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    common = ["--teacher", "tiny:wan", *TINY_ARGS, "--checkpointing_steps", 0, "--validation_steps", 0,
+              "--no_final_validation"]
+    run_script([*common, "--num_segments", 4, "--max_train_steps", 2, "--output_dir", a])
+    # one step at learning rate 0: the saved student is exactly the weights it started from
+    run_script([*common, "--num_segments", 2, "--max_train_steps", 1, "--learning_rate", 0, "--init_student", a,
+                "--output_dir", b])
+    sa = DiffusionPipeline.from_pretrained(a).transformer.state_dict()
+    sb = DiffusionPipeline.from_pretrained(b).transformer.state_dict()
+    teacher = tiny_pipeline("wan").transformer.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], teacher[k]) for k in sa)  # a trained away from the teacher
+    assert json.loads((b / "mlcd_config.json").read_text())["init_student"] == str(a)
+    with pytest.raises(SystemExit, match="use_lora"):
+        run_script([*common, "--num_segments", 2, "--max_train_steps", 1, "--init_student", a, "--use_lora",
+                    "--output_dir", tmp_path / "c"])
+    with pytest.raises(SystemExit, match="does not match"):
+        run_script(["--teacher", "tiny:cogvideox", *TINY_ARGS[:-2], "--num_segments", 2, "--max_train_steps", 1,
+                    "--init_student", a, "--output_dir", tmp_path / "d", "--checkpointing_steps", 0,
+                    "--validation_steps", 0, "--no_final_validation"])
