@@ -37,6 +37,16 @@ Examples::
         --teacher PATH --output_dir runs/mlcd --progressive_segments 16,8 --use_lora --lora_rank 64 \\
         --learning_rate 1e-4 --resume_from_checkpoint latest
 
+    # CPU only (the demo model on 2 cores): --cache_latents runs the VAE once per clip (512 clips), then a step
+    # costs only the transformer calls; S = 4 then starts from the S = 8 student (progressive, across runs)
+    python examples/train_mlcd.py --teacher diffusers_evdit/demo_model --output_dir runs/mlcd-s8 --num_segments 8 \
+        --teacher_steps 48 --train_batch_size 8 --learning_rate 1e-4 --mixed_precision no --cache_latents \
+        --synthetic_num_samples 512 --max_train_steps 100000 --max_minutes 55 --validation_steps 0
+    python examples/train_mlcd.py ... --output_dir runs/mlcd-s4 --num_segments 4 --init_student runs/mlcd-s8
+
+    # the committed table (benchmarks/results/mlcd.json): students vs the teacher at its default and at S steps
+    python examples/mlcd_table.py --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64
+
     # CPU smoke test on a tiny random pipeline (one thread: small ops are slow with several)
     OMP_NUM_THREADS=1 python examples/train_mlcd.py --teacher tiny:wan --output_dir /tmp/mlcd --num_frames 9 \\
         --height 32 --width 32 --teacher_steps 8 --num_segments 2 --max_train_steps 4 --max_sequence_length 8
