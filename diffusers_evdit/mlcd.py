@@ -859,7 +859,12 @@ def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, t
 
 def draw_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """A draw ``mean + std * eps`` of the posterior :func:`encode_video_posteriors` returns, with ``eps`` drawn as
-    diffusers' ``DiagonalGaussianDistribution.sample`` draws it (so a seeded generator gives the same latents)."""
+    diffusers' ``DiagonalGaussianDistribution.sample`` draws it (so a seeded generator gives the same latents).
+
+    Example:
+        >>> draw_posterior(torch.zeros(2, 3), torch.zeros(2, 3)).abs().sum().item()
+        0.0
+    """
     from diffusers.utils.torch_utils import randn_tensor
 
     return mean + std * randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
