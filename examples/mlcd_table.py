@@ -25,7 +25,6 @@ import datetime
 import json
 import os
 import platform
-import sys
 
 WITHIN = 0.02  # the MLCD issue's bar: a student's final_score within this of the teacher at its default steps
 
@@ -96,7 +95,6 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     import torch
 
     import diffusers_evdit.schedulers  # noqa: F401  (the students' MLCD schedulers load by name)
@@ -114,12 +112,12 @@ def main(argv=None) -> dict:
     batch = args.batch_size or (16 if torch.cuda.is_available() else 4)
 
     teacher = resolve_model(args.teacher)
-    wanted = [("Teacher", teacher, *generation_settings(teacher))]
+    teacher_steps, teacher_guidance = generation_settings(teacher)
+    wanted = [("Teacher", teacher, teacher_steps, teacher_guidance)]
     students = []
     for folder in args.students:
         steps, guidance = generation_settings(folder)
-        t_steps, t_guidance = generation_settings(teacher)
-        wanted.append((f"Teacher_S={steps}", teacher, steps, t_guidance))
+        wanted.append((f"Teacher_S={steps}", teacher, steps, teacher_guidance))
         wanted.append((f"MLCD_S={steps}", folder, steps, guidance))
         students.append((f"MLCD_S={steps}", f"Teacher_S={steps}"))
     unknown = set(reuse) - {w[0] for w in wanted}

@@ -140,7 +140,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--frame_stride", type=int, default=1)
     g.add_argument("--synthetic_num_samples", type=int, default=1_000_000)
     g.add_argument("--cache_latents", action="store_true",
-                   help="encode each clip with the VAE once and keep its posterior (mean, std) in memory; later epochs draw a fresh posterior sample without the VAE (set --synthetic_num_samples to a size that fits)")
+                   help="encode each clip with the VAE once and keep its posterior (mean, std) in memory; later "
+                        "epochs draw a fresh posterior sample without the VAE (set --synthetic_num_samples to a size "
+                        "that fits)")
     g.add_argument("--synthetic_split", default="train", choices=("train", "heldout", "all"))
     g.add_argument("--train_batch_size", type=int, default=1, help="per device")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
