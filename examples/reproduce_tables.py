@@ -165,6 +165,12 @@ class Clock:
 # ------------------------------------------------------------------------------------------------------ models
 
 
+def repo_path(path: str) -> str:
+    """``path`` relative to the repository root where it lies inside it (results JSON carry no machine paths)."""
+    path = os.path.abspath(path)
+    return os.path.relpath(path, ROOT) if path.startswith(ROOT + os.sep) else path
+
+
 def make_smoke_model(folder: str) -> str:
     """A random tiny demo pipeline folder (structure of the shipped model; 4 latent frames of 16 tokens)."""
     from diffusers_evdit import EfficientVDiTPipeline
@@ -293,7 +299,7 @@ def search_plans(args, mlcd_dir: str, ratios: list[float], plan_dir: str) -> dic
     os.makedirs(plan_dir, exist_ok=True)
     for r in ratios:
         plan = greedy_search(pipe.transformer, calls, r, loss=args.search_loss, progress=False)
-        plan.metadata.update(source=mlcd_dir, search_prompts=prompts, inputs="recorded MLCD sampling calls")
+        plan.metadata.update(source=repo_path(mlcd_dir), search_prompts=prompts, inputs="recorded MLCD sampling calls")
         path = os.path.join(plan_dir, f"ours_r={r:g}.json")
         plan.save(path)
         plans[r] = (plan, path)
@@ -616,7 +622,7 @@ def main(argv=None) -> dict:
         0 if args.no_ablation else 1)
 
     meta = {"date": date.today().isoformat(), "total_minutes": 0.0,
-            "settings": {"model": os.path.relpath(base_dir, ROOT) if base_dir.startswith(ROOT) else base_dir,
+            "settings": {"model": repo_path(base_dir),
                          "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
                          "eval_prompts": args.eval_prompts, "seed": args.seed, "num_segments": args.num_segments,
                          "latent_frames": n_frames, "tokens_per_frame": demo_layout.tokens_per_frame,
@@ -766,7 +772,7 @@ def main(argv=None) -> dict:
                               "description": "; ".join(parts) + ".",
                               "step_results": None if step_times is None else step_times.source}
     meta["total_minutes"] = clock.elapsed() / 60
-    meta["mlcd"] = {"dir": mlcd_dir, "config": mlcd_cfg, "training": mlcd_training}
+    meta["mlcd"] = {"dir": repo_path(mlcd_dir), "config": mlcd_cfg, "training": mlcd_training}
     write_results(args, rows, ablation, meta, final=True)
     print(f"[reproduce] wrote {args.out_dir}/quality.json and quality.md in {clock.elapsed() / 60:.1f} min",
           flush=True)

@@ -31,6 +31,16 @@ def test_kernels_on_cuda(kernel, case, dtype, tol):
         assert _rel(out, ref) < tol, (kernel, k)
 
 
+@pytest.mark.parametrize("head_dim", [12, 20])
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)])
+def test_split_kernel_on_cuda_with_unaligned_head_dim(head_dim, dtype, tol):
+    """cuDNN needs head_dim % 8 == 0; other head dimensions (tiny models) must still run, exactly."""
+    layout = TileLayout(6, 40, 10, "first")
+    q, k, v = (torch.randn(1, 2, layout.seq_len, head_dim, device="cuda", dtype=dtype) for _ in range(3))
+    ref = attention_f64(q, k, v, paper_mask(6, 40, 10, True, 2).cuda())
+    assert _rel(tile_attention(q, k, v, layout, 2, kernel="split"), ref) < tol
+
+
 @pytest.mark.parametrize("kernel", ["gathered", "split", "flex"])
 def test_text_padding_on_cuda(kernel):
     layout = TileLayout(6, 128, 64, "last")

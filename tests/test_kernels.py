@@ -137,3 +137,20 @@ def test_split_refuses_padding_on_video_tokens_and_auto_falls_back():
         out = tile_attention(q, k, v, layout, 1, key_padding_mask=keep)
     mask = paper_mask(4, 6, 3, False, 1)[None, None] & keep[:, None, None, :]
     assert (out.double() - attention_f64(q, k, v, mask)).abs().max() < 2e-6
+
+
+@pytest.mark.parametrize("head_dim", [3, 8])
+def test_attention_with_lse_math_matches_float64(head_dim):
+    from diffusers_evdit.kernels.split import attention_with_lse, attention_with_lse_math
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 17, head_dim) for _ in range(3))
+    scale = 0.37
+    scores = (q.double() @ k.double().transpose(-1, -2)) * scale
+    lse_ref = torch.logsumexp(scores, dim=-1)
+    out_ref = torch.softmax(scores, dim=-1) @ v.double()
+    for fn in (attention_with_lse_math, attention_with_lse):
+        out, lse = fn(q, k, v, scale)
+        assert out.dtype == q.dtype and lse.dtype == torch.float32
+        torch.testing.assert_close(out.double(), out_ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(lse.double(), lse_ref, atol=1e-5, rtol=1e-5)

@@ -25,9 +25,19 @@ from .indices import TileIndices
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None):
     """Dense attention of ``[B, H, L, D]`` inputs that also returns the row log-sum-exp ``[B, H, L]`` (float32).
 
-    Uses cuDNN (bf16/fp16) or memory-efficient attention (fp32) on CUDA, the fused CPU kernel elsewhere.
+    Uses cuDNN (bf16/fp16) or memory-efficient attention (fp32) on CUDA, the fused CPU kernel elsewhere. The fused
+    CUDA kernels need a head dimension that is a multiple of 8; other head dimensions (tiny test models) take
+    :func:`attention_with_lse_math`.
+
+    Example:
+        >>> q = k = v = torch.randn(1, 2, 5, 8)
+        >>> out, lse = attention_with_lse(q, k, v)
+        >>> out.shape, lse.shape
+        (torch.Size([1, 2, 5, 8]), torch.Size([1, 2, 5]))
     """
     if q.device.type == "cuda":
+        if q.shape[-1] % 8:
+            return attention_with_lse_math(q, k, v, scale)
         if q.dtype in (torch.bfloat16, torch.float16):
             out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, scale=scale)[:2]
         else:  # memory-efficient attention pads the LSE rows to a multiple of 32
@@ -35,6 +45,23 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     else:
         out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
     return out, lse.reshape(*q.shape[:2], -1)[..., : q.shape[2]].float()
+
+
+def attention_with_lse_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None):
+    """:func:`attention_with_lse` from explicit scores in float32 (any device and head dimension; memory grows with
+    ``L x S``, so it is only the fallback where no fused kernel applies).
+
+    Example:
+        >>> q = k = v = torch.randn(1, 2, 5, 3)
+        >>> out, lse = attention_with_lse_math(q, k, v)
+        >>> torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5)
+        True
+    """
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), v.float())
+    return out.to(q.dtype), lse
 
 
 def merge_weight(out: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor) -> torch.Tensor:

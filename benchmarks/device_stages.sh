@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The demo model's Stage 1 (MLCD) and Stage 3 (search + KD) results, on one GPU of the device machine, in two
+# calls of under 10 minutes each. Run from the repo root (the device tool's working directory):
+#
+#   bash benchmarks/device_stages.sh mlcd        # S=8 from the teacher, S=4 from S=8, then examples/mlcd_table.py
+#   bash benchmarks/device_stages.sh reproduce   # examples/reproduce_tables.py with the S=8 student as MLCD model
+#   bash benchmarks/device_stages.sh low-r       # search thresholds on this model's loss scale (r = 0.002, 0.005)
+#
+# Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it.
+# runs/ stays on the machine between calls while it is warm (30 s); `reproduce` trains its own S=8 model (batch 8,
+# three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
+# benchmarks/results/mlcd.*, quality.* and quality-low-r/ (H100, 2026-11-23).
+set -uo pipefail
+phase=${1:?usage: device_stages.sh mlcd|reproduce|low-r}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" runs
+# shellcheck disable=SC1091
+source benchmarks/device_setup.sh || exit 1
+teacher=diffusers_evdit/demo_model
+mlcd_common=(--teacher "$teacher" --dataset synthetic --teacher_steps 48 --train_batch_size 32 --learning_rate 1e-4
+             --mixed_precision no --allow_tf32 --dataloader_num_workers 8 --max_train_steps 1000000 --cache_latents
+             --synthetic_num_samples 2048 --checkpointing_steps 0 --validation_steps 0 --no_final_validation
+             --eval_prompts 0 --report_to none)
+
+pack() {  # what comes back: results and the small files of each run (no weights)
+    local files=()
+    for f in benchmarks/results/mlcd.json benchmarks/results/mlcd.md benchmarks/results/mlcd-evals \
+             benchmarks/results/quality.json benchmarks/results/quality.md; do
+        [ -e "$f" ] && files+=("$f")
+    done
+    for d in runs/mlcd-s8 runs/mlcd-s4 runs/reproduce; do
+        [ -d "$d" ] && while IFS= read -r f; do files+=("$f"); done < <(find "$d" -name '*.json' -o -name '*.jsonl' -o -name '*.md' | grep -v checkpoint-)
+    done
+    [ ${#files[@]} -gt 0 ] && tar czf "$OUT/results.tar.gz" "${files[@]}"
+}
+
+case "$phase" in
+mlcd)
+    # plumbing check of every reproduce stage on this GPU (tiny random model), beside the first training run
+    (timeout 240 python examples/reproduce_tables.py --smoke --work_dir /tmp/smoke >"$OUT/smoke.log" 2>&1;
+     echo "smoke rc=$?" >>"$OUT/smoke.log") &
+    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 \
+        --max_minutes 2.0 2>&1 | tail -n 25 | tee "$OUT/train_s8.log"
+    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s4 --num_segments 4 --seed 1 \
+        --init_student runs/mlcd-s8 --max_minutes 3.0 2>&1 | tail -n 25 | tee "$OUT/train_s4.log"
+    wait
+    tail -n 5 "$OUT/smoke.log"
+    timeout 170 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64 \
+        --workers 8 --out benchmarks/results/mlcd.json 2>&1 | grep -v '%|' | tee "$OUT/table.log"
+    pack
+    ;;
+reproduce)
+    mlcd=()
+    if [ -f runs/mlcd-s8/model_index.json ]; then mlcd=(--mlcd_model runs/mlcd-s8); else echo "no runs/mlcd-s8: training one"; fi
+    timeout 578 python examples/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
+        --budget_minutes 9.0 --measure_step_speedups "${mlcd[@]}" 2>&1 \
+        | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
+    pack
+    ;;
+low-r)
+    timeout 290 python examples/reproduce_tables.py --work_dir runs/reproduce-low-r \
+        --out_dir benchmarks/results/quality-low-r --ratios 0.002,0.005 --uniform_ks 4 --no_uniform_kd --no_ablation \
+        --mlcd_shares 6 --budget_minutes 4.5 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
+    tar czf "$OUT/results.tar.gz" benchmarks/results/quality-low-r
+    ;;
+*) echo "unknown phase $phase"; exit 2 ;;
+esac
