@@ -62,6 +62,10 @@ from train_mlcd import (  # noqa: E402  (shared helpers of the distillation exam
     TINY_PREFIX,
     EMATarget,
     LatentCache,
+    add_data_args,
+    add_optimisation_args,
+    add_output_args,
+    add_validation_args,
     build_data,
     caption_conditions,
     frame_strip,
@@ -132,64 +136,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
     g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
 
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="synthetic", help="'synthetic' or a folder of captioned videos")
-    g.add_argument("--num_frames", type=int, default=None, help="4k+1 (default: evdit_demo.json, else 29)")
-    g.add_argument("--height", type=int, default=None, help="default: evdit_demo.json, else 128")
-    g.add_argument("--width", type=int, default=None, help="default: evdit_demo.json, else 128")
-    g.add_argument("--frame_stride", type=int, default=1)
-    g.add_argument("--synthetic_num_samples", type=int, default=1_000_000)
-    g.add_argument("--cache_latents", action="store_true",
-                   help="encode each clip with the VAE once and keep its posterior (mean, std) in memory; later "
-                        "epochs draw a fresh posterior sample without the VAE (set --synthetic_num_samples to a size "
-                        "that fits)")
-    g.add_argument("--synthetic_split", default="train", choices=("train", "heldout", "all"))
-    g.add_argument("--train_batch_size", type=int, default=1, help="per device")
-    g.add_argument("--dataloader_num_workers", type=int, default=0)
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--max_train_steps", type=int, default=1000)
-    g.add_argument("--max_minutes", type=float, default=None,
-                   help="wall-clock budget of the whole run; training stops early so that checkpoint, validation, "
-                        "evaluation and save fit")
-    g.add_argument("--time_reserve_s", type=float, default=None,
-                   help="seconds kept for the work after training with --max_minutes (default: estimated, >= 10)")
-    g.add_argument("--learning_rate", type=float, default=5e-5)
-    g.add_argument("--lr_scheduler", default="constant")
-    g.add_argument("--lr_warmup_steps", type=int, default=0)
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.999)
-    g.add_argument("--adam_weight_decay", type=float, default=0.0)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--gradient_checkpointing", action="store_true")
-    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None)
-    g.add_argument("--allow_tf32", action="store_true")
-    g.add_argument("--seed", type=int, default=0)
-
-    g = p.add_argument_group("checkpoints and output")
-    g.add_argument("--output_dir", required=True)
-    g.add_argument("--logging_dir", default="logs")
-    g.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
-    g.add_argument("--tracker_project_name", default="kd")
-    g.add_argument("--checkpointing_steps", type=int, default=500, help="0: no intermediate checkpoints")
-    g.add_argument("--checkpoints_total_limit", type=int, default=None)
-    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
-    g.add_argument("--save_dtype", choices=("teacher", "fp32", "fp16", "bf16"), default="teacher")
-
-    g = p.add_argument_group("validation and evaluation")
-    g.add_argument("--validation_steps", type=int, default=250, help="0: only at the end")
-    g.add_argument("--validation_prompts", nargs="*", default=None)
-    g.add_argument("--validation_seed", type=int, default=0)
-    g.add_argument("--validation_fps", type=int, default=None)
-    g.add_argument("--validate_teacher", action="store_true", help="also write the dense teacher's videos (once)")
-    g.add_argument("--no_final_validation", action="store_true")
-    g.add_argument("--eval_prompts", type=int, default=0,
-                   help="N > 0: evdit eval metrics of the student and the dense teacher on N held-out synthetic "
-                        "prompts -> eval.json (CogVideoX / Wan)")
-    g.add_argument("--eval_batch_size", type=int, default=8)
-    g.add_argument("--eval_workers", type=int, default=4)
+    add_data_args(p)
+    add_optimisation_args(p)
+    add_output_args(p, tracker="kd")
+    add_validation_args(p, validate_teacher="also write the dense teacher's videos (once)",
+                        eval_prompts="N > 0: evdit eval metrics of the student and the dense teacher on N held-out "
+                                     "synthetic prompts -> eval.json (CogVideoX / Wan)")
     args = p.parse_args(argv)
 
     if args.teacher is None and args.student is None:

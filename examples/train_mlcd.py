@@ -84,6 +84,82 @@ TINY_HUNYUAN_TEMPLATE = {"template": "{}", "crop_start": 0}
 # --------------------------------------------------------------------------------------------------------- args
 
 
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The data options shared by the distillation examples (train_mlcd.py, train_kd.py)."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="synthetic", help="'synthetic' or a folder of captioned videos")
+    g.add_argument("--num_frames", type=int, default=None,
+                   help="frames per clip, 4k+1 (default: the teacher's evdit_demo.json, else 29)")
+    g.add_argument("--height", type=int, default=None, help="default: evdit_demo.json, else 128")
+    g.add_argument("--width", type=int, default=None, help="default: evdit_demo.json, else 128")
+    g.add_argument("--frame_stride", type=int, default=1, help="folder datasets: take every n-th frame")
+    g.add_argument("--synthetic_num_samples", type=int, default=1_000_000)
+    g.add_argument("--cache_latents", action="store_true",
+                   help="encode each clip with the VAE once and keep its posterior (mean, std) in memory; later "
+                        "epochs draw a fresh posterior sample without the VAE (set --synthetic_num_samples to a size "
+                        "that fits)")
+    g.add_argument("--synthetic_split", default="train", choices=("train", "heldout", "all"))
+    g.add_argument("--train_batch_size", type=int, default=1, help="per device")
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+
+
+def add_optimisation_args(p: argparse.ArgumentParser) -> None:
+    """Steps, time budget, AdamW, precision and seed options shared by the distillation examples."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--max_train_steps", type=int, default=1000)
+    g.add_argument("--max_minutes", type=float, default=None,
+                   help="wall-clock budget of the whole run; training stops early so that the final checkpoint, "
+                        "validation, evaluation and save fit")
+    g.add_argument("--time_reserve_s", type=float, default=None,
+                   help="seconds kept for the work after training with --max_minutes (default: estimated from the "
+                        "validation time and --eval_prompts)")
+    g.add_argument("--learning_rate", type=float, default=5e-5)
+    g.add_argument("--lr_scheduler", default="constant",
+                   help="diffusers.optimization.get_scheduler name (constant, cosine, linear, ...)")
+    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=0.0)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                   help="default: accelerate's config")
+    g.add_argument("--allow_tf32", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def add_output_args(p: argparse.ArgumentParser, tracker: str):
+    """Output, logging and checkpoint options shared by the distillation examples; returns the group."""
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument("--output_dir", required=True)
+    g.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
+    g.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
+    g.add_argument("--tracker_project_name", default=tracker)
+    g.add_argument("--checkpointing_steps", type=int, default=500, help="0: no intermediate checkpoints")
+    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    g.add_argument("--save_dtype", choices=("teacher", "fp32", "fp16", "bf16"), default="teacher",
+                   help="dtype of the saved transformer (default: as the teacher was loaded)")
+    return g
+
+
+def add_validation_args(p: argparse.ArgumentParser, validate_teacher: str, eval_prompts: str) -> None:
+    """Validation-video and evaluation options shared by the distillation examples."""
+    g = p.add_argument_group("validation and evaluation")
+    g.add_argument("--validation_steps", type=int, default=250, help="0: only at the end")
+    g.add_argument("--validation_prompts", nargs="*", default=None,
+                   help="default: 2 held-out synthetic prompts (synthetic data) or the first dataset captions")
+    g.add_argument("--validation_seed", type=int, default=0)
+    g.add_argument("--validation_fps", type=int, default=None, help="default: evdit_demo.json's, else 8")
+    g.add_argument("--validate_teacher", action="store_true", help=validate_teacher)
+    g.add_argument("--no_final_validation", action="store_true")
+    g.add_argument("--eval_prompts", type=int, default=0, help=eval_prompts)
+    g.add_argument("--eval_batch_size", type=int, default=8)
+    g.add_argument("--eval_workers", type=int, default=4, help="processes scoring the evaluation videos")
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     g = p.add_argument_group("teacher and distillation")
@@ -125,73 +201,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
     g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
 
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="synthetic", help="'synthetic' or a folder of captioned videos")
-    g.add_argument("--num_frames", type=int, default=None,
-                   help="frames per clip, 4k+1 (default: the teacher's evdit_demo.json, else 29)")
-    g.add_argument("--height", type=int, default=None, help="default: evdit_demo.json, else 128")
-    g.add_argument("--width", type=int, default=None, help="default: evdit_demo.json, else 128")
-    g.add_argument("--frame_stride", type=int, default=1, help="folder datasets: take every n-th frame")
-    g.add_argument("--synthetic_num_samples", type=int, default=1_000_000)
-    g.add_argument("--cache_latents", action="store_true",
-                   help="encode each clip with the VAE once and keep its posterior (mean, std) in memory; later "
-                        "epochs draw a fresh posterior sample without the VAE (set --synthetic_num_samples to a size "
-                        "that fits)")
-    g.add_argument("--synthetic_split", default="train", choices=("train", "heldout", "all"))
-    g.add_argument("--train_batch_size", type=int, default=1, help="per device")
-    g.add_argument("--dataloader_num_workers", type=int, default=0)
-
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--max_train_steps", type=int, default=1000)
-    g.add_argument("--max_minutes", type=float, default=None,
-                   help="wall-clock budget of the whole run; training stops early so that the final checkpoint, "
-                        "validation, evaluation and save fit")
-    g.add_argument("--time_reserve_s", type=float, default=None,
-                   help="seconds kept for the work after training with --max_minutes (default: measured, >= 20)")
-    g.add_argument("--learning_rate", type=float, default=5e-5)
-    g.add_argument("--lr_scheduler", default="constant",
-                   help="diffusers.optimization.get_scheduler name (constant, cosine, linear, ...)")
-    g.add_argument("--lr_warmup_steps", type=int, default=0)
-    g.add_argument("--adam_beta1", type=float, default=0.9)
-    g.add_argument("--adam_beta2", type=float, default=0.999)
-    g.add_argument("--adam_weight_decay", type=float, default=0.0)
-    g.add_argument("--adam_epsilon", type=float, default=1e-8)
-    g.add_argument("--max_grad_norm", type=float, default=1.0)
-    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    g.add_argument("--gradient_checkpointing", action="store_true")
-    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
-                   help="default: accelerate's config")
-    g.add_argument("--allow_tf32", action="store_true")
-    g.add_argument("--seed", type=int, default=0)
-
-    g = p.add_argument_group("checkpoints and output")
-    g.add_argument("--output_dir", required=True)
-    g.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
-    g.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
-    g.add_argument("--tracker_project_name", default="mlcd")
-    g.add_argument("--checkpointing_steps", type=int, default=500, help="0: no intermediate checkpoints")
-    g.add_argument("--checkpoints_total_limit", type=int, default=None)
-    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    add_data_args(p)
+    add_optimisation_args(p)
+    g = add_output_args(p, tracker="mlcd")
     g.add_argument("--save_weights", choices=("student", "ema"), default="student",
                    help="weights of the saved pipeline: the student or its EMA (the target network)")
-    g.add_argument("--save_dtype", choices=("teacher", "fp32", "fp16", "bf16"), default="teacher",
-                   help="dtype of the saved transformer (default: as the teacher was loaded)")
-
-    g = p.add_argument_group("validation and evaluation")
-    g.add_argument("--validation_steps", type=int, default=250, help="0: only at the end")
-    g.add_argument("--validation_prompts", nargs="*", default=None,
-                   help="default: 2 held-out synthetic prompts (synthetic data) or the first dataset captions")
-    g.add_argument("--validation_seed", type=int, default=0)
-    g.add_argument("--validation_fps", type=int, default=None, help="default: evdit_demo.json's, else 8")
-    g.add_argument("--validate_teacher", action="store_true",
-                   help="also write the teacher's videos at S steps and at its default steps (once)")
-    g.add_argument("--no_final_validation", action="store_true")
-    g.add_argument("--eval_prompts", type=int, default=0,
-                   help="N > 0: the `evdit eval` metrics (diffusers_evdit.demo.evaluate_pipeline) of the student "
-                        "(S steps), the teacher at S steps and the teacher at its default steps on N held-out "
-                        "synthetic prompts -> eval.json (CogVideoX / Wan)")
-    g.add_argument("--eval_batch_size", type=int, default=8)
-    g.add_argument("--eval_workers", type=int, default=4, help="processes scoring the evaluation videos")
+    add_validation_args(p, validate_teacher="also write the teacher's videos at S steps and at its default steps "
+                                            "(once)",
+                        eval_prompts="N > 0: the `evdit eval` metrics (diffusers_evdit.demo.evaluate_pipeline) of the "
+                                     "student (S steps), the teacher at S steps and the teacher at its default steps "
+                                     "on N held-out synthetic prompts -> eval.json (CogVideoX / Wan)")
     args = p.parse_args(argv)
 
     if args.progressive_segments:
