@@ -5,13 +5,14 @@
 #   bash benchmarks/device_stages.sh mlcd        # S=8 from the teacher, S=4 from S=8, then examples/mlcd_table.py
 #   bash benchmarks/device_stages.sh reproduce   # examples/reproduce_tables.py with the S=8 student as MLCD model
 #   bash benchmarks/device_stages.sh low-r       # search thresholds on this model's loss scale (r = 0.002, 0.005)
+#   bash benchmarks/device_stages.sh s4-sweep    # S=8, then four S=4 variants side by side on the one GPU, one table
 #
 # Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it.
 # runs/ stays on the machine between calls while it is warm (30 s); `reproduce` trains its own S=8 model (batch 8,
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd.*, quality.* and quality-low-r/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|reproduce|low-r}
+phase=${1:?usage: device_stages.sh mlcd|reproduce|low-r|s4-sweep}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -62,6 +63,25 @@ low-r)
         --out_dir benchmarks/results/quality-low-r --ratios 0.002,0.005 --uniform_ks 4 --no_uniform_kd --no_ablation \
         --mlcd_shares 6 --budget_minutes 4.5 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
     tar czf "$OUT/results.tar.gz" benchmarks/results/quality-low-r
+    ;;
+s4-sweep)
+    # The demo model (13M parameters) leaves an H100 mostly idle at batch 32, so the variants train concurrently.
+    [ -f runs/mlcd-s8/model_index.json ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
+        --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 2.0 2>&1 | tail -n 3
+    sweep=(--num_segments 4 --seed 1 --max_minutes 4.0 --dataloader_num_workers 3)
+    declare -A variants=([s4-base]="--init_student runs/mlcd-s8" [s4-solver3]="--init_student runs/mlcd-s8 --solver_steps 3"
+                         [s4-huber]="--init_student runs/mlcd-s8 --loss_type huber" [s4-teacher]="")
+    for name in "${!variants[@]}"; do
+        # shellcheck disable=SC2086
+        python examples/train_mlcd.py "${mlcd_common[@]}" "${sweep[@]}" ${variants[$name]} --output_dir "runs/$name" \
+            >"$OUT/train_$name.log" 2>&1 &
+    done
+    wait
+    tail -n 2 "$OUT"/train_s4-*.log
+    timeout 240 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/s4-* --prompts 64 \
+        --workers 8 --out benchmarks/results/mlcd-s4-sweep.json 2>&1 | grep -v '%|' | tail -n 20
+    tar czf "$OUT/results.tar.gz" benchmarks/results/mlcd-s4-sweep.* benchmarks/results/mlcd-evals \
+        runs/s4-*/mlcd_config.json runs/s4-*/losses.jsonl
     ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac

@@ -6,7 +6,8 @@ For a teacher pipeline and one or more MLCD students (``train_mlcd.py`` output f
 
 - ``Teacher``: the teacher at its default steps and guidance (its ``evdit_demo.json``);
 - ``Teacher_S=<S>``: the teacher at each student's step count, without distillation: the baseline a student must beat;
-- ``MLCD_S=<S>``: each student at its own default (S steps, guidance as saved by ``train_mlcd.py``).
+- ``MLCD_S=<S>``: each student at its own default (S steps, guidance as saved by ``train_mlcd.py``); students of the
+  same step count (a sweep) are named ``MLCD_S=<S>[<folder name>]``.
 
 and writes ``--out`` (JSON: rows with ``name``, ``steps``, ``final_score`` on the 0-1 scale, ``frechet``, the
 per-attribute accuracies, ``transformer_calls`` per video, and per student the two checks of the MLCD issue) with a
@@ -115,11 +116,15 @@ def main(argv=None) -> dict:
     teacher_steps, teacher_guidance = generation_settings(teacher)
     wanted = [("Teacher", teacher, teacher_steps, teacher_guidance)]
     students = []
-    for folder in args.students:
-        steps, guidance = generation_settings(folder)
+    settings = {folder: generation_settings(folder) for folder in args.students}
+    per_steps = [s for s, _ in settings.values()]
+    for folder, (steps, guidance) in settings.items():
+        name = f"MLCD_S={steps}"
+        if per_steps.count(steps) > 1:  # several students of one step count (a sweep): tell them apart by folder
+            name += f"[{os.path.basename(os.path.normpath(folder))}]"
         wanted.append((f"Teacher_S={steps}", teacher, steps, teacher_guidance))
-        wanted.append((f"MLCD_S={steps}", folder, steps, guidance))
-        students.append((f"MLCD_S={steps}", f"Teacher_S={steps}"))
+        wanted.append((name, folder, steps, guidance))
+        students.append((name, f"Teacher_S={steps}"))
     unknown = set(reuse) - {w[0] for w in wanted}
     if unknown:
         raise SystemExit(f"--reuse {sorted(unknown)}: no such row; the rows are {[w[0] for w in wanted]}")
@@ -136,7 +141,7 @@ def main(argv=None) -> dict:
         else:
             data = eval_model(model, None, steps, guidance, args.prompts, args.seed, batch, args.workers,
                               args.device, progress=True)
-            source = os.path.join(eval_dir, f"{name.replace('=', '')}.json")
+            source = os.path.join(eval_dir, "".join(c for c in name if c.isalnum() or c in "_-.") + ".json")
             with open(source, "w", encoding="utf-8") as f:
                 json.dump(data, f, indent=2)
         rows[name] = row_from_eval(name, model, data, steps, guidance, os.path.relpath(source))

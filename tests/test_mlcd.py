@@ -538,6 +538,16 @@ def test_mlcd_table_scores_students_against_the_teacher_on_the_same_prompts(tmp_
     with pytest.raises(SystemExit, match="Teacher_S=2"):
         mlcd_table.main([*common, "--reuse", f"Teacher_S=2={teacher_json}"])
 
+    # a sweep: two students of the same S get one row each (named by folder), the teacher at S is scored once
+    shutil.copytree(student, tmp_path / "student2")
+    sweep = mlcd_table.main([*common[:3], str(student), str(tmp_path / "student2"), *common[4:],
+                             "--reuse", f"Teacher={teacher_json}"])
+    names = [r["name"] for r in sweep["rows"]]
+    assert names == ["Teacher", "Teacher_S=2", "MLCD_S=2[student]", "MLCD_S=2[student2]"]
+    assert [c["student"] for c in sweep["checks"]] == names[2:]
+    assert sweep["rows"][2]["final_score"] == sweep["rows"][3]["final_score"] == rows["MLCD_S=2"]["final_score"]
+    assert all(Path(r["eval_json"]).is_file() for r in sweep["rows"])
+
 
 def test_train_script_init_student_continues_a_saved_student(tmp_path):
     """--init_student: the student starts from another folder's transformer (progressive S across runs)."""
