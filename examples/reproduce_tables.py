@@ -36,8 +36,10 @@ the MLCD student runs once). Writes ``OUT/quality.json`` and ``OUT/quality.md`` 
 ``sparsity``, ``final_score``, ``frechet``, ``speedup``, plus the per-step speedup, its source, plans, training
 summaries, every metric), after every row, so an interrupted run leaves its rows.
 
-Time: ``--budget_minutes`` (default 8) is shared by the stages: the MLCD training gets three shares, every KD run
-one, after the measured evaluation times are reserved. On one H100 the default run takes about 8 minutes.
+Time: ``--budget_minutes`` (default 8) is shared by the stages: the MLCD training gets three shares, every wave of
+``--jobs`` KD runs (trained side by side, each in its own process) one, after the measured evaluation times are
+reserved. On one H100 the default run takes about 8 minutes; the demo model leaves the GPU mostly idle, so
+``--jobs 5 --kd_batch_size 32`` gives each KD run several times the steps in the same minutes.
 
     # one GPU, the shipped demo model, ~8 minutes
     python examples/reproduce_tables.py --out_dir benchmarks/results --work_dir runs/reproduce
@@ -103,7 +105,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--task_weight", type=float, default=100.0, help="lambda of the KD runs (paper: 100)")
     p.add_argument("--mlcd_batch_size", type=int, default=8)
     p.add_argument("--mlcd_learning_rate", type=float, default=1e-4)
-    p.add_argument("--dataloader_num_workers", type=int, default=None, help="default 8 on CUDA, 0 on CPU")
+    p.add_argument("--dataloader_num_workers", type=int, default=None,
+                   help="default on CUDA: 8 shared by the concurrent jobs (at least 2 each); 0 on CPU")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="KD runs trained at once, each in its own process (a small model leaves a GPU mostly idle: "
+                        "several runs side by side get more steps from the same minutes)")
+    p.add_argument("--cache_samples", type=int, default=2048,
+                   help="synthetic clips of every training run, their VAE posteriors cached (--cache_latents); "
+                        "0: a fresh clip every step, no cache")
     p.add_argument("--fullsize_model", default=None,
                    help="evdit bench step model whose per-step speedups count (default: the family's, "
                         "wan2.1-1.3b_81f_480p for the demo model)")
@@ -123,6 +132,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--ratios must be comma-separated numbers, got {args.ratios!r}")
     if not args.ratio_list or any(r <= 0 for r in args.ratio_list):
         p.error("--ratios must be positive")
+    if args.jobs < 1:
+        p.error("--jobs must be >= 1")
     if args.eval_prompts < 2:
         p.error("--eval_prompts must be >= 2 (the Frechet distance needs two videos)")
     if args.measure_step_speedups and not torch.cuda.is_available():
@@ -220,12 +231,14 @@ def evaluate(args, clock: Clock, folder: str, plan=None, use_saved_plan: bool = 
     return out
 
 
-def common_train_args(args) -> list[str]:
+def common_train_args(args, concurrent: int = 1) -> list[str]:
     workers = args.dataloader_num_workers
     if workers is None:
-        workers = 8 if torch.cuda.is_available() and not args.smoke else 0
+        workers = max(2, 8 // concurrent) if torch.cuda.is_available() and not args.smoke else 0
     out = ["--report_to", "none", "--checkpointing_steps", "0", "--validation_steps", "0", "--mixed_precision", "no",
            "--seed", str(args.seed), "--dataloader_num_workers", str(workers), "--allow_tf32"]
+    if args.cache_samples > 0:
+        out += ["--cache_latents", "--synthetic_num_samples", str(args.cache_samples)]
     return out
 
 
@@ -233,6 +246,15 @@ def budget_args(args, minutes: float) -> list[str]:
     if args.smoke:
         return ["--max_train_steps", "2"]
     return ["--max_train_steps", "1000000", "--max_minutes", f"{minutes:.3f}", "--time_reserve_s", "6"]
+
+
+def example_script(name: str):
+    """A training script beside this one, imported as a module (``examples/`` may have left ``sys.path`` since)."""
+    import importlib
+
+    if HERE not in sys.path:
+        sys.path.insert(0, HERE)
+    return importlib.import_module(name)
 
 
 def reset_accelerate() -> None:
@@ -244,7 +266,7 @@ def reset_accelerate() -> None:
 
 
 def train_mlcd(args, base: str, out: str, minutes: float) -> dict:
-    import train_mlcd as script
+    script = example_script("train_mlcd")
 
     argv = ["--teacher", base, "--output_dir", out, "--num_segments", str(args.num_segments),
             "--train_batch_size", str(args.mlcd_batch_size), "--learning_rate", str(args.mlcd_learning_rate),
@@ -258,23 +280,79 @@ def train_mlcd(args, base: str, out: str, minutes: float) -> dict:
             "minutes": round(minutes, 2), "stopped_by_time": summary.get("stopped_by_time")}
 
 
-def train_kd(args, out: str, minutes: float, extra: list[str]) -> dict:
-    import train_kd as script
-
+def kd_argv(args, out: str, minutes: float, extra: list[str], concurrent: int = 1) -> list[str]:
+    """train_kd.py's arguments for one KD run of this script."""
     argv = ["--output_dir", out, "--train_batch_size", str(args.kd_batch_size), "--learning_rate",
             str(args.kd_learning_rate), "--task_weight", str(args.task_weight), "--no_final_validation",
-            *common_train_args(args), *budget_args(args, minutes), *extra]
+            *common_train_args(args, concurrent), *budget_args(args, minutes), *extra]
     if "--kd_weight" not in extra:
         argv += ["--kd_weight", str(args.kd_weight)]
+    return argv
+
+
+def kd_summary(out: str, minutes: float, seconds: float) -> dict:
+    """What a finished KD run reports (read from the files train_kd.py writes: kd_config.json, losses.jsonl)."""
+    with open(os.path.join(out, "kd_config.json"), encoding="utf-8") as f:
+        cfg = json.load(f)
+    last = {}
+    losses = os.path.join(out, "losses.jsonl")
+    if os.path.isfile(losses):
+        with open(losses, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        last = json.loads(lines[-1]) if lines else {}
+    return {"steps": cfg.get("steps"), "final_loss": last.get("loss", cfg.get("final_loss")),
+            "final_feature_loss": last.get("feature_loss"), "final_task_loss": last.get("task_loss"),
+            "task_loss": cfg.get("task_loss"), "minutes": round(minutes, 2), "seconds": round(seconds, 1),
+            "stopped_by_time": cfg.get("stopped_by_time")}
+
+
+def train_kd(args, out: str, minutes: float, extra: list[str]) -> dict:
+    """One KD run in this process."""
+    script = example_script("train_kd")
+
     t0 = time.time()
     reset_accelerate()
-    summary = script.main(argv)
+    script.main(kd_argv(args, out, minutes, extra))
     free_memory()
-    last = (summary.get("losses") or [{}])[-1]
-    return {"steps": summary.get("global_step"), "final_loss": last.get("loss"),
-            "final_feature_loss": last.get("feature_loss"), "final_task_loss": last.get("task_loss"),
-            "task_loss": summary.get("task_loss"), "minutes": round(minutes, 2),
-            "seconds": round(time.time() - t0, 1), "stopped_by_time": summary.get("stopped_by_time")}
+    return kd_summary(out, minutes, time.time() - t0)
+
+
+def train_kd_concurrently(args, jobs: list[tuple[str, list[str]]], minutes: float) -> list[dict]:
+    """KD runs ``(out, extra args)`` side by side, each ``train_kd.py`` in its own process (log: ``out + '.log'``)."""
+    import subprocess
+
+    t0 = time.time()
+    procs = []
+    for out, extra in jobs:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        log = open(out + ".log", "w", encoding="utf-8")
+        cmd = [sys.executable, os.path.join(HERE, "train_kd.py"), *kd_argv(args, out, minutes, extra, len(jobs))]
+        procs.append((subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd()), log, out))
+    failed = []
+    for proc, log, out in procs:
+        if proc.wait() != 0:
+            failed.append(out)
+        log.close()
+    if failed:
+        raise SystemExit(f"KD run(s) failed: {', '.join(failed)}; see each folder's .log beside it")
+    return [kd_summary(out, minutes, time.time() - t0) for _, _, out in procs]
+
+
+def run_kd_jobs(args, clock: "Clock", jobs: list[tuple[str, list[str]]], shares_left: float,
+                evals_left: int) -> tuple[list[dict], float]:
+    """Every KD run of ``jobs`` (``(out, extra args)``), ``--jobs`` at a time; each wave of runs takes one time
+    share. Returns the summaries in job order and the shares left."""
+    summaries = []
+    for i in range(0, len(jobs), args.jobs):
+        wave = jobs[i: i + args.jobs]
+        minutes = clock.minutes_for(1, shares_left, evals_left)
+        print(f"[reproduce] KD: {', '.join(os.path.basename(o) for o, _ in wave)}: {minutes:.2f} min", flush=True)
+        if len(wave) == 1:
+            summaries.append(train_kd(args, wave[0][0], minutes, wave[0][1]))
+        else:
+            summaries += train_kd_concurrently(args, wave, minutes)
+        shares_left -= 1
+    return summaries, shares_left
 
 
 # ------------------------------------------------------------------------------------------------------ search
@@ -482,6 +560,8 @@ def comparisons(rows: list[dict]) -> dict:
     pairs = []
     for u in uniform_kd:
         for o in ours:
+            if o.get("model_dir") == u.get("model_dir"):  # one KD run behind both rows (the same plan)
+                continue
             if o["sparsity"] >= u["sparsity"] - 1e-9 and o["frechet"] is not None and u["frechet"] is not None:
                 pairs.append({"ours": o["name"], "uniform": u["name"], "ours_sparsity": o["sparsity"],
                               "uniform_sparsity": u["sparsity"], "ours_frechet": o["frechet"],
@@ -526,7 +606,8 @@ def markdown(data: dict) -> str:
     def line(r):
         src = r.get("step_speedup_source", "")
         train = r.get("training") or {}
-        return (f"| {r['name']} | {r['steps']} | {r['sparsity']:.1%} | {fmt(r['final_score'])} | "
+        name = r["name"] + (f" (= {r['same_plan_as']})" if r.get("same_plan_as") else "")
+        return (f"| {name} | {r['steps']} | {r['sparsity']:.1%} | {fmt(r['final_score'])} | "
                 f"{fmt(r['frechet'], '.3f')} | {fx(r.get('step_speedup'))} ({src or 'pending'}) | "
                 f"{fx(r.get('speedup'))} | {fx(r.get('speedup_incl_cfg'))} | "
                 f"{train.get('steps', '')} |")
@@ -616,7 +697,8 @@ def main(argv=None) -> dict:
                   if args.uniform_ks == "auto" else [int(k) for k in args.uniform_ks.split(",") if k.strip()])
     if any(not 1 <= k < n_frames for k in uniform_ks):
         raise SystemExit(f"--uniform_ks must be in 1..{n_frames - 1} for {n_frames} latent frames")
-    n_kd = len(args.ratio_list) + (0 if args.no_uniform_kd else len(uniform_ks)) + (0 if args.no_ablation else 2)
+    n_parallel = len(args.ratio_list) + (0 if args.no_uniform_kd else len(uniform_ks)) + (0 if args.no_ablation else 1)
+    n_kd = math.ceil(n_parallel / args.jobs) + (0 if args.no_ablation else 1)  # waves, then KD_then_MLCD's 2nd run
     shares_left = n_kd + (0 if args.mlcd_model else args.mlcd_shares)
     evals_left = 2 + len(uniform_ks) * (1 if args.no_uniform_kd else 2) + len(args.ratio_list) + (
         0 if args.no_ablation else 1)
@@ -628,7 +710,9 @@ def main(argv=None) -> dict:
                          "latent_frames": n_frames, "tokens_per_frame": demo_layout.tokens_per_frame,
                          "ratios": args.ratio_list, "uniform_ks": uniform_ks, "task_weight": args.task_weight,
                          "kd_weight": args.kd_weight, "budget_minutes": args.budget_minutes,
-                         "kd_batch_size": args.kd_batch_size, "kd_learning_rate": args.kd_learning_rate},
+                         "kd_batch_size": args.kd_batch_size, "kd_learning_rate": args.kd_learning_rate,
+                         "mlcd_batch_size": args.mlcd_batch_size, "jobs": args.jobs,
+                         "cache_samples": args.cache_samples},
             "speedup_source": None}
     rows: list[dict] = []
     ablation: list[dict] = []
@@ -670,39 +754,59 @@ def main(argv=None) -> dict:
                                                                          [args.ablation_r]))),
                          os.path.join(args.work_dir, "plans"))
 
-    # 4. Ours: search + KD
-    for r in args.ratio_list:
-        plan, path = plans[r]
-        out = os.path.join(args.work_dir, f"ours_r={r:g}")
-        minutes = clock.minutes_for(1, shares_left, evals_left)
-        print(f"[reproduce] KD for r={r:g}: {minutes:.2f} min", flush=True)
-        training = train_kd(args, out, minutes, ["--teacher", mlcd_dir, "--plan", path, *kd_task])
-        shares_left -= 1
-        row = add(f"Ours_r={r:g}", out, training=training)
-        row["search"] = {"threshold": r, "layer_losses": plan.metadata.get("layer_losses")}
+    # 4. every KD run that needs only the MLCD model and a plan: Ours (search + KD), the uniform plans with the same
+    #    KD (a fair comparison), and the order ablation's KD of the Base model; --jobs of them at a time. A plan met
+    #    before (e.g. r = 0.2 giving r = 0.1's plan, or a search that lands on a uniform plan) is trained and scored
+    #    once; its other rows copy that row and say so ("same_plan_as").
+    n_layers = len(plans[args.ratio_list[0]][0].layers)
+    first_dir: dict[tuple, str] = {}  # plan -> folder of its KD run
 
-    # 5. MLCD + uniform masks (no training), then with the same KD as ours
+    def kd_dir(plan_layers, out: str) -> str:
+        return first_dir.setdefault(tuple(plan_layers), out)
+
+    ours_dirs = {r: kd_dir(plans[r][0].layers, os.path.join(args.work_dir, f"ours_r={r:g}")) for r in args.ratio_list}
+    uniform_dirs = {} if args.no_uniform_kd else {
+        k: kd_dir([k] * n_layers, os.path.join(args.work_dir, f"uniform_k={k}")) for k in uniform_ks}
+    kd_base = os.path.join(args.work_dir, "ablation", "kd_base")
+    jobs = [(ours_dirs[r], ["--teacher", mlcd_dir, "--plan", plans[r][1], *kd_task]) for r in args.ratio_list]
+    jobs += [(out, ["--teacher", mlcd_dir, "--plan", f"uniform:{k}", *kd_task]) for k, out in uniform_dirs.items()]
+    jobs = [job for i, job in enumerate(jobs) if job[0] not in {out for out, _ in jobs[:i]}]  # one run a folder
+    if not args.no_ablation:
+        jobs.append((kd_base, ["--teacher", base_dir, "--plan", plans[args.ablation_r][1], "--task_loss", "diffusion"]))
+    shares_left = math.ceil(len(jobs) / args.jobs) + (0 if args.no_ablation else 1)
+    evals_left = len(set(ours_dirs.values()) | set(uniform_dirs.values())) + len(uniform_ks) + (
+        0 if args.no_ablation else 1)
+    summaries, shares_left = run_kd_jobs(args, clock, jobs, shares_left, evals_left)
+    training = dict(zip([out for out, _ in jobs], summaries))
+
+    # 5. rows: Ours; MLCD + uniform masks without training, then with the same KD as ours
+    scored: dict[str, dict] = {}  # KD folder -> its row
+
+    def add_kd_row(name: str, folder: str) -> dict:
+        if folder in scored:
+            row = {k: v for k, v in scored[folder].items() if k != "search"}
+            row.update(name=name, same_plan_as=scored[folder]["name"])
+            rows.append(row)
+            write_results(args, rows, ablation, meta, final=False)
+            print(f"[reproduce] {name}: the plan of {row['same_plan_as']}, row shared", flush=True)
+            return row
+        scored[folder] = add(name, folder, training=training[folder])
+        return scored[folder]
+
+    for r in args.ratio_list:
+        row = add_kd_row(f"Ours_r={r:g}", ours_dirs[r])
+        row["search"] = {"threshold": r, "layer_losses": plans[r][0].metadata.get("layer_losses")}
     for k in uniform_ks:
         name = f"MLCD_{format_mask(n_frames, k)}"
-        plan = MaskPlan.uniform(len(plans[args.ratio_list[0]][0].layers), k)
-        add(name, mlcd_dir, plan=plan, training=None)
-        if not args.no_uniform_kd:
-            out = os.path.join(args.work_dir, f"uniform_k={k}")
-            minutes = clock.minutes_for(1, shares_left, evals_left)
-            training = train_kd(args, out, minutes, ["--teacher", mlcd_dir, "--plan", f"uniform:{k}", *kd_task])
-            shares_left -= 1
-            add(name + "+KD", out, training=training)
+        add(name, mlcd_dir, plan=MaskPlan.uniform(n_layers, k), training=None)
+        if k in uniform_dirs:
+            add_kd_row(name + "+KD", uniform_dirs[k])
 
-    # 6. order ablation
+    # 6. order ablation: MLCD then KD (= the Ours row of --ablation_r) vs KD then MLCD (MLCD of the KD'd Base model)
     if not args.no_ablation:
-        plan, path = plans[args.ablation_r]
         first = next((r for r in rows if r["name"] == f"Ours_r={args.ablation_r:g}"), None)
         if first is not None:
             ablation.append(dict(first, name="MLCD_then_KD"))
-        kd_base = os.path.join(args.work_dir, "ablation", "kd_base")
-        minutes = clock.minutes_for(1, shares_left, evals_left)
-        t1 = train_kd(args, kd_base, minutes, ["--teacher", base_dir, "--plan", path, "--task_loss", "diffusion"])
-        shares_left -= 1
         final = os.path.join(args.work_dir, "ablation", "kd_then_mlcd")
         minutes = clock.minutes_for(1, shares_left, evals_left)
         mlcd_flags = ["--num_segments", str(mlcd_cfg.get("num_segments") or args.num_segments)]
@@ -714,7 +818,7 @@ def main(argv=None) -> dict:
                                              "--task_loss", "mlcd", "--mlcd_teacher", kd_base,
                                              "--mlcd_teacher_plan", "saved", *mlcd_flags])
         shares_left -= 1
-        add("KD_then_MLCD", final, training={"kd": t1, "mlcd": t2}, into=ablation)
+        add("KD_then_MLCD", final, training={"kd": training[kd_base], "mlcd": t2}, into=ablation)
 
     # 7. speedups
     plan_dir = os.path.join(args.work_dir, "fullsize_plans")

@@ -240,11 +240,11 @@ def test_train_kd_lora_with_the_mlcd_task_saves_a_few_step_student(tmp_path):
 def test_reproduce_tables_smoke_writes_the_tables(tmp_path):
     script = _import("reproduce_tables")
     result = script.main(["--smoke", "--work_dir", str(tmp_path / "work"), "--out_dir", str(tmp_path / "out"),
-                          "--ratios", "0.1", "--uniform_ks", "1"])
+                          "--ratios", "0.1", "--uniform_ks", "2,1", "--jobs", "2"])
     data = json.loads((tmp_path / "out" / "quality.json").read_text())
     assert data["complete"] and data["smoke"] and result["out_dir"] == str(tmp_path / "out")
     names = [r["name"] for r in data["rows"]]
-    assert names == ["Base", "MLCD", "Ours_r=0.1", "MLCD_1:3", "MLCD_1:3+KD"]
+    assert names == ["Base", "MLCD", "Ours_r=0.1", "MLCD_2:2", "MLCD_2:2+KD", "MLCD_1:3", "MLCD_1:3+KD"]
     assert [r["name"] for r in data["order_ablation"]] == ["MLCD_then_KD", "KD_then_MLCD"]
     for row in data["rows"] + data["order_ablation"]:
         assert set(script.ROW_KEYS) <= set(row)
@@ -254,3 +254,18 @@ def test_reproduce_tables_smoke_writes_the_tables(tmp_path):
     assert mlcd["steps"] == 2 and mlcd["speedup"] == pytest.approx(base["steps"] / 2)
     assert ours["sparsity"] > 0 and ours["step_speedup_source"] == "derived" and ours["step_speedup"] > 1.0
     assert "quality and speed" in (tmp_path / "out" / "quality.md").read_text()
+    # the search gave every layer 1:3, the plan of uniform k=1: one KD run serves both rows, the second says so
+    rows = {r["name"]: r for r in data["rows"]}
+    assert ours["plan"] == [1, 1] and rows["MLCD_1:3+KD"]["same_plan_as"] == "Ours_r=0.1"
+    assert rows["MLCD_1:3+KD"]["final_score"] == ours["final_score"] and "search" not in rows["MLCD_1:3+KD"]
+    assert not (tmp_path / "work" / "uniform_k=1").exists()
+    assert "| MLCD_1:3+KD (= Ours_r=0.1) |" in (tmp_path / "out" / "quality.md").read_text()
+    pairs = data["checks"]["searched_vs_uniform_at_equal_or_higher_sparsity"]
+    assert {(p["ours"], p["uniform"]) for p in pairs} == {("Ours_r=0.1", "MLCD_2:2+KD")}  # not itself
+    # --jobs 2: the first two KD runs trained side by side in their own processes (a log each), the third in-process
+    work = tmp_path / "work"
+    assert (work / "ours_r=0.1.log").is_file() and (work / "uniform_k=2.log").is_file()
+    assert not (work / "ablation" / "kd_base.log").exists()
+    assert ours["training"]["steps"] == rows["MLCD_2:2+KD"]["training"]["steps"] == 2
+    kd_then_mlcd = data["order_ablation"][1]["training"]
+    assert kd_then_mlcd["kd"]["steps"] == 2 and kd_then_mlcd["mlcd"]["steps"] == 2
