@@ -6,13 +6,15 @@
 #   bash benchmarks/device_stages.sh reproduce   # examples/reproduce_tables.py with the S=8 student as MLCD model
 #   bash benchmarks/device_stages.sh low-r       # search thresholds on this model's loss scale (r = 0.002, 0.005)
 #   bash benchmarks/device_stages.sh s4-sweep    # S=8, then four S=4 variants side by side on the one GPU, one table
+#   bash benchmarks/device_stages.sh reproduce-long  # S=8, then reproduce_tables with 6 KD runs side by side at
+#                                                    # batch 32 (several times the KD steps of `reproduce`)
 #
 # Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it.
 # runs/ stays on the machine between calls while it is warm (30 s); `reproduce` trains its own S=8 model (batch 8,
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd.*, quality.* and quality-low-r/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|reproduce|low-r|s4-sweep}
+phase=${1:?usage: device_stages.sh mlcd|reproduce|low-r|s4-sweep|reproduce-long}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -82,6 +84,14 @@ s4-sweep)
         --workers 8 --out benchmarks/results/mlcd-s4-sweep.json 2>&1 | grep -v '%|' | tail -n 20
     tar czf "$OUT/results.tar.gz" benchmarks/results/mlcd-s4-sweep.* benchmarks/results/mlcd-evals \
         runs/s4-*/mlcd_config.json runs/s4-*/losses.jsonl
+    ;;
+reproduce-long)
+    [ -f runs/mlcd-s8/model_index.json ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
+        --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 2.0 2>&1 | tail -n 3
+    timeout 470 python examples/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
+        --mlcd_model runs/mlcd-s8 --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 6 --kd_batch_size 32 \
+        --budget_minutes 7.6 --measure_step_speedups 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
+    pack
     ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac
