@@ -56,14 +56,14 @@ reproduce)
     mlcd=()
     if [ -f runs/mlcd-s8/model_index.json ]; then mlcd=(--mlcd_model runs/mlcd-s8); else echo "no runs/mlcd-s8: training one"; fi
     timeout 578 python examples/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
-        --budget_minutes 9.0 --measure_step_speedups "${mlcd[@]}" 2>&1 \
+        --budget_minutes 9.0 --measure_step_speedups --cache_samples 0 "${mlcd[@]}" 2>&1 \
         | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
     pack
     ;;
 low-r)
     timeout 290 python examples/reproduce_tables.py --work_dir runs/reproduce-low-r \
         --out_dir benchmarks/results/quality-low-r --ratios 0.002,0.005 --uniform_ks 4 --no_uniform_kd --no_ablation \
-        --mlcd_shares 6 --budget_minutes 4.5 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
+        --mlcd_shares 6 --budget_minutes 4.5 --cache_samples 0 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
     tar czf "$OUT/results.tar.gz" benchmarks/results/quality-low-r
     ;;
 s4-sweep)
