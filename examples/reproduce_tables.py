@@ -768,11 +768,14 @@ def main(argv=None) -> dict:
     uniform_dirs = {} if args.no_uniform_kd else {
         k: kd_dir([k] * n_layers, os.path.join(args.work_dir, f"uniform_k={k}")) for k in uniform_ks}
     kd_base = os.path.join(args.work_dir, "ablation", "kd_base")
-    jobs = [(ours_dirs[r], ["--teacher", mlcd_dir, "--plan", plans[r][1], *kd_task]) for r in args.ratio_list]
-    jobs += [(out, ["--teacher", mlcd_dir, "--plan", f"uniform:{k}", *kd_task]) for k, out in uniform_dirs.items()]
-    jobs = [job for i, job in enumerate(jobs) if job[0] not in {out for out, _ in jobs[:i]}]  # one run a folder
+    runs: dict[str, list[str]] = {}  # KD folder -> its extra arguments, one run a folder
+    for r in args.ratio_list:
+        runs.setdefault(ours_dirs[r], ["--teacher", mlcd_dir, "--plan", plans[r][1], *kd_task])
+    for k, out in uniform_dirs.items():
+        runs.setdefault(out, ["--teacher", mlcd_dir, "--plan", f"uniform:{k}", *kd_task])
     if not args.no_ablation:
-        jobs.append((kd_base, ["--teacher", base_dir, "--plan", plans[args.ablation_r][1], "--task_loss", "diffusion"]))
+        runs[kd_base] = ["--teacher", base_dir, "--plan", plans[args.ablation_r][1], "--task_loss", "diffusion"]
+    jobs = list(runs.items())
     shares_left = math.ceil(len(jobs) / args.jobs) + (0 if args.no_ablation else 1)
     evals_left = len(set(ours_dirs.values()) | set(uniform_dirs.values())) + len(uniform_ks) + (
         0 if args.no_ablation else 1)

@@ -63,6 +63,7 @@ from train_mlcd import (  # noqa: E402  (shared helpers of the distillation exam
     EMATarget,
     LatentCache,
     add_data_args,
+    add_lora_args,
     add_optimisation_args,
     add_output_args,
     add_validation_args,
@@ -130,12 +131,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--loss_type", choices=("l2", "huber"), default="l2")
     g.add_argument("--huber_c", type=float, default=1e-3)
 
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--use_lora", action="store_true", help="train a LoRA adapter on the student instead of all weights")
-    g.add_argument("--lora_rank", type=int, default=64)
-    g.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
-    g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
-
+    add_lora_args(p, use_lora="train a LoRA adapter on the student instead of all weights")
     add_data_args(p)
     add_optimisation_args(p)
     add_output_args(p, tracker="kd")

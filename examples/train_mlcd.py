@@ -84,6 +84,15 @@ TINY_HUNYUAN_TEMPLATE = {"template": "{}", "crop_start": 0}
 # --------------------------------------------------------------------------------------------------------- args
 
 
+def add_lora_args(p: argparse.ArgumentParser, use_lora: str) -> None:
+    """The LoRA options shared by the distillation examples (``use_lora``: what the flag trains, per script)."""
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--use_lora", action="store_true", help=use_lora)
+    g.add_argument("--lora_rank", type=int, default=64)
+    g.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
+    g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     """The data options shared by the distillation examples (train_mlcd.py, train_kd.py)."""
     g = p.add_argument_group("data")
@@ -194,13 +203,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "the teacher's, e.g. an S=8 student when distilling S=4 (the paper's progressive reduction "
                         "across runs); the teacher stays --teacher")
 
-    g = p.add_argument_group("LoRA")
-    g.add_argument("--use_lora", action="store_true", help="train a LoRA adapter instead of all weights; the "
-                   "teacher is then the same transformer with the adapter disabled")
-    g.add_argument("--lora_rank", type=int, default=64)
-    g.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
-    g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
-
+    add_lora_args(p, use_lora="train a LoRA adapter instead of all weights; the teacher is then the same transformer "
+                              "with the adapter disabled")
     add_data_args(p)
     add_optimisation_args(p)
     g = add_output_args(p, tracker="mlcd")
