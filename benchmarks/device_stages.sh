@@ -6,8 +6,9 @@
 #   bash benchmarks/device_stages.sh reproduce   # examples/reproduce_tables.py with the S=8 student as MLCD model
 #   bash benchmarks/device_stages.sh low-r       # search thresholds on this model's loss scale (r = 0.002, 0.005)
 #   bash benchmarks/device_stages.sh s4-sweep    # S=8, then four S=4 variants side by side on the one GPU, one table
-#   bash benchmarks/device_stages.sh reproduce-long  # S=8, then reproduce_tables with 6 KD runs side by side at
-#                                                    # batch 32 (several times the KD steps of `reproduce`)
+#   bash benchmarks/device_stages.sh reproduce-long [MLCD_DIR]  # reproduce_tables with 6 KD runs side by side at
+#                     # batch 32 (several times the KD steps of `reproduce`); MLCD model: the best S=4 of s4-sweep if
+#                     # within 0.01 of the teacher, else runs/mlcd-s8 (trained first when missing)
 #
 # Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it.
 # runs/ stays on the machine between calls while it is warm (30 s); `reproduce` trains its own S=8 model (batch 8,
@@ -68,11 +69,14 @@ low-r)
     ;;
 s4-sweep)
     # The demo model (13M parameters) leaves an H100 mostly idle at batch 32, so the variants train concurrently.
+    # The teacher rows are the ones of mlcd.json (same prompts, seeds, steps and guidance; mlcd_table checks that).
     [ -f runs/mlcd-s8/model_index.json ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
         --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 2.0 2>&1 | tail -n 3
-    sweep=(--num_segments 4 --seed 1 --max_minutes 4.0 --dataloader_num_workers 3)
-    declare -A variants=([s4-base]="--init_student runs/mlcd-s8" [s4-solver3]="--init_student runs/mlcd-s8 --solver_steps 3"
-                         [s4-huber]="--init_student runs/mlcd-s8 --loss_type huber" [s4-teacher]="")
+    sweep=(--num_segments 4 --seed 1 --max_minutes 4.0 --dataloader_num_workers 2)
+    s8=(--init_student runs/mlcd-s8)
+    declare -A variants=([s4-base]="${s8[*]}" [s4-solver3]="${s8[*]} --solver_steps 3"
+                         [s4-huber]="${s8[*]} --loss_type huber" [s4-teacher]=""
+                         [s4-lr3e-5]="${s8[*]} --learning_rate 3e-5" [s4-ema0]="${s8[*]} --ema_decay 0")
     for name in "${!variants[@]}"; do
         # shellcheck disable=SC2086
         python examples/train_mlcd.py "${mlcd_common[@]}" "${sweep[@]}" ${variants[$name]} --output_dir "runs/$name" \
@@ -80,16 +84,35 @@ s4-sweep)
     done
     wait
     tail -n 2 "$OUT"/train_s4-*.log
+    evals=benchmarks/results/mlcd-evals
     timeout 240 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/s4-* --prompts 64 \
-        --workers 8 --out benchmarks/results/mlcd-s4-sweep.json 2>&1 | grep -v '%|' | tail -n 20
-    tar czf "$OUT/results.tar.gz" benchmarks/results/mlcd-s4-sweep.* benchmarks/results/mlcd-evals \
-        runs/s4-*/mlcd_config.json runs/s4-*/losses.jsonl
+        --workers 8 --out benchmarks/results/mlcd-s4-sweep.json --eval_dir benchmarks/results/mlcd-s4-sweep-evals \
+        --reuse "Teacher=$evals/Teacher.json" "Teacher_S=8=$evals/Teacher_S8.json" "Teacher_S=4=$evals/Teacher_S4.json" \
+        2>&1 | grep -v '%|' | tail -n 20
+    tar czf "$OUT/results.tar.gz" benchmarks/results/mlcd-s4-sweep* runs/mlcd-s8/mlcd_config.json \
+        runs/mlcd-s8/losses.jsonl runs/s4-*/mlcd_config.json runs/s4-*/losses.jsonl
     ;;
 reproduce-long)
-    [ -f runs/mlcd-s8/model_index.json ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
+    # MLCD model: $2 if given, else the best S=4 student of the s4-sweep phase when it is within 0.01 of the teacher
+    # (only S <= 4 can reach a 5x combined speedup), else the S=8 student.
+    mlcd_model=${2:-$(python - <<'PY'
+import json, os
+try:
+    res = json.load(open("benchmarks/results/mlcd-s4-sweep.json"))
+except OSError:
+    res = {"rows": []}
+base = next((r["final_score"] for r in res["rows"] if r["name"] == "Teacher"), 1.0)
+best = max((r for r in res["rows"] if r["name"].startswith("MLCD_S=4") and os.path.isdir(r["model"])),
+           key=lambda r: r["final_score"], default=None)
+print(best["model"] if best and best["final_score"] >= base - 0.01 else "runs/mlcd-s8")
+PY
+)}
+    [ -f "$mlcd_model/model_index.json" ] || mlcd_model=runs/mlcd-s8
+    echo "MLCD model: $mlcd_model"
+    [ -f "$mlcd_model/model_index.json" ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
         --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 2.0 2>&1 | tail -n 3
     timeout 470 python examples/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
-        --mlcd_model runs/mlcd-s8 --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 6 --kd_batch_size 32 \
+        --mlcd_model "$mlcd_model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 6 --kd_batch_size 32 \
         --budget_minutes 7.6 --measure_step_speedups 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
     pack
     ;;

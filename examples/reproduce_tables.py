@@ -746,6 +746,8 @@ def main(argv=None) -> dict:
     add("MLCD", mlcd_dir, use_saved=False, training=mlcd_training)
     mlcd_cfg_path = os.path.join(mlcd_dir, "mlcd_config.json")
     mlcd_cfg = json.load(open(mlcd_cfg_path, encoding="utf-8")) if os.path.isfile(mlcd_cfg_path) else {}
+    if mlcd_cfg.get("num_segments"):  # a given MLCD model brings its own S
+        meta["settings"]["num_segments"] = mlcd_cfg["num_segments"]
     # KD of the MLCD model: features from the dense MLCD model, task loss = MLCD with the Base model as ODE teacher
     kd_task = ["--task_loss", "mlcd", "--mlcd_teacher", base_dir]
 
