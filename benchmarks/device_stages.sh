@@ -15,7 +15,7 @@
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd.*, quality.* and quality-low-r/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|reproduce|low-r|s4-sweep|reproduce-long}
+phase=${1:?usage: device_stages.sh mlcd|reproduce|low-r|s4-sweep|reproduce-long|kd-lr}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -115,6 +115,41 @@ PY
         --mlcd_model "$mlcd_model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 6 --kd_batch_size 32 \
         --budget_minutes 7.6 --measure_step_speedups 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
     pack
+    ;;
+kd-lr)
+    # Does KD recover a sparse plan better at a lower learning rate in the same minutes? S=8 MLCD model (short run),
+    # plan 2:6 on every layer, three KD runs side by side (lr 1e-4 = reproduce_tables' default, 3e-5, 1e-5), then
+    # the evdit eval of the plan before KD and of each KD student. ~4.5 min.
+    [ -f runs/mlcd-s8/model_index.json ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
+        --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 1.2 2>&1 | tail -n 1
+    mkdir -p benchmarks/results/kd-lr
+    for lr in 1e-4 3e-5 1e-5; do
+        python examples/train_kd.py --teacher runs/mlcd-s8 --plan uniform:2 --task_loss mlcd --mlcd_teacher "$teacher" \
+            --task_weight 100 --kd_weight 1 --train_batch_size 32 --learning_rate "$lr" --output_dir "runs/kd-lr$lr" \
+            --max_train_steps 1000000 --max_minutes 1.1 --report_to none --checkpointing_steps 0 --validation_steps 0 \
+            --no_final_validation --mixed_precision no --allow_tf32 --dataloader_num_workers 3 --cache_latents \
+            --synthetic_num_samples 2048 >"$OUT/kd_$lr.log" 2>&1 &
+    done
+    python -m diffusers_evdit.cli eval --model runs/mlcd-s8 --plan uniform:2 --prompts 64 --workers 4 --no-progress \
+        --json benchmarks/results/kd-lr/no-kd.json >/dev/null 2>&1
+    python -m diffusers_evdit.cli eval --model runs/mlcd-s8 --prompts 64 --workers 4 --no-progress \
+        --json benchmarks/results/kd-lr/dense.json >/dev/null 2>&1
+    wait
+    for lr in 1e-4 3e-5 1e-5; do
+        python -m diffusers_evdit.cli eval --model "runs/kd-lr$lr" --plan saved --prompts 64 --workers 8 --no-progress \
+            --json "benchmarks/results/kd-lr/kd-lr$lr.json" >/dev/null 2>&1 &
+        cp "runs/kd-lr$lr/kd_config.json" "benchmarks/results/kd-lr/kd-lr$lr.config.json"
+    done
+    wait
+    python - <<'PY'
+import glob, json, os
+for f in sorted(glob.glob("benchmarks/results/kd-lr/*.json")):
+    if not f.endswith(".config.json"):
+        d = json.load(open(f))
+        print(f"{os.path.basename(f):<22} final_score {d['final_score']:.4f}  frechet {d['frechet']:.3f}")
+PY
+    grep -h "Stopping at step" "$OUT"/kd_*.log
+    tar czf "$OUT/results.tar.gz" benchmarks/results/kd-lr
     ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac
