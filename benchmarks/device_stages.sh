@@ -2,18 +2,20 @@
 # The demo model's Stage 1 (MLCD) and Stage 3 (search + KD) results, on one GPU of the device machine, in two
 # calls of under 10 minutes each. Run from the repo root (the device tool's working directory):
 #
-#   bash benchmarks/device_stages.sh mlcd        # S=8 from the teacher, S=4 from S=8, then examples/mlcd_table.py
+#   bash benchmarks/device_stages.sh mlcd        # S=8 from the teacher, S=4 from S=8 (lr 3e-5), then mlcd_table.py
 #   bash benchmarks/device_stages.sh reproduce   # examples/reproduce_tables.py with the S=8 student as MLCD model
 #   bash benchmarks/device_stages.sh low-r       # search thresholds on this model's loss scale (r = 0.002, 0.005)
-#   bash benchmarks/device_stages.sh s4-sweep    # S=8, then four S=4 variants side by side on the one GPU, one table
+#   bash benchmarks/device_stages.sh s4-sweep    # S=8, then six S=4 variants side by side on the one GPU, one table
 #   bash benchmarks/device_stages.sh reproduce-long [MLCD_DIR]  # reproduce_tables with 6 KD runs side by side at
 #                     # batch 32 (several times the KD steps of `reproduce`); MLCD model: the best S=4 of s4-sweep if
-#                     # within 0.01 of the teacher, else runs/mlcd-s8 (trained first when missing)
+#                     # within 0.01 of the teacher, else runs/mlcd-s8 (trained first when missing). Each call gets a
+#                     # fresh copy of the local working tree: unpack s4-sweep's results here first, or pass MLCD_DIR.
+#   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
 #
 # Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it.
 # runs/ stays on the machine between calls while it is warm (30 s); `reproduce` trains its own S=8 model (batch 8,
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
-# benchmarks/results/mlcd.*, quality.* and quality-low-r/ (H100, 2026-11-23).
+# benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
 set -uo pipefail
 phase=${1:?usage: device_stages.sh mlcd|reproduce|low-r|s4-sweep|reproduce-long|kd-lr}
 OUT=${OUT:-/tmp/out}
@@ -46,7 +48,7 @@ mlcd)
     python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 \
         --max_minutes 2.0 2>&1 | tail -n 25 | tee "$OUT/train_s8.log"
     python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s4 --num_segments 4 --seed 1 \
-        --init_student runs/mlcd-s8 --max_minutes 3.0 2>&1 | tail -n 25 | tee "$OUT/train_s4.log"
+        --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes 4.0 2>&1 | tail -n 25 | tee "$OUT/train_s4.log"
     wait
     tail -n 5 "$OUT/smoke.log"
     timeout 170 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64 \
@@ -69,7 +71,7 @@ low-r)
     ;;
 s4-sweep)
     # The demo model (13M parameters) leaves an H100 mostly idle at batch 32, so the variants train concurrently.
-    # The teacher rows are the ones of mlcd.json (same prompts, seeds, steps and guidance; mlcd_table checks that).
+    # The teacher rows are the ones of mlcd-first-run.json (same prompts, seeds, steps and guidance; mlcd_table checks that).
     [ -f runs/mlcd-s8/model_index.json ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
         --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 2.0 2>&1 | tail -n 3
     sweep=(--num_segments 4 --seed 1 --max_minutes 4.0 --dataloader_num_workers 2)

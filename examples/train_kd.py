@@ -620,6 +620,8 @@ def main(argv=None) -> dict:
             "teacher": args.teacher, "student_init": init_spec, "family": family, "plan_layers": plan.layers,
             "kernel": args.kernel, "kd_weight": args.kd_weight, "task_loss": task, "task_weight": args.task_weight,
             "uncond_prob": uncond_prob, "use_lora": args.use_lora, "steps": global_step,
+            "learning_rate": args.learning_rate, "train_batch_size": args.train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "final_loss": losses[-1]["loss"] if losses else None,
             "final_feature_loss": losses[-1]["feature_loss"] if losses else None,
             "train_seconds": round(train_s, 1), "stopped_by_time": stopped_by_time,

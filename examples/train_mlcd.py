@@ -834,6 +834,8 @@ def main(argv=None) -> dict:
             "prediction_type": grid.prediction_type, "teacher_guidance_scale": guidance,
             "embedded_guidance_scale": embedded if family == "hunyuan_video" else None,
             "loss_type": args.loss_type, "ema_decay": args.ema_decay, "use_lora": args.use_lora,
+            "learning_rate": args.learning_rate, "train_batch_size": args.train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
             "steps": global_step, "final_loss": losses[-1]["loss"] if losses else None,
             "train_seconds": round(train_s, 1), "total_seconds": round(time.time() - t_start, 1),
             "stopped_by_time": stopped_by_time, "num_processes": accelerator.num_processes,
