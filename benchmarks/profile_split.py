@@ -1,5 +1,10 @@
-"""Where does the split kernel's time go? Per-call timings (TFLOP/s) of its three dense calls, and a CUDA kernel
-table from torch.profiler, for a few cases. Run on the device machine: python3 benchmarks/profile_split.py"""
+"""Where does the split kernel's time go? Per-call timings (TFLOP/s) of its three dense calls, the merge of the
+first run of non-reference frames with each merge implementation (GB/s moved: two partial outputs read, one output
+written), the whole kernel with each merge, and a CUDA kernel table from torch.profiler, for the cases below 85% of
+the ideal speedup. Run on the device machine: python3 benchmarks/profile_split.py [--json OUT]"""
+
+import json
+import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -7,10 +12,15 @@ from triton.testing import do_bench
 
 from diffusers_evdit.bench.kernels import SHAPES
 from diffusers_evdit.kernels import TileAttention
+from diffusers_evdit.masks import element_sparsity
 from diffusers_evdit.kernels.gathered import frames_view
-from diffusers_evdit.kernels.split import attention_with_lse
+from diffusers_evdit.kernels.split import attention_with_lse, merge_partial_attention
+from diffusers_evdit.kernels.triton_merge import triton_merge_available, triton_merge_partial_attention
 
-CASES = [("cogvideox5b_49f_480p", 2), ("cogvideox5b_49f_480p", 1), ("wan2.1-14b_81f_480p", 2), ("wan2.1-14b_81f_480p", 1)]
+CASES = [("cogvideox5b_49f_480p", 2), ("cogvideox5b_49f_480p", 1), ("wan2.1-14b_81f_480p", 2), ("wan2.1-14b_81f_480p", 1),
+         ("osp_29f_720p", 1)]
+MERGES = ("compiled", "triton") if triton_merge_available("cuda") else ("compiled",)
+results = []
 shapes = {s.name: s for s in SHAPES}
 
 
@@ -40,14 +50,41 @@ for name, k in CASES:
         "whole": (lambda: att(q, kk, v, layout, k), None),
         "dense": (lambda: torch.nn.functional.scaled_dot_product_attention(q, kk, v), 4 * layout.seq_len**2 * d * h),
     }
-    print(f"== {name} {k}:{layout.num_frames - k}")
-    total = 0
+    for merge in MERGES:  # the whole kernel with each merge implementation
+        att_m = TileAttention("split", merge=merge)
+        parts[f"whole[{merge}]"] = (lambda att_m=att_m: att_m(q, kk, v, layout, k), None)
+    # the merge of the first run of non-reference frames, as the kernel calls it
+    run = idx.nonref_runs[0]
+    mr = run.stop - run.start
+    qr, kr, vr = qv[:, :, run], kv[:, :, run], vv[:, :, run]
+    o_own, l_own = attention_with_lse(qr[0].transpose(0, 1), kr[0].transpose(0, 1), vr[0].transpose(0, 1))
+    o_sh, l_sh = attention_with_lse(qr.flatten(2, 3), ks, vs)
+    target = frames_view(torch.empty_like(q), layout)[:, :, run]
+    merge_args = (target, o_own.transpose(0, 1)[None], o_sh.unflatten(2, (mr, t)), l_own.transpose(0, 1)[None],
+                  l_sh.unflatten(2, (mr, t)))
+    merge_bytes = 3 * target.numel() * target.element_size()
+    merge_fns = {"eager": merge_partial_attention, "compiled": TileAttention().fused_merge}
+    if "triton" in MERGES:
+        merge_fns["triton"] = triton_merge_partial_attention
+    print(f"== {name} {k}:{layout.num_frames - k}  (partial output strides: own {tuple(merge_args[1].stride())}, "
+          f"shared {tuple(merge_args[2].stride())}, out {tuple(target.stride())})")
+    total, case = 0, {"shape": name, "mask": f"{k}:{layout.num_frames - k}", "ms": {}}
     for part, (fn, flops) in parts.items():
         ms = do_bench(fn, warmup=50, rep=200, return_mode="median")
+        case["ms"][part] = ms
         if part in ("own", "shared", "global"):
             total += flops
-        print(f"  {part:7s} {ms:8.3f} ms" + (f"  {tflops(flops, ms):6.0f} TFLOP/s" if flops else
-                                             f"  (attention work {total / 1e12:.3f} TFLOP)"))
+        print(f"  {part:16s} {ms:8.3f} ms" + (f"  {tflops(flops, ms):6.0f} TFLOP/s" if flops else
+                                              f"  (attention work {total / 1e12:.3f} TFLOP)"))
+    for merge, fn in merge_fns.items():
+        ms = do_bench(lambda fn=fn: fn(*merge_args), warmup=20, rep=100, return_mode="median")
+        case["ms"][f"merge[{merge}]"] = ms
+        print(f"  merge[{merge}]{'':{8 - len(merge)}s} {ms:8.3f} ms  {merge_bytes / ms / 1e6:6.0f} GB/s "
+              f"(first run, {mr} frames)")
+    ideal = case["ms"]["dense"] * (1 - element_sparsity(layout, k))
+    case["pct_of_ideal"] = {m: 100 * ideal / case["ms"][f"whole[{m}]"] for m in MERGES}
+    print("  % of ideal: " + ", ".join(f"{m} {p:.1f}" for m, p in case["pct_of_ideal"].items()))
+    results.append(case)
     att(q, kk, v, layout, k)
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -58,3 +95,9 @@ for name, k in CASES:
         dt = getattr(evt, "device_time_total", 0) / 5e3
         if dt > 0.005:
             print(f"    {dt:7.3f} ms/call x{evt.count // 5:<3d} {evt.key[:95]}")
+
+if "--json" in sys.argv:
+    out = sys.argv[sys.argv.index("--json") + 1]
+    with open(out, "w", encoding="utf-8") as f:
+        json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cases": results}, f, indent=2)
+    print(f"wrote {out}")

@@ -31,6 +31,24 @@ def test_kernels_on_cuda(kernel, case, dtype, tol):
         assert _rel(out, ref) < tol, (kernel, k)
 
 
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)])
+def test_split_kernel_with_triton_merge_on_cuda(case, dtype, tol):
+    pytest.importorskip("triton")
+    from diffusers_evdit.kernels import TileAttention
+
+    frames, tpf, nt, pos = case
+    layout = TileLayout(frames, tpf, nt, pos)
+    att = TileAttention("split", merge="triton")
+    for k in (1, 2, frames // 2):
+        # [B, N, H, D] viewed as [B, H, N, D], as the processors pass them
+        q, kk, v = (torch.randn(1, layout.seq_len, 4, 64, device="cuda", dtype=dtype).transpose(1, 2) for _ in range(3))
+        ref = attention_f64(q, kk, v, paper_mask(frames, tpf, nt, pos == "first", k).cuda())
+        out = att(q, kk, v, layout, k)
+        assert torch.isfinite(out).all()
+        assert _rel(out, ref) < tol, k
+
+
 @pytest.mark.parametrize("head_dim", [12, 20])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)])
 def test_split_kernel_on_cuda_with_unaligned_head_dim(head_dim, dtype, tol):

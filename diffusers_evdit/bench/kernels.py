@@ -16,12 +16,25 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import TileAttention
+from ..kernels.triton_merge import triton_merge_available
 from ..kernels.flex import tile_block_mask
 from ..layout import TileLayout
 from ..masks import element_sparsity, format_mask, reference_flags
 from .common import bench_ms, print_table, write_results
 
 SPARSE_KERNELS = ("split", "gathered", "flex")
+# Timed in addition where they can run: the split kernel with its Triton merge (CUDA + Triton).
+EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"}}
+
+
+def make_attention(name: str) -> TileAttention:
+    """The :class:`TileAttention` a benchmark kernel name stands for (a kernel, or an ``EXTRA_KERNELS`` variant)."""
+    return TileAttention(**EXTRA_KERNELS.get(name, {"kernel": name}))
+
+
+def default_kernels(device: torch.device) -> tuple[str, ...]:
+    """``SPARSE_KERNELS``, plus the variants of ``EXTRA_KERNELS`` that can run on ``device``."""
+    return SPARSE_KERNELS + (("split_triton",) if triton_merge_available(device) and device.type == "cuda" else ())
 REL_TOL_BF16 = 1e-2
 
 
@@ -126,7 +139,7 @@ def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, ke
             print(f"  {shape.name}: {name} unavailable: {type(err).__name__}: {str(err)[:120]}")
     best_dense = min(t for n, t in dense_ms.items() if t is not None and n != "dense_flex")
     rows = []
-    attention = {name: TileAttention(name) for name in kernels}
+    attention = {name: make_attention(name) for name in kernels}
     check_rows = sampled_rows(layout, 4, g)
     for k_ref in shape.masks:
         sparsity = element_sparsity(layout, k_ref)
@@ -169,10 +182,12 @@ def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, ke
     return rows
 
 
-def run_kernel_benchmark(out: str | None, shapes=SHAPES, device: str | None = None, kernels=SPARSE_KERNELS,
+def run_kernel_benchmark(out: str | None, shapes=SHAPES, device: str | None = None, kernels=None,
                          rep_ms: float = 500) -> dict:
-    """Run the kernel benchmark on ``shapes``; print a table, write JSON to ``out`` (if given) and return it."""
+    """Run the kernel benchmark on ``shapes``; print a table, write JSON to ``out`` (if given) and return it.
+    ``kernels`` default: :func:`default_kernels` of the device."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    kernels = tuple(kernels or default_kernels(dev))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     rows = []
     for shape in shapes:

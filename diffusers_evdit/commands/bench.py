@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def _cmd_kernels(args) -> int:
-    from ..bench.kernels import QUICK_SHAPES, SHAPES, SPARSE_KERNELS, run_kernel_benchmark
+    from ..bench.kernels import QUICK_SHAPES, SHAPES, run_kernel_benchmark
 
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.shapes:
@@ -13,8 +13,7 @@ def _cmd_kernels(args) -> int:
         if unknown:
             raise ValueError(f"Unknown shape(s) {unknown}; choose from {', '.join(known)}.")
         shapes = tuple(known[n] for n in args.shapes)
-    kernels = tuple(args.kernels or SPARSE_KERNELS)
-    run_kernel_benchmark(args.out, shapes, args.device, kernels, rep_ms=args.rep_ms)
+    run_kernel_benchmark(args.out, shapes, args.device, args.kernels or None, rep_ms=args.rep_ms)
     return 0
 
 
@@ -34,7 +33,9 @@ def register(sub) -> None:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     kernels = bench_sub.add_parser("kernels", help="sparse kernels vs the best dense kernel on model shapes")
     kernels.add_argument("--shapes", nargs="*", help="shape names (default: all five model shapes)")
-    kernels.add_argument("--kernels", nargs="*", choices=["split", "gathered", "flex"], help="sparse kernels to time")
+    kernels.add_argument("--kernels", nargs="*", choices=["split", "gathered", "flex", "split_triton"],
+                         help="sparse kernels to time (default: all that run here; split_triton = split with its "
+                              "Triton merge, CUDA only)")
     kernels.add_argument("--quick", action="store_true", help="tiny shapes, runs on CPU (checks the code path only)")
     kernels.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     kernels.add_argument("--rep-ms", type=float, default=500, help="timing budget per measurement (ms)")

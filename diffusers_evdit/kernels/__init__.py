@@ -26,8 +26,10 @@ from .gathered import gathered_tile_attention
 from .indices import TileIndices, tile_indices
 from .compiled import CompiledFn
 from .split import merge_partial_attention, split_tile_attention
+from .triton_merge import triton_merge_available, triton_merge_partial_attention
 
 KERNELS = ("auto", "dense", "gathered", "split", "flex")
+MERGES = ("auto", "eager", "compiled", "triton")
 
 
 # The merge is compiled (one fused pass) only for inputs this large: each distinct run length compiles once (seconds),
@@ -72,7 +74,10 @@ class TileAttention:
     """Runs exact ``k:F-k`` attention, choosing a kernel per call; holds the kernels' caches.
 
     Args:
-        kernel: ``"auto"`` (default), ``"dense"``, ``"gathered"`` or ``"flex"``.
+        kernel: ``"auto"`` (default), ``"dense"``, ``"gathered"``, ``"split"`` or ``"flex"``.
+        merge: how the ``split`` kernel merges its two partial results: ``"eager"`` (PyTorch), ``"compiled"``
+            (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA) or ``"auto"`` (default:
+            compiled on CUDA for large inputs, else eager).
 
     Example:
         >>> import torch
@@ -84,12 +89,26 @@ class TileAttention:
     """
 
     kernel: str = "auto"
+    merge: str = "auto"
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
     fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": False}))
     _indices: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         check_kernel(self.kernel)
+        if self.merge not in MERGES:
+            raise ValueError(f"Unknown split-kernel merge {self.merge!r}; choose one of {', '.join(MERGES)}.")
+
+    def merge_fn(self, q: torch.Tensor) -> Callable:
+        """The ``merge(out, o1, o2, lse1, lse2)`` the split kernel uses for inputs like ``q``."""
+        choice = self.merge
+        if choice == "auto":
+            choice = "compiled" if q.device.type == "cuda" and q.numel() >= FUSED_MERGE_MIN_NUMEL else "eager"
+        if choice == "triton":
+            if not triton_merge_available(q.device):
+                raise RuntimeError("merge='triton' needs Triton and CUDA tensors; use merge='auto'.")
+            return triton_merge_partial_attention
+        return self.fused_merge if choice == "compiled" else merge_partial_attention
 
     def indices(self, layout: TileLayout, k_ref: int, device: torch.device) -> TileIndices:
         """The cached :class:`TileIndices` of a sparse entry on ``layout``."""
@@ -146,10 +165,8 @@ class TileAttention:
                     "The split tile kernel is inference-only (its fused log-sum-exp has no gradient); train with "
                     "kernel='gathered' (or 'auto', which picks it when gradients are enabled)."
                 )
-            fuse = q.device.type == "cuda" and q.numel() >= FUSED_MERGE_MIN_NUMEL
-            merge = self.fused_merge if fuse else merge_partial_attention
             idx = self.indices(layout, k_ref, q.device)
-            return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, merge)
+            return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, self.merge_fn(q))
         return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
 
 
@@ -169,6 +186,7 @@ def tile_attention(q, k, v, layout: TileLayout, k_ref: int | None, key_padding_m
 
 __all__ = [
     "KERNELS",
+    "MERGES",
     "FlexTileKernel",
     "TileAttention",
     "check_kernel",

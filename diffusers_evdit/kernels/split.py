@@ -75,9 +75,11 @@ def merge_weight(out: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor) -> t
     return dense.permute([order.index(i) for i in range(weight.dim())])
 
 
-def merge_partial_attention(out, o1, o2, weight) -> None:
+def merge_partial_attention(out, o1, o2, lse1, lse2) -> None:
     """Write into ``out`` the exact softmax attention over the union of two disjoint key sets, from the partial
-    results ``o1, o2`` and ``weight = sigmoid(lse2 - lse1)``: ``o1 + (o2 - o1) * weight``, computed in float32."""
+    results ``o1, o2`` (``[..., D]``) and their row log-sum-exps ``lse1, lse2`` (``[...]``, float32):
+    ``o1 + (o2 - o1) * sigmoid(lse2 - lse1)``, computed in float32."""
+    weight = merge_weight(out, lse1, lse2)
     out.copy_(torch.lerp(o1.float(), o2.float(), weight.unsqueeze(-1)))
 
 
@@ -107,9 +109,8 @@ def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep
         # own frame: the run's frames as a batch [m, H, T, D]; shared context: the run as one query sequence
         o_own, lse_own = attention_with_lse(qr[0].transpose(0, 1), kr[0].transpose(0, 1), vr[0].transpose(0, 1), scale)
         o_sh, lse_sh = attention_with_lse(qr.flatten(2, 3), k_shared, v_shared, scale)
-        target = out_frames[:, :, run]
-        weight = merge_weight(target, lse_own.transpose(0, 1)[None], lse_sh.unflatten(2, (m, tpf)))
-        merge(target, o_own.transpose(0, 1)[None], o_sh.unflatten(2, (m, tpf)), weight)
+        merge(out_frames[:, :, run], o_own.transpose(0, 1)[None], o_sh.unflatten(2, (m, tpf)),
+              lse_own.transpose(0, 1)[None], lse_sh.unflatten(2, (m, tpf)))
     # Global queries: reference frames and text, against every (valid) key.
     out[:, :, idx.global_tokens] = F.scaled_dot_product_attention(q[:, :, idx.global_tokens], k_all, v_all, scale=scale)
 
@@ -120,8 +121,9 @@ def split_tile_attention(
     """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs by LSE-merged partial dense attentions.
 
     ``idx`` comes from :func:`.indices.tile_indices`. ``key_padding_mask`` (``[B, N]`` bool, True = keep) may only
-    mask text tokens; samples are then processed one by one with their padded keys dropped. ``merge`` may be a
-    compiled version of :func:`merge_partial_attention` (one fused pass on GPU).
+    mask text tokens; samples are then processed one by one with their padded keys dropped. ``merge(out, o1, o2,
+    lse1, lse2)`` combines two partial results into ``out``: :func:`merge_partial_attention`, a compiled version of it
+    (one fused pass on GPU) or :func:`.triton_merge.triton_merge_partial_attention`.
 
     Example:
         >>> from diffusers_evdit.masks import tile_mask
