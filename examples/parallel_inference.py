@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     plan.add_argument("--plan", default=None, help="mask plan JSON for the transformer(s)")
     plan.add_argument("--k", type=int, default=None, help="uniform K:F-K plan on every layer")
     plan.add_argument("--dense", action="store_true", help="no plan (dense)")
-    parser.add_argument("--kernel", default="auto", choices=["auto", "dense", "gathered", "split", "flex"])
+    parser.add_argument("--kernel", default="auto", choices=["auto", "fastest", "dense", "gathered", "split", "flex"])
     parser.add_argument("--prompt", default="a red panda eating bamboo in a misty forest")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--frames", type=int, default=None)

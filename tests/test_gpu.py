@@ -49,6 +49,22 @@ def test_split_kernel_with_triton_merge_on_cuda(case, dtype, tol):
         assert _rel(out, ref) < tol, k
 
 
+@torch.no_grad()
+def test_fastest_kernel_times_once_and_runs_split_or_dense_on_cuda():
+    from diffusers_evdit.kernels import TileAttention
+
+    layout = TileLayout(13, 150, 226, "first")
+    q, kk, v = (torch.randn(1, layout.seq_len, 4, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+                for _ in range(3))
+    att = TileAttention("fastest")
+    for k in (1, 6):
+        out = att(q, kk, v, layout, k)
+        choice = att.tuner.choices[next(s for s in att.tuner.choices if s[2] == k)]
+        mask = paper_mask(13, 150, 226, True, k).cuda() if choice == "split" else None
+        assert _rel(out, attention_f64(q, kk, v, mask)) < 1e-2, (k, choice)
+    assert len(att.tuner.choices) == 2 and all(set(t) == {"split", "dense"} for t in att.tuner.timings.values())
+
+
 @pytest.mark.parametrize("head_dim", [12, 20])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)])
 def test_split_kernel_on_cuda_with_unaligned_head_dim(head_dim, dtype, tol):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from reference import attention_f64, paper_mask
 
-from diffusers_evdit.kernels import TileAttention, tile_attention
+from diffusers_evdit.kernels import KernelTuner, TileAttention, tile_attention
 from diffusers_evdit.kernels.flex import tile_block_mask
 from diffusers_evdit.layout import TileLayout
 
@@ -154,3 +154,53 @@ def test_attention_with_lse_math_matches_float64(head_dim):
         assert out.dtype == q.dtype and lse.dtype == torch.float32
         torch.testing.assert_close(out.double(), out_ref, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(lse.double(), lse_ref, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()  # the split kernel runs only for inference
+@pytest.mark.parametrize("faster", ["dense", "split"])
+def test_fastest_times_split_against_dense_once_per_signature(monkeypatch, faster):
+    """kernel='fastest' with a tuner: split and dense are timed once per call signature, the faster one runs, and
+    later calls reuse the choice; 'auto' and forced kernels never time and always apply the mask."""
+    import diffusers_evdit.kernels as kernels
+
+    ran = []
+    real_split, real_dense = kernels.split_tile_attention, kernels.dense_attention
+    monkeypatch.setattr(kernels, "split_tile_attention", lambda *a, **kw: ran.append("split") or real_split(*a, **kw))
+    monkeypatch.setattr(kernels, "dense_attention", lambda *a, **kw: ran.append("dense") or real_dense(*a, **kw))
+    seconds = {"split": 1.0, "dense": 2.0} if faster == "split" else {"split": 2.0, "dense": 1.0}
+
+    def timer(fn):
+        n = len(ran)
+        fn()
+        return seconds[ran[n]]
+
+    att = TileAttention("fastest", tuner=kernels.KernelTuner(reps=2, warmup=1, timer=timer))
+    layout = TileLayout(5, 12, 7, "first")
+    q, k, v = _inputs(layout, 1, 2, 16, 0)
+    masked = attention_f64(q, k, v, paper_mask(5, 12, 7, True, 2))
+    full = attention_f64(q, k, v, torch.ones(layout.seq_len, layout.seq_len, dtype=torch.bool))
+    out = att(q, k, v, layout, 2)
+    assert (out.double() - (masked if faster == "split" else full)).abs().max().item() < 2e-6
+    assert ran == ["split"] * 3 + ["dense"] * 3 + [faster]  # warm-up + 2 timed each, then the call itself
+    assert list(att.tuner.choices.values()) == [faster]
+    ran.clear()
+    att(q, k, v, layout, 2)  # same signature: no timing
+    assert ran == [faster]
+    att(q, k, v, layout, 1)  # another plan entry: timed again
+    assert len(ran) == 1 + 7 and len(att.tuner.choices) == 2
+    for other in ("auto", "split"):
+        forced = TileAttention(other, tuner=kernels.KernelTuner(timer=timer))
+        ran.clear()
+        forced(q, k, v, layout, 2)
+        assert ran == ["split"] and not forced.tuner.choices
+
+
+def test_tuner_keeps_the_preferred_kernel_within_the_margin():
+    seconds = {"split": 1.015, "dense": 1.0}
+    tuner = KernelTuner(reps=1, warmup=0, timer=lambda fn: seconds[fn()])
+    calls = {"split": lambda: "split", "dense": lambda: "dense"}
+    assert tuner.pick("a", calls, prefer="split", margin=0.02) == "split"  # 1.5% slower: a tie, keep split
+    seconds["split"] = 1.05
+    assert tuner.pick("b", calls, prefer="split", margin=0.02) == "dense"  # 5% slower: dense
+    assert tuner.pick("a", calls, prefer="split", margin=0.02) == "split"  # cached, not re-timed
+    assert tuner.timings["a"] == {"split": 1.015, "dense": 1.0}

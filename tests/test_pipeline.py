@@ -155,7 +155,7 @@ def test_bad_plans_are_refused_and_nothing_is_half_applied(tmp_path):
     with pytest.raises(TypeError, match="MaskPlan.load"):
         pipe.set_mask_plan("plan.json")
     with pytest.raises(ValueError, match="kernel"):
-        pipe.set_mask_plan(plan, kernel="fastest")
+        pipe.set_mask_plan(plan, kernel="quickest")
     assert (processors(pipe.transformer), processors(pipe.transformer_2)) == before
     assert pipe.mask_plans == {"transformer": plan, "transformer_2": None}
     assert all(p.k == 1 for p in pipe.transformer.attn_processors.values() if isinstance(p, TileSparseAttnProcessor))

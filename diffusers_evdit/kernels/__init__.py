@@ -27,8 +27,11 @@ from .indices import TileIndices, tile_indices
 from .compiled import CompiledFn
 from .split import merge_partial_attention, split_tile_attention
 from .triton_merge import triton_merge_available, triton_merge_partial_attention
+from .tuning import KernelTuner
 
-KERNELS = ("auto", "dense", "gathered", "split", "flex")
+KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex")
+# "fastest" runs dense attention for a sparse entry only when the split kernel is slower by more than this share
+FASTEST_MARGIN = 0.02
 MERGES = ("auto", "eager", "compiled", "triton")
 
 
@@ -46,7 +49,7 @@ def check_kernel(kernel: str) -> str:
         >>> check_kernel("fast")
         Traceback (most recent call last):
             ...
-        ValueError: Unknown tile-attention kernel 'fast'; choose one of auto, dense, gathered, split, flex.
+        ValueError: Unknown tile-attention kernel 'fast'; choose one of auto, fastest, dense, gathered, split, flex.
     """
     if kernel not in KERNELS:
         raise ValueError(f"Unknown tile-attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}.")
@@ -74,10 +77,18 @@ class TileAttention:
     """Runs exact ``k:F-k`` attention, choosing a kernel per call; holds the kernels' caches.
 
     Args:
-        kernel: ``"auto"`` (default), ``"dense"``, ``"gathered"``, ``"split"`` or ``"flex"``.
+        kernel: ``"auto"`` (default), ``"fastest"``, ``"dense"``, ``"gathered"``, ``"split"`` or ``"flex"``.
         merge: how the ``split`` kernel merges its two partial results: ``"eager"`` (PyTorch), ``"compiled"``
             (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA) or ``"auto"`` (default:
             compiled on CUDA for large inputs, else eager).
+        tuner: the micro-benchmark of ``kernel="fastest"`` and its cache (``tuner.choices``, ``tuner.timings``); one
+            given with a ``timer`` also runs on the CPU.
+
+    ``kernel="fastest"`` is ``"auto"`` that is never slower than dense attention: on CUDA it times the split kernel
+    against the model's dense attention once per call signature (layout, plan entry, input shape and dtype; a
+    one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs dense attention where the split kernel is
+    slower by more than 2%. Such an entry then computes full attention, not its tile mask: the plan becomes a licence
+    to skip work where that pays. ``"auto"`` always applies the plan's masks (exact kernels only).
 
     Example:
         >>> import torch
@@ -90,6 +101,7 @@ class TileAttention:
 
     kernel: str = "auto"
     merge: str = "auto"
+    tuner: KernelTuner = field(default_factory=KernelTuner)
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
     fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": False}))
     _indices: dict = field(default_factory=dict, repr=False)
@@ -123,11 +135,12 @@ class TileAttention:
         ``auto``: dense for dense entries; otherwise ``split``, the fastest exact kernel on every shape measured
         (H100, bf16: 1.03x-9.9x over cuDNN dense, see BENCHMARKS.md), or ``gathered`` when gradients are needed
         (the fused kernels behind ``split`` give no gradient through their log-sum-exp) or a key-padding mask
-        covers video tokens (``split`` handles padded text only).
+        covers video tokens (``split`` handles padded text only). ``fastest``: the same, then a ``split`` call may
+        still run dense attention (see the class docs).
         """
         if is_dense(layout.num_frames, k_ref):
             return "dense"
-        if self.kernel != "auto":
+        if self.kernel not in ("auto", "fastest"):
             return self.kernel
         if torch.is_grad_enabled():
             return "gathered"
@@ -153,6 +166,24 @@ class TileAttention:
         """
         _check_inputs(q, k, v, layout, key_padding_mask)
         kernel = self.choose(layout, k_ref, q.device, key_padding_mask)
+        if kernel == "split" and self._tunes(q):
+            signature = (str(q.device), layout, k_ref, tuple(q.shape), tuple(q.stride()), q.dtype, scale,
+                         key_padding_mask is not None, dense_fn is not None)  # processors pass a new dense_fn a call
+            candidates = {name: (lambda name=name: self._run(name, q, k, v, layout, k_ref, key_padding_mask, scale,
+                                                             dense_fn)) for name in ("split", "dense")}
+            kernel = self.tuner.pick(signature, candidates, prefer="split", margin=FASTEST_MARGIN)
+        return self._run(kernel, q, k, v, layout, k_ref, key_padding_mask, scale, dense_fn)
+
+    def _tunes(self, q: torch.Tensor) -> bool:
+        """Whether this call may time kernels: ``fastest``, on CUDA (or a tuner with its own timer), outside
+        ``torch.compile`` tracing and CUDA-graph capture."""
+        if self.kernel != "fastest":
+            return False
+        if q.device.type == "cuda":
+            return not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
+        return self.tuner.timer is not None and not torch.compiler.is_compiling()
+
+    def _run(self, kernel, q, k, v, layout, k_ref, key_padding_mask, scale, dense_fn) -> torch.Tensor:
         if kernel == "dense":
             if dense_fn is not None:
                 return dense_fn(q, k, v)
@@ -186,6 +217,7 @@ def tile_attention(q, k, v, layout: TileLayout, k_ref: int | None, key_padding_m
 
 __all__ = [
     "KERNELS",
+    "KernelTuner",
     "MERGES",
     "FlexTileKernel",
     "TileAttention",
