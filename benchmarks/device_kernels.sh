@@ -12,7 +12,7 @@ mkdir -p "$OUT"
 # shellcheck disable=SC1091
 source benchmarks/device_setup.sh || exit 1
 gpu=$(python -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")  # h100 / h200
-timeout 150 python -m pytest -q -x tests/test_gpu.py -k "kernels_on_cuda or split" 2>&1 | tail -n 3 | tee "$OUT/tests.log"
+timeout 150 python -m pytest -q -x tests/test_gpu.py -k "kernels_on_cuda or split or fastest" 2>&1 | tail -n 3 | tee "$OUT/tests.log"
 timeout 150 python benchmarks/profile_split.py --json "benchmarks/results/profile-split-$gpu.json" 2>&1 \
     | tee "$OUT/profile.log" | grep -v "ms/call"
 timeout 280 python -m diffusers_evdit.cli bench kernels --out "benchmarks/results/kernels-$gpu-merge.json" 2>&1 \
