@@ -14,6 +14,8 @@ evaluates, all on the same held-out prompts and seeds (``diffusers_evdit.demo.ev
   (``diffusers_evdit.search.greedy_search``, threshold ``R`` on the output MSE, inputs recorded from the MLCD
   pipeline on training prompts) followed by knowledge distillation (``examples/train_kd.py``, teacher = the dense
   MLCD model, task loss = the MLCD loss with the Base model as ODE teacher);
+* ``Search_r=R``: the searched plan on the MLCD model before KD (compared with the uniform plans without training:
+  the search's own choice, free of the KD run's noise; ``--no_search_rows`` skips them);
 * order ablation (Tables 5 / 11): ``MLCD_then_KD`` (= ``Ours_r=--ablation_r``) vs ``KD_then_MLCD`` (KD of the Base
   model with the same plan and the diffusion loss, then MLCD of the sparse model with itself as ODE teacher).
 
@@ -97,6 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no_uniform_kd", action="store_true", help="skip the KD of the uniform plans")
     p.add_argument("--ablation_r", type=float, default=0.1, help="r of the order ablation's plan")
     p.add_argument("--no_ablation", action="store_true", help="skip the order ablation")
+    p.add_argument("--no_search_rows", action="store_true", help="skip the Search_r=R rows (searched plans before KD)")
     p.add_argument("--search_prompts", type=int, default=2, help="training prompts whose MLCD calls feed the search")
     p.add_argument("--search_loss", choices=("output", "layer"), default="output")
     p.add_argument("--kd_batch_size", type=int, default=8)
@@ -557,17 +560,26 @@ def comparisons(rows: list[dict]) -> dict:
         ok = [r["name"] for r in ours if r["final_score"] is not None and r["speedup"] is not None
               and r["final_score"] >= base["final_score"] - 0.01 and r["speedup"] >= 5.0]
         out["ours_within_0.01_of_base_at_5x"] = ok
+    out["searched_vs_uniform_at_equal_or_higher_sparsity"] = sparsity_pairs(ours, uniform_kd)
+    searched = [r for r in rows if r["name"].startswith("Search_")]
+    if searched:
+        out["searched_vs_uniform_without_kd"] = sparsity_pairs(searched, [u for u in uniform if u not in uniform_kd])
+    return out
+
+
+def sparsity_pairs(searched: list[dict], uniform: list[dict]) -> list[dict]:
+    """Each searched-plan row against each uniform-plan row it matches or exceeds in sparsity, on Frechet."""
     pairs = []
-    for u in uniform_kd:
-        for o in ours:
-            if o.get("model_dir") == u.get("model_dir"):  # one KD run behind both rows (the same plan)
-                continue
+    for u in uniform:
+        for o in searched:
+            same_plan = o.get("plan") is not None and o.get("plan") == u.get("plan")
+            if same_plan or (o.get("training") and o.get("model_dir") == u.get("model_dir")):
+                continue  # one plan (or one KD run) behind both rows
             if o["sparsity"] >= u["sparsity"] - 1e-9 and o["frechet"] is not None and u["frechet"] is not None:
                 pairs.append({"ours": o["name"], "uniform": u["name"], "ours_sparsity": o["sparsity"],
                               "uniform_sparsity": u["sparsity"], "ours_frechet": o["frechet"],
                               "uniform_frechet": u["frechet"], "ours_better": o["frechet"] < u["frechet"]})
-    out["searched_vs_uniform_at_equal_or_higher_sparsity"] = pairs
-    return out
+    return pairs
 
 
 def write_results(args, rows, ablation, meta, final: bool) -> None:
@@ -637,17 +649,21 @@ def markdown(data: dict) -> str:
         lines += ["## Checks", "",
                   f"* `Ours` rows within 0.01 of Base's final_score at >= 5x speedup: "
                   f"{', '.join(ok) if ok else 'none'}."]
-        pairs = checks["searched_vs_uniform_at_equal_or_higher_sparsity"]
-        if pairs:
-            wins = sum(p["ours_better"] for p in pairs)
-            lines.append(f"* Searched plans vs uniform plans they match or exceed in sparsity, on Frechet: {wins} of "
-                         f"{len(pairs)} pairs favour the searched plan:")
-            lines += [f"  * {p['ours']} ({p['ours_sparsity']:.1%}, {p['ours_frechet']:.3f}) vs {p['uniform']} "
-                      f"({p['uniform_sparsity']:.1%}, {p['uniform_frechet']:.3f}): "
-                      f"{'searched better' if p['ours_better'] else 'uniform better'}" for p in pairs]
-        else:
-            lines.append("* No searched plan is at least as sparse as a uniform plan: no Frechet comparison at equal "
-                         "or higher sparsity.")
+        for key, what in (("searched_vs_uniform_at_equal_or_higher_sparsity", "after the same KD"),
+                          ("searched_vs_uniform_without_kd", "before KD (the search's own choice)")):
+            if key not in checks:
+                continue
+            pairs = checks[key]
+            if pairs:
+                wins = sum(p["ours_better"] for p in pairs)
+                lines.append(f"* Searched plans vs uniform plans they match or exceed in sparsity, {what}, on "
+                             f"Frechet: {wins} of {len(pairs)} pairs favour the searched plan:")
+                lines += [f"  * {p['ours']} ({p['ours_sparsity']:.1%}, {p['ours_frechet']:.3f}) vs {p['uniform']} "
+                          f"({p['uniform_sparsity']:.1%}, {p['uniform_frechet']:.3f}): "
+                          f"{'searched better' if p['ours_better'] else 'uniform better'}" for p in pairs]
+            else:
+                lines.append(f"* {what.capitalize()}: no searched plan is at least as sparse as a uniform plan, no "
+                             "Frechet comparison at equal or higher sparsity.")
         lines.append("")
     plans = [r for r in data["rows"] if r.get("plan")]
     if plans:
@@ -700,8 +716,8 @@ def main(argv=None) -> dict:
     n_parallel = len(args.ratio_list) + (0 if args.no_uniform_kd else len(uniform_ks)) + (0 if args.no_ablation else 1)
     n_kd = math.ceil(n_parallel / args.jobs) + (0 if args.no_ablation else 1)  # waves, then KD_then_MLCD's 2nd run
     shares_left = n_kd + (0 if args.mlcd_model else args.mlcd_shares)
-    evals_left = 2 + len(uniform_ks) * (1 if args.no_uniform_kd else 2) + len(args.ratio_list) + (
-        0 if args.no_ablation else 1)
+    evals_left = 2 + len(uniform_ks) * (1 if args.no_uniform_kd else 2) + len(args.ratio_list) * (
+        1 if args.no_search_rows else 2) + (0 if args.no_ablation else 1)
 
     meta = {"date": date.today().isoformat(), "total_minutes": 0.0,
             "settings": {"model": repo_path(base_dir),
@@ -779,8 +795,9 @@ def main(argv=None) -> dict:
         runs[kd_base] = ["--teacher", base_dir, "--plan", plans[args.ablation_r][1], "--task_loss", "diffusion"]
     jobs = list(runs.items())
     shares_left = math.ceil(len(jobs) / args.jobs) + (0 if args.no_ablation else 1)
+    distinct_plans = {tuple(plans[r][0].layers) for r in args.ratio_list}
     evals_left = len(set(ours_dirs.values()) | set(uniform_dirs.values())) + len(uniform_ks) + (
-        0 if args.no_ablation else 1)
+        0 if args.no_ablation else 1) + (0 if args.no_search_rows else len(distinct_plans))
     summaries, shares_left = run_kd_jobs(args, clock, jobs, shares_left, evals_left)
     training = dict(zip([out for out, _ in jobs], summaries))
 
@@ -801,6 +818,14 @@ def main(argv=None) -> dict:
     for r in args.ratio_list:
         row = add_kd_row(f"Ours_r={r:g}", ours_dirs[r])
         row["search"] = {"threshold": r, "layer_losses": plans[r][0].metadata.get("layer_losses")}
+    searched: dict[tuple, dict] = {}  # plan -> its Search_r row
+    for r in ([] if args.no_search_rows else args.ratio_list):
+        name, layers = f"Search_r={r:g}", tuple(plans[r][0].layers)
+        if layers in searched:
+            rows.append(dict(searched[layers], name=name, same_plan_as=searched[layers]["name"]))
+            print(f"[reproduce] {name}: the plan of {searched[layers]['name']}, row shared", flush=True)
+        else:
+            searched[layers] = add(name, mlcd_dir, plan=plans[r][0], training=None)
     for k in uniform_ks:
         name = f"MLCD_{format_mask(n_frames, k)}"
         add(name, mlcd_dir, plan=MaskPlan.uniform(n_layers, k), training=None)

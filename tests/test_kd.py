@@ -244,7 +244,8 @@ def test_reproduce_tables_smoke_writes_the_tables(tmp_path):
     data = json.loads((tmp_path / "out" / "quality.json").read_text())
     assert data["complete"] and data["smoke"] and result["out_dir"] == str(tmp_path / "out")
     names = [r["name"] for r in data["rows"]]
-    assert names == ["Base", "MLCD", "Ours_r=0.1", "MLCD_2:2", "MLCD_2:2+KD", "MLCD_1:3", "MLCD_1:3+KD"]
+    assert names == ["Base", "MLCD", "Ours_r=0.1", "Search_r=0.1", "MLCD_2:2", "MLCD_2:2+KD", "MLCD_1:3",
+                     "MLCD_1:3+KD"]
     assert [r["name"] for r in data["order_ablation"]] == ["MLCD_then_KD", "KD_then_MLCD"]
     for row in data["rows"] + data["order_ablation"]:
         assert set(script.ROW_KEYS) <= set(row)
@@ -262,6 +263,13 @@ def test_reproduce_tables_smoke_writes_the_tables(tmp_path):
     assert "| MLCD_1:3+KD (= Ours_r=0.1) |" in (tmp_path / "out" / "quality.md").read_text()
     pairs = data["checks"]["searched_vs_uniform_at_equal_or_higher_sparsity"]
     assert {(p["ours"], p["uniform"]) for p in pairs} == {("Ours_r=0.1", "MLCD_2:2+KD")}  # not itself
+    # the searched plan before KD: the MLCD model with the plan, compared with the untrained uniform plans
+    search = rows["Search_r=0.1"]
+    assert search["plan"] == [1, 1] and search["training"] is None and search["steps"] == mlcd["steps"]
+    assert search["final_score"] == rows["MLCD_1:3"]["final_score"]  # the same plan on the same model, same seeds
+    pairs = data["checks"]["searched_vs_uniform_without_kd"]
+    assert {(p["ours"], p["uniform"]) for p in pairs} == {("Search_r=0.1", "MLCD_2:2")}
+    assert "before KD (the search's own choice)" in (tmp_path / "out" / "quality.md").read_text()
     # --jobs 2: the first two KD runs trained side by side in their own processes (a log each), the third in-process
     work = tmp_path / "work"
     assert (work / "ours_r=0.1.log").is_file() and (work / "uniform_k=2.log").is_file()
