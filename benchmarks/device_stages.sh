@@ -95,14 +95,15 @@ s4-sweep)
         runs/mlcd-s8/losses.jsonl runs/s4-*/mlcd_config.json runs/s4-*/losses.jsonl
     ;;
 reproduce-long)
-    # MLCD model: $2 if given, else the best S=4 student of the s4-sweep phase when it is within 0.01 of the teacher
-    # (only S <= 4 can reach a 5x combined speedup), else the S=8 student.
+    # MLCD model: $2 if given, else the best S=4 student of the s4-sweep table (or of mlcd.json) when it is within
+    # 0.01 of the teacher and still in runs/ (only S <= 4 can reach a 5x combined speedup), else the S=8 student.
     mlcd_model=${2:-$(python - <<'PY'
 import json, os
-try:
-    res = json.load(open("benchmarks/results/mlcd-s4-sweep.json"))
-except OSError:
-    res = {"rows": []}
+res = {"rows": []}
+for table in ("benchmarks/results/mlcd-s4-sweep.json", "benchmarks/results/mlcd.json"):  # a fresh sweep, else the
+    if os.path.isfile(table):                                                          # committed table
+        res = json.load(open(table))
+        break
 base = next((r["final_score"] for r in res["rows"] if r["name"] == "Teacher"), 1.0)
 best = max((r for r in res["rows"] if r["name"].startswith("MLCD_S=4") and os.path.isdir(r["model"])),
            key=lambda r: r["final_score"], default=None)
