@@ -88,7 +88,8 @@ class TileAttention:
     against the model's dense attention once per call signature (layout, plan entry, input shape and dtype; a
     one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs dense attention where the split kernel is
     slower by more than 2%. Such an entry then computes full attention, not its tile mask: the plan becomes a licence
-    to skip work where that pays. ``"auto"`` always applies the plan's masks (exact kernels only).
+    to skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and the
+    split kernel runs. ``"auto"`` always applies the plan's masks (exact kernels only).
 
     Example:
         >>> import torch
