@@ -1,7 +1,8 @@
 """Where does the split kernel's time go? Per-call timings (TFLOP/s) of its three dense calls, the merge of the
 first run of non-reference frames with each merge implementation (GB/s moved: two partial outputs read, one output
 written), the whole kernel with each merge, and a CUDA kernel table from torch.profiler, for the cases below 85% of
-the ideal speedup. Run on the device machine: python3 benchmarks/profile_split.py [--json OUT]"""
+the ideal speedup, and the global queries in 2 / 4 key chunks (one batched call each). Run on the device machine:
+python3 benchmarks/profile_split.py [--json OUT]"""
 
 import json
 import sys
@@ -14,7 +15,7 @@ from diffusers_evdit.bench.kernels import SHAPES
 from diffusers_evdit.kernels import TileAttention
 from diffusers_evdit.masks import element_sparsity
 from diffusers_evdit.kernels.gathered import frames_view
-from diffusers_evdit.kernels.split import attention_with_lse, merge_partial_attention
+from diffusers_evdit.kernels.split import attention_with_lse, global_attention, merge_partial_attention
 from diffusers_evdit.kernels.triton_merge import triton_merge_available, triton_merge_partial_attention
 
 CASES = [("cogvideox5b_49f_480p", 2), ("cogvideox5b_49f_480p", 1), ("wan2.1-14b_81f_480p", 2), ("wan2.1-14b_81f_480p", 1),
@@ -53,6 +54,10 @@ for name, k in CASES:
     for merge in MERGES:  # the whole kernel with each merge implementation
         att_m = TileAttention("split", merge=merge)
         parts[f"whole[{merge}]"] = (lambda att_m=att_m: att_m(q, kk, v, layout, k), None)
+    for chunks in (2, 4):  # the global queries against 2 / 4 key chunks in one batched call (more thread blocks)
+        att_c = TileAttention("split", global_chunks=chunks)
+        parts[f"whole[g{chunks}]"] = (lambda att_c=att_c: att_c(q, kk, v, layout, k), None)
+        parts[f"global[g{chunks}]"] = (lambda c=chunks: global_attention(qg, kk, v, chunks=c), 4 * L * layout.seq_len * d * h)
     # the merge of the first run of non-reference frames, as the kernel calls it
     run = idx.nonref_runs[0]
     mr = run.stop - run.start
@@ -72,7 +77,7 @@ for name, k in CASES:
     for part, (fn, flops) in parts.items():
         ms = do_bench(fn, warmup=50, rep=200, return_mode="median")
         case["ms"][part] = ms
-        if part in ("own", "shared", "global"):
+        if part in ("own", "shared", "global"):  # the work of one split call
             total += flops
         print(f"  {part:16s} {ms:8.3f} ms" + (f"  {tflops(flops, ms):6.0f} TFLOP/s" if flops else
                                               f"  (attention work {total / 1e12:.3f} TFLOP)"))
@@ -82,7 +87,7 @@ for name, k in CASES:
         print(f"  merge[{merge}]{'':{8 - len(merge)}s} {ms:8.3f} ms  {merge_bytes / ms / 1e6:6.0f} GB/s "
               f"(first run, {mr} frames)")
     ideal = case["ms"]["dense"] * (1 - element_sparsity(layout, k))
-    case["pct_of_ideal"] = {m: 100 * ideal / case["ms"][f"whole[{m}]"] for m in MERGES}
+    case["pct_of_ideal"] = {m: 100 * ideal / case["ms"][f"whole[{m}]"] for m in (*MERGES, "g2", "g4")}
     print("  % of ideal: " + ", ".join(f"{m} {p:.1f}" for m, p in case["pct_of_ideal"].items()))
     results.append(case)
     att(q, kk, v, layout, k)

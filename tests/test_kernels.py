@@ -204,3 +204,27 @@ def test_tuner_keeps_the_preferred_kernel_within_the_margin():
     assert tuner.pick("b", calls, prefer="split", margin=0.02) == "dense"  # 5% slower: dense
     assert tuner.pick("a", calls, prefer="split", margin=0.02) == "split"  # cached, not re-timed
     assert tuner.timings["a"] == {"split": 1.015, "dense": 1.0}
+
+
+@pytest.mark.parametrize("chunks", [2, 3, 5])
+@pytest.mark.parametrize("case", [(6, 10, 4, "last"), (4, 9, 0, "none")])  # N = 64 and 36 keys: chunked where the
+def test_split_kernel_with_chunked_global_queries_matches_float64_reference(chunks, case):  # count divides, else not
+    frames, tpf, nt, pos = case
+    layout = TileLayout(frames, tpf, nt, pos)
+    att = TileAttention("split", global_chunks=chunks)
+    for k in (1, 2):
+        q, kk, v = _inputs(layout, 2, 3, 16, k)
+        ref = attention_f64(q, kk, v, paper_mask(frames, tpf, nt, pos == "first", k))
+        with torch.no_grad():
+            out = att(q, kk, v, layout, k)
+        assert (out.double() - ref).abs().max().item() < 2e-6, (chunks, k)
+
+
+def test_global_attention_in_key_chunks_matches_float64():
+    from diffusers_evdit.kernels.split import global_attention
+
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(1, 3, n, 16, generator=g) for n in (7, 48, 48))
+    ref = attention_f64(q, k, v)
+    for chunks in (1, 2, 4, 6):
+        assert (global_attention(q, k, v, chunks=chunks).double() - ref).abs().max().item() < 2e-6, chunks

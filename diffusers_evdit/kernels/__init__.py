@@ -81,6 +81,8 @@ class TileAttention:
         merge: how the ``split`` kernel merges its two partial results: ``"eager"`` (PyTorch), ``"compiled"``
             (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA) or ``"auto"`` (default:
             compiled on CUDA for large inputs, else eager).
+        global_chunks: the split kernel's global queries (reference frames + text) run against this many equal key
+            chunks in one batched call (see :func:`.split.global_attention`); default 1.
         tuner: the micro-benchmark of ``kernel="fastest"`` and its cache (``tuner.choices``, ``tuner.timings``); one
             given with a ``timer`` also runs on the CPU.
 
@@ -102,6 +104,7 @@ class TileAttention:
 
     kernel: str = "auto"
     merge: str = "auto"
+    global_chunks: int = 1
     tuner: KernelTuner = field(default_factory=KernelTuner)
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
     fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": False}))
@@ -198,7 +201,8 @@ class TileAttention:
                     "kernel='gathered' (or 'auto', which picks it when gradients are enabled)."
                 )
             idx = self.indices(layout, k_ref, q.device)
-            return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, self.merge_fn(q))
+            return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, self.merge_fn(q),
+                                        self.global_chunks)
         return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
 
 

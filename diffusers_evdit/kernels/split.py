@@ -83,7 +83,33 @@ def merge_partial_attention(out, o1, o2, lse1, lse2) -> None:
     out.copy_(torch.lerp(o1.float(), o2.float(), weight.unsqueeze(-1)))
 
 
-def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep, scale, merge, out):
+def global_attention(q, k, v, scale=None, chunks: int = 1) -> torch.Tensor:
+    """Dense attention of the few global queries (reference frames + text, ``[1, H, L, D]``) against all keys.
+
+    With ``chunks > 1`` (and a key count divisible by it) the keys split into equal chunks that run as one batched
+    call, merged exactly by their log-sum-exps: ``chunks`` times the thread blocks of a single call, for GPUs that a
+    short query sequence would leave partly idle.
+
+    Example:
+        >>> q, k, v = torch.randn(3, 1, 2, 6, 8).unbind(0)
+        >>> k, v = torch.randn(2, 1, 2, 40, 8).unbind(0)
+        >>> torch.allclose(global_attention(q, k, v, chunks=4), F.scaled_dot_product_attention(q, k, v), atol=1e-5)
+        True
+    """
+    n = k.shape[2]
+    if chunks <= 1 or n % chunks:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+    def as_batch(x):  # [1, H, n, D] -> [chunks, H, n / chunks, D], a view
+        return x[0].unflatten(1, (chunks, n // chunks)).transpose(0, 1)
+
+    o, lse = attention_with_lse(q.expand(chunks, *q.shape[1:]).contiguous(), as_batch(k), as_batch(v), scale)
+    weight = torch.softmax(lse, dim=0).unsqueeze(-1)  # each chunk's share of the softmax mass, [chunks, H, L, 1]
+    return (o.float() * weight).sum(0, keepdim=True).to(q.dtype)
+
+
+def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep, scale, merge, out,
+                        global_chunks: int = 1):
     """Split attention of one sample (``[1, H, N, D]``) into ``out``; ``text_keep`` selects the valid text keys.
 
     Non-reference frames are processed run by run (consecutive frames between two reference frames), so every
@@ -112,18 +138,20 @@ def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep
         merge(out_frames[:, :, run], o_own.transpose(0, 1)[None], o_sh.unflatten(2, (m, tpf)),
               lse_own.transpose(0, 1)[None], lse_sh.unflatten(2, (m, tpf)))
     # Global queries: reference frames and text, against every (valid) key.
-    out[:, :, idx.global_tokens] = F.scaled_dot_product_attention(q[:, :, idx.global_tokens], k_all, v_all, scale=scale)
+    out[:, :, idx.global_tokens] = global_attention(q[:, :, idx.global_tokens], k_all, v_all, scale, global_chunks)
 
 
 def split_tile_attention(
-    q, k, v, layout: TileLayout, idx: TileIndices, key_padding_mask=None, scale=None, merge=merge_partial_attention
+    q, k, v, layout: TileLayout, idx: TileIndices, key_padding_mask=None, scale=None, merge=merge_partial_attention,
+    global_chunks: int = 1,
 ):
     """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs by LSE-merged partial dense attentions.
 
     ``idx`` comes from :func:`.indices.tile_indices`. ``key_padding_mask`` (``[B, N]`` bool, True = keep) may only
     mask text tokens; samples are then processed one by one with their padded keys dropped. ``merge(out, o1, o2,
     lse1, lse2)`` combines two partial results into ``out``: :func:`merge_partial_attention`, a compiled version of it
-    (one fused pass on GPU) or :func:`.triton_merge.triton_merge_partial_attention`.
+    (one fused pass on GPU) or :func:`.triton_merge.triton_merge_partial_attention`. ``global_chunks``: see
+    :func:`global_attention`.
 
     Example:
         >>> from diffusers_evdit.masks import tile_mask
@@ -144,5 +172,5 @@ def split_tile_attention(
     for i in range(q.shape[0]):
         sample = slice(i, i + 1)
         keep = None if text_keep is None else text_keep[i]
-        _tile_attention_one(q[sample], k[sample], v[sample], layout, idx, keep, scale, merge, out[sample])
+        _tile_attention_one(q[sample], k[sample], v[sample], layout, idx, keep, scale, merge, out[sample], global_chunks)
     return out
