@@ -240,7 +240,7 @@ def test_train_kd_lora_with_the_mlcd_task_saves_a_few_step_student(tmp_path):
 def test_reproduce_tables_smoke_writes_the_tables(tmp_path):
     script = _import("reproduce_tables")
     result = script.main(["--smoke", "--work_dir", str(tmp_path / "work"), "--out_dir", str(tmp_path / "out"),
-                          "--ratios", "0.1", "--uniform_ks", "2,1", "--jobs", "2"])
+                          "--ratios", "0.1", "--uniform_ks", "2,1", "--jobs", "2", "--mlcd_learning_rate", "2e-4"])
     data = json.loads((tmp_path / "out" / "quality.json").read_text())
     assert data["complete"] and data["smoke"] and result["out_dir"] == str(tmp_path / "out")
     names = [r["name"] for r in data["rows"]]
@@ -275,5 +275,9 @@ def test_reproduce_tables_smoke_writes_the_tables(tmp_path):
     assert (work / "ours_r=0.1.log").is_file() and (work / "uniform_k=2.log").is_file()
     assert not (work / "ablation" / "kd_base.log").exists()
     assert ours["training"]["steps"] == rows["MLCD_2:2+KD"]["training"]["steps"] == 2
+    # KD runs at the learning rate the MLCD model was distilled with (recorded in its mlcd_config.json)
+    mlcd_lr = json.loads((work / "mlcd" / "mlcd_config.json").read_text())["learning_rate"]
+    assert mlcd_lr == 2e-4 and data["settings"]["kd_learning_rate"] == mlcd_lr
+    assert json.loads((work / "ours_r=0.1" / "kd_config.json").read_text())["learning_rate"] == mlcd_lr
     kd_then_mlcd = data["order_ablation"][1]["training"]
     assert kd_then_mlcd["kd"]["steps"] == 2 and kd_then_mlcd["mlcd"]["steps"] == 2
