@@ -11,13 +11,14 @@
 #                     # within 0.01 of the teacher, else runs/mlcd-s8 (trained first when missing). Each call gets a
 #                     # fresh copy of the local working tree: unpack s4-sweep's results here first, or pass MLCD_DIR.
 #   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
+#   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
 #
 # Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it.
 # runs/ stays on the machine between calls while it is warm (30 s); `reproduce` trains its own S=8 model (batch 8,
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|reproduce|low-r|s4-sweep|reproduce-long|kd-lr}
+phase=${1:?usage: device_stages.sh mlcd|s4-student|reproduce|low-r|s4-sweep|reproduce-long|kd-lr}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -54,6 +55,16 @@ mlcd)
     timeout 170 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64 \
         --workers 8 --out benchmarks/results/mlcd.json 2>&1 | grep -v '%|' | tee "$OUT/table.log"
     pack
+    ;;
+s4-student)
+    # the S=8 and S=4 students of the `mlcd` phase without its table (for `reproduce-long runs/mlcd-s4` next, on the
+    # still-warm machine); ~6.5 min
+    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 \
+        --max_minutes 2.0 2>&1 | tail -n 2 | tee "$OUT/train_s8.log"
+    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s4 --num_segments 4 --seed 1 \
+        --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes 4.0 2>&1 | tail -n 2 | tee "$OUT/train_s4.log"
+    tar czf "$OUT/results.tar.gz" runs/mlcd-s8/mlcd_config.json runs/mlcd-s8/losses.jsonl runs/mlcd-s4/mlcd_config.json \
+        runs/mlcd-s4/losses.jsonl
     ;;
 reproduce)
     mlcd=()
