@@ -6,19 +6,21 @@
 #   bash benchmarks/device_stages.sh reproduce   # examples/reproduce_tables.py with the S=8 student as MLCD model
 #   bash benchmarks/device_stages.sh low-r       # search thresholds on this model's loss scale (r = 0.002, 0.005)
 #   bash benchmarks/device_stages.sh s4-sweep    # S=8, then six S=4 variants side by side on the one GPU, one table
-#   bash benchmarks/device_stages.sh reproduce-long [MLCD_DIR]  # reproduce_tables with 6 KD runs side by side at
+#   bash benchmarks/device_stages.sh reproduce-long [MLCD_DIR [ARGS]]  # reproduce_tables (ARGS added to its own)
+#                     # with 6 KD runs side by side at
 #                     # batch 32 (several times the KD steps of `reproduce`); MLCD model: the best S=4 of s4-sweep if
 #                     # within 0.01 of the teacher, else runs/mlcd-s8 (trained first when missing). Each call gets a
 #                     # fresh copy of the local working tree: unpack s4-sweep's results here first, or pass MLCD_DIR.
 #   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
+#   bash benchmarks/device_stages.sh kd-s4       # KD variants (lr, warm-up, LoRA) of 4:4 and 2:6 on runs/mlcd-s4
 #
 # Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it.
 # runs/ stays on the machine between calls while it is warm (30 s); `reproduce` trains its own S=8 model (batch 8,
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|s4-student|reproduce|low-r|s4-sweep|reproduce-long|kd-lr}
+phase=${1:?usage: device_stages.sh mlcd|s4-student|reproduce|low-r|s4-sweep|reproduce-long|kd-lr|kd-s4}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -39,6 +41,49 @@ pack() {  # what comes back: results and the small files of each run (no weights
         [ -d "$d" ] && while IFS= read -r f; do files+=("$f"); done < <(find "$d" -name '*.json' -o -name '*.jsonl' -o -name '*.md' | grep -v checkpoint-)
     done
     [ ${#files[@]} -gt 0 ] && tar czf "$OUT/results.tar.gz" "${files[@]}"
+}
+
+kd_variants() {  # MODEL OUTDIR MINUTES "K..." "NAME=KD ARGS"...: KD runs of uniform:K side by side, then evdit eval
+    local model=$1 dir=$2 minutes=$3 ks=$4
+    shift 4
+    mkdir -p "$dir"
+    local k spec name
+    for k in $ks; do
+        for spec in "$@"; do
+            name="k$k-${spec%%=*}"
+            # shellcheck disable=SC2086
+            python examples/train_kd.py --teacher "$model" --plan "uniform:$k" --task_loss mlcd --mlcd_teacher "$teacher" \
+                --task_weight 100 --kd_weight 1 --train_batch_size 32 ${spec#*=} --output_dir "runs/kd-$name" \
+                --max_train_steps 1000000 --max_minutes "$minutes" --report_to none --checkpointing_steps 0 \
+                --validation_steps 0 --no_final_validation --mixed_precision no --allow_tf32 \
+                --dataloader_num_workers 1 --cache_latents --synthetic_num_samples 2048 >"$OUT/kd_$name.log" 2>&1 &
+        done
+    done
+    python -m diffusers_evdit.cli eval --model "$model" --prompts 64 --workers 4 --no-progress \
+        --json "$dir/dense.json" >/dev/null 2>&1
+    for k in $ks; do
+        python -m diffusers_evdit.cli eval --model "$model" --plan "uniform:$k" --prompts 64 --workers 4 --no-progress \
+            --json "$dir/k$k-no-kd.json" >/dev/null 2>&1
+    done
+    wait
+    for k in $ks; do
+        for spec in "$@"; do
+            name="k$k-${spec%%=*}"
+            python -m diffusers_evdit.cli eval --model "runs/kd-$name" --plan saved --prompts 64 --workers 4 \
+                --no-progress --json "$dir/$name.json" >/dev/null 2>&1 &
+            cp "runs/kd-$name/kd_config.json" "$dir/$name.config.json"
+        done
+        wait
+    done
+    python - "$dir" <<'PY'
+import glob, json, os, sys
+for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
+    if not f.endswith(".config.json"):
+        d = json.load(open(f))
+        print(f"{os.path.basename(f):<28} final_score {d['final_score']:.4f}  frechet {d['frechet']:.3f}")
+PY
+    grep -h "Stopping at step" "$OUT"/kd_*.log
+    tar czf "$OUT/results.tar.gz" "$dir"
 }
 
 case "$phase" in
@@ -127,43 +172,26 @@ PY
         --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 2.0 2>&1 | tail -n 3
     timeout 470 python examples/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
         --mlcd_model "$mlcd_model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 6 --kd_batch_size 32 \
-        --budget_minutes 7.6 --measure_step_speedups 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
+        --budget_minutes 7.6 --measure_step_speedups "${@:3}" 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
     pack
     ;;
 kd-lr)
     # Does KD recover a sparse plan better at a lower learning rate in the same minutes? S=8 MLCD model (short run),
-    # plan 2:6 on every layer, three KD runs side by side (lr 1e-4 = reproduce_tables' default, 3e-5, 1e-5), then
-    # the evdit eval of the plan before KD and of each KD student. ~4.5 min.
+    # plan 2:6 on every layer, three KD runs side by side (lr 1e-4 = reproduce_tables' default then, 3e-5, 1e-5),
+    # then the evdit eval of the plan before KD and of each KD student. ~4.5 min. Made benchmarks/results/kd-lr/.
     [ -f runs/mlcd-s8/model_index.json ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
         --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 1.2 2>&1 | tail -n 1
-    mkdir -p benchmarks/results/kd-lr
-    for lr in 1e-4 3e-5 1e-5; do
-        python examples/train_kd.py --teacher runs/mlcd-s8 --plan uniform:2 --task_loss mlcd --mlcd_teacher "$teacher" \
-            --task_weight 100 --kd_weight 1 --train_batch_size 32 --learning_rate "$lr" --output_dir "runs/kd-lr$lr" \
-            --max_train_steps 1000000 --max_minutes 1.1 --report_to none --checkpointing_steps 0 --validation_steps 0 \
-            --no_final_validation --mixed_precision no --allow_tf32 --dataloader_num_workers 3 --cache_latents \
-            --synthetic_num_samples 2048 >"$OUT/kd_$lr.log" 2>&1 &
-    done
-    python -m diffusers_evdit.cli eval --model runs/mlcd-s8 --plan uniform:2 --prompts 64 --workers 4 --no-progress \
-        --json benchmarks/results/kd-lr/no-kd.json >/dev/null 2>&1
-    python -m diffusers_evdit.cli eval --model runs/mlcd-s8 --prompts 64 --workers 4 --no-progress \
-        --json benchmarks/results/kd-lr/dense.json >/dev/null 2>&1
-    wait
-    for lr in 1e-4 3e-5 1e-5; do
-        python -m diffusers_evdit.cli eval --model "runs/kd-lr$lr" --plan saved --prompts 64 --workers 8 --no-progress \
-            --json "benchmarks/results/kd-lr/kd-lr$lr.json" >/dev/null 2>&1 &
-        cp "runs/kd-lr$lr/kd_config.json" "benchmarks/results/kd-lr/kd-lr$lr.config.json"
-    done
-    wait
-    python - <<'PY'
-import glob, json, os
-for f in sorted(glob.glob("benchmarks/results/kd-lr/*.json")):
-    if not f.endswith(".config.json"):
-        d = json.load(open(f))
-        print(f"{os.path.basename(f):<22} final_score {d['final_score']:.4f}  frechet {d['frechet']:.3f}")
-PY
-    grep -h "Stopping at step" "$OUT"/kd_*.log
-    tar czf "$OUT/results.tar.gz" benchmarks/results/kd-lr
+    kd_variants runs/mlcd-s8 benchmarks/results/kd-lr 1.1 "2" \
+        "lr1e-4=--learning_rate 1e-4" "lr3e-5=--learning_rate 3e-5" "lr1e-5=--learning_rate 1e-5"
+    ;;
+kd-s4)
+    # Why does a short KD lower a near-lossless plan (4:4) on the S=4 student? KD of 4:4 and 2:6 at lr 1e-4, at the
+    # student's own lr 3e-5, with a 10-step warm-up, and as a LoRA (rank 16), side by side. Needs runs/mlcd-s4
+    # (s4-student on the warm machine). ~5 min. Writes benchmarks/results/kd-s4/.
+    [ -f runs/mlcd-s4/model_index.json ] || { echo "no runs/mlcd-s4: run the s4-student phase first"; exit 1; }
+    kd_variants runs/mlcd-s4 benchmarks/results/kd-s4 1.5 "4 2" "lr1e-4=--learning_rate 1e-4" \
+        "lr3e-5=--learning_rate 3e-5" "lr3e-5-warmup=--learning_rate 3e-5 --lr_scheduler constant_with_warmup \
+        --lr_warmup_steps 10" "lora=--learning_rate 1e-4 --use_lora --lora_rank 16"
     ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac
