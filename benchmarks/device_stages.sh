@@ -6,11 +6,11 @@
 #   bash benchmarks/device_stages.sh reproduce   # examples/reproduce_tables.py with the S=8 student as MLCD model
 #   bash benchmarks/device_stages.sh low-r       # search thresholds on this model's loss scale (r = 0.002, 0.005)
 #   bash benchmarks/device_stages.sh s4-sweep    # S=8, then six S=4 variants side by side on the one GPU, one table
-#   bash benchmarks/device_stages.sh reproduce-long [MLCD_DIR [ARGS]]  # reproduce_tables (ARGS added to its own)
-#                     # with 6 KD runs side by side at
-#                     # batch 32 (several times the KD steps of `reproduce`); MLCD model: the best S=4 of s4-sweep if
-#                     # within 0.01 of the teacher, else runs/mlcd-s8 (trained first when missing). Each call gets a
-#                     # fresh copy of the local working tree: unpack s4-sweep's results here first, or pass MLCD_DIR.
+#   bash benchmarks/device_stages.sh reproduce-long [MLCD_DIR [ARGS...]]
+#                     # reproduce_tables with 6 KD runs side by side at batch 32 (ARGS are added to its options);
+#                     # MLCD model: MLCD_DIR, else the best S=4 of the s4-sweep table / mlcd.json if within 0.01 of the
+#                     # teacher and in runs/, else runs/mlcd-s8 (trained first when missing). Each call gets a fresh
+#                     # copy of the local working tree: files an earlier call wrote outside runs/ are gone.
 #   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
 #   bash benchmarks/device_stages.sh kd-s4       # KD variants (lr, warm-up, LoRA) of 4:4 and 2:6 on runs/mlcd-s4
