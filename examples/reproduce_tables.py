@@ -40,8 +40,9 @@ summaries, every metric), after every row, so an interrupted run leaves its rows
 
 Time: ``--budget_minutes`` (default 8) is shared by the stages: the MLCD training gets three shares, every wave of
 ``--jobs`` KD runs (trained side by side, each in its own process) one, after the measured evaluation times are
-reserved. On one H100 the default run takes about 8 minutes; the demo model leaves the GPU mostly idle, so
-``--jobs 5 --kd_batch_size 32`` gives each KD run several times the steps in the same minutes.
+reserved. On one H100 the default run takes about 8 minutes. Runs side by side help only while one run leaves the GPU
+idle (batch 8); at ``--kd_batch_size 32`` six of them got no more samples than one alone, so for longer KD runs train
+fewer plans (``--ratios``, ``--uniform_ks``, ``--no_ablation``) rather than more at once.
 
     # one GPU, the shipped demo model, ~8 minutes
     python examples/reproduce_tables.py --out_dir benchmarks/results --work_dir runs/reproduce
