@@ -16,13 +16,14 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import TileAttention
-from ..kernels.triton_merge import triton_merge_available
 from ..kernels.flex import tile_block_mask
+from ..kernels.triton_merge import triton_merge_available
 from ..layout import TileLayout
 from ..masks import element_sparsity, format_mask, reference_flags
 from .common import bench_ms, print_table, write_results
 
 SPARSE_KERNELS = ("split", "gathered", "flex")
+REL_TOL_BF16 = 1e-2
 # Timed in addition where they can run: the split kernel with its Triton merge (CUDA + Triton).
 EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"}}
 
@@ -35,7 +36,6 @@ def make_attention(name: str) -> TileAttention:
 def default_kernels(device: torch.device) -> tuple[str, ...]:
     """``SPARSE_KERNELS``, plus the variants of ``EXTRA_KERNELS`` that can run on ``device``."""
     return SPARSE_KERNELS + (("split_triton",) if triton_merge_available(device) and device.type == "cuda" else ())
-REL_TOL_BF16 = 1e-2
 
 
 @dataclass(frozen=True)
