@@ -809,31 +809,30 @@ def main(argv=None) -> dict:
     summaries, shares_left = run_kd_jobs(args, clock, jobs, shares_left, evals_left)
     training = dict(zip([out for out, _ in jobs], summaries))
 
-    # 5. rows: Ours; MLCD + uniform masks without training, then with the same KD as ours
-    scored: dict[str, dict] = {}  # KD folder -> its row
+    # 5. rows: Ours; the searched plans before KD; MLCD + uniform masks without training, then with the same KD
+    scored: dict = {}  # KD folder or (untrained) plan -> the row that scored it
 
-    def add_kd_row(name: str, folder: str) -> dict:
-        if folder in scored:
-            row = {k: v for k, v in scored[folder].items() if k != "search"}
-            row.update(name=name, same_plan_as=scored[folder]["name"])
+    def add_once(name: str, key, score) -> dict:
+        """The row of ``name``: scored by ``score()`` the first time ``key`` is met, else a copy of that row."""
+        if key in scored:
+            row = {k: v for k, v in scored[key].items() if k != "search"}
+            row.update(name=name, same_plan_as=scored[key]["name"])
             rows.append(row)
             write_results(args, rows, ablation, meta, final=False)
             print(f"[reproduce] {name}: the plan of {row['same_plan_as']}, row shared", flush=True)
             return row
-        scored[folder] = add(name, folder, training=training[folder])
-        return scored[folder]
+        scored[key] = score()
+        return scored[key]
+
+    def add_kd_row(name: str, folder: str) -> dict:
+        return add_once(name, folder, lambda: add(name, folder, training=training[folder]))
 
     for r in args.ratio_list:
         row = add_kd_row(f"Ours_r={r:g}", ours_dirs[r])
         row["search"] = {"threshold": r, "layer_losses": plans[r][0].metadata.get("layer_losses")}
-    searched: dict[tuple, dict] = {}  # plan -> its Search_r row
     for r in ([] if args.no_search_rows else args.ratio_list):
-        name, layers = f"Search_r={r:g}", tuple(plans[r][0].layers)
-        if layers in searched:
-            rows.append(dict(searched[layers], name=name, same_plan_as=searched[layers]["name"]))
-            print(f"[reproduce] {name}: the plan of {searched[layers]['name']}, row shared", flush=True)
-        else:
-            searched[layers] = add(name, mlcd_dir, plan=plans[r][0], training=None)
+        name = f"Search_r={r:g}"
+        add_once(name, tuple(plans[r][0].layers), lambda: add(name, mlcd_dir, plan=plans[r][0], training=None))
     for k in uniform_ks:
         name = f"MLCD_{format_mask(n_frames, k)}"
         add(name, mlcd_dir, plan=MaskPlan.uniform(n_layers, k), training=None)
