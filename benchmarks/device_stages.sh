@@ -31,6 +31,18 @@ mlcd_common=(--teacher "$teacher" --dataset synthetic --teacher_steps 48 --train
              --synthetic_num_samples 2048 --checkpointing_steps 0 --validation_steps 0 --no_final_validation
              --eval_prompts 0 --report_to none)
 
+train_s8() {  # [MINUTES, default 2]: the S=8 student distilled from the teacher -> runs/mlcd-s8
+    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 \
+        --max_minutes "${1:-2.0}" 2>&1 | tail -n 25 >"$OUT/train_s8.log"
+    tail -n 2 "$OUT/train_s8.log"
+}
+need_s8() { [ -f runs/mlcd-s8/model_index.json ] || train_s8 "$@"; }  # train_s8 unless it is there (warm machine)
+train_s4() {  # the S=4 student from runs/mlcd-s8 at lr 3e-5 (the recipe of mlcd.md) -> runs/mlcd-s4
+    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s4 --num_segments 4 --seed 1 \
+        --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes 4.0 2>&1 | tail -n 25 >"$OUT/train_s4.log"
+    tail -n 2 "$OUT/train_s4.log"
+}
+
 pack() {  # what comes back: results and the small files of each run (no weights)
     local files=()
     for f in benchmarks/results/mlcd.json benchmarks/results/mlcd.md benchmarks/results/mlcd-evals \
@@ -91,10 +103,8 @@ mlcd)
     # plumbing check of every reproduce stage on this GPU (tiny random model), beside the first training run
     (timeout 240 python examples/reproduce_tables.py --smoke --work_dir /tmp/smoke >"$OUT/smoke.log" 2>&1;
      echo "smoke rc=$?" >>"$OUT/smoke.log") &
-    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 \
-        --max_minutes 2.0 2>&1 | tail -n 25 | tee "$OUT/train_s8.log"
-    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s4 --num_segments 4 --seed 1 \
-        --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes 4.0 2>&1 | tail -n 25 | tee "$OUT/train_s4.log"
+    train_s8
+    train_s4
     wait
     tail -n 5 "$OUT/smoke.log"
     timeout 170 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64 \
@@ -104,10 +114,8 @@ mlcd)
 s4-student)
     # the S=8 and S=4 students of the `mlcd` phase without its table (for `reproduce-long runs/mlcd-s4` next, on the
     # still-warm machine); ~6.5 min
-    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 \
-        --max_minutes 2.0 2>&1 | tail -n 2 | tee "$OUT/train_s8.log"
-    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s4 --num_segments 4 --seed 1 \
-        --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes 4.0 2>&1 | tail -n 2 | tee "$OUT/train_s4.log"
+    train_s8
+    train_s4
     tar czf "$OUT/results.tar.gz" runs/mlcd-s8/mlcd_config.json runs/mlcd-s8/losses.jsonl runs/mlcd-s4/mlcd_config.json \
         runs/mlcd-s4/losses.jsonl
     ;;
@@ -128,8 +136,7 @@ low-r)
 s4-sweep)
     # The demo model (13M parameters) leaves an H100 mostly idle at batch 32, so the variants train concurrently.
     # The teacher rows are the ones of mlcd-first-run.json (same prompts, seeds, steps and guidance; mlcd_table checks that).
-    [ -f runs/mlcd-s8/model_index.json ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
-        --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 2.0 2>&1 | tail -n 3
+    need_s8
     sweep=(--num_segments 4 --seed 1 --max_minutes 4.0 --dataloader_num_workers 2)
     s8=(--init_student runs/mlcd-s8)
     declare -A variants=([s4-base]="${s8[*]}" [s4-solver3]="${s8[*]} --solver_steps 3"
@@ -168,8 +175,7 @@ PY
 )}
     [ -f "$mlcd_model/model_index.json" ] || mlcd_model=runs/mlcd-s8
     echo "MLCD model: $mlcd_model"
-    [ -f "$mlcd_model/model_index.json" ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
-        --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 2.0 2>&1 | tail -n 3
+    [ -f "$mlcd_model/model_index.json" ] || train_s8
     timeout 470 python examples/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
         --mlcd_model "$mlcd_model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 6 --kd_batch_size 32 \
         --budget_minutes 7.6 --measure_step_speedups "${@:3}" 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
@@ -179,8 +185,7 @@ kd-lr)
     # Does KD recover a sparse plan better at a lower learning rate in the same minutes? S=8 MLCD model (short run),
     # plan 2:6 on every layer, three KD runs side by side (lr 1e-4 = reproduce_tables' default then, 3e-5, 1e-5),
     # then the evdit eval of the plan before KD and of each KD student. ~4.5 min. Made benchmarks/results/kd-lr/.
-    [ -f runs/mlcd-s8/model_index.json ] || python examples/train_mlcd.py "${mlcd_common[@]}" \
-        --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 --max_minutes 1.2 2>&1 | tail -n 1
+    need_s8 1.2
     kd_variants runs/mlcd-s8 benchmarks/results/kd-lr 1.1 "2" \
         "lr1e-4=--learning_rate 1e-4" "lr3e-5=--learning_rate 3e-5" "lr1e-5=--learning_rate 1e-5"
     ;;
