@@ -9,18 +9,19 @@
 #   bash benchmarks/device_stages.sh reproduce-long [MLCD_DIR [ARGS...]]
 #                     # reproduce_tables with 6 KD runs side by side at batch 32 (ARGS are added to its options);
 #                     # MLCD model: MLCD_DIR, else the best S=4 of the s4-sweep table / mlcd.json if within 0.01 of the
-#                     # teacher and in runs/, else runs/mlcd-s8 (trained first when missing). Each call gets a fresh
-#                     # copy of the local working tree: files an earlier call wrote outside runs/ are gone.
+#                     # teacher and in runs/, else runs/mlcd-s8 (trained first when missing); every KD run adds the
+#                     # options of runs/kd-choice.args when kd-options left one. Each call gets a fresh copy of
+#                     # the local working tree: files an earlier call wrote outside runs/ are gone.
 #   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
-#   bash benchmarks/device_stages.sh kd-s4       # KD variants (lr, warm-up, LoRA) of 4:4 and 2:6 on runs/mlcd-s4
+#   bash benchmarks/device_stages.sh kd-options [MODEL]  # KD variants (lr, warm-up, lambda, LoRA) of 4:4 and 2:6
 #
 # Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it.
 # runs/ stays on the machine between calls while it is warm (30 s); `reproduce` trains its own S=8 model (batch 8,
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|s4-student|reproduce|low-r|s4-sweep|reproduce-long|kd-lr|kd-s4}
+phase=${1:?usage: device_stages.sh mlcd|s4-student|reproduce|low-r|s4-sweep|reproduce-long|kd-lr|kd-options}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -176,7 +177,9 @@ PY
     [ -f "$mlcd_model/model_index.json" ] || mlcd_model=runs/mlcd-s8
     echo "MLCD model: $mlcd_model"
     [ -f "$mlcd_model/model_index.json" ] || train_s8
-    timeout 470 python examples/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
+    kd_extra=()
+    if [ -s runs/kd-choice.args ]; then kd_extra=(--kd_extra_args "$(cat runs/kd-choice.args)"); echo "KD: ${kd_extra[1]}"; fi
+    timeout 470 python examples/reproduce_tables.py "${kd_extra[@]}" --work_dir runs/reproduce --out_dir benchmarks/results \
         --mlcd_model "$mlcd_model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 6 --kd_batch_size 32 \
         --budget_minutes 7.6 --measure_step_speedups "${@:3}" 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
     pack
@@ -189,14 +192,31 @@ kd-lr)
     kd_variants runs/mlcd-s8 benchmarks/results/kd-lr 1.1 "2" \
         "lr1e-4=--learning_rate 1e-4" "lr3e-5=--learning_rate 3e-5" "lr1e-5=--learning_rate 1e-5"
     ;;
-kd-s4)
-    # Why does a short KD lower a near-lossless plan (4:4) on the S=4 student? KD of 4:4 and 2:6 at lr 1e-4, at the
-    # student's own lr 3e-5, with a 10-step warm-up, and as a LoRA (rank 16), side by side. Needs runs/mlcd-s4
-    # (s4-student on the warm machine). ~5 min. Writes benchmarks/results/kd-s4/.
-    [ -f runs/mlcd-s4/model_index.json ] || { echo "no runs/mlcd-s4: run the s4-student phase first"; exit 1; }
-    kd_variants runs/mlcd-s4 benchmarks/results/kd-s4 1.5 "4 2" "lr1e-4=--learning_rate 1e-4" \
-        "lr3e-5=--learning_rate 3e-5" "lr3e-5-warmup=--learning_rate 3e-5 --lr_scheduler constant_with_warmup \
-        --lr_warmup_steps 10" "lora=--learning_rate 1e-4 --use_lora --lora_rank 16"
+kd-options)
+    # Why does a short KD lower a near-lossless plan (4:4)? KD of 4:4 and 2:6 on MODEL (default runs/mlcd-s8, trained
+    # first when missing; runs/mlcd-s4 needs the s4-student phase on the warm machine) at lr 1e-4 (the old default),
+    # at lr 3e-5 after a 10-step warm-up, with lambda = 1 instead of 100 (feature-led), and as a LoRA (rank 16), side
+    # by side for 2 min each. ~6 min. Writes benchmarks/results/kd-options-<model>/ and runs/kd-choice.args (the
+    # variant of the best summed final_score), which reproduce-long then passes to every KD run.
+    model=${2:-runs/mlcd-s8}
+    if [ "$model" = runs/mlcd-s8 ]; then need_s8; fi
+    [ -f "$model/model_index.json" ] || { echo "no $model: train it first (s4-student for runs/mlcd-s4)"; exit 1; }
+    dir=benchmarks/results/kd-options-$(basename "$model")
+    variants=("lr1e-4=--learning_rate 1e-4"
+              "warmup=--learning_rate 3e-5 --lr_scheduler constant_with_warmup --lr_warmup_steps 10"
+              "lambda1=--learning_rate 1e-4 --task_weight 1" "lora=--learning_rate 1e-4 --use_lora --lora_rank 16")
+    kd_variants "$model" "$dir" 2.0 "4 2" "${variants[@]}"
+    python - "$dir" "${variants[@]}" >runs/kd-choice.args <<'PY'
+import json, os, sys
+folder, specs = sys.argv[1], dict(v.split("=", 1) for v in sys.argv[2:])
+score = lambda name: sum(json.load(open(os.path.join(folder, f"k{k}-{name}.json")))["final_score"] for k in (4, 2))
+have = [n for n in specs if all(os.path.isfile(os.path.join(folder, f"k{k}-{n}.json")) for k in (4, 2))]
+best = max(have, key=score) if have else "lr1e-4"
+print(specs[best])
+print(f"KD choice: {best} ({specs[best]})", file=sys.stderr)
+PY
+    cp runs/kd-choice.args "$dir/choice.args"
+    tar czf "$OUT/results.tar.gz" "$dir"
     ;;
 *) echo "unknown phase $phase"; exit 2 ;;
 esac

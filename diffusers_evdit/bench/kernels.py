@@ -24,8 +24,10 @@ from .common import bench_ms, print_table, write_results
 
 SPARSE_KERNELS = ("split", "gathered", "flex")
 REL_TOL_BF16 = 1e-2
-# Timed in addition where they can run: the split kernel with its Triton merge (CUDA + Triton).
-EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"}}
+# Timed in addition where they can run (CUDA + Triton): the split kernel with its Triton merge, and with it the global
+# queries in two key chunks (fills the last wave of a short global call).
+EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"},
+                 "split_triton_c2": {"kernel": "split", "merge": "triton", "global_chunks": 2}}
 
 
 def make_attention(name: str) -> TileAttention:
@@ -35,7 +37,7 @@ def make_attention(name: str) -> TileAttention:
 
 def default_kernels(device: torch.device) -> tuple[str, ...]:
     """``SPARSE_KERNELS``, plus the variants of ``EXTRA_KERNELS`` that can run on ``device``."""
-    return SPARSE_KERNELS + (("split_triton",) if triton_merge_available(device) and device.type == "cuda" else ())
+    return SPARSE_KERNELS + (tuple(EXTRA_KERNELS) if triton_merge_available(device) and device.type == "cuda" else ())
 
 
 @dataclass(frozen=True)
@@ -190,14 +192,16 @@ def run_kernel_benchmark(out: str | None, shapes=SHAPES, device: str | None = No
     kernels = tuple(kernels or default_kernels(dev))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     rows = []
-    for shape in shapes:
+    data = {"rows": rows}
+    for i, shape in enumerate(shapes):
         rows += bench_shape(shape, dev, dtype, kernels, rep_ms=rep_ms)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+        if out:  # after every shape, so that a run stopped part-way keeps what it measured
+            data = write_results(out, "kernels", rows, dev, dtype=str(dtype).replace("torch.", ""),
+                                 kernels=list(kernels), complete=i == len(shapes) - 1)
     print_table(rows, ["shape", "mask", "element_sparsity", "best_dense_ms", "sparse_ms", "kernel", "speedup", "ideal",
                        "pct_of_ideal"])
-    data = {"rows": rows}
     if out:
-        data = write_results(out, "kernels", rows, dev, dtype=str(dtype).replace("torch.", ""))
         print(f"wrote {out}")
     return data
