@@ -12,6 +12,7 @@
 #                     # teacher and in runs/, else runs/mlcd-s8 (trained first when missing); every KD run adds the
 #                     # options of runs/kd-choice.args when kd-options left one. Each call gets a fresh copy of
 #                     # the local working tree: files an earlier call wrote outside runs/ are gone.
+#   bash benchmarks/device_stages.sh reproduce-quick  # r = 0.005 and 4:4 only, KD of >= 1 min (~6.5 min cold)
 #   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
 #   bash benchmarks/device_stages.sh kd-options [MODEL]  # KD variants (lr, warm-up, lambda, LoRA) of 4:4 and 2:6
@@ -183,6 +184,18 @@ PY
         --mlcd_model "$mlcd_model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 6 --kd_batch_size 32 \
         --budget_minutes 7.6 --measure_step_speedups "${@:3}" 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
     pack
+    ;;
+reproduce-quick)
+    # The one row issue 7's check needs, with KD long enough to mean something (~6 min cold): an S=8 student (1 min),
+    # then reproduce_tables with r = 0.005 and uniform 4:4 only, two KD runs side by side, no order ablation, per-step
+    # speedups derived from step-h100.json. Writes benchmarks/results/quality-s8-quick/.
+    need_s8 1.0
+    timeout 270 python examples/reproduce_tables.py --work_dir runs/reproduce-quick \
+        --out_dir benchmarks/results/quality-s8-quick --mlcd_model runs/mlcd-s8 --ratios 0.005 --uniform_ks 4 \
+        --no_ablation --jobs 2 --kd_batch_size 32 --budget_minutes 4.2 --min_train_minutes 1.0 "${@:2}" 2>&1 \
+        | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
+    tar czf "$OUT/results.tar.gz" benchmarks/results/quality-s8-quick \
+        $(find runs/reproduce-quick runs/mlcd-s8 -name '*.json' -o -name '*.jsonl' | grep -v checkpoint-)
     ;;
 kd-lr)
     # Does KD recover a sparse plan better at a lower learning rate in the same minutes? S=8 MLCD model (short run),

@@ -89,6 +89,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out_dir", default=None,
                    help="where quality.json / quality.md go (default benchmarks/results; --smoke: the work dir)")
     p.add_argument("--budget_minutes", type=float, default=8.0, help="wall-clock budget of the whole run")
+    p.add_argument("--min_train_minutes", type=float, default=1.0,
+                   help="no training run gets less, even when the budget is spent (a KD run of a few steps would "
+                        "make its row meaningless; the run then overruns --budget_minutes and says so)")
     p.add_argument("--eval_prompts", type=int, default=64, help="held-out prompts per row")
     p.add_argument("--eval_batch_size", type=int, default=None, help="default 16 on CUDA, 1 on CPU")
     p.add_argument("--eval_workers", type=int, default=None, help="metric processes (default: min(8, CPUs))")
@@ -155,6 +158,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.teacher_steps = args.teacher_steps or 4
         args.search_prompts = 1
         args.kd_batch_size = args.mlcd_batch_size = 1
+        args.min_train_minutes = 0.0  # the smoke runs stop by steps
     args.work_dir = os.path.abspath(args.work_dir or os.path.join("runs", "reproduce-smoke" if args.smoke
                                                                   else "reproduce"))
     args.out_dir = os.path.abspath(args.out_dir or (args.work_dir if args.smoke
@@ -168,10 +172,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 class Clock:
     """The run's deadline, split into training time shares after the evaluations still to come are reserved."""
 
-    def __init__(self, minutes: float):
+    def __init__(self, minutes: float, min_train_minutes: float = 1.0):
         self.start = time.time()
+        self.min_train_minutes = min_train_minutes
         self.deadline = self.start + 60.0 * minutes
-        self.eval_s = 0.0  # the longest evaluation so far
+        self.eval_s = 0.0  # the latest evaluation's seconds (the first one also loads and warms up: longer)
         self.extra_s = 0.0  # kept for the final stage (per-step speedup measurement)
 
     def elapsed(self) -> float:
@@ -181,7 +186,12 @@ class Clock:
         """Minutes for a run of ``shares`` out of ``shares_left``, keeping time for ``evals_left`` evaluations."""
         reserve = evals_left * max(self.eval_s, 5.0) + extra_s + self.extra_s + 5.0
         left = self.deadline - time.time() - reserve
-        return max(0.25, left * shares / max(shares_left, 1e-9) / 60.0)
+        minutes = left * shares / max(shares_left, 1e-9) / 60.0
+        if minutes < self.min_train_minutes:
+            print(f"[reproduce] warning: the budget leaves {max(minutes, 0):.2f} min for this training run; it gets "
+                  f"--min_train_minutes = {self.min_train_minutes:g} and the run overruns --budget_minutes (raise it "
+                  "or train fewer plans)", flush=True)
+        return max(self.min_train_minutes, minutes)
 
 
 # ------------------------------------------------------------------------------------------------------ models
@@ -238,7 +248,7 @@ def evaluate(args, clock: Clock, folder: str, plan=None, use_saved_plan: bool = 
                eval_seconds=round(time.time() - t0, 1))
     del pipe
     free_memory()
-    clock.eval_s = max(clock.eval_s, time.time() - t0)
+    clock.eval_s = time.time() - t0
     return out
 
 
@@ -695,7 +705,7 @@ def main(argv=None) -> dict:
     if args.eval_workers is None:
         args.eval_workers = 1 if args.smoke else min(8, os.cpu_count() or 1)
     os.makedirs(args.work_dir, exist_ok=True)
-    clock = Clock(args.budget_minutes)
+    clock = Clock(args.budget_minutes, args.min_train_minutes)
     clock.extra_s = 60.0 if args.measure_step_speedups else 0.0
     from diffusers_evdit.demo import GenerationConfig, resolve_model
     from diffusers_evdit.layout import layout_from_latents
