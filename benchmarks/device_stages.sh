@@ -97,6 +97,7 @@ for f in sorted(glob.glob(os.path.join(sys.argv[1], "*.json"))):
         print(f"{os.path.basename(f):<28} final_score {d['final_score']:.4f}  frechet {d['frechet']:.3f}")
 PY
     grep -h "Stopping at step" "$OUT"/kd_*.log
+    mkdir -p "$dir/logs" && mv "$OUT"/kd_*.log "$dir/logs/"  # the device tool returns at most 8 files a call
     tar czf "$OUT/results.tar.gz" "$dir"
 }
 

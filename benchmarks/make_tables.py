@@ -7,18 +7,25 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+SPARSE_COLUMNS = (("split", "split"), ("split_triton", "split, Triton merge"),
+                  ("split_triton_c2", "split, Triton merge, 2 key chunks"), ("gathered", "gathered"),
+                  ("flex", "flex tile"))
+
+
 def kernels_table(path: Path) -> str:
     data = json.loads(path.read_text())
+    sparse = [(k, title) for k, title in SPARSE_COLUMNS if any(r.get(f"{k}_ms") is not None for r in data["rows"])]
     lines = [f"`{path.name}`: {data['device']}, torch {data['torch']}, {data['dtype']}, {data['date']}", "",
-             "| shape | mask | sparsity | cuDNN dense ms | Flash dense ms | Flex dense ms | split ms | gathered ms | "
-             "flex tile ms | speedup | ideal | % of ideal |", "|" + " --- |" * 12]
+             "| shape | mask | sparsity | cuDNN dense ms | Flash dense ms | Flex dense ms | "
+             + "".join(f"{title} ms | " for _, title in sparse) + "fastest | speedup | ideal | % of ideal |",
+             "|" + " --- |" * (10 + len(sparse))]
     for r in data["rows"]:
         def ms(key):
             return "" if r.get(key) is None else f"{r[key]:.2f}"
         lines.append(
             f"| {r['shape']} | {r['mask']} | {100 * r['element_sparsity']:.1f}% | {ms('dense_cudnn')} | "
-            f"{ms('dense_flash')} | {ms('dense_flex')} | {ms('split_ms')} | {ms('gathered_ms')} | {ms('flex_ms')} | "
-            f"{r['speedup']:.2f}x | {r['ideal']:.2f}x | {r['pct_of_ideal']:.0f} |")
+            f"{ms('dense_flash')} | {ms('dense_flex')} | " + "".join(f"{ms(k + '_ms')} | " for k, _ in sparse)
+            + f"{r['kernel']} | {r['speedup']:.2f}x | {r['ideal']:.2f}x | {r['pct_of_ideal']:.0f} |")
     return "\n".join(lines)
 
 

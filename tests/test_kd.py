@@ -281,3 +281,24 @@ def test_reproduce_tables_smoke_writes_the_tables(tmp_path):
     assert json.loads((work / "ours_r=0.1" / "kd_config.json").read_text())["learning_rate"] == mlcd_lr
     kd_then_mlcd = data["order_ablation"][1]["training"]
     assert kd_then_mlcd["kd"]["steps"] == 2 and kd_then_mlcd["mlcd"]["steps"] == 2
+
+
+def test_reproduce_clock_reserves_the_evaluations_and_never_starves_a_training_run(capsys):
+    script = _import("reproduce_tables")
+    clock = script.Clock(2.0, min_train_minutes=0.5)
+    clock.eval_s = 10.0
+    left_s = clock.deadline - clock.start - (3 * 10.0 + 5.0)  # 3 evaluations of 10 s and 5 s of slack kept
+    assert clock.minutes_for(1, 2, evals_left=3) == pytest.approx(left_s / 2 / 60, abs=0.01)
+    assert "warning" not in capsys.readouterr().out
+    # 20 evaluations of 10 s leave nothing of the 2 minutes: the run gets the floor and says so
+    assert clock.minutes_for(1, 2, evals_left=20) == 0.5
+    assert "--min_train_minutes" in capsys.readouterr().out
+
+
+def test_reproduce_kd_extra_args_reach_every_kd_run_and_win(tmp_path):
+    script = _import("reproduce_tables")
+    args = script.parse_args(["--work_dir", str(tmp_path), "--kd_learning_rate", "1e-4", "--device", "cpu",
+                              "--kd_extra_args", "--learning_rate 3e-5 --use_lora --lora_rank 16"])
+    argv = script.kd_argv(args, str(tmp_path / "kd"), 1.0, ["--plan", "uniform:2"])
+    kd = _import("train_kd").parse_args(argv + ["--teacher", "x"])
+    assert kd.learning_rate == 3e-5 and kd.use_lora and kd.lora_rank == 16 and kd.plan == "uniform:2"

@@ -79,10 +79,11 @@ class TileAttention:
     Args:
         kernel: ``"auto"`` (default), ``"fastest"``, ``"dense"``, ``"gathered"``, ``"split"`` or ``"flex"``.
         merge: how the ``split`` kernel merges its two partial results: ``"eager"`` (PyTorch), ``"compiled"``
-            (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA) or ``"auto"`` (default:
-            compiled on CUDA for large inputs, else eager).
+            (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA; as fast as ``"compiled"`` on
+            an H100, within noise) or ``"auto"`` (default: compiled on CUDA for large inputs, else eager).
         global_chunks: the split kernel's global queries (reference frames + text) run against this many equal key
-            chunks in one batched call (see :func:`.split.global_attention`); default 1.
+            chunks in one batched call (see :func:`.split.global_attention`); default 1 (2 and 4 were slower on
+            an H100 on 22 of 23 benchmark cases).
         tuner: the micro-benchmark of ``kernel="fastest"`` and its cache (``tuner.choices``, ``tuner.timings``); one
             given with a ``timer`` also runs on the CPU.
 
