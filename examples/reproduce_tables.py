@@ -41,8 +41,11 @@ summaries, every metric), after every row, so an interrupted run leaves its rows
 Time: ``--budget_minutes`` (default 8) is shared by the stages: the MLCD training gets three shares, every wave of
 ``--jobs`` KD runs (trained side by side, each in its own process) one, after the measured evaluation times are
 reserved. On one H100 the default run takes about 8 minutes. Runs side by side help only while one run leaves the GPU
-idle (batch 8); at ``--kd_batch_size 32`` six of them got no more samples than one alone, so for longer KD runs train
-fewer plans (``--ratios``, ``--uniform_ks``, ``--no_ablation``) rather than more at once.
+idle: at ``--kd_batch_size 32`` two side by side got about 1.5x the samples of one alone (H100), six or eight no
+more than one, so for longer KD runs use ``--jobs 2`` and train fewer plans (``--ratios``, ``--uniform_ks``, ``--no_ablation``) rather than more at once. ``--kd_minutes`` fixes the
+length of every KD wave instead. Runs longer than one sitting: ``--max_kd_waves N`` trains at most N waves, writes
+the rows so far and exits with status 3; ``--resume`` with the same ``--work_dir`` reuses the finished MLCD model,
+plans, KD runs and row evaluations, and goes on.
 
     # one GPU, the shipped demo model, ~8 minutes
     python examples/reproduce_tables.py --out_dir benchmarks/results --work_dir runs/reproduce
@@ -89,6 +92,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out_dir", default=None,
                    help="where quality.json / quality.md go (default benchmarks/results; --smoke: the work dir)")
     p.add_argument("--budget_minutes", type=float, default=8.0, help="wall-clock budget of the whole run")
+    p.add_argument("--resume", action="store_true",
+                   help="reuse what an earlier run with the same --work_dir finished: its MLCD model, searched plans, "
+                        "KD runs (those that saved their kd_config.json) and row evaluations")
+    p.add_argument("--max_kd_waves", type=int, default=None,
+                   help="train at most this many waves of KD runs in this call, then write the rows so far and stop "
+                        "(exit status 3); a later --resume goes on. Splits a run over calls of limited length")
+    p.add_argument("--kd_minutes", type=float, default=None,
+                   help="minutes of every wave of KD runs, instead of a share of --budget_minutes")
     p.add_argument("--min_train_minutes", type=float, default=1.0,
                    help="no training run gets less, even when the budget is spent (a KD run of a few steps would "
                         "make its row meaningless; the run then overruns --budget_minutes and says so)")
@@ -252,6 +263,33 @@ def evaluate(args, clock: Clock, folder: str, plan=None, use_saved_plan: bool = 
     return out
 
 
+def cached_evaluate(args, clock: Clock, name: str, folder: str, plan=None, use_saved_plan: bool = True) -> dict:
+    """:func:`evaluate`, kept in ``work_dir/evals/NAME.json``; with ``--resume`` a kept result of the same folder and
+    plan is reused instead of evaluating again."""
+    path = os.path.join(args.work_dir, "evals", name.replace(":", "-").replace("/", "_") + ".json")
+    ident = {"folder": os.path.relpath(folder, args.work_dir), "plan": None if plan is None else list(plan.layers),
+             "use_saved_plan": use_saved_plan, "eval_prompts": args.eval_prompts, "seed": args.seed}
+    if args.resume and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            kept = json.load(f)
+        if kept.get("ident") == ident:
+            return kept["result"]
+    result = evaluate(args, clock, folder, plan, use_saved_plan)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"ident": ident, "result": result}, f, indent=2)
+    return result
+
+
+def finished_run(folder: str) -> bool:
+    """Whether a training run of this script saved its pipeline (train_kd.py writes kd_config.json last)."""
+    return all(os.path.isfile(os.path.join(folder, f)) for f in ("model_index.json", "kd_config.json"))
+
+
+class StopForResume(Exception):
+    """--max_kd_waves reached: the rows so far are written; a later --resume call goes on."""
+
+
 def common_train_args(args, concurrent: int = 1) -> list[str]:
     workers = args.dataloader_num_workers
     if workers is None:
@@ -364,24 +402,66 @@ def run_kd_jobs(args, clock: "Clock", jobs: list[tuple[str, list[str]]], shares_
                 evals_left: int) -> tuple[list[dict], float]:
     """Every KD run of ``jobs`` (``(out, extra args)``), ``--jobs`` at a time; each wave of runs takes one time
     share. Returns the summaries in job order and the shares left."""
-    summaries = []
-    for i in range(0, len(jobs), args.jobs):
-        wave = jobs[i: i + args.jobs]
-        minutes = clock.minutes_for(1, shares_left, evals_left)
+    summaries = {}
+    if args.resume:
+        for out, _ in jobs:
+            if finished_run(out):
+                summaries[out] = kept_summary(out)
+                print(f"[reproduce] KD: {os.path.basename(out)} finished before, reused", flush=True)
+    todo = [job for job in jobs if job[0] not in summaries]
+    shares_left -= math.ceil(len(jobs) / args.jobs) - math.ceil(len(todo) / args.jobs)
+    for i in range(0, len(todo), args.jobs):
+        wave = todo[i: i + args.jobs]
+        count_wave(args)
+        minutes = args.kd_minutes or clock.minutes_for(1, shares_left, evals_left)
         print(f"[reproduce] KD: {', '.join(os.path.basename(o) for o, _ in wave)}: {minutes:.2f} min", flush=True)
         if len(wave) == 1:
-            summaries.append(train_kd(args, wave[0][0], minutes, wave[0][1]))
+            done = [train_kd(args, wave[0][0], minutes, wave[0][1])]
         else:
-            summaries += train_kd_concurrently(args, wave, minutes)
+            done = train_kd_concurrently(args, wave, minutes)
+        for (out, _), summary in zip(wave, done):
+            summaries[out] = keep_summary(out, summary)
         shares_left -= 1
-    return summaries, shares_left
+    return [summaries[out] for out, _ in jobs], shares_left
+
+
+def count_wave(args) -> None:
+    """Count one wave of training runs against --max_kd_waves; raise :class:`StopForResume` past it."""
+    if args.max_kd_waves is not None and args.waves_trained >= args.max_kd_waves:
+        raise StopForResume
+    args.waves_trained += 1
+
+
+def keep_summary(out: str, summary: dict) -> dict:
+    """Write a finished run's summary beside it (``reproduce_summary.json``), for a later --resume; returns it."""
+    with open(os.path.join(out, "reproduce_summary.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def kept_summary(out: str) -> dict:
+    """The summary :func:`keep_summary` wrote, else what kd_config.json / losses.jsonl say."""
+    path = os.path.join(out, "reproduce_summary.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    return kd_summary(out, minutes=0.0, seconds=0.0)
 
 
 # ------------------------------------------------------------------------------------------------------ search
 
 
 def search_plans(args, mlcd_dir: str, ratios: list[float], plan_dir: str) -> dict:
-    """Greedy plans of the MLCD model for each threshold, on transformer inputs recorded from its own sampling."""
+    """Greedy plans of the MLCD model for each threshold, on transformer inputs recorded from its own sampling
+    (with ``--resume``, the plans an earlier run saved in ``plan_dir`` when it has them all)."""
+    from diffusers_evdit import MaskPlan
+
+    paths = {r: os.path.join(plan_dir, f"ours_r={r:g}.json") for r in ratios}
+    if args.resume and all(os.path.isfile(p) for p in paths.values()):
+        plans = {r: (MaskPlan.load(p), p) for r, p in paths.items()}
+        if all(plan.metadata.get("source") == repo_path(mlcd_dir) for plan, _ in plans.values()):
+            print(f"[reproduce] search: the plans of an earlier run, reused ({', '.join(map(str, ratios))})")
+            return plans
     import diffusers_evdit.schedulers  # noqa: F401
     from diffusers_evdit.analysis import record_transformer_inputs
     from diffusers_evdit.data import SyntheticVideoDataset
@@ -400,7 +480,7 @@ def search_plans(args, mlcd_dir: str, ratios: list[float], plan_dir: str) -> dic
     for r in ratios:
         plan = greedy_search(pipe.transformer, calls, r, loss=args.search_loss, progress=False)
         plan.metadata.update(source=repo_path(mlcd_dir), search_prompts=prompts, inputs="recorded MLCD sampling calls")
-        path = os.path.join(plan_dir, f"ours_r={r:g}.json")
+        path = paths[r]
         plan.save(path)
         plans[r] = (plan, path)
         print(f"[reproduce] search r={r:g}: k per layer {plan.layers}", flush=True)
@@ -699,6 +779,17 @@ def markdown(data: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    try:
+        return build_tables(args)
+    except StopForResume:
+        print(f"[reproduce] --max_kd_waves {args.max_kd_waves} reached: rows so far in {args.out_dir}/quality.json; "
+              f"run again with --resume --work_dir {args.work_dir} to go on", flush=True)
+        raise SystemExit(3)
+
+
+def build_tables(args) -> dict:
+    """Every stage of the run (see the module docstring); returns the rows, the order ablation and the out dir."""
+    args.waves_trained = 0
     if args.smoke:
         torch.set_num_threads(1)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -756,7 +847,7 @@ def main(argv=None) -> dict:
 
     def add(name, folder, plan=None, training=None, use_saved=True, into=None):
         nonlocal evals_left
-        res = evaluate(args, clock, folder, plan, use_saved)
+        res = cached_evaluate(args, clock, name, folder, plan, use_saved)
         row = {"name": name, "steps": res.pop("steps"), "sparsity": res.pop("sparsity"),
                "final_score": res["final_score"], "frechet": res["frechet"], "speedup": None, **res,
                "model_dir": os.path.relpath(folder, args.work_dir), "training": training}
@@ -776,9 +867,15 @@ def main(argv=None) -> dict:
         mlcd_training = {"given": args.mlcd_model}
     else:
         mlcd_dir = os.path.join(args.work_dir, "mlcd")
-        minutes = clock.minutes_for(args.mlcd_shares, shares_left, evals_left, extra_s=20)
-        print(f"[reproduce] MLCD training: {minutes:.2f} min", flush=True)
-        mlcd_training = train_mlcd(args, base_dir, mlcd_dir, minutes)
+        kept = os.path.join(mlcd_dir, "reproduce_summary.json")
+        if args.resume and os.path.isfile(kept):
+            with open(kept, encoding="utf-8") as f:
+                mlcd_training = json.load(f)
+            print("[reproduce] MLCD training: finished before, reused", flush=True)
+        else:
+            minutes = clock.minutes_for(args.mlcd_shares, shares_left, evals_left, extra_s=20)
+            print(f"[reproduce] MLCD training: {minutes:.2f} min", flush=True)
+            mlcd_training = keep_summary(mlcd_dir, train_mlcd(args, base_dir, mlcd_dir, minutes))
         shares_left -= args.mlcd_shares
     add("MLCD", mlcd_dir, use_saved=False, training=mlcd_training)
     mlcd_cfg_path = os.path.join(mlcd_dir, "mlcd_config.json")
@@ -862,15 +959,19 @@ def main(argv=None) -> dict:
         if first is not None:
             ablation.append(dict(first, name="MLCD_then_KD"))
         final = os.path.join(args.work_dir, "ablation", "kd_then_mlcd")
-        minutes = clock.minutes_for(1, shares_left, evals_left)
+        minutes = args.kd_minutes or clock.minutes_for(1, shares_left, evals_left)
         mlcd_flags = ["--num_segments", str(mlcd_cfg.get("num_segments") or args.num_segments)]
         if mlcd_cfg.get("teacher_steps") or args.teacher_steps:
             mlcd_flags += ["--teacher_steps", str(mlcd_cfg.get("teacher_steps") or args.teacher_steps)]
         if mlcd_cfg.get("teacher_guidance_scale") is not None:
             mlcd_flags += ["--guidance_scale", str(mlcd_cfg["teacher_guidance_scale"])]
-        t2 = train_kd(args, final, minutes, ["--student", kd_base, "--plan", "saved", "--kd_weight", "0",
-                                             "--task_loss", "mlcd", "--mlcd_teacher", kd_base,
-                                             "--mlcd_teacher_plan", "saved", *mlcd_flags])
+        if args.resume and finished_run(final):
+            t2 = kept_summary(final)
+        else:
+            count_wave(args)
+            t2 = keep_summary(final, train_kd(args, final, minutes, [
+                "--student", kd_base, "--plan", "saved", "--kd_weight", "0", "--task_loss", "mlcd",
+                "--mlcd_teacher", kd_base, "--mlcd_teacher_plan", "saved", *mlcd_flags]))
         shares_left -= 1
         add("KD_then_MLCD", final, training={"kd": training[kd_base], "mlcd": t2}, into=ablation)
 

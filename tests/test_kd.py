@@ -302,3 +302,33 @@ def test_reproduce_kd_extra_args_reach_every_kd_run_and_win(tmp_path):
     argv = script.kd_argv(args, str(tmp_path / "kd"), 1.0, ["--plan", "uniform:2"])
     kd = _import("train_kd").parse_args(argv + ["--teacher", "x"])
     assert kd.learning_rate == 3e-5 and kd.use_lora and kd.lora_rank == 16 and kd.plan == "uniform:2"
+
+
+def test_reproduce_tables_stops_after_max_kd_waves_and_resumes(tmp_path):
+    script = _import("reproduce_tables")
+    common = ["--smoke", "--work_dir", str(tmp_path / "work"), "--out_dir", str(tmp_path / "out"), "--ratios", "0.1",
+              "--uniform_ks", "2", "--jobs", "2"]
+    with pytest.raises(SystemExit) as stop:  # first call: search + the first KD wave (ours_r=0.1, uniform_k=2)
+        script.main(common + ["--max_kd_waves", "1"])
+    assert stop.value.code == 3
+    partial = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert not partial["complete"] and [r["name"] for r in partial["rows"]] == ["Base", "MLCD"]
+    work = tmp_path / "work"
+    first_wave = {d: (work / d / "kd_config.json").stat().st_mtime_ns for d in ("ours_r=0.1", "uniform_k=2")}
+    assert not (work / "ablation" / "kd_base" / "kd_config.json").exists()
+    mlcd_saved = (work / "mlcd" / "reproduce_summary.json").stat().st_mtime_ns
+    plan_saved = (work / "plans" / "ours_r=0.1.json").stat().st_mtime_ns
+    base_eval = (work / "evals" / "Base.json").stat().st_mtime_ns
+
+    script.main(common + ["--resume"])  # second call: the rest, reusing what the first one finished
+    data = json.loads((tmp_path / "out" / "quality.json").read_text())
+    assert data["complete"]
+    assert [r["name"] for r in data["rows"]] == ["Base", "MLCD", "Ours_r=0.1", "Search_r=0.1", "MLCD_2:2",
+                                                 "MLCD_2:2+KD"]
+    assert {d: (work / d / "kd_config.json").stat().st_mtime_ns for d in first_wave} == first_wave
+    assert (work / "mlcd" / "reproduce_summary.json").stat().st_mtime_ns == mlcd_saved
+    assert (work / "plans" / "ours_r=0.1.json").stat().st_mtime_ns == plan_saved
+    assert (work / "evals" / "Base.json").stat().st_mtime_ns == base_eval
+    assert (work / "ablation" / "kd_then_mlcd" / "kd_config.json").is_file()
+    rows = {r["name"]: r for r in data["rows"]}
+    assert rows["Ours_r=0.1"]["training"]["steps"] == 2  # the kept summary of the first call's run
