@@ -14,7 +14,7 @@
 #                     # the local working tree: files an earlier call wrote outside runs/ are gone.
 #   bash benchmarks/device_stages.sh reproduce-quick  # r = 0.005 and 4:4 only, KD of >= 1 min (~6.5 min cold)
 #   bash benchmarks/device_stages.sh reproduce-resume [MODEL [ARGS]]  # the full table over 2-3 warm calls,
-#                     # KD runs of 2 min each (run the same command again until it says it wrote the table)
+#                     # KD runs of 1.8 min each (run the same command again until it says it wrote the table)
 #   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
 #   bash benchmarks/device_stages.sh kd-options [MODEL]  # KD variants (lr, warm-up, lambda, LoRA) of 4:4 and 2:6
@@ -201,16 +201,17 @@ reproduce-quick)
         $(find runs/reproduce-quick runs/mlcd-s8 -name '*.json' -o -name '*.jsonl' | grep -v checkpoint-)
     ;;
 reproduce-resume)
-    # The full table with KD runs of ~2 min (~250 steps) each, over several warm calls: each call trains at most three
+    # The full table with KD runs of 1.8 min (~220 steps) each, over several warm calls: each call trains at most three
     # waves of two KD runs side by side, writes the rows so far and stops; the next call (same command, within 30 s,
     # so runs/ is still there) reuses what is finished and goes on. MODEL: default runs/mlcd-s4 (the s4-student
-    # phase). Three calls after s4-student: search + 3 waves; the last wave + KD_then_MLCD + every evaluation + the
-    # measured per-step speedups. Search_r rows are left out to fit (they are in quality-s8-kd-starved).
+    # phase). After s4-student: call 1 = evaluations of Base and MLCD, search, 3 waves (~8.5 min); call 2 = the last
+    # wave, KD_then_MLCD, the row evaluations (~9.5 min; a timeout keeps the evaluations done); call 3 if needed =
+    # what is left and the measured per-step speedups. Search_r rows are left out to fit (see quality-s8-kd-starved).
     model=${2:-runs/mlcd-s4}
     [ -f "$model/model_index.json" ] || { echo "no $model on this machine: train it first (s4-student)"; exit 1; }
     timeout 560 python examples/reproduce_tables.py --resume --work_dir runs/reproduce-resume \
         --out_dir benchmarks/results --mlcd_model "$model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 2 \
-        --kd_batch_size 32 --kd_minutes 2.0 --max_kd_waves 3 --no_search_rows --measure_step_speedups \
+        --kd_batch_size 32 --kd_minutes 1.8 --max_kd_waves 3 --no_search_rows --measure_step_speedups \
         "${@:3}" 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 40
     tar czf "$OUT/results.tar.gz" benchmarks/results/quality.json benchmarks/results/quality.md \
         $(find runs/reproduce-resume -name '*.json' -o -name '*.jsonl' | grep -v checkpoint-)
