@@ -8,7 +8,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 SPARSE_COLUMNS = (("split", "split"), ("split_triton", "split, Triton merge"),
-                  ("split_triton_c2", "split, Triton merge, 2 key chunks"), ("gathered", "gathered"),
+                  ("split_triton_c2", "split, Triton merge, 2 key chunks"), ("split_overlap", "split, overlapped"),
+                  ("gathered", "gathered"),
                   ("flex", "flex tile"))
 
 

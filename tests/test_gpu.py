@@ -49,6 +49,31 @@ def test_split_kernel_with_triton_merge_on_cuda(case, dtype, tol):
         assert _rel(out, ref) < tol, k
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_split_kernel_overlapping_the_global_call_on_cuda(case):
+    """overlap=True: the global call on a side stream, the rest on the current one; exact, also when calls follow
+    one another without a synchronisation (a race on ``out`` or on freed memory would show here)."""
+    from diffusers_evdit.kernels import TileAttention
+
+    frames, tpf, nt, pos = case
+    layout = TileLayout(frames, tpf, nt, pos)
+    att = TileAttention("split", overlap=True)
+    inputs, outs = [], []
+    for k in (1, 2, frames // 2, 1, 2):
+        q, kk, v = (torch.randn(2, layout.seq_len, 4, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+                    for _ in range(3))
+        keep = torch.ones(2, layout.seq_len, dtype=torch.bool, device="cuda")
+        if nt:
+            keep[1, layout.text_slice.stop - 5: layout.text_slice.stop] = False  # padded text of the second sample
+        inputs.append((q, kk, v, keep, k))
+        outs.append(att(q, kk, v, layout, k, key_padding_mask=keep))
+    torch.cuda.synchronize()
+    assert len(att._side_streams) == 1
+    for (q, kk, v, keep, k), out in zip(inputs, outs):
+        mask = paper_mask(frames, tpf, nt, pos == "first", k).cuda()[None, None] & keep[:, None, None, :]
+        assert _rel(out, attention_f64(q, kk, v, mask)) < 1e-2, k
+
+
 @torch.no_grad()
 def test_fastest_kernel_times_once_and_runs_split_or_dense_on_cuda():
     from diffusers_evdit.kernels import TileAttention

@@ -228,3 +228,15 @@ def test_global_attention_in_key_chunks_matches_float64():
     ref = attention_f64(q, k, v)
     for chunks in (1, 2, 4, 6):
         assert (global_attention(q, k, v, chunks=chunks).double() - ref).abs().max().item() < 2e-6, chunks
+
+
+def test_overlap_is_a_cuda_option_the_cpu_ignores():
+    """overlap=True asks for a CUDA side stream; on CPU tensors none is made and the result is the exact one."""
+    layout = TileLayout(6, 10, 4, "last")
+    att = TileAttention("split", overlap=True)
+    q, kk, v = _inputs(layout, 2, 3, 16, 2)
+    assert att.side_stream(q) is None and TileAttention("split").side_stream(q) is None
+    ref = attention_f64(q, kk, v, paper_mask(6, 10, 4, False, 2))
+    with torch.no_grad():
+        out = att(q, kk, v, layout, 2)
+    assert (out.double() - ref).abs().max().item() < 2e-6 and att._side_streams == {}

@@ -24,10 +24,12 @@ from .common import bench_ms, print_table, write_results
 
 SPARSE_KERNELS = ("split", "gathered", "flex")
 REL_TOL_BF16 = 1e-2
-# Timed in addition where they can run (CUDA + Triton): the split kernel with its Triton merge, and with it the global
-# queries in two key chunks (fills the last wave of a short global call).
+# Timed in addition where they can run (CUDA; the Triton ones also need Triton): the split kernel with its Triton
+# merge, and with it the global queries in two key chunks (fills the last wave of a short global call); the split
+# kernel with its global call overlapping the others on a second stream.
 EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"},
-                 "split_triton_c2": {"kernel": "split", "merge": "triton", "global_chunks": 2}}
+                 "split_triton_c2": {"kernel": "split", "merge": "triton", "global_chunks": 2},
+                 "split_overlap": {"kernel": "split", "overlap": True}}
 
 
 def make_attention(name: str) -> TileAttention:
@@ -37,7 +39,10 @@ def make_attention(name: str) -> TileAttention:
 
 def default_kernels(device: torch.device) -> tuple[str, ...]:
     """``SPARSE_KERNELS``, plus the variants of ``EXTRA_KERNELS`` that can run on ``device``."""
-    return SPARSE_KERNELS + (tuple(EXTRA_KERNELS) if triton_merge_available(device) and device.type == "cuda" else ())
+    if device.type != "cuda":
+        return SPARSE_KERNELS
+    return SPARSE_KERNELS + tuple(name for name, options in EXTRA_KERNELS.items()
+                                  if options.get("merge") != "triton" or triton_merge_available(device))
 
 
 @dataclass(frozen=True)

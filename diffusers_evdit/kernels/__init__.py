@@ -84,6 +84,9 @@ class TileAttention:
         global_chunks: the split kernel's global queries (reference frames + text) run against this many equal key
             chunks in one batched call (see :func:`.split.global_attention`); default 1 (2 and 4 were slower on
             an H100 on 22 of 23 benchmark cases).
+        overlap: run the split kernel's global call on a second CUDA stream, concurrently with the non-reference
+            frames' calls and merges (fills the last, partial wave of each call; exact either way). Default False
+            until timed.
         tuner: the micro-benchmark of ``kernel="fastest"`` and its cache (``tuner.choices``, ``tuner.timings``); one
             given with a ``timer`` also runs on the CPU.
 
@@ -106,10 +109,12 @@ class TileAttention:
     kernel: str = "auto"
     merge: str = "auto"
     global_chunks: int = 1
+    overlap: bool = False
     tuner: KernelTuner = field(default_factory=KernelTuner)
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
     fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": False}))
     _indices: dict = field(default_factory=dict, repr=False)
+    _side_streams: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         check_kernel(self.kernel)
@@ -126,6 +131,16 @@ class TileAttention:
                 raise RuntimeError("merge='triton' needs Triton and CUDA tensors; use merge='auto'.")
             return triton_merge_partial_attention
         return self.fused_merge if choice == "compiled" else merge_partial_attention
+
+    def side_stream(self, q: torch.Tensor):
+        """The CUDA stream the split kernel's global call overlaps on (``overlap=True``, CUDA inputs, outside
+        ``torch.compile`` tracing), one per device and instance; else None."""
+        if not self.overlap or q.device.type != "cuda" or torch.compiler.is_compiling():
+            return None
+        key = str(q.device)
+        if key not in self._side_streams:
+            self._side_streams[key] = torch.cuda.Stream(q.device)
+        return self._side_streams[key]
 
     def indices(self, layout: TileLayout, k_ref: int, device: torch.device) -> TileIndices:
         """The cached :class:`TileIndices` of a sparse entry on ``layout``."""
@@ -203,7 +218,7 @@ class TileAttention:
                 )
             idx = self.indices(layout, k_ref, q.device)
             return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, self.merge_fn(q),
-                                        self.global_chunks)
+                                        self.global_chunks, self.side_stream(q))
         return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
 
 

@@ -109,12 +109,14 @@ def global_attention(q, k, v, scale=None, chunks: int = 1) -> torch.Tensor:
 
 
 def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep, scale, merge, out,
-                        global_chunks: int = 1):
+                        global_chunks: int = 1, side_stream=None):
     """Split attention of one sample (``[1, H, N, D]``) into ``out``; ``text_keep`` selects the valid text keys.
 
     Non-reference frames are processed run by run (consecutive frames between two reference frames), so every
     query, key and value tensor of the two partial calls is a view of the input: nothing is gathered or copied, and
-    each run's merge writes straight into the output.
+    each run's merge writes straight into the output. With a ``side_stream`` (CUDA), the global call runs on it,
+    concurrently with the non-reference frames' calls and merges on the current stream (disjoint rows of ``out``);
+    the current stream waits for it before returning.
     """
     tpf = layout.tokens_per_frame
     qv, kv, vv = (frames_view(x, layout) for x in (q, k, v))
@@ -128,6 +130,16 @@ def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep
         v_shared = torch.cat([vv[:, :, idx.ref_frames].flatten(2, 3), v_text], dim=2)
         k_all, v_all = torch.cat([k[:, :, vs], k_text], dim=2), torch.cat([v[:, :, vs], v_text], dim=2)
 
+    def global_part():  # reference frames and text, against every (valid) key
+        out[:, :, idx.global_tokens] = global_attention(q[:, :, idx.global_tokens], k_all, v_all, scale, global_chunks)
+
+    if side_stream is None:
+        global_part()
+    else:  # tensors made here stay referenced until the join below, so no other stream reuses their memory early
+        main_stream = torch.cuda.current_stream(q.device)
+        side_stream.wait_stream(main_stream)
+        with torch.cuda.stream(side_stream):
+            global_part()
     out_frames = frames_view(out, layout)
     for run in idx.nonref_runs:
         m = run.stop - run.start
@@ -137,13 +149,13 @@ def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep
         o_sh, lse_sh = attention_with_lse(qr.flatten(2, 3), k_shared, v_shared, scale)
         merge(out_frames[:, :, run], o_own.transpose(0, 1)[None], o_sh.unflatten(2, (m, tpf)),
               lse_own.transpose(0, 1)[None], lse_sh.unflatten(2, (m, tpf)))
-    # Global queries: reference frames and text, against every (valid) key.
-    out[:, :, idx.global_tokens] = global_attention(q[:, :, idx.global_tokens], k_all, v_all, scale, global_chunks)
+    if side_stream is not None:
+        main_stream.wait_stream(side_stream)
 
 
 def split_tile_attention(
     q, k, v, layout: TileLayout, idx: TileIndices, key_padding_mask=None, scale=None, merge=merge_partial_attention,
-    global_chunks: int = 1,
+    global_chunks: int = 1, side_stream=None,
 ):
     """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs by LSE-merged partial dense attentions.
 
@@ -151,7 +163,8 @@ def split_tile_attention(
     mask text tokens; samples are then processed one by one with their padded keys dropped. ``merge(out, o1, o2,
     lse1, lse2)`` combines two partial results into ``out``: :func:`merge_partial_attention`, a compiled version of it
     (one fused pass on GPU) or :func:`.triton_merge.triton_merge_partial_attention`. ``global_chunks``: see
-    :func:`global_attention`.
+    :func:`global_attention`. ``side_stream`` (a ``torch.cuda.Stream``, CUDA inputs only): the global queries' call
+    runs on it, overlapping the other calls (exact either way).
 
     Example:
         >>> from diffusers_evdit.masks import tile_mask
@@ -172,5 +185,6 @@ def split_tile_attention(
     for i in range(q.shape[0]):
         sample = slice(i, i + 1)
         keep = None if text_keep is None else text_keep[i]
-        _tile_attention_one(q[sample], k[sample], v[sample], layout, idx, keep, scale, merge, out[sample], global_chunks)
+        _tile_attention_one(q[sample], k[sample], v[sample], layout, idx, keep, scale, merge, out[sample], global_chunks,
+                            side_stream)
     return out
