@@ -332,3 +332,4 @@ def test_reproduce_tables_stops_after_max_kd_waves_and_resumes(tmp_path):
     assert (work / "ablation" / "kd_then_mlcd" / "kd_config.json").is_file()
     rows = {r["name"]: r for r in data["rows"]}
     assert rows["Ours_r=0.1"]["training"]["steps"] == 2  # the kept summary of the first call's run
+    assert "with `--resume`" in (tmp_path / "out" / "quality.md").read_text()
