@@ -281,9 +281,26 @@ def cached_evaluate(args, clock: Clock, name: str, folder: str, plan=None, use_s
     return result
 
 
-def finished_run(folder: str) -> bool:
-    """Whether a training run of this script saved its pipeline (train_kd.py writes kd_config.json last)."""
-    return all(os.path.isfile(os.path.join(folder, f)) for f in ("model_index.json", "kd_config.json"))
+def finished_run(folder: str, extra: list[str]) -> bool:
+    """Whether a KD run with the arguments ``extra`` finished in ``folder`` before: its pipeline is saved
+    (train_kd.py writes kd_config.json last) with the same teacher (``--teacher`` / ``--student``) and plan."""
+    path = os.path.join(folder, "kd_config.json")
+    if not (os.path.isfile(path) and os.path.isfile(os.path.join(folder, "model_index.json"))):
+        return False
+    with open(path, encoding="utf-8") as f:
+        kept = json.load(f)
+    given = {flag: value for flag, value in zip(extra, extra[1:]) if flag.startswith("--") and not value.startswith("--")}
+    for flag, key in (("--teacher", "teacher"), ("--student", "student_init")):
+        if flag in given and os.path.abspath(given[flag]) != os.path.abspath(kept.get(key) or ""):
+            return False
+    plan = given.get("--plan", "saved")
+    if plan.startswith("uniform:"):
+        return set(kept.get("plan_layers") or []) == {int(plan.split(":")[1])}
+    if plan != "saved":
+        from diffusers_evdit import MaskPlan
+
+        return MaskPlan.load(plan).layers == kept.get("plan_layers")
+    return True
 
 
 class StopForResume(Exception):
@@ -404,8 +421,8 @@ def run_kd_jobs(args, clock: "Clock", jobs: list[tuple[str, list[str]]], shares_
     share. Returns the summaries in job order and the shares left."""
     summaries = {}
     if args.resume:
-        for out, _ in jobs:
-            if finished_run(out):
+        for out, extra in jobs:
+            if finished_run(out, extra):
                 summaries[out] = kept_summary(out)
                 print(f"[reproduce] KD: {os.path.basename(out)} finished before, reused", flush=True)
     todo = [job for job in jobs if job[0] not in summaries]
@@ -967,13 +984,13 @@ def build_tables(args) -> dict:
             mlcd_flags += ["--teacher_steps", str(mlcd_cfg.get("teacher_steps") or args.teacher_steps)]
         if mlcd_cfg.get("teacher_guidance_scale") is not None:
             mlcd_flags += ["--guidance_scale", str(mlcd_cfg["teacher_guidance_scale"])]
-        if args.resume and finished_run(final):
+        second = ["--student", kd_base, "--plan", "saved", "--kd_weight", "0", "--task_loss", "mlcd",
+                  "--mlcd_teacher", kd_base, "--mlcd_teacher_plan", "saved", *mlcd_flags]
+        if args.resume and finished_run(final, second):
             t2 = kept_summary(final)
         else:
             count_wave(args)
-            t2 = keep_summary(final, train_kd(args, final, minutes, [
-                "--student", kd_base, "--plan", "saved", "--kd_weight", "0", "--task_loss", "mlcd",
-                "--mlcd_teacher", kd_base, "--mlcd_teacher_plan", "saved", *mlcd_flags]))
+            t2 = keep_summary(final, train_kd(args, final, minutes, second))
         shares_left -= 1
         add("KD_then_MLCD", final, training={"kd": training[kd_base], "mlcd": t2}, into=ablation)
 

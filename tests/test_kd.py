@@ -333,3 +333,20 @@ def test_reproduce_tables_stops_after_max_kd_waves_and_resumes(tmp_path):
     rows = {r["name"]: r for r in data["rows"]}
     assert rows["Ours_r=0.1"]["training"]["steps"] == 2  # the kept summary of the first call's run
     assert "with `--resume`" in (tmp_path / "out" / "quality.md").read_text()
+
+
+def test_reproduce_resume_reuses_only_a_kd_run_of_the_same_teacher_and_plan(tmp_path):
+    script = _import("reproduce_tables")
+    run = tmp_path / "kd"
+    run.mkdir()
+    (run / "model_index.json").write_text("{}")
+    assert not script.finished_run(str(run), ["--teacher", str(tmp_path / "t"), "--plan", "uniform:2"])  # unfinished
+    (run / "kd_config.json").write_text(json.dumps({"teacher": str(tmp_path / "t"), "plan_layers": [2, 2, 2]}))
+    assert script.finished_run(str(run), ["--teacher", str(tmp_path / "t"), "--plan", "uniform:2"])
+    assert not script.finished_run(str(run), ["--teacher", str(tmp_path / "other"), "--plan", "uniform:2"])
+    assert not script.finished_run(str(run), ["--teacher", str(tmp_path / "t"), "--plan", "uniform:1"])
+    plan = tmp_path / "plan.json"
+    MaskPlan([2, 2, 2]).save(plan)
+    assert script.finished_run(str(run), ["--teacher", str(tmp_path / "t"), "--plan", str(plan), "--kd_weight", "0"])
+    MaskPlan([2, 1, 2]).save(plan)
+    assert not script.finished_run(str(run), ["--teacher", str(tmp_path / "t"), "--plan", str(plan)])
