@@ -37,12 +37,14 @@ mlcd_common=(--teacher "$teacher" --dataset synthetic --teacher_steps 48 --train
 
 train_s8() {  # [MINUTES, default 2]: the S=8 student distilled from the teacher -> runs/mlcd-s8
     python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s8 --num_segments 8 --seed 0 \
+        --latent_cache runs/latents-seed0.pt \
         --max_minutes "${1:-2.0}" 2>&1 | tail -n 25 >"$OUT/train_s8.log"
     tail -n 2 "$OUT/train_s8.log"
 }
 need_s8() { [ -f runs/mlcd-s8/model_index.json ] || train_s8 "$@"; }  # train_s8 unless it is there (warm machine)
 train_s4() {  # the S=4 student from runs/mlcd-s8 at lr 3e-5 (the recipe of mlcd.md) -> runs/mlcd-s4
     python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s4 --num_segments 4 --seed 1 \
+        --latent_cache runs/latents-seed1.pt \
         --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes 4.0 2>&1 | tail -n 25 >"$OUT/train_s4.log"
     tail -n 2 "$OUT/train_s4.log"
 }
@@ -72,7 +74,8 @@ kd_variants() {  # MODEL OUTDIR MINUTES "K..." "NAME=KD ARGS"...: KD runs of uni
                 --task_weight 100 --kd_weight 1 --train_batch_size 32 ${spec#*=} --output_dir "runs/kd-$name" \
                 --max_train_steps 1000000 --max_minutes "$minutes" --report_to none --checkpointing_steps 0 \
                 --validation_steps 0 --no_final_validation --mixed_precision no --allow_tf32 \
-                --dataloader_num_workers 1 --cache_latents --synthetic_num_samples 2048 >"$OUT/kd_$name.log" 2>&1 &
+                --dataloader_num_workers 1 --latent_cache runs/latents-kd.pt --synthetic_num_samples 2048 \
+                >"$OUT/kd_$name.log" 2>&1 &
         done
     done
     python -m diffusers_evdit.cli eval --model "$model" --prompts 64 --workers 4 --no-progress \

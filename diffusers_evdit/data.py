@@ -89,6 +89,7 @@ __all__ = [
     "frames_to_tensor",
     "tensor_to_frames",
     "collate_videos",
+    "CaptionDataset",
     "SyntheticVideoDataset",
     "SyntheticVideoStream",
     "save_video",
@@ -739,11 +740,38 @@ def collate_videos(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
         >>> loader = torch.utils.data.DataLoader(SyntheticVideoDataset(4), batch_size=2, collate_fn=collate_videos)
     """
-    out: dict[str, Any] = {"video": torch.stack([b["video"] for b in batch])}
+    out: dict[str, Any] = {"video": torch.stack([b["video"] for b in batch])} if "video" in batch[0] else {}
     for key in batch[0]:
         if key != "video":
             out[key] = [b[key] for b in batch]
     return out
+
+
+class CaptionDataset(Dataset):
+    """The captions and indices of a video dataset, without its videos: for training loops whose clean latents
+    are all cached already (``--latent_cache`` of the distillation examples), so no clip is rendered or decoded.
+    ``dataset`` needs a ``caption(index)`` method (:class:`SyntheticVideoDataset`, :class:`VideoFolderDataset`).
+
+    Example::
+
+        >>> ds = SyntheticVideoDataset(num_samples=8, seed=0)
+        >>> CaptionDataset(ds)[3] == {"caption": ds[3]["caption"], "index": 3}
+        True
+    """
+
+    def __init__(self, dataset: Dataset):
+        if not callable(getattr(dataset, "caption", None)):
+            raise TypeError(f"{type(dataset).__name__} has no caption(index) method")
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index = index % len(self)
+        return {"caption": self.dataset.caption(index), "index": int(index)}
 
 
 @dataclass
@@ -777,6 +805,10 @@ class SyntheticVideoDataset(Dataset):
 
     def __len__(self) -> int:
         return self.num_samples
+
+    def caption(self, index: int) -> str:
+        """The caption of item ``index`` without rendering it (equal to ``self[index]["caption"]``)."""
+        return self.scene(index % self.num_samples).caption()
 
     def scene(self, index: int) -> SceneSpec:
         """The scene of item ``index`` without rendering it."""
@@ -1102,6 +1134,10 @@ class VideoFolderDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def caption(self, index: int) -> str:
+        """The caption of item ``index`` without reading its video."""
+        return self.samples[index % len(self)][1]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not -len(self) <= index < len(self):

@@ -136,8 +136,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="KD runs trained at once, each in its own process (for small batches, which leave a GPU "
                         "idle; at batch 32 the demo model's runs side by side got no more samples than one alone)")
     p.add_argument("--cache_samples", type=int, default=2048,
-                   help="synthetic clips of every training run, their VAE posteriors cached (--cache_latents); "
-                        "0: a fresh clip every step, no cache")
+                   help="synthetic clips of every training run, their VAE posteriors encoded once into "
+                        "WORK_DIR/latents-*.pt and shared by every run (--latent_cache); 0: a fresh clip every step, "
+                        "no cache")
     p.add_argument("--fullsize_model", default=None,
                    help="evdit bench step model whose per-step speedups count (default: the family's, "
                         "wan2.1-1.3b_81f_480p for the demo model)")
@@ -170,6 +171,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.search_prompts = 1
         args.kd_batch_size = args.mlcd_batch_size = 1
         args.min_train_minutes = 0.0  # the smoke runs stop by steps
+        args.cache_samples = min(args.cache_samples, 16)  # the latent cache encodes them all up front
     args.work_dir = os.path.abspath(args.work_dir or os.path.join("runs", "reproduce-smoke" if args.smoke
                                                                   else "reproduce"))
     args.out_dir = os.path.abspath(args.out_dir or (args.work_dir if args.smoke
@@ -313,8 +315,9 @@ def common_train_args(args, concurrent: int = 1) -> list[str]:
         workers = max(2, 8 // concurrent) if torch.cuda.is_available() and not args.smoke else 0
     out = ["--report_to", "none", "--checkpointing_steps", "0", "--validation_steps", "0", "--mixed_precision", "no",
            "--seed", str(args.seed), "--dataloader_num_workers", str(workers), "--allow_tf32"]
-    if args.cache_samples > 0:
-        out += ["--cache_latents", "--synthetic_num_samples", str(args.cache_samples)]
+    if args.cache_samples > 0:  # every run of this script draws from the same clips: their latents are encoded once
+        cache = os.path.join(args.work_dir, f"latents-seed{args.seed}-n{args.cache_samples}.pt")
+        out += ["--latent_cache", cache, "--synthetic_num_samples", str(args.cache_samples)]
     return out
 
 

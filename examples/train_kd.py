@@ -61,7 +61,6 @@ from train_mlcd import (  # noqa: E402  (shared helpers of the distillation exam
     TINY_HUNYUAN_TEMPLATE,
     TINY_PREFIX,
     EMATarget,
-    LatentCache,
     add_data_args,
     add_lora_args,
     add_optimisation_args,
@@ -70,6 +69,7 @@ from train_mlcd import (  # noqa: E402  (shared helpers of the distillation exam
     build_data,
     caption_conditions,
     frame_strip,
+    make_latent_cache,
     save_checkpoint,
     stored_dtype,
 )
@@ -440,7 +440,7 @@ def main(argv=None) -> dict:
 
     # ---- text conditioning (cached by caption)
     conditions = caption_conditions(pipe, device, max_seq, prompt_template)
-    latent_cache = LatentCache(pipe, args.cache_latents, len(dataset))
+    latent_cache, loader = make_latent_cache(args, pipe, dataset, loader)
 
     uncond_one = conditions([args.negative_prompt]) if (task == "mlcd" and guidance != 1.0) else None
 

@@ -78,6 +78,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 logger = logging.getLogger("train_mlcd")
+MAX_LATENT_CACHE_ITEMS = 100_000  # --latent_cache encodes the whole dataset before the first step
 
 TINY_PREFIX = "tiny:"
 TINY_HUNYUAN_TEMPLATE = {"template": "{}", "crop_start": 0}
@@ -109,6 +110,11 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="encode each clip with the VAE once and keep its posterior (mean, std) in memory; later "
                         "epochs draw a fresh posterior sample without the VAE (set --synthetic_num_samples to a size "
                         "that fits)")
+    g.add_argument("--latent_cache", default=None, metavar="FILE",
+                   help="like --cache_latents, for every clip of the dataset up front, kept in FILE: a run that finds "
+                        "FILE made from the same data and VAE loads it instead of encoding (runs side by side wait for "
+                        "the first to write it), and no clip is rendered or read while training. 0.25 MiB a clip for "
+                        "the demo model")
     g.add_argument("--synthetic_split", default="train", choices=("train", "heldout", "all"))
     g.add_argument("--train_batch_size", type=int, default=1, help="per device")
     g.add_argument("--dataloader_num_workers", type=int, default=0)
@@ -413,12 +419,72 @@ class LatentCache:
 
     Without ``--cache_latents`` every batch goes through the VAE. With it, each dataset item's VAE posterior
     ``(mean, std)`` is encoded the first time the item is drawn and kept, and every later draw of the item samples
-    ``mean + std * eps`` afresh: the VAE (often most of a small model's step) runs once per clip.
+    ``mean + std * eps`` afresh: the VAE (often most of a small model's step) runs once per clip. With
+    ``--latent_cache FILE`` (:meth:`load_or_build`) every clip's posterior is there before the first step.
     """
 
     def __init__(self, pipe, enabled: bool, num_items: int):
         self.pipe, self.enabled, self.num_items = pipe, enabled, num_items
         self.store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def complete(self) -> bool:
+        """Whether every item of the dataset is cached (then batches need no video)."""
+        return self.enabled and len(self.store) == self.num_items
+
+    def identity(self, dataset) -> dict:
+        """What a cache file must have been made from: the dataset's settings and the VAE (config, weight sum)."""
+        settings = {k: v for k, v in sorted(vars(dataset).items()) if isinstance(v, (bool, int, float, str))}
+        vae = self.pipe.vae
+        weight_sum = float(sum(p.detach().double().sum().item() for p in vae.parameters()))
+        return {"dataset": type(dataset).__name__, "items": len(dataset), "settings": settings,
+                "vae_config": json.loads(json.dumps(dict(vae.config), default=str)), "vae_weight_sum": weight_sum}
+
+    @staticmethod
+    def same_identity(a: dict, b: dict) -> bool:
+        strip = [{k: v for k, v in x.items() if k != "vae_weight_sum"} for x in (a, b)]
+        return strip[0] == strip[1] and abs(a["vae_weight_sum"] - b["vae_weight_sum"]) <= 1e-9 * max(
+            1.0, abs(b["vae_weight_sum"]))
+
+    def load_or_build(self, path: str, dataset, batch_size: int, num_workers: int = 0) -> None:
+        """Fill the cache with every item's posterior: from ``path`` when it was made from the same data and VAE,
+        else by encoding the whole dataset once and writing ``path`` (under a file lock, so that runs started side
+        by side encode once: the others wait, then load)."""
+        from tqdm.auto import tqdm
+
+        from diffusers_evdit import data as evdit_data
+        from diffusers_evdit import mlcd
+
+        self.enabled = True
+        path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        ident = self.identity(dataset)
+        with open(path + ".lock", "a") as lock, _file_lock(lock):
+            if os.path.isfile(path):
+                kept = torch.load(path, map_location="cpu")
+                if self.same_identity(kept["identity"], ident):
+                    logger.info("Latent cache: %d clips loaded from %s", len(kept["mean"]), path)
+                    self._fill(kept["mean"], kept["std"])
+                    return
+                logger.warning("%s was made from other data or another VAE; encoding the dataset again.", path)
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=evdit_data.collate_videos,
+                                num_workers=num_workers)
+            means, stds = [], []
+            for batch in tqdm(loader, desc="latent cache", disable=not sys.stderr.isatty()):
+                mean, std = mlcd.encode_video_posteriors(self.pipe, batch["video"])
+                means.append(mean.cpu())
+                stds.append(std.cpu())
+            mean, std = torch.cat(means), torch.cat(stds)
+            torch.save({"identity": ident, "mean": mean, "std": std}, path + ".tmp")
+            os.replace(path + ".tmp", path)
+            logger.info("Latent cache: %d clips encoded into %s (%.0f MiB)", len(mean), path,
+                        os.path.getsize(path) / 2**20)
+            self._fill(mean, std)
+
+    def _fill(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        device = next(self.pipe.vae.parameters()).device
+        mean, std = mean.to(device), std.to(device)
+        self.store = {i: (mean[i: i + 1], std[i: i + 1]) for i in range(len(mean))}
 
     def latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         from diffusers_evdit import mlcd
@@ -438,6 +504,38 @@ class LatentCache:
         mean = torch.cat([self.store[i][0] for i in indices])
         std = torch.cat([self.store[i][1] for i in indices])
         return mlcd.draw_posterior(mean, std, generator).float()
+
+
+@contextlib.contextmanager
+def _file_lock(handle):
+    """An exclusive lock on an open file for the duration of the block (no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs side by side may then encode twice
+        yield
+        return
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def make_latent_cache(args, pipe, dataset, loader):
+    """The :class:`LatentCache` of ``--cache_latents`` / ``--latent_cache``; with a complete cache, the loader is
+    replaced by one over the captions alone (same sampler: same order, no clip rendered). Returns both."""
+    cache = LatentCache(pipe, args.cache_latents or bool(args.latent_cache), len(dataset))
+    if args.latent_cache and len(dataset) > MAX_LATENT_CACHE_ITEMS:
+        raise SystemExit(f"--latent_cache encodes every clip up front: {len(dataset)} clips is too many (at most "
+                         f"{MAX_LATENT_CACHE_ITEMS}); set --synthetic_num_samples (e.g. 2048)")
+    if args.latent_cache:
+        cache.load_or_build(args.latent_cache, dataset, args.train_batch_size, args.dataloader_num_workers)
+    if cache.complete and callable(getattr(dataset, "caption", None)):
+        from diffusers_evdit import data as evdit_data
+
+        loader = DataLoader(evdit_data.CaptionDataset(dataset), batch_size=loader.batch_size, sampler=loader.sampler,
+                            collate_fn=evdit_data.collate_videos, num_workers=loader.num_workers)
+    return cache, loader
 
 
 def build_data(args, accelerator, output_dir: str):
@@ -640,7 +738,7 @@ def main(argv=None) -> dict:
 
     # ---- text conditioning (cached by caption)
     conditions = caption_conditions(pipe, device, max_seq, prompt_template)
-    latent_cache = LatentCache(pipe, args.cache_latents, len(dataset))
+    latent_cache, loader = make_latent_cache(args, pipe, dataset, loader)
 
     uncond_one = conditions([args.negative_prompt]) if guidance != 1.0 else None
 

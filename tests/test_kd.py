@@ -333,6 +333,7 @@ def test_reproduce_tables_stops_after_max_kd_waves_and_resumes(tmp_path):
     rows = {r["name"]: r for r in data["rows"]}
     assert rows["Ours_r=0.1"]["training"]["steps"] == 2  # the kept summary of the first call's run
     assert "with `--resume`" in (tmp_path / "out" / "quality.md").read_text()
+    assert [p.name for p in work.glob("latents-*.pt")] == ["latents-seed0-n16.pt"]  # one cache for every run
 
 
 def test_reproduce_resume_reuses_only_a_kd_run_of_the_same_teacher_and_plan(tmp_path):
@@ -350,3 +351,30 @@ def test_reproduce_resume_reuses_only_a_kd_run_of_the_same_teacher_and_plan(tmp_
     assert script.finished_run(str(run), ["--teacher", str(tmp_path / "t"), "--plan", str(plan), "--kd_weight", "0"])
     MaskPlan([2, 1, 2]).save(plan)
     assert not script.finished_run(str(run), ["--teacher", str(tmp_path / "t"), "--plan", str(plan)])
+
+
+def test_train_kd_latent_cache_file_is_built_once_then_loaded_without_rendering(tmp_path, monkeypatch):
+    from diffusers_evdit import data as evdit_data
+
+    cache = tmp_path / "cache" / "latents.pt"
+    common = ["--teacher", "tiny:wan", "--plan", "uniform:1", *TINY, "--max_train_steps", 3,
+              "--synthetic_num_samples", 4, "--checkpointing_steps", 0, "--no_final_validation"]
+    lazy = run_kd([*common, "--output_dir", tmp_path / "lazy", "--cache_latents"])  # encodes clips as they come
+    built = run_kd([*common, "--output_dir", tmp_path / "built", "--latent_cache", cache])
+    kept = torch.load(cache)
+    assert len(kept["mean"]) == 4 and kept["identity"]["items"] == 4
+    stamp = cache.stat().st_mtime_ns
+
+    def no_render(self, index):
+        raise AssertionError("a clip was rendered although every latent is cached")
+
+    with monkeypatch.context() as m:
+        m.setattr(evdit_data.SyntheticVideoDataset, "__getitem__", no_render)
+        loaded = run_kd([*common, "--output_dir", tmp_path / "loaded", "--latent_cache", cache])
+    assert cache.stat().st_mtime_ns == stamp  # loaded, not written again
+    for run in (built, loaded):  # the same posteriors and draws as the lazy cache: the same training
+        assert [r["loss"] for r in run["losses"]] == pytest.approx([r["loss"] for r in lazy["losses"]], rel=1e-5)
+    # other data: the file is encoded again
+    run_kd([*common[:-5], "--synthetic_num_samples", 2, *common[-3:], "--output_dir", tmp_path / "other",
+            "--latent_cache", cache])
+    assert len(torch.load(cache)["mean"]) == 2
