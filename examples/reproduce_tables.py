@@ -42,10 +42,11 @@ Time: ``--budget_minutes`` (default 8) is shared by the stages: the MLCD trainin
 ``--jobs`` KD runs (trained side by side, each in its own process) one, after the measured evaluation times are
 reserved. On one H100 the default run takes about 8 minutes. Runs side by side help only while one run leaves the GPU
 idle: at ``--kd_batch_size 32`` two side by side got about 1.5x the samples of one alone (H100), six or eight no
-more than one, so for longer KD runs use ``--jobs 2`` and train fewer plans (``--ratios``, ``--uniform_ks``, ``--no_ablation``) rather than more at once. ``--kd_minutes`` fixes the
-length of every KD wave instead. Runs longer than one sitting: ``--max_kd_waves N`` trains at most N waves, writes
-the rows so far and exits with status 3; ``--resume`` with the same ``--work_dir`` reuses the finished MLCD model,
-plans, KD runs and row evaluations, and goes on.
+more than one, so for longer KD runs use ``--jobs 2`` and train fewer plans (``--ratios``, ``--uniform_ks``,
+``--no_ablation``) rather than more at once. ``--kd_minutes`` fixes the length of every KD wave instead. Runs longer
+than one sitting: ``--max_kd_waves N`` trains at most N waves, writes the rows so far and exits with status 3;
+``--resume`` with the same ``--work_dir`` reuses the finished MLCD model, plans, KD runs and row evaluations, and
+goes on.
 
     # one GPU, the shipped demo model, ~8 minutes
     python examples/reproduce_tables.py --out_dir benchmarks/results --work_dir runs/reproduce
@@ -291,7 +292,8 @@ def finished_run(folder: str, extra: list[str]) -> bool:
         return False
     with open(path, encoding="utf-8") as f:
         kept = json.load(f)
-    given = {flag: value for flag, value in zip(extra, extra[1:]) if flag.startswith("--") and not value.startswith("--")}
+    given = {flag: value for flag, value in zip(extra, extra[1:])
+             if flag.startswith("--") and not value.startswith("--")}
     for flag, key in (("--teacher", "teacher"), ("--student", "student_init")):
         if flag in given and os.path.abspath(given[flag]) != os.path.abspath(kept.get(key) or ""):
             return False

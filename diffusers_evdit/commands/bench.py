@@ -33,7 +33,8 @@ def register(sub) -> None:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     kernels = bench_sub.add_parser("kernels", help="sparse kernels vs the best dense kernel on model shapes")
     kernels.add_argument("--shapes", nargs="*", help="shape names (default: all five model shapes)")
-    kernels.add_argument("--kernels", nargs="*", choices=["split", "gathered", "flex", "split_triton", "split_triton_c2", "split_overlap"],
+    kernels.add_argument("--kernels", nargs="*",
+                         choices=["split", "gathered", "flex", "split_triton", "split_triton_c2", "split_overlap"],
                          help="sparse kernels to time (default: all that run here; split_triton = split with its "
                               "Triton merge, split_triton_c2 = the same with the global queries in 2 key chunks, "
                               "split_overlap = split with its global call on a second stream; CUDA only)")
