@@ -79,13 +79,15 @@ class StepTimes:
 
 
 def main(argv=None) -> int:
+    from diffusers_evdit.kernels import KERNELS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="pipeline folder / Hub repo, or tiny:<family>")
     plan = parser.add_mutually_exclusive_group()
     plan.add_argument("--plan", default=None, help="mask plan JSON for the transformer(s)")
     plan.add_argument("--k", type=int, default=None, help="uniform K:F-K plan on every layer")
     plan.add_argument("--dense", action="store_true", help="no plan (dense)")
-    parser.add_argument("--kernel", default="auto", choices=["auto", "fastest", "dense", "gathered", "split", "flex"])
+    parser.add_argument("--kernel", default="auto", choices=KERNELS)
     parser.add_argument("--prompt", default="a red panda eating bamboo in a misty forest")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--frames", type=int, default=None)
