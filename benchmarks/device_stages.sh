@@ -15,6 +15,7 @@
 #   bash benchmarks/device_stages.sh reproduce-quick  # r = 0.005 and 4:4 only, KD of >= 1 min (~6.5 min cold)
 #   bash benchmarks/device_stages.sh reproduce-resume [MODEL [ARGS]]  # the full table over 2-3 warm calls,
 #                     # KD runs of 1.8 min each (run the same command again until it says it wrote the table)
+#   bash benchmarks/device_stages.sh s4-long-kd [MODEL]  # r = 0.005 and 4:4 with 4-min KD runs (~7.5 min)
 #   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
 #   bash benchmarks/device_stages.sh kd-options [MODEL]  # KD variants (lr, warm-up, lambda, LoRA) of 4:4 and 2:6
@@ -24,7 +25,7 @@
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|s4-student|reproduce|low-r|s4-sweep|reproduce-long|reproduce-quick|reproduce-resume|kd-lr|kd-options}
+phase=${1:?usage: device_stages.sh mlcd|s4-student|reproduce|low-r|s4-sweep|reproduce-long|reproduce-quick|reproduce-resume|s4-long-kd|kd-lr|kd-options}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -218,6 +219,20 @@ reproduce-resume)
         "${@:3}" 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 40
     tar czf "$OUT/results.tar.gz" benchmarks/results/quality.json benchmarks/results/quality.md \
         $(find runs/reproduce-resume -name '*.json' -o -name '*.jsonl' | grep -v checkpoint-)
+    ;;
+s4-long-kd)
+    # Does a longer KD close the gap to Base? On MODEL (default runs/mlcd-s4 from the s4-student phase on the warm
+    # machine): reproduce_tables with r = 0.005 and uniform 4:4 only, two KD runs of 4 min side by side (~2x the
+    # steps of reproduce-resume), no order ablation, per-step speedups derived from step-h100.json (~7.5 min).
+    # Writes benchmarks/results/quality-s4-long-kd/.
+    model=${2:-runs/mlcd-s4}
+    [ -f "$model/model_index.json" ] || { echo "no $model on this machine: train it first (s4-student)"; exit 1; }
+    timeout 560 python examples/reproduce_tables.py --work_dir runs/s4-long-kd \
+        --out_dir benchmarks/results/quality-s4-long-kd --mlcd_model "$model" --ratios 0.005 --uniform_ks 4 \
+        --no_ablation --jobs 2 --kd_batch_size 32 --kd_minutes 4.0 "${@:3}" 2>&1 \
+        | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
+    tar czf "$OUT/results.tar.gz" benchmarks/results/quality-s4-long-kd \
+        $(find runs/s4-long-kd runs/mlcd-s4 -name '*.json' -o -name '*.jsonl' | grep -v checkpoint-)
     ;;
 kd-lr)
     # Does KD recover a sparse plan better at a lower learning rate in the same minutes? S=8 MLCD model (short run),
