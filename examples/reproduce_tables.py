@@ -149,6 +149,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--measure_step_speedups", action="store_true",
                    help="time the mapped plans on the full-size transformer on this GPU (CUDA, ~1 min)")
     p.add_argument("--device", default=None, help="default: cuda when available")
+    p.add_argument("--render", metavar="DIR", default=None,
+                   help="only recompute the checks and the Markdown of DIR/quality.json (no training, no evaluation)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true",
                    help="tiny random pipeline, 2 training steps per stage, 2 prompts (tests the plumbing on CPU)")
@@ -682,9 +684,32 @@ def comparisons(rows: list[dict]) -> dict:
               and r["final_score"] >= base["final_score"] - 0.01 and r["speedup"] >= 5.0]
         out["ours_within_0.01_of_base_at_5x"] = ok
     out["searched_vs_uniform_at_equal_or_higher_sparsity"] = sparsity_pairs(ours, uniform_kd)
+    out["searched_vs_uniform_curve_at_matched_sparsity"] = matched_sparsity(ours, uniform_kd)
     searched = [r for r in rows if r["name"].startswith("Search_")]
     if searched:
         out["searched_vs_uniform_without_kd"] = sparsity_pairs(searched, [u for u in uniform if u not in uniform_kd])
+    return out
+
+
+def matched_sparsity(searched: list[dict], uniform: list[dict]) -> list[dict]:
+    """Each searched-plan row against the uniform plans' Frechet at its own sparsity.
+
+    The uniform rows give a curve of Frechet over element sparsity; it is interpolated linearly between the two uniform
+    plans around the searched plan's sparsity (rows outside the curve's range, and rows whose plan is a uniform one,
+    are left out). This compares plans at equal cost, which the pairwise check cannot when no uniform plan has the
+    searched plan's sparsity.
+    """
+    curve = sorted((u["sparsity"], u["frechet"], u.get("plan")) for u in uniform if u["frechet"] is not None)
+    out = []
+    for o in searched:
+        if o["frechet"] is None or any(o.get("plan") == plan for _, _, plan in curve):
+            continue
+        for (s0, f0, _), (s1, f1, _) in zip(curve, curve[1:]):
+            if s0 <= o["sparsity"] <= s1 and s1 > s0:
+                at = f0 + (f1 - f0) * (o["sparsity"] - s0) / (s1 - s0)
+                out.append({"ours": o["name"], "ours_sparsity": o["sparsity"], "ours_frechet": o["frechet"],
+                            "uniform_frechet_at_sparsity": at, "ours_better": o["frechet"] < at})
+                break
     return out
 
 
@@ -788,6 +813,14 @@ def markdown(data: dict) -> str:
             else:
                 lines.append(f"* {what.capitalize()}: no searched plan is at least as sparse as a uniform plan, no "
                              "Frechet comparison at equal or higher sparsity.")
+        matched = checks.get("searched_vs_uniform_curve_at_matched_sparsity")
+        if matched:
+            wins = sum(p["ours_better"] for p in matched)
+            lines.append(f"* Searched plans vs the uniform plans' Frechet interpolated at the same sparsity, after "
+                         f"the same KD: {wins} of {len(matched)} favour the searched plan:")
+            lines += [f"  * {p['ours']} ({p['ours_sparsity']:.1%}): {p['ours_frechet']:.3f} vs uniform "
+                      f"{p['uniform_frechet_at_sparsity']:.3f}: "
+                      f"{'searched better' if p['ours_better'] else 'uniform better'}" for p in matched]
         lines.append("")
     plans = [r for r in data["rows"] if r.get("plan")]
     if plans:
@@ -803,12 +836,32 @@ def markdown(data: dict) -> str:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.render:
+        return render(args.render)
     try:
         return build_tables(args)
     except StopForResume:
         print(f"[reproduce] --max_kd_waves {args.max_kd_waves} reached: rows so far in {args.out_dir}/quality.json; "
               f"run again with --resume --work_dir {args.work_dir} to go on", flush=True)
         raise SystemExit(3)
+
+
+def render(out_dir: str) -> dict:
+    """Recompute the checks and rewrite quality.md of a finished run from its quality.json."""
+    path = os.path.join(out_dir, "quality.json")
+    if not os.path.isfile(path):
+        raise SystemExit(f"--render: no {path}")
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if data["complete"]:
+        data["checks"] = comparisons(data["rows"])
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    with open(os.path.join(out_dir, "quality.md"), "w", encoding="utf-8") as f:
+        f.write(markdown(data))
+    print(f"[reproduce] rewrote {out_dir}/quality.md from quality.json")
+    return data
 
 
 def build_tables(args) -> dict:

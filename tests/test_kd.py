@@ -378,3 +378,38 @@ def test_train_kd_latent_cache_file_is_built_once_then_loaded_without_rendering(
     run_kd([*common[:-5], "--synthetic_num_samples", 2, *common[-3:], "--output_dir", tmp_path / "other",
             "--latent_cache", cache])
     assert len(torch.load(cache)["mean"]) == 2
+
+
+def test_matched_sparsity_check_interpolates_the_uniform_curve_at_the_searched_sparsity():
+    script = _import("reproduce_tables")
+    uniform = [{"name": "MLCD_2:2+KD", "sparsity": 0.2, "frechet": 0.3, "plan": [2, 2]},
+               {"name": "MLCD_1:3+KD", "sparsity": 0.5, "frechet": 0.6, "plan": [1, 1]}]
+    searched = [{"name": "Ours_r=a", "sparsity": 0.35, "frechet": 0.44, "plan": [2, 1]},  # curve there: 0.45
+                {"name": "Ours_r=b", "sparsity": 0.35, "frechet": 0.46, "plan": [1, 2]},
+                {"name": "Ours_r=c", "sparsity": 0.7, "frechet": 0.1, "plan": [1, 0]},  # beyond the curve
+                {"name": "Ours_r=d", "sparsity": 0.5, "frechet": 0.6, "plan": [1, 1]}]  # a uniform plan itself
+    got = script.matched_sparsity(searched, uniform)
+    assert [(p["ours"], p["ours_better"]) for p in got] == [("Ours_r=a", True), ("Ours_r=b", False)]
+    assert got[0]["uniform_frechet_at_sparsity"] == pytest.approx(0.3 + (0.6 - 0.3) * 0.15 / 0.3)
+
+
+def test_render_rewrites_the_markdown_and_checks_of_a_finished_table(tmp_path):
+    script = _import("reproduce_tables")
+    row = lambda name, sparsity, frechet, plan, score: {  # noqa: E731
+        "name": name, "steps": 4, "sparsity": sparsity, "final_score": score, "frechet": frechet, "plan": plan,
+        "speedup": 6.0, "step_speedup": 1.2, "step_speedup_source": "derived", "speedup_incl_cfg": 12.0}
+    rows = [dict(row("Base", 0.0, 0.2, None, 0.82), steps=20, speedup=1.0),
+            row("Ours_r=0.1", 0.35, 0.44, [2, 1], 0.815),
+            row("MLCD_2:2+KD", 0.2, 0.3, [2, 2], 0.8), row("MLCD_1:3+KD", 0.5, 0.6, [1, 1], 0.7)]
+    data = {"complete": True, "smoke": False, "date": "2026-11-23", "total_minutes": 1.0, "rows": rows,
+            "order_ablation": [], "speedup_source": None, "checks": None,
+            "settings": {"model": "m", "device": "cpu", "eval_prompts": 4, "latent_frames": 4, "tokens_per_frame": 4,
+                         "num_segments": 4, "task_weight": 100.0, "kd_weight": 1.0}}
+    (tmp_path / "quality.json").write_text(json.dumps(data))
+    script.main(["--render", str(tmp_path)])
+    checks = json.loads((tmp_path / "quality.json").read_text())["checks"]
+    assert checks["ours_within_0.01_of_base_at_5x"] == ["Ours_r=0.1"]
+    assert [p["ours_better"] for p in checks["searched_vs_uniform_curve_at_matched_sparsity"]] == [True]
+    md = (tmp_path / "quality.md").read_text()
+    assert "within 0.01 of Base's final_score at >= 5x speedup: Ours_r=0.1." in md
+    assert "Ours_r=0.1 (35.0%): 0.440 vs uniform 0.450: searched better" in md
