@@ -17,7 +17,7 @@ def _rel(out, ref):
     return ((out.double() - ref).norm() / ref.norm()).item()
 
 
-@pytest.mark.parametrize("kernel", ["gathered", "split", "flex"])
+@pytest.mark.parametrize("kernel", ["gathered", "split", "flex", "walk"])
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)])
 def test_kernels_on_cuda(kernel, case, dtype, tol):
@@ -90,6 +90,20 @@ def test_fastest_kernel_times_once_and_runs_split_or_dense_on_cuda():
     assert len(att.tuner.choices) == 2 and all(set(t) == {"split", "dense"} for t in att.tuner.timings.values())
 
 
+@pytest.mark.parametrize("head_dim", [64, 96, 128])  # 96 (Open-Sora-Plan): lanes masked up to 128
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 1e-2), (torch.float32, 1e-4)])
+def test_walk_kernel_on_cuda_with_strided_batched_inputs(head_dim, dtype, tol):
+    """The walk kernel (autotuned launch) on [B, N, H, D] projections viewed as [B, H, N, D], batch 2, frames of
+    1350 tokens after 226 text tokens (CogVideoX's alignment: nothing lines up with its 128-row blocks)."""
+    layout = TileLayout(4, 1350, 226, "first")
+    q, k, v = (torch.randn(2, layout.seq_len, 3, head_dim, device="cuda", dtype=dtype).transpose(1, 2)
+               for _ in range(3))
+    for k_ref in (1, 2):
+        ref = attention_f64(q, k, v, paper_mask(4, 1350, 226, True, k_ref).cuda())
+        out = tile_attention(q, k, v, layout, k_ref, kernel="walk")
+        assert torch.isfinite(out).all() and _rel(out, ref) < tol, k_ref
+
+
 @pytest.mark.parametrize("head_dim", [12, 20])
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)])
 def test_split_kernel_on_cuda_with_unaligned_head_dim(head_dim, dtype, tol):
@@ -111,8 +125,9 @@ def test_text_padding_on_cuda(kernel):
     assert _rel(tile_attention(q, k, v, layout, 2, key_padding_mask=keep, kernel=kernel), ref) < 1e-2
 
 
-@pytest.mark.parametrize("family", ["cogvideox", "wan", "hunyuan_video"])
-@pytest.mark.parametrize("kernel", ["auto", "gathered", "split", "flex"])
+@pytest.mark.parametrize("family,kernel", [(f, k) for f in ("cogvideox", "wan", "hunyuan_video")
+                                            for k in ("auto", "gathered", "split", "flex")]
+                         + [("cogvideox", "walk"), ("wan", "walk")])  # walk: no key-padding mask (HunyuanVideo's)
 def test_processors_on_cuda(family, kernel):
     model = tiny_transformer(family).cuda()
     if kernel == "flex" and model.config.attention_head_dim % 16:

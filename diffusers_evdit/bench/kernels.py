@@ -26,10 +26,11 @@ SPARSE_KERNELS = ("split", "gathered", "flex")
 REL_TOL_BF16 = 1e-2
 # Timed in addition where they can run (CUDA; the Triton ones also need Triton): the split kernel with its Triton
 # merge, and with it the global queries in two key chunks (fills the last wave of a short global call); the split
-# kernel with its global call overlapping the others on a second stream.
+# kernel with its global call overlapping the others on a second stream; the one-launch Triton walk kernel.
 EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"},
                  "split_triton_c2": {"kernel": "split", "merge": "triton", "global_chunks": 2},
-                 "split_overlap": {"kernel": "split", "overlap": True}}
+                 "split_overlap": {"kernel": "split", "overlap": True},
+                 "walk": {"kernel": "walk"}}
 
 
 def make_attention(name: str) -> TileAttention:
@@ -41,8 +42,9 @@ def default_kernels(device: torch.device) -> tuple[str, ...]:
     """``SPARSE_KERNELS``, plus the variants of ``EXTRA_KERNELS`` that can run on ``device``."""
     if device.type != "cuda":
         return SPARSE_KERNELS
+    needs_triton = lambda options: options.get("merge") == "triton" or options["kernel"] == "walk"  # noqa: E731
     return SPARSE_KERNELS + tuple(name for name, options in EXTRA_KERNELS.items()
-                                  if options.get("merge") != "triton" or triton_merge_available(device))
+                                  if not needs_triton(options) or triton_merge_available(device))
 
 
 @dataclass(frozen=True)

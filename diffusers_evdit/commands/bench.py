@@ -34,10 +34,12 @@ def register(sub) -> None:
     kernels = bench_sub.add_parser("kernels", help="sparse kernels vs the best dense kernel on model shapes")
     kernels.add_argument("--shapes", nargs="*", help="shape names (default: all five model shapes)")
     kernels.add_argument("--kernels", nargs="*",
-                         choices=["split", "gathered", "flex", "split_triton", "split_triton_c2", "split_overlap"],
+                         choices=["split", "gathered", "flex", "split_triton", "split_triton_c2", "split_overlap",
+                                  "walk"],
                          help="sparse kernels to time (default: all that run here; split_triton = split with its "
                               "Triton merge, split_triton_c2 = the same with the global queries in 2 key chunks, "
-                              "split_overlap = split with its global call on a second stream; CUDA only)")
+                              "split_overlap = split with its global call on a second stream, walk = one Triton "
+                              "launch over the kept tiles; CUDA only)")
     kernels.add_argument("--quick", action="store_true", help="tiny shapes, runs on CPU (checks the code path only)")
     kernels.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     kernels.add_argument("--rep-ms", type=float, default=500, help="timing budget per measurement (ms)")

@@ -6,7 +6,9 @@ Kernels (all exact for the ``k:F-k`` mask, inputs ``[B, H, N, D]``):
 * ``"gathered"``: dense SDPA over gathered key sets (:mod:`.gathered`);
 * ``"split"``: partial dense attentions (own frame; shared reference + text context) merged by their
   log-sum-exp (:mod:`.split`);
-* ``"flex"``: FlexAttention with a tile block mask (:mod:`.flex`).
+* ``"flex"``: FlexAttention with a tile block mask (:mod:`.flex`);
+* ``"walk"``: one Triton launch that walks only the kept tiles, per query block a short list of key ranges
+  (:mod:`.walk`; CUDA, inference only, no key-padding mask).
 
 ``"auto"`` picks dense for dense entries and, otherwise, the kernel expected to be fastest on the device.
 """
@@ -28,8 +30,10 @@ from .compiled import CompiledFn
 from .split import merge_partial_attention, split_tile_attention
 from .triton_merge import triton_merge_available, triton_merge_partial_attention
 from .tuning import KernelTuner
+from .walk import BLOCK_M as WALK_BLOCK_M
+from .walk import WalkTables, walk_segments, walk_tile_attention
 
-KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex")
+KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk")
 # "fastest" runs dense attention for a sparse entry only when the split kernel is slower by more than this share
 FASTEST_MARGIN = 0.02
 MERGES = ("auto", "eager", "compiled", "triton")
@@ -49,7 +53,7 @@ def check_kernel(kernel: str) -> str:
         >>> check_kernel("fast")
         Traceback (most recent call last):
             ...
-        ValueError: Unknown tile-attention kernel 'fast'; choose one of auto, fastest, dense, gathered, split, flex.
+        ValueError: Unknown tile-attention kernel 'fast'; choose one of auto, fastest, dense, gathered, split, flex, walk.
     """
     if kernel not in KERNELS:
         raise ValueError(f"Unknown tile-attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}.")
@@ -77,7 +81,8 @@ class TileAttention:
     """Runs exact ``k:F-k`` attention, choosing a kernel per call; holds the kernels' caches.
 
     Args:
-        kernel: ``"auto"`` (default), ``"fastest"``, ``"dense"``, ``"gathered"``, ``"split"`` or ``"flex"``.
+        kernel: ``"auto"`` (default), ``"fastest"``, ``"dense"``, ``"gathered"``, ``"split"``, ``"flex"`` or
+            ``"walk"``.
         merge: how the ``split`` kernel merges its two partial results: ``"eager"`` (PyTorch), ``"compiled"``
             (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA; as fast as ``"compiled"`` on
             an H100, within noise) or ``"auto"`` (default: compiled on CUDA for large inputs, else eager).
@@ -87,6 +92,7 @@ class TileAttention:
         overlap: run the split kernel's global call on a second CUDA stream, concurrently with the non-reference
             frames' calls and merges (fills the last, partial wave of each call; exact either way). Default False
             until timed.
+        walk_block_m: query rows per program of the ``walk`` kernel (its key-range tables are built for it).
         tuner: the micro-benchmark of ``kernel="fastest"`` and its cache (``tuner.choices``, ``tuner.timings``); one
             given with a ``timer`` also runs on the CPU.
 
@@ -110,10 +116,12 @@ class TileAttention:
     merge: str = "auto"
     global_chunks: int = 1
     overlap: bool = False
+    walk_block_m: int = WALK_BLOCK_M
     tuner: KernelTuner = field(default_factory=KernelTuner)
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
     fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": False}))
     _indices: dict = field(default_factory=dict, repr=False)
+    _walk_tables: dict = field(default_factory=dict, repr=False)
     _side_streams: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -148,6 +156,13 @@ class TileAttention:
         if key not in self._indices:
             self._indices[key] = tile_indices(layout, k_ref, device)
         return self._indices[key]
+
+    def walk_tables(self, layout: TileLayout, k_ref: int, device: torch.device) -> WalkTables:
+        """The cached key-range tables of the ``walk`` kernel for a sparse entry on ``layout``."""
+        key = (layout, k_ref, str(device), self.walk_block_m)
+        if key not in self._walk_tables:
+            self._walk_tables[key] = walk_segments(layout, k_ref, self.walk_block_m).to(device)
+        return self._walk_tables[key]
 
     def choose(self, layout: TileLayout, k_ref: int | None, device: torch.device, key_padding_mask=None) -> str:
         """The kernel this call will use.
@@ -219,6 +234,11 @@ class TileAttention:
             idx = self.indices(layout, k_ref, q.device)
             return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, self.merge_fn(q),
                                         self.global_chunks, self.side_stream(q))
+        if kernel == "walk":
+            if key_padding_mask is not None:
+                raise ValueError("The walk kernel takes no key-padding mask; use kernel='split' (padded text) or "
+                                 "'gathered'.")
+            return walk_tile_attention(q, k, v, self.walk_tables(layout, k_ref, q.device), scale)
         return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
 
 
@@ -248,4 +268,5 @@ __all__ = [
     "split_tile_attention",
     "tile_attention",
     "tile_block_mask",
+    "walk_tile_attention",
 ]

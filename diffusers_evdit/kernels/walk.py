@@ -1,0 +1,292 @@
+"""The ``walk`` kernel: one Triton launch that walks only the tiles a ``k:F-k`` mask keeps.
+
+The split kernel composes the mask from dense cuDNN calls (own frame; reference frames + text) and merges them by
+their log-sum-exp: every call has its own launch, its own partial last wave, and the merge reads and writes the
+output again. This kernel is one FlashAttention-style pass instead: each program takes a block of query rows and
+runs the online softmax over a short list of key ranges, precomputed per query block on the host
+(:func:`walk_segments`):
+
+* a block of non-reference rows of one frame walks the global ranges (text and reference frames, merged where
+  adjacent) and its own frame, with no element mask except at the end of a range;
+* a block that straddles two non-reference frames walks the global ranges and both frames, keeping a key of either
+  frame only for the rows of the same frame;
+* a block with any global row (text or a reference frame) walks every key, masked only if it also holds
+  non-reference rows.
+
+Ranges do not need to align with the kernel's blocks (CogVideoX: 226 text tokens, 1350 a frame); only the last
+block of a range is bounds-checked. The element rule, for masked blocks, is the paper's: a key counts when its
+query or the key is global or both lie in the same frame (``group`` = -1 for global tokens, else the frame).
+
+Triton runs it on CUDA tensors, or on the CPU under ``TRITON_INTERPRET=1`` (how the tests check it without a GPU).
+Inference only (no backward), no key-padding mask.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import TileLayout
+from ..masks import is_dense, reference_frames
+from .indices import _merge_ranges
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU builds of torch come without Triton
+    triton = None
+    tl = None
+
+GLOBAL = -1  # the group of text and reference-frame tokens
+BLOCK_M = 128  # query rows a program (CUDA); the segment tables are built for it
+
+
+def walk_available(device: torch.device | str) -> bool:
+    """Whether the ``walk`` kernel can run for tensors on ``device`` (CUDA with Triton, or the Triton interpreter)."""
+    if triton is None:
+        return False
+    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def token_groups(layout: TileLayout, k: int) -> torch.Tensor:
+    """Per token: -1 for text and reference-frame tokens, else its frame (``[N]`` int32, CPU).
+
+    Example:
+        >>> token_groups(TileLayout(num_frames=3, tokens_per_frame=2, num_text_tokens=1, text_position="last"), 1)
+        tensor([-1, -1,  1,  1,  2,  2, -1], dtype=torch.int32)
+    """
+    groups = torch.full((layout.seq_len,), GLOBAL, dtype=torch.int32)
+    refs = set(reference_frames(layout.num_frames, k))
+    for f in range(layout.num_frames):
+        if f not in refs:
+            groups[layout.frame_slice(f)] = f
+    return groups
+
+
+@dataclass(frozen=True)
+class WalkTables:
+    """The key ranges each query block walks, for one layout, ``k`` and block size (see :func:`walk_segments`).
+
+    Attributes:
+        group: ``[N]`` int32, :func:`token_groups`.
+        start, stop: ``[blocks, max_segments]`` int32 key ranges, in walking order.
+        masked: ``[blocks, max_segments]`` int32, 1 where the range needs the element rule.
+        count: ``[blocks]`` int32, ranges used per block.
+        order: ``[blocks]`` int32, the query blocks from the most keys walked to the fewest: programs start with
+            the long blocks of every head, so no long block is left for the end of the launch.
+    """
+
+    group: torch.Tensor
+    start: torch.Tensor
+    stop: torch.Tensor
+    masked: torch.Tensor
+    count: torch.Tensor
+    order: torch.Tensor
+    block_m: int
+
+    @property
+    def max_segments(self) -> int:
+        return self.start.shape[1]
+
+    def to(self, device) -> "WalkTables":
+        move = lambda t: t.to(device)  # noqa: E731
+        return WalkTables(move(self.group), move(self.start), move(self.stop), move(self.masked), move(self.count),
+                          move(self.order), self.block_m)
+
+    def nbytes(self) -> int:
+        tensors = (self.group, self.start, self.stop, self.masked, self.count, self.order)
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    def keys_walked(self) -> int:
+        """Query-row x key pairs the kernel computes (at least the mask's kept pairs: a block's rows count in full),
+        for cost estimates."""
+        return int(_block_keys(self.start, self.stop, self.count).sum()) * self.block_m
+
+
+def _block_keys(start: torch.Tensor, stop: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Keys each query block walks."""
+    used = torch.arange(start.shape[1], device=start.device) < count[:, None]
+    return ((stop - start).clamp(min=0) * used).sum(1)
+
+
+def walk_segments(layout: TileLayout, k: int, block_m: int = BLOCK_M) -> WalkTables:
+    """Build the :class:`WalkTables` of a sparse entry ``k`` (``k < F``) on ``layout`` for query blocks of
+    ``block_m`` rows (CPU tensors; move them with :meth:`WalkTables.to`).
+
+    Example:
+        >>> layout = TileLayout(num_frames=4, tokens_per_frame=4, num_text_tokens=2, text_position="first")
+        >>> t = walk_segments(layout, 1, block_m=4)  # reference frame 0 = tokens 2-5, right after the text
+        >>> [list(zip(t.start[b, :n].tolist(), t.stop[b, :n].tolist(), t.masked[b, :n].tolist()))
+        ...  for b, n in enumerate(t.count.tolist())]  # doctest: +NORMALIZE_WHITESPACE
+        [[(0, 18, 0)], [(0, 18, 1)], [(0, 6, 0), (6, 14, 1)], [(0, 6, 0), (10, 18, 1)], [(0, 6, 0), (14, 18, 0)]]
+    """
+    if is_dense(layout.num_frames, k):
+        raise ValueError(f"walk_segments needs a sparse entry (k < {layout.num_frames}), got k={k}.")
+    if block_m < 1:
+        raise ValueError(f"block_m must be positive, got {block_m}.")
+    group = token_groups(layout, k)
+    n = layout.seq_len
+    refs = reference_frames(layout.num_frames, k)
+    global_ranges = _merge_ranges([(layout.frame_slice(f).start, layout.frame_slice(f).stop) for f in refs]
+                                  + [(layout.text_slice.start, layout.text_slice.stop)])
+    blocks: list[list[tuple[int, int, int]]] = []
+    for lo in range(0, n, block_m):
+        present = set(group[lo:min(n, lo + block_m)].tolist())
+        if GLOBAL in present:  # global rows see every key; non-reference rows beside them need the rule
+            blocks.append([(0, n, int(len(present) > 1))])
+            continue
+        first, last = min(present), max(present)
+        own = (layout.frame_slice(first).start, layout.frame_slice(last).stop, int(first != last))
+        segments = sorted([(a, b, 0) for a, b in global_ranges] + [own])
+        merged: list[tuple[int, int, int]] = []
+        for a, b, m in segments:  # adjacent unmasked ranges walk as one
+            if merged and merged[-1][1] == a and not m and not merged[-1][2]:
+                merged[-1] = (merged[-1][0], b, 0)
+            else:
+                merged.append((a, b, m))
+        blocks.append(merged)
+    width = max(len(b) for b in blocks)
+    table = torch.zeros(len(blocks), width, 3, dtype=torch.int32)
+    for i, segments in enumerate(blocks):
+        table[i, :len(segments)] = torch.tensor(segments, dtype=torch.int32)
+    count = torch.tensor([len(b) for b in blocks], dtype=torch.int32)
+    start, stop = table[..., 0].contiguous(), table[..., 1].contiguous()
+    order = torch.argsort(_block_keys(start, stop, count), descending=True, stable=True).to(torch.int32)
+    return WalkTables(group, start, stop, table[..., 2].contiguous(), count, order, block_m)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _walk_range(acc, l_i, m_i, q, gq, k_ptr, v_ptr, group, skn, skd, svn, svd, lo, hi, stop, qk_scale, head_dim,
+                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr,
+                    EVEN_D: tl.constexpr):
+        """Online softmax of the query block over keys ``lo..hi`` (step BLOCK_N). MODE 0: every key valid; 1: keys
+        below ``stop`` valid; 2: also the element rule of the tile mask."""
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < head_dim
+        for n0 in range(lo, hi, BLOCK_N):
+            cols = n0 + tl.arange(0, BLOCK_N)
+            k_ptrs = k_ptr + cols[None, :].to(tl.int64) * skn + d[:, None] * skd  # K^T block [D, BLOCK_N]
+            v_ptrs = v_ptr + cols[:, None].to(tl.int64) * svn + d[None, :] * svd
+            col_ok = cols < stop
+            if MODE == 0:
+                if EVEN_D:  # the hot path: whole key blocks of a full head, no mask at all
+                    kt = tl.load(k_ptrs)
+                    v = tl.load(v_ptrs)
+                else:
+                    kt = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+                    v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+            else:
+                kt = tl.load(k_ptrs, mask=col_ok[None, :] & d_ok[:, None], other=0.0)
+                v = tl.load(v_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+            if IEEE:
+                s = tl.dot(q, kt, input_precision="ieee") * qk_scale
+            else:
+                s = tl.dot(q, kt) * qk_scale
+            if MODE == 1:
+                s = tl.where(col_ok[None, :], s, float("-inf"))
+            if MODE == 2:
+                gk = tl.load(group + cols, mask=col_ok, other=-3)
+                keep = col_ok[None, :] & ((gq[:, None] == -1) | (gk[None, :] == -1) | (gq[:, None] == gk[None, :]))
+                s = tl.where(keep, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: nothing to rescale
+            alpha = tl.exp2(m_i - m_safe)
+            p = tl.exp2(s - m_safe[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if IEEE:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        return acc, l_i, m_i
+
+    @triton.jit
+    def _walk_kernel(q_ptr, k_ptr, v_ptr, o_ptr, group, seg_start, seg_stop, seg_masked, seg_count, block_order,
+                     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
+                     heads, n_tokens, head_dim, qk_scale, max_seg, n_blocks, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr):
+        pid = tl.program_id(0)  # longest query blocks first, every (batch, head) of a block side by side
+        batch_heads = tl.num_programs(0) // n_blocks
+        block = tl.load(block_order + pid // batch_heads)
+        bh = pid % batch_heads
+        b = (bh // heads).to(tl.int64)
+        h = (bh % heads).to(tl.int64)
+        rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_tokens
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < head_dim
+        q = tl.load(q_ptr + b * sqb + h * sqh + rows[:, None].to(tl.int64) * sqn + d[None, :] * sqd,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        gq = tl.load(group + rows, mask=row_ok, other=-2)
+        k_base = k_ptr + b * skb + h * skh
+        v_base = v_ptr + b * svb + h * svh
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        for s in range(0, tl.load(seg_count + block)):
+            lo = tl.load(seg_start + block * max_seg + s)
+            stop = tl.load(seg_stop + block * max_seg + s)
+            if tl.load(seg_masked + block * max_seg + s) != 0:
+                acc, l_i, m_i = _walk_range(acc, l_i, m_i, q, gq, k_base, v_base, group, skn, skd, svn, svd, lo, stop,
+                                            stop, qk_scale, head_dim, BLOCK_N, BLOCK_D, 2, IEEE, EVEN_D)
+            else:
+                full = lo + ((stop - lo) // BLOCK_N) * BLOCK_N  # whole blocks unchecked, then the tail
+                acc, l_i, m_i = _walk_range(acc, l_i, m_i, q, gq, k_base, v_base, group, skn, skd, svn, svd, lo, full,
+                                            stop, qk_scale, head_dim, BLOCK_N, BLOCK_D, 0, IEEE, EVEN_D)
+                acc, l_i, m_i = _walk_range(acc, l_i, m_i, q, gq, k_base, v_base, group, skn, skd, svn, svd, full,
+                                            stop, stop, qk_scale, head_dim, BLOCK_N, BLOCK_D, 1, IEEE, EVEN_D)
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + b * sob + h * soh + rows[:, None].to(tl.int64) * son + d[None, :] * sod,
+                 out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+    # tuned once per (sequence length, head dim): one compile per config and head size, not per mask
+    _CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
+                for bn in (64, 128) for w in (4, 8) for st in (2, 3)]
+    _walk_tuned = triton.autotune(configs=_CONFIGS, key=["n_tokens", "head_dim"])(_walk_kernel)
+
+
+LOG2E = 1.4426950408889634
+
+
+def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None, block_n: int | None = None):
+    """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs in one Triton launch (see the module docs).
+
+    ``tables`` comes from :func:`walk_segments` (on the inputs' device). On CUDA the key block size and the launch
+    settings are autotuned once per (N, D); ``block_n`` fixes the key block instead (the interpreter's default is
+    16).
+
+    Example:
+        >>> import torch
+        >>> from diffusers_evdit.masks import tile_mask
+        >>> layout = TileLayout(num_frames=4, tokens_per_frame=8, num_text_tokens=3, text_position="first")
+        >>> q, k, v = torch.randn(3, 1, 2, layout.seq_len, 16).unbind(0)
+        >>> if walk_available("cpu"):  # under TRITON_INTERPRET=1
+        ...     out = walk_tile_attention(q, k, v, walk_segments(layout, 2, block_m=16))
+        ...     ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=tile_mask(layout, 2))
+        ...     assert torch.allclose(out, ref, atol=1e-4)
+    """
+    if not walk_available(q.device):
+        raise RuntimeError("The walk kernel needs Triton and CUDA tensors (or TRITON_INTERPRET=1); use kernel='split'.")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        raise RuntimeError("The walk tile kernel is inference-only (no backward); train with kernel='gathered'.")
+    batch, heads, n, head_dim = q.shape
+    if tables.group.shape[0] != n:
+        raise ValueError(f"walk tables for {tables.group.shape[0]} tokens, inputs have {n}.")
+    scale = head_dim ** -0.5 if scale is None else scale
+    out = torch.empty_like(q)
+    n_blocks = tables.count.shape[0]
+    grid = (n_blocks * batch * heads,)
+    args = (q, k, v, out, tables.group, tables.start, tables.stop, tables.masked, tables.count, tables.order,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), heads, n, head_dim, scale * LOG2E,
+            tables.max_segments, n_blocks)
+    common = {"BLOCK_M": tables.block_m, "BLOCK_D": triton.next_power_of_2(head_dim),
+              "IEEE": q.dtype == torch.float32, "EVEN_D": triton.next_power_of_2(head_dim) == head_dim}
+    if q.device.type == "cuda" and block_n is None:
+        _walk_tuned[grid](*args, **common)
+    else:
+        _walk_kernel[grid](*args, **common, BLOCK_N=block_n or 16)
+    return out

@@ -1,0 +1,151 @@
+"""The ``walk`` kernel (one Triton launch over the tiles a mask keeps), run by Triton's interpreter on the CPU
+(skipped where Triton is not installed): its key-range tables against the paper's mask written out pair by pair, and
+its output against float64 masked attention, on layouts whose frames and text do not align with its blocks."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from reference import attention_f64, paper_mask
+
+import diffusers_evdit.kernels.walk as walk
+from diffusers_evdit.kernels import TileAttention
+from diffusers_evdit.layout import TileLayout
+
+pytest.importorskip("triton")
+
+# frames, tokens a frame, text tokens, text position: text first / last / none, frames shorter and longer than a block
+CASES = [(5, 7, 3, "first"), (6, 10, 4, "last"), (4, 9, 0, "none"), (3, 40, 5, "first")]
+
+# Triton's interpreter must be switched on before Triton is imported (its library functions are compiled at import),
+# so the kernel tests run in a child pytest with TRITON_INTERPRET=1 (test_walk_kernel_in_the_interpreter).
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the child pytest of test_walk_kernel_in_the_interpreter")
+
+
+def test_walk_kernel_in_the_interpreter():
+    if INTERPRETED:
+        pytest.skip("this is the child run")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__],
+                         env=env, capture_output=True, text=True, cwd=os.path.dirname(__file__), timeout=900)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout
+
+
+def _covered(tables, n):
+    """How often the kernel computes each (query, key) pair, from its tables alone: [N, N] counts."""
+    count = torch.zeros(n, n, dtype=torch.int64)
+    group = tables.group.long()
+    for b in range(tables.count.shape[0]):
+        rows = torch.arange(b * tables.block_m, min(n, (b + 1) * tables.block_m))
+        for s in range(int(tables.count[b])):
+            a, z, masked = int(tables.start[b, s]), int(tables.stop[b, s]), int(tables.masked[b, s])
+            cols = torch.arange(a, z)
+            keep = torch.ones(len(rows), len(cols), dtype=torch.int64)
+            if masked:
+                gq, gk = group[rows][:, None], group[cols][None, :]
+                keep = ((gq == -1) | (gk == -1) | (gq == gk)).long()
+            count[rows[:, None], cols[None, :]] += keep
+    return count
+
+
+@pytest.mark.parametrize("block_m", [4, 16, 64])
+@pytest.mark.parametrize("case", CASES)
+def test_walk_tables_cover_every_kept_pair_exactly_once(case, block_m):
+    frames, tpf, nt, pos = case
+    layout = TileLayout(frames, tpf, nt, pos)
+    for k in range(1, frames):
+        tables = walk.walk_segments(layout, k, block_m)
+        expected = paper_mask(frames, tpf, nt, pos == "first", k).long()
+        assert torch.equal(_covered(tables, layout.seq_len), expected), (case, k, block_m)
+        assert int(tables.count.max()) <= k + 2  # text, the reference frames, the own frames
+
+
+def test_walk_tables_leave_single_frame_blocks_unmasked():
+    # CogVideoX-5B's layout, k = 1: a block inside one non-reference frame walks text + reference frame 0 (one range,
+    # adjacent) and its frame, unmasked; only blocks across a frame boundary (or touching the global rows) are masked
+    layout = TileLayout(13, 1350, 226, "first")
+    tables = walk.walk_segments(layout, 1, 128)
+    first_nonref_block = (226 + 1350 + 127) // 128 + 1
+    b = first_nonref_block
+    segs = list(zip(tables.start[b, :tables.count[b]].tolist(), tables.stop[b, :tables.count[b]].tolist(),
+                    tables.masked[b, :tables.count[b]].tolist()))
+    assert segs == [(0, 226 + 1350 + 1350, 0)]  # text + frame 0 + frame 1 are one contiguous unmasked range
+    masked_share = (tables.masked.sum(1) > 0).float().mean().item()
+    assert masked_share < 0.15
+    assert tables.nbytes() < 1 << 20
+    # programs start with the long blocks (the text and reference-frame rows walk all keys)
+    walked = [sum(int(tables.stop[b, s]) - int(tables.start[b, s]) for s in range(int(tables.count[b])))
+              for b in tables.order.tolist()]
+    assert sorted(tables.order.tolist()) == list(range(len(walked))) and walked == sorted(walked, reverse=True)
+    assert walked[0] == layout.seq_len
+    # the work walked is the mask's kept pairs plus block rounding, not the dense N^2
+    kept = paper_mask(13, 1350, 226, True, 1).sum().item()
+    assert kept <= tables.keys_walked() < 1.2 * kept
+
+
+@interpreted
+@pytest.mark.parametrize("block", [(16, 16), (32, 16)])
+@pytest.mark.parametrize("head_dim", [16, 24])  # 24: not a power of two (masked lanes)
+@pytest.mark.parametrize("case", CASES)
+def test_walk_kernel_matches_float64_reference(case, head_dim, block):
+    frames, tpf, nt, pos = case
+    block_m, block_n = block
+    layout = TileLayout(frames, tpf, nt, pos)
+    g = torch.Generator().manual_seed(0)
+    for k in (1, frames // 2):
+        q, kk, v = (torch.randn(2, 2, layout.seq_len, head_dim, generator=g) for _ in range(3))
+        ref = attention_f64(q, kk, v, paper_mask(frames, tpf, nt, pos == "first", k))
+        out = walk.walk_tile_attention(q, kk, v, walk.walk_segments(layout, k, block_m), block_n=block_n)
+        rel = ((out.double() - ref).norm() / ref.norm()).item()
+        assert rel < 1e-5, (case, k, rel)
+
+
+@interpreted
+def test_walk_kernel_takes_strided_inputs_and_a_scale():
+    # processors hand over [B, N, H, D] projections transposed to [B, H, N, D]: non-contiguous views
+    layout = TileLayout(4, 9, 5, "last")
+    g = torch.Generator().manual_seed(1)
+    q, kk, v = (torch.randn(1, layout.seq_len, 3, 16, generator=g).transpose(1, 2) for _ in range(3))
+    ref = attention_f64(q, kk, v, paper_mask(4, 9, 5, False, 2), scale=0.3)
+    out = walk.walk_tile_attention(q, kk, v, walk.walk_segments(layout, 2, 16), scale=0.3)
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+@interpreted
+def test_walk_kernel_through_tile_attention():
+    layout = TileLayout(5, 7, 3, "first")
+    q, kk, v = torch.randn(3, 1, 2, layout.seq_len, 16).unbind(0)
+    attn = TileAttention(kernel="walk", walk_block_m=16)
+    out = attn(q, kk, v, layout, k_ref=2)
+    ref = attention_f64(q, kk, v, paper_mask(5, 7, 3, True, 2))
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+    assert len(attn._walk_tables) == 1
+    attn(q, kk, v, layout, k_ref=2)
+    assert len(attn._walk_tables) == 1  # tables built once per (layout, k, device)
+    with pytest.raises(ValueError, match="key-padding"):
+        attn(q, kk, v, layout, k_ref=2, key_padding_mask=torch.ones(1, layout.seq_len, dtype=torch.bool))
+
+
+@interpreted
+def test_walk_kernel_refuses_gradients_and_dense_entries():
+    layout = TileLayout(4, 8)
+    q = torch.randn(1, 1, layout.seq_len, 16, requires_grad=True)
+    with pytest.raises(RuntimeError, match="inference-only"):
+        walk.walk_tile_attention(q, q, q, walk.walk_segments(layout, 1, 16))
+    with pytest.raises(ValueError, match="sparse entry"):
+        walk.walk_segments(layout, 4)
+
+
+def test_walk_kernel_needs_triton_on_the_device():
+    if INTERPRETED:
+        pytest.skip("the interpreter runs it on the CPU")
+    layout = TileLayout(4, 8)
+    q = torch.randn(1, 1, layout.seq_len, 16)
+    with pytest.raises(RuntimeError, match="kernel='split'"):
+        walk.walk_tile_attention(q, q, q, walk.walk_segments(layout, 1, 16))
+    with pytest.raises(RuntimeError, match="kernel='split'"):
+        TileAttention(kernel="walk")(q, q, q, layout, k_ref=1)
