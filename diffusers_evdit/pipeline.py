@@ -380,8 +380,8 @@ class EfficientVDiTPipeline(DiffusionPipeline):
         Args:
             mask_plan: plan for ``transformer`` or ``None``.
             mask_plan_2: plan for ``transformer_2``, ``None``, or ``"same"``.
-            kernel: ``"auto"``, ``"fastest"``, ``"dense"``, ``"gathered"``, ``"split"`` or ``"flex"`` (see
-                :func:`apply_mask_plan`).
+            kernel: ``"auto"``, ``"fastest"``, ``"dense"``, ``"gathered"``, ``"split"``, ``"flex"`` or ``"walk"``
+                (see :func:`apply_mask_plan`).
 
         Returns:
             The pipeline.

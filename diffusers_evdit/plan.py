@@ -177,7 +177,8 @@ def apply_mask_plan(transformer: nn.Module, plan: MaskPlan, kernel: str = "auto"
         plan: the :class:`MaskPlan`, one entry per video self-attention layer.
         kernel: for every sparse layer: ``"auto"`` (default: the fastest exact kernel for the plan's masks),
             ``"fastest"`` (also dense attention where the split kernel would be slower, timed once on CUDA; see
-            :class:`~diffusers_evdit.kernels.TileAttention`), ``"dense"``, ``"gathered"``, ``"split"`` or ``"flex"``.
+            :class:`~diffusers_evdit.kernels.TileAttention`), ``"dense"``, ``"gathered"``, ``"split"``, ``"flex"`` or
+            ``"walk"``.
 
     Example:
         >>> from diffusers import WanTransformer3DModel
