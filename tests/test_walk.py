@@ -131,6 +131,30 @@ def test_walk_kernel_through_tile_attention():
 
 
 @interpreted
+@torch.no_grad()
+def test_fastest_also_times_the_walk_kernel_and_runs_it_when_faster():
+    from diffusers_evdit.kernels import KernelTuner
+
+    seconds = {"split": 2.0, "dense": 3.0, "walk": 1.0}
+    attn = TileAttention("fastest", walk_block_m=16, tuner=KernelTuner(reps=1, warmup=0, timer=lambda fn: 0.0))
+    # the timer runs the candidate and reports the made-up time of the kernel it ran
+    calls = []
+    real_run = attn._run
+    attn._run = lambda kernel, *a: calls.append(kernel) or real_run(kernel, *a)  # instance attribute, this test only
+    attn.tuner.timer = lambda fn: (fn(), seconds[calls[-1]])[1]
+    layout = TileLayout(5, 7, 3, "first")
+    q, kk, v = torch.randn(3, 1, 2, layout.seq_len, 16).unbind(0)
+    out = attn(q, kk, v, layout, k_ref=2)
+    assert set(next(iter(attn.tuner.timings.values()))) == {"split", "dense", "walk"}
+    assert calls[-1] == "walk" and list(attn.tuner.choices.values()) == ["walk"]
+    ref = attention_f64(q, kk, v, paper_mask(5, 7, 3, True, 2))
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
+    calls.clear()  # with a key-padding mask the walk kernel cannot run: not a candidate
+    attn(q, kk, v, layout, k_ref=2, key_padding_mask=torch.ones(1, layout.seq_len, dtype=torch.bool))
+    assert "walk" not in calls and len(attn.tuner.timings) == 2
+
+
+@interpreted
 def test_walk_kernel_refuses_gradients_and_dense_entries():
     layout = TileLayout(4, 8)
     q = torch.randn(1, 1, layout.seq_len, 16, requires_grad=True)

@@ -31,7 +31,7 @@ from .split import merge_partial_attention, split_tile_attention
 from .triton_merge import triton_merge_available, triton_merge_partial_attention
 from .tuning import KernelTuner
 from .walk import BLOCK_M as WALK_BLOCK_M
-from .walk import WalkTables, walk_segments, walk_tile_attention
+from .walk import WalkTables, walk_available, walk_segments, walk_tile_attention
 
 KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk")
 # "fastest" runs dense attention for a sparse entry only when the split kernel is slower by more than this share
@@ -97,10 +97,11 @@ class TileAttention:
             given with a ``timer`` also runs on the CPU.
 
     ``kernel="fastest"`` is ``"auto"`` that is never slower than dense attention: on CUDA it times the split kernel
-    against the model's dense attention once per call signature (layout, plan entry, input shape and dtype; a
-    one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs dense attention where the split kernel is
-    slower by more than 2%. Such an entry then computes full attention, not its tile mask: the plan becomes a licence
-    to skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and the
+    against the model's dense attention (and the walk kernel, where Triton runs and no key-padding mask is given)
+    once per call signature (layout, plan entry, input shape and dtype; a one-time micro-benchmark,
+    :class:`~.tuning.KernelTuner`) and runs the fastest, keeping split unless another is faster by more than 2%. An
+    entry that picks dense attention then computes full attention, not its tile mask: the plan becomes a licence to
+    skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and the
     split kernel runs. ``"auto"`` always applies the plan's masks (exact kernels only).
 
     Example:
@@ -204,10 +205,16 @@ class TileAttention:
         if kernel == "split" and self._tunes(q):
             signature = (str(q.device), layout, k_ref, tuple(q.shape), tuple(q.stride()), q.dtype, scale,
                          key_padding_mask is not None, dense_fn is not None)  # processors pass a new dense_fn a call
+            names = ("split", "dense") + (("walk",) if self._walk_candidate(q, key_padding_mask) else ())
             candidates = {name: (lambda name=name: self._run(name, q, k, v, layout, k_ref, key_padding_mask, scale,
-                                                             dense_fn)) for name in ("split", "dense")}
+                                                             dense_fn)) for name in names}
             kernel = self.tuner.pick(signature, candidates, prefer="split", margin=FASTEST_MARGIN)
         return self._run(kernel, q, k, v, layout, k_ref, key_padding_mask, scale, dense_fn)
+
+    @staticmethod
+    def _walk_candidate(q: torch.Tensor, key_padding_mask) -> bool:
+        """Whether ``fastest`` also times the walk kernel: where Triton runs it and no key-padding mask is given."""
+        return walk_available(q.device) and key_padding_mask is None
 
     def _tunes(self, q: torch.Tensor) -> bool:
         """Whether this call may time kernels: ``fastest``, on CUDA (or a tuner with its own timer), outside
