@@ -89,7 +89,7 @@ def test_walk_tables_leave_single_frame_blocks_unmasked():
 
 @interpreted
 @pytest.mark.parametrize("block", [(16, 16), (32, 16)])
-@pytest.mark.parametrize("head_dim", [16, 24])  # 24: not a power of two (masked lanes)
+@pytest.mark.parametrize("head_dim", [16, 24, 48])  # 24: 16 + 16 lanes, 8 masked; 48: 32 + 16
 @pytest.mark.parametrize("case", CASES)
 def test_walk_kernel_matches_float64_reference(case, head_dim, block):
     frames, tpf, nt, pos = case

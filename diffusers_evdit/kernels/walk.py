@@ -160,32 +160,53 @@ def walk_segments(layout: TileLayout, k: int, block_m: int = BLOCK_M) -> WalkTab
 if triton is not None:
 
     @triton.jit
-    def _walk_range(acc, l_i, m_i, q, gq, k_ptr, v_ptr, group, skn, skd, svn, svd, lo, hi, stop, qk_scale, head_dim,
-                    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr,
-                    EVEN_D: tl.constexpr):
+    def _load_keys(k_ptr, v_ptr, cols, skn, skd, svn, svd, col_ok, head_dim, OFF: tl.constexpr, WIDTH: tl.constexpr,
+                   CHECK_COLS: tl.constexpr, CHECK_LANES: tl.constexpr):
+        """Head lanes ``OFF..OFF+WIDTH`` of a key block: K transposed ``[WIDTH, BLOCK_N]`` and V ``[BLOCK_N, WIDTH]``;
+        columns past a range's end and lanes past the head dimension read as 0 (checked only where flagged)."""
+        d = OFF + tl.arange(0, WIDTH)
+        k_ptrs = k_ptr + cols[None, :].to(tl.int64) * skn + d[:, None] * skd
+        v_ptrs = v_ptr + cols[:, None].to(tl.int64) * svn + d[None, :] * svd
+        if CHECK_COLS:
+            if CHECK_LANES:
+                kt = tl.load(k_ptrs, mask=col_ok[None, :] & (d[:, None] < head_dim), other=0.0)
+                v = tl.load(v_ptrs, mask=col_ok[:, None] & (d[None, :] < head_dim), other=0.0)
+            else:
+                kt = tl.load(k_ptrs, mask=col_ok[None, :], other=0.0)
+                v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+        else:
+            if CHECK_LANES:
+                kt = tl.load(k_ptrs, mask=d[:, None] < head_dim, other=0.0)
+                v = tl.load(v_ptrs, mask=d[None, :] < head_dim, other=0.0)
+            else:  # the hot path: whole key blocks of whole lanes, no mask at all
+                kt = tl.load(k_ptrs)
+                v = tl.load(v_ptrs)
+        return kt, v
+
+    @triton.jit
+    def _dot(a, b, acc, IEEE: tl.constexpr):
+        if IEEE:
+            return tl.dot(a, b, acc, input_precision="ieee")
+        return tl.dot(a, b, acc)
+
+    @triton.jit
+    def _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_ptr, v_ptr, group, skn, skd, svn, svd, lo, hi, stop,
+                    qk_scale, head_dim, BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
+                    LANES1: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr):
         """Online softmax of the query block over keys ``lo..hi`` (step BLOCK_N). MODE 0: every key valid; 1: keys
-        below ``stop`` valid; 2: also the element rule of the tile mask."""
-        d = tl.arange(0, BLOCK_D)
-        d_ok = d < head_dim
+        below ``stop`` valid; 2: also the element rule of the tile mask. The head splits into lanes ``0..D0`` (a power
+        of two) and ``D0..D0+D1`` (D1 = 0 or a power of two; ``LANES1``: some of them lie past the head dim), so a
+        head of 96 runs as 64 + 32 lanes instead of a padded 128."""
         for n0 in range(lo, hi, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
-            k_ptrs = k_ptr + cols[None, :].to(tl.int64) * skn + d[:, None] * skd  # K^T block [D, BLOCK_N]
-            v_ptrs = v_ptr + cols[:, None].to(tl.int64) * svn + d[None, :] * svd
             col_ok = cols < stop
-            if MODE == 0:
-                if EVEN_D:  # the hot path: whole key blocks of a full head, no mask at all
-                    kt = tl.load(k_ptrs)
-                    v = tl.load(v_ptrs)
-                else:
-                    kt = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
-                    v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-            else:
-                kt = tl.load(k_ptrs, mask=col_ok[None, :] & d_ok[:, None], other=0.0)
-                v = tl.load(v_ptrs, mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-            if IEEE:
-                s = tl.dot(q, kt, input_precision="ieee") * qk_scale
-            else:
-                s = tl.dot(q, kt) * qk_scale
+            kt0, v0 = _load_keys(k_ptr, v_ptr, cols, skn, skd, svn, svd, col_ok, head_dim, 0, D0, MODE != 0, False)
+            s = _dot(q0, kt0, tl.zeros([q0.shape[0], BLOCK_N], dtype=tl.float32), IEEE)
+            if D1 > 0:
+                kt1, v1 = _load_keys(k_ptr, v_ptr, cols, skn, skd, svn, svd, col_ok, head_dim, D0, D1, MODE != 0,
+                                     LANES1)
+                s = _dot(q1, kt1, s, IEEE)
+            s = s * qk_scale
             if MODE == 1:
                 s = tl.where(col_ok[None, :], s, float("-inf"))
             if MODE == 2:
@@ -197,18 +218,18 @@ if triton is not None:
             alpha = tl.exp2(m_i - m_safe)
             p = tl.exp2(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            if IEEE:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-            else:
-                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc0 = _dot(p.to(v0.dtype), v0, acc0 * alpha[:, None], IEEE)
+            if D1 > 0:
+                acc1 = _dot(p.to(v1.dtype), v1, acc1 * alpha[:, None], IEEE)
             m_i = m_new
-        return acc, l_i, m_i
+        return acc0, acc1, l_i, m_i
 
     @triton.jit
     def _walk_kernel(q_ptr, k_ptr, v_ptr, o_ptr, group, seg_start, seg_stop, seg_masked, seg_count, block_order,
                      sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
                      heads, n_tokens, head_dim, qk_scale, max_seg, n_blocks, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, IEEE: tl.constexpr, EVEN_D: tl.constexpr):
+                     BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, LANES1: tl.constexpr,
+                     IEEE: tl.constexpr):
         pid = tl.program_id(0)  # longest query blocks first, every (batch, head) of a block side by side
         batch_heads = tl.num_programs(0) // n_blocks
         block = tl.load(block_order + pid // batch_heads)
@@ -217,36 +238,57 @@ if triton is not None:
         h = (bh % heads).to(tl.int64)
         rows = block * BLOCK_M + tl.arange(0, BLOCK_M)
         row_ok = rows < n_tokens
-        d = tl.arange(0, BLOCK_D)
-        d_ok = d < head_dim
-        q = tl.load(q_ptr + b * sqb + h * sqh + rows[:, None].to(tl.int64) * sqn + d[None, :] * sqd,
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        q_rows = q_ptr + b * sqb + h * sqh + rows[:, None].to(tl.int64) * sqn
+        o_rows = o_ptr + b * sob + h * soh + rows[:, None].to(tl.int64) * son
+        d0 = tl.arange(0, D0)
+        d1 = D0 + tl.arange(0, D1 if D1 > 0 else 16)
+        q0 = tl.load(q_rows + d0[None, :] * sqd, mask=row_ok[:, None], other=0.0)
+        q1 = tl.load(q_rows + d1[None, :] * sqd, mask=row_ok[:, None] & (d1[None, :] < head_dim), other=0.0)
         gq = tl.load(group + rows, mask=row_ok, other=-2)
         k_base = k_ptr + b * skb + h * skh
         v_base = v_ptr + b * svb + h * svh
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+        l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
+        acc0 = tl.full([BLOCK_M, D0], 0.0, dtype=tl.float32)
+        acc1 = tl.full([BLOCK_M, D1 if D1 > 0 else 16], 0.0, dtype=tl.float32)
         for s in range(0, tl.load(seg_count + block)):
             lo = tl.load(seg_start + block * max_seg + s)
             stop = tl.load(seg_stop + block * max_seg + s)
             if tl.load(seg_masked + block * max_seg + s) != 0:
-                acc, l_i, m_i = _walk_range(acc, l_i, m_i, q, gq, k_base, v_base, group, skn, skd, svn, svd, lo, stop,
-                                            stop, qk_scale, head_dim, BLOCK_N, BLOCK_D, 2, IEEE, EVEN_D)
+                acc0, acc1, l_i, m_i = _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, skn, skd,
+                                                   svn, svd, lo, stop, stop, qk_scale, head_dim, BLOCK_N, D0, D1,
+                                                   LANES1, 2, IEEE)
             else:
                 full = lo + ((stop - lo) // BLOCK_N) * BLOCK_N  # whole blocks unchecked, then the tail
-                acc, l_i, m_i = _walk_range(acc, l_i, m_i, q, gq, k_base, v_base, group, skn, skd, svn, svd, lo, full,
-                                            stop, qk_scale, head_dim, BLOCK_N, BLOCK_D, 0, IEEE, EVEN_D)
-                acc, l_i, m_i = _walk_range(acc, l_i, m_i, q, gq, k_base, v_base, group, skn, skd, svn, svd, full,
-                                            stop, stop, qk_scale, head_dim, BLOCK_N, BLOCK_D, 1, IEEE, EVEN_D)
-        out = acc / l_i[:, None]
-        tl.store(o_ptr + b * sob + h * soh + rows[:, None].to(tl.int64) * son + d[None, :] * sod,
-                 out.to(o_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+                acc0, acc1, l_i, m_i = _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, skn, skd,
+                                                   svn, svd, lo, full, stop, qk_scale, head_dim, BLOCK_N, D0, D1,
+                                                   LANES1, 0, IEEE)
+                acc0, acc1, l_i, m_i = _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, skn, skd,
+                                                   svn, svd, full, stop, stop, qk_scale, head_dim, BLOCK_N, D0, D1,
+                                                   LANES1, 1, IEEE)
+        inv = 1.0 / l_i[:, None]
+        tl.store(o_rows + d0[None, :] * sod, (acc0 * inv).to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+        if D1 > 0:
+            tl.store(o_rows + d1[None, :] * sod, (acc1 * inv).to(o_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & (d1[None, :] < head_dim))
 
     # tuned once per (sequence length, head dim): one compile per config and head size, not per mask
     _CONFIGS = [triton.Config({"BLOCK_N": bn}, num_warps=w, num_stages=st)
                 for bn in (64, 128) for w in (4, 8) for st in (2, 3)]
     _walk_tuned = triton.autotune(configs=_CONFIGS, key=["n_tokens", "head_dim"])(_walk_kernel)
+
+
+def head_lanes(head_dim: int) -> tuple[int, int]:
+    """The kernel's two lane groups of a head: the largest power of two ``D0 <= head_dim`` and ``D1`` (0, or a power
+    of two >= 16 covering the rest), so that few lanes are padded.
+
+    Example:
+        >>> [head_lanes(d) for d in (64, 96, 128, 80, 24)]
+        [(64, 0), (64, 32), (128, 0), (64, 16), (16, 16)]
+    """
+    d0 = 1 << (head_dim.bit_length() - 1)
+    rest = head_dim - d0
+    return d0, (0 if rest == 0 else max(16, 1 << (rest - 1).bit_length()))
 
 
 LOG2E = 1.4426950408889634
@@ -283,8 +325,11 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     args = (q, k, v, out, tables.group, tables.start, tables.stop, tables.masked, tables.count, tables.order,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), heads, n, head_dim, scale * LOG2E,
             tables.max_segments, n_blocks)
-    common = {"BLOCK_M": tables.block_m, "BLOCK_D": triton.next_power_of_2(head_dim),
-              "IEEE": q.dtype == torch.float32, "EVEN_D": triton.next_power_of_2(head_dim) == head_dim}
+    if head_dim < 16:
+        raise ValueError(f"The walk kernel needs a head dim of at least 16, got {head_dim}; use kernel='split'.")
+    d0, d1 = head_lanes(head_dim)
+    common = {"BLOCK_M": tables.block_m, "D0": d0, "D1": d1, "LANES1": d0 + d1 > head_dim,
+              "IEEE": q.dtype == torch.float32}
     if q.device.type == "cuda" and block_n is None:
         _walk_tuned[grid](*args, **common)
     else:
