@@ -410,6 +410,9 @@ def test_render_rewrites_the_markdown_and_checks_of_a_finished_table(tmp_path):
     checks = json.loads((tmp_path / "quality.json").read_text())["checks"]
     assert checks["ours_within_0.01_of_base_at_5x"] == ["Ours_r=0.1"]
     assert [p["ours_better"] for p in checks["searched_vs_uniform_curve_at_matched_sparsity"]] == [True]
+    # the wording: uniform plans at least as sparse as the searched one (only 1:3, 50% >= 35%)
+    assert [(p["uniform"], p["ours_better"]) for p in checks["searched_vs_sparser_uniform"]] == [("MLCD_1:3+KD", True)]
+    assert [p["uniform"] for p in checks["searched_vs_uniform_at_equal_or_higher_sparsity"]] == ["MLCD_2:2+KD"]
     md = (tmp_path / "quality.md").read_text()
     assert "within 0.01 of Base's final_score at >= 5x speedup: Ours_r=0.1." in md
     assert "Ours_r=0.1 (35.0%): 0.440 vs uniform 0.450: searched better" in md
