@@ -7,6 +7,8 @@
 # `python benchmarks/profile_split.py --json benchmarks/results/profile-split-<gpu>.json` (~2 min).
 #
 #   bash benchmarks/device_kernels.sh          # run from the repo root; carry .whl (diffusers)
+#   bash benchmarks/device_kernels.sh profile  # the walk kernel's launch settings on the hard cases (~4 min):
+#                                              # benchmarks/profile_walk.py -> profile-walk-<gpu>.json
 #
 # Results: $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root), logs beside it.
 set -uo pipefail
@@ -15,6 +17,12 @@ mkdir -p "$OUT"
 # shellcheck disable=SC1091
 source benchmarks/device_setup.sh || exit 1
 gpu=$(python -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")  # h100 / h200
+if [ "${1:-}" = profile ]; then
+    timeout 560 python benchmarks/profile_walk.py --json "benchmarks/results/profile-walk-$gpu.json" 2>&1 \
+        | tee "$OUT/profile.log" | tail -n 60
+    tar czf "$OUT/results.tar.gz" "benchmarks/results/profile-walk-$gpu.json"
+    exit 0
+fi
 timeout 200 python -m pytest -q tests/test_gpu.py -k "kernels_on_cuda or split or fastest or walk" 2>&1 \
     | tail -n 15 | tee "$OUT/tests.log"
 timeout 340 python -m diffusers_evdit.cli bench kernels --kernels split walk \

@@ -99,7 +99,8 @@ def test_walk_kernel_matches_float64_reference(case, head_dim, block):
     for k in (1, frames // 2):
         q, kk, v = (torch.randn(2, 2, layout.seq_len, head_dim, generator=g) for _ in range(3))
         ref = attention_f64(q, kk, v, paper_mask(frames, tpf, nt, pos == "first", k))
-        out = walk.walk_tile_attention(q, kk, v, walk.walk_segments(layout, k, block_m), block_n=block_n)
+        out = walk.walk_tile_attention(q, kk, v, walk.walk_segments(layout, k, block_m),
+                                       config={"BLOCK_N": block_n})
         rel = ((out.double() - ref).norm() / ref.norm()).item()
         assert rel < 1e-5, (case, k, rel)
 

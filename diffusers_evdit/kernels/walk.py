@@ -294,12 +294,12 @@ def head_lanes(head_dim: int) -> tuple[int, int]:
 LOG2E = 1.4426950408889634
 
 
-def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None, block_n: int | None = None):
+def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None, config: dict | None = None):
     """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs in one Triton launch (see the module docs).
 
     ``tables`` comes from :func:`walk_segments` (on the inputs' device). On CUDA the key block size and the launch
-    settings are autotuned once per (N, D); ``block_n`` fixes the key block instead (the interpreter's default is
-    16).
+    settings are autotuned once per (N, D); ``config`` fixes them instead: ``{"BLOCK_N": 64, "num_warps": 8,
+    "num_stages": 3}`` (any subset; the interpreter's default is ``{"BLOCK_N": 16}``).
 
     Example:
         >>> import torch
@@ -330,8 +330,8 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     d0, d1 = head_lanes(head_dim)
     common = {"BLOCK_M": tables.block_m, "D0": d0, "D1": d1, "LANES1": d0 + d1 > head_dim,
               "IEEE": q.dtype == torch.float32}
-    if q.device.type == "cuda" and block_n is None:
+    if q.device.type == "cuda" and config is None:
         _walk_tuned[grid](*args, **common)
     else:
-        _walk_kernel[grid](*args, **common, BLOCK_N=block_n or 16)
+        _walk_kernel[grid](*args, **common, **{"BLOCK_N": 16, **(config or {})})
     return out
