@@ -174,3 +174,19 @@ def test_walk_kernel_needs_triton_on_the_device():
         walk.walk_tile_attention(q, q, q, walk.walk_segments(layout, 1, 16))
     with pytest.raises(RuntimeError, match="kernel='split'"):
         TileAttention(kernel="walk")(q, q, q, layout, k_ref=1)
+
+
+@interpreted
+def test_profile_walk_script_runs_every_setting_exactly(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / "benchmarks" / "profile_walk.py"
+    spec = importlib.util.spec_from_file_location("profile_walk", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert script.main(["--cpu-check", "--rep-ms", "1", "--json", str(tmp_path / "p.json")]) == 0
+    data = json.loads((tmp_path / "p.json").read_text())
+    assert data["complete"] and len(data["rows"]) == 4  # 2 cases x 2 query-block sizes
+    assert all("error" not in r and r["rel_err"] < 1e-5 and r["walk_ms"] > 0 for r in data["rows"])
