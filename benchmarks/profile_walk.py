@@ -108,7 +108,8 @@ def main(argv=None) -> int:
         head = case[0]
         print(f"{name} {head['mask']}: dense {head['dense_ms']:.2f} ms ({head['dense_tflops']:.0f} TFLOP/s), split "
               f"{head['split_ms']:.2f} ms ({head['split_pct_of_ideal']:.1f}% of ideal), walk best "
-              + (f"{best['walk_ms']:.2f} ms ({best['pct_of_ideal']:.1f}% of ideal, {best['useful_tflops']:.0f} useful / "
+              + (f"{best['walk_ms']:.2f} ms ({best['pct_of_ideal']:.1f}% of ideal, "
+                 f"{best['useful_tflops']:.0f} useful / "
                  f"{best['walked_tflops']:.0f} walked TFLOP/s, block_m {best['block_m']}, BLOCK_N {best['BLOCK_N']}, "
                  f"{best['num_warps']} warps, {best['num_stages']} stages)" if best else "none"), flush=True)
         if args.json:  # after every case, so that a run stopped part-way keeps what it measured

@@ -723,7 +723,8 @@ def sparsity_pairs(searched: list[dict], uniform: list[dict], uniform_sparser: b
             same_plan = o.get("plan") is not None and o.get("plan") == u.get("plan")
             if same_plan or (o.get("training") and o.get("model_dir") == u.get("model_dir")):
                 continue  # one plan (or one KD run) behind both rows
-            at_least = u["sparsity"] >= o["sparsity"] - 1e-9 if uniform_sparser else o["sparsity"] >= u["sparsity"] - 1e-9
+            lower, higher = (o, u) if uniform_sparser else (u, o)
+            at_least = higher["sparsity"] >= lower["sparsity"] - 1e-9
             if at_least and o["frechet"] is not None and u["frechet"] is not None:
                 pairs.append({"ours": o["name"], "uniform": u["name"], "ours_sparsity": o["sparsity"],
                               "uniform_sparsity": u["sparsity"], "ours_frechet": o["frechet"],

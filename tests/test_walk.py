@@ -22,7 +22,8 @@ CASES = [(5, 7, 3, "first"), (6, 10, 4, "last"), (4, 9, 0, "none"), (3, 40, 5, "
 # Triton's interpreter must be switched on before Triton is imported (its library functions are compiled at import),
 # so the kernel tests run in a child pytest with TRITON_INTERPRET=1 (test_walk_kernel_in_the_interpreter).
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-interpreted = pytest.mark.skipif(not INTERPRETED, reason="runs in the child pytest of test_walk_kernel_in_the_interpreter")
+interpreted = pytest.mark.skipif(not INTERPRETED,
+                                 reason="runs in the child pytest of test_walk_kernel_in_the_interpreter")
 
 
 def test_walk_kernel_in_the_interpreter():

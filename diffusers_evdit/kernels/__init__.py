@@ -34,7 +34,7 @@ from .walk import BLOCK_M as WALK_BLOCK_M
 from .walk import WalkTables, walk_available, walk_segments, walk_tile_attention
 
 KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk")
-# "fastest" runs dense attention for a sparse entry only when the split kernel is slower by more than this share
+# "fastest" runs another kernel (dense, walk) for a sparse entry only when split is slower by more than this share
 FASTEST_MARGIN = 0.02
 MERGES = ("auto", "eager", "compiled", "triton")
 
@@ -50,10 +50,10 @@ def check_kernel(kernel: str) -> str:
     Example:
         >>> check_kernel("split")
         'split'
-        >>> check_kernel("fast")
+        >>> check_kernel("fast")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
             ...
-        ValueError: Unknown tile-attention kernel 'fast'; choose one of auto, fastest, dense, gathered, split, flex, walk.
+        ValueError: Unknown tile-attention kernel 'fast'; choose one of auto, fastest, dense, gathered, split, ...
     """
     if kernel not in KERNELS:
         raise ValueError(f"Unknown tile-attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}.")
@@ -213,8 +213,9 @@ class TileAttention:
 
     @staticmethod
     def _walk_candidate(q: torch.Tensor, key_padding_mask) -> bool:
-        """Whether ``fastest`` also times the walk kernel: where Triton runs it and no key-padding mask is given."""
-        return walk_available(q.device) and key_padding_mask is None
+        """Whether ``fastest`` also times the walk kernel: where Triton runs it, no key-padding mask is given and
+        heads have at least 16 lanes."""
+        return walk_available(q.device) and key_padding_mask is None and q.shape[-1] >= 16
 
     def _tunes(self, q: torch.Tensor) -> bool:
         """Whether this call may time kernels: ``fastest``, on CUDA (or a tuner with its own timer), outside

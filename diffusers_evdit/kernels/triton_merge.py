@@ -11,25 +11,15 @@ Triton runs it on CUDA tensors, or on the CPU under ``TRITON_INTERPRET=1`` (how 
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 from .split import merge_partial_attention
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU builds of torch come without Triton
-    triton = None
-    tl = None
+from .triton_support import tl, triton, triton_runs
 
 
 def triton_merge_available(device: torch.device | str) -> bool:
     """Whether :func:`triton_merge_partial_attention` runs its Triton kernel for tensors on ``device``."""
-    if triton is None:
-        return False
-    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_runs(device)
 
 
 if triton is not None:

@@ -23,7 +23,6 @@ Inference only (no backward), no key-padding mask.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -31,13 +30,7 @@ import torch
 from ..layout import TileLayout
 from ..masks import is_dense, reference_frames
 from .indices import _merge_ranges
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # CPU builds of torch come without Triton
-    triton = None
-    tl = None
+from .triton_support import tl, triton, triton_runs
 
 GLOBAL = -1  # the group of text and reference-frame tokens
 BLOCK_M = 128  # query rows a program (CUDA); the segment tables are built for it
@@ -45,9 +38,7 @@ BLOCK_M = 128  # query rows a program (CUDA); the segment tables are built for i
 
 def walk_available(device: torch.device | str) -> bool:
     """Whether the ``walk`` kernel can run for tensors on ``device`` (CUDA with Triton, or the Triton interpreter)."""
-    if triton is None:
-        return False
-    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+    return triton_runs(device)
 
 
 def token_groups(layout: TileLayout, k: int) -> torch.Tensor:
