@@ -743,6 +743,18 @@ def write_results(args, rows, ablation, meta, final: bool) -> None:
         f.write(markdown(data))
 
 
+def _pair_text(p: dict) -> str:
+    return (f"{p['ours']} ({p['ours_sparsity']:.1%}, {p['ours_frechet']:.3f}) vs {p['uniform']} "
+            f"({p['uniform_sparsity']:.1%}, {p['uniform_frechet']:.3f})")
+
+
+def _check_lines(title: str, items: list[dict], text, noun: str = "pairs ") -> list[str]:
+    """A check's Markdown: how many comparisons favour the searched plan, then each one (``text(item)``)."""
+    wins = sum(p["ours_better"] for p in items)
+    return [f"* {title}: {wins} of {len(items)} {noun}favour the searched plan:"] + [
+        f"  * {text(p)}: {'searched better' if p['ours_better'] else 'uniform better'}" for p in items]
+
+
 def markdown(data: dict) -> str:
     lines = ["# Efficient-vDiT on the demo model: quality and speed", ""]
     if data["smoke"]:
@@ -806,33 +818,21 @@ def markdown(data: dict) -> str:
                           ("searched_vs_uniform_without_kd", "before KD (the search's own choice)")):
             if key not in checks:
                 continue
-            pairs = checks[key]
-            if pairs:
-                wins = sum(p["ours_better"] for p in pairs)
-                lines.append(f"* Searched plans vs uniform plans they match or exceed in sparsity, {what}, on "
-                             f"Frechet: {wins} of {len(pairs)} pairs favour the searched plan:")
-                lines += [f"  * {p['ours']} ({p['ours_sparsity']:.1%}, {p['ours_frechet']:.3f}) vs {p['uniform']} "
-                          f"({p['uniform_sparsity']:.1%}, {p['uniform_frechet']:.3f}): "
-                          f"{'searched better' if p['ours_better'] else 'uniform better'}" for p in pairs]
+            if checks[key]:
+                lines += _check_lines(f"Searched plans vs uniform plans they match or exceed in sparsity, {what}, on "
+                                      "Frechet", checks[key], _pair_text)
             else:
                 lines.append(f"* {what.capitalize()}: no searched plan is at least as sparse as a uniform plan, no "
                              "Frechet comparison at equal or higher sparsity.")
-        sparser = checks.get("searched_vs_sparser_uniform")
-        if sparser:
-            wins = sum(p["ours_better"] for p in sparser)
-            lines.append(f"* Searched plans vs uniform plans at least as sparse (the issue's wording), after the same "
-                         f"KD, on Frechet: {wins} of {len(sparser)} pairs favour the searched plan:")
-            lines += [f"  * {p['ours']} ({p['ours_sparsity']:.1%}, {p['ours_frechet']:.3f}) vs {p['uniform']} "
-                      f"({p['uniform_sparsity']:.1%}, {p['uniform_frechet']:.3f}): "
-                      f"{'searched better' if p['ours_better'] else 'uniform better'}" for p in sparser]
-        matched = checks.get("searched_vs_uniform_curve_at_matched_sparsity")
-        if matched:
-            wins = sum(p["ours_better"] for p in matched)
-            lines.append(f"* Searched plans vs the uniform plans' Frechet interpolated at the same sparsity, after "
-                         f"the same KD: {wins} of {len(matched)} favour the searched plan:")
-            lines += [f"  * {p['ours']} ({p['ours_sparsity']:.1%}): {p['ours_frechet']:.3f} vs uniform "
-                      f"{p['uniform_frechet_at_sparsity']:.3f}: "
-                      f"{'searched better' if p['ours_better'] else 'uniform better'}" for p in matched]
+        if checks.get("searched_vs_sparser_uniform"):
+            lines += _check_lines("Searched plans vs uniform plans at least as sparse (the issue's wording), after the "
+                                  "same KD, on Frechet", checks["searched_vs_sparser_uniform"], _pair_text)
+        if checks.get("searched_vs_uniform_curve_at_matched_sparsity"):
+            lines += _check_lines(
+                "Searched plans vs the uniform plans' Frechet interpolated at the same sparsity, after the same KD",
+                checks["searched_vs_uniform_curve_at_matched_sparsity"],
+                lambda p: f"{p['ours']} ({p['ours_sparsity']:.1%}): {p['ours_frechet']:.3f} vs uniform "
+                          f"{p['uniform_frechet_at_sparsity']:.3f}", noun="")
         lines.append("")
     plans = [r for r in data["rows"] if r.get("plan")]
     if plans:
