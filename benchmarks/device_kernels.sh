@@ -23,8 +23,8 @@ if [ "${1:-}" = profile ]; then
     tar czf "$OUT/results.tar.gz" "benchmarks/results/profile-walk-$gpu.json"
     exit 0
 fi
-timeout 200 python -m pytest -q tests/test_gpu.py -k "kernels_on_cuda or split or fastest or walk" 2>&1 \
+timeout 240 python -m pytest -q tests/test_gpu.py -k "kernels_on_cuda or split or fastest or walk" 2>&1 \
     | tail -n 15 | tee "$OUT/tests.log"
-timeout 340 python -m diffusers_evdit.cli bench kernels --kernels split walk \
+timeout 320 python -m diffusers_evdit.cli bench kernels --kernels split walk \
     --out "benchmarks/results/kernels-$gpu-walk.json" 2>&1 | tee "$OUT/kernels.log" | tail -n 40
 tar czf "$OUT/results.tar.gz" benchmarks/results/kernels-"$gpu"-walk.json
