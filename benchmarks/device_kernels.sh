@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Issue 3 on the device machine in one call (~6 min on an H100): the CUDA kernel tests (split variants and the walk
-# kernel), then `evdit bench kernels` of the split kernel against the one-launch Triton walk kernel on all five
-# shapes. Measured before (2026-11-23, no gain): the Triton merge and key chunks (kernels-h100-merge.json,
+# Issue 3 on the device machine in one call (~8 min on an H100): the CUDA kernel tests (split variants and the walk
+# kernel), then `evdit bench kernels` of the split kernel against the Triton walk kernel (global rows by cuDNN:
+# walk; all rows in the Triton launch: walk_all) on all five shapes. Measured before (2026-11-23, no gain): the Triton merge and key chunks (kernels-h100-merge.json,
 # profile-split-h100.json), the overlapped global call (kernels-h100-overlap.json). gathered and flex, never the
 # fastest, are left out here; the full run is `evdit bench kernels`. The profile of the split kernel's parts:
 # `python benchmarks/profile_split.py --json benchmarks/results/profile-split-<gpu>.json` (~2 min).
@@ -25,6 +25,6 @@ if [ "${1:-}" = profile ]; then
 fi
 timeout 240 python -m pytest -q tests/test_gpu.py -k "kernels_on_cuda or split or fastest or walk" 2>&1 \
     | tail -n 15 | tee "$OUT/tests.log"
-timeout 320 python -m diffusers_evdit.cli bench kernels --kernels split walk \
+timeout 320 python -m diffusers_evdit.cli bench kernels --kernels split walk walk_all \
     --out "benchmarks/results/kernels-$gpu-walk.json" 2>&1 | tee "$OUT/kernels.log" | tail -n 40
 tar czf "$OUT/results.tar.gz" benchmarks/results/kernels-"$gpu"-walk.json

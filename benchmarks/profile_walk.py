@@ -1,8 +1,8 @@
 """How close does the walk kernel come to cuDNN? For the cases where the split kernel stays below 85% of the ideal
 speedup (and a long one), time the walk kernel with every launch setting (query block 64 / 128, key block 64 / 128,
-4 / 8 warps, 2-4 pipeline stages), check each against a float64 reference on sampled rows, and report its useful
-TFLOP/s (the mask's kept pairs) and walked TFLOP/s (pairs computed, block rounding included) beside dense cuDNN and
-the split kernel. Prints a table per case and writes JSON. Run on the device machine (~4 min on an H100):
+4 / 8 warps, 2-4 pipeline stages; global rows in the launch or by one SDPA call), check each against a float64
+reference on sampled rows, and report its useful TFLOP/s (the mask's kept pairs) and walked TFLOP/s (pairs computed,
+block rounding included) beside dense cuDNN and the split kernel. Prints a table per case and writes JSON. Run on the device machine (~4 min on an H100):
 
     python benchmarks/profile_walk.py [--json benchmarks/results/profile-walk-<gpu>.json] [--quick]
 
@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from diffusers_evdit.bench.common import bench_ms, print_table, write_results
 from diffusers_evdit.bench.kernels import QUICK_SHAPES, REL_TOL_BF16, SHAPES, reference_rows, sampled_rows
 from diffusers_evdit.kernels import TileAttention
+from diffusers_evdit.kernels.indices import tile_indices
 from diffusers_evdit.kernels.walk import walk_available, walk_segments, walk_tile_attention
 from diffusers_evdit.masks import element_sparsity, format_mask
 
@@ -61,15 +62,20 @@ def profile_case(name: str, k: int, quick: bool, rep_ms: float, device: torch.de
             "split_pct_of_ideal": 100 * dense_ms / split_ms * (1 - sparsity)}
     out_rows = []
     tables = {}
-    for block_m, cfg in configs(quick, device):
+    tokens = tile_indices(layout, k, device).global_tokens
+    n_global = len(range(layout.seq_len)[tokens]) if isinstance(tokens, slice) else tokens.numel()
+    for (block_m, cfg), global_rows in itertools.product(configs(quick, device), ("walk", "sdpa")):
         if block_m not in tables:
             t0 = time.perf_counter()
             tables[block_m] = walk_segments(layout, k, block_m).to(device)
             build_s = time.perf_counter() - t0
         tb = tables[block_m]
-        row = {**base, "block_m": block_m, **cfg, "tables_build_s": build_s, "tables_kib": tb.nbytes() / 1024}
+        row = {**base, "block_m": block_m, **cfg, "global_rows": global_rows, "tables_build_s": build_s,
+               "tables_kib": tb.nbytes() / 1024}
+        run = lambda: walk_tile_attention(q, kk, v, tb, config=cfg, global_rows=global_rows,  # noqa: E731
+                                          global_tokens=tokens)
         try:
-            out = walk_tile_attention(q, kk, v, tb, config=cfg)
+            out = run()
         except Exception as err:  # a setting the GPU cannot hold (shared memory) is reported, not fatal
             row["error"] = f"{type(err).__name__}: {str(err)[:100]}"
             out_rows.append(row)
@@ -80,9 +86,9 @@ def profile_case(name: str, k: int, quick: bool, rep_ms: float, device: torch.de
             row["error"] = f"NOT EXACT (rel err {err:.2e})"
             out_rows.append(row)
             continue
-        ms = bench_ms(lambda: walk_tile_attention(q, kk, v, tb, config=cfg), device, rep_ms=rep_ms)
-        row.update(walk_ms=ms, useful_tflops=per_pair * kept / ms / 1e9,
-                   walked_tflops=per_pair * tb.keys_walked() / ms / 1e9,
+        ms = bench_ms(run, device, rep_ms=rep_ms)
+        walked = tb.keys_walked(global_rows) + (n_global * layout.seq_len if global_rows == "sdpa" else 0)
+        row.update(walk_ms=ms, useful_tflops=per_pair * kept / ms / 1e9, walked_tflops=per_pair * walked / ms / 1e9,
                    pct_of_ideal=100 * dense_ms / ms * (1 - sparsity))
         out_rows.append(row)
     return out_rows
@@ -110,13 +116,14 @@ def main(argv=None) -> int:
               f"{head['split_ms']:.2f} ms ({head['split_pct_of_ideal']:.1f}% of ideal), walk best "
               + (f"{best['walk_ms']:.2f} ms ({best['pct_of_ideal']:.1f}% of ideal, "
                  f"{best['useful_tflops']:.0f} useful / "
-                 f"{best['walked_tflops']:.0f} walked TFLOP/s, block_m {best['block_m']}, BLOCK_N {best['BLOCK_N']}, "
-                 f"{best['num_warps']} warps, {best['num_stages']} stages)" if best else "none"), flush=True)
+                 f"{best['walked_tflops']:.0f} walked TFLOP/s, global rows by {best['global_rows']}, block_m "
+                 f"{best['block_m']}, BLOCK_N {best['BLOCK_N']}, {best['num_warps']} warps, {best['num_stages']} "
+                 "stages)" if best else "none"), flush=True)
         if args.json:  # after every case, so that a run stopped part-way keeps what it measured
             write_results(args.json, "profile-walk", rows, device, complete=False)
     print_table([r for r in rows if "walk_ms" in r],
-                ["shape", "mask", "block_m", "BLOCK_N", "num_warps", "num_stages", "walk_ms", "useful_tflops",
-                 "walked_tflops", "pct_of_ideal", "split_pct_of_ideal"])
+                ["shape", "mask", "global_rows", "block_m", "BLOCK_N", "num_warps", "num_stages", "walk_ms",
+                 "useful_tflops", "walked_tflops", "pct_of_ideal", "split_pct_of_ideal"])
     if args.json:
         write_results(args.json, "profile-walk", rows, device, complete=True)
         print(f"wrote {args.json}")

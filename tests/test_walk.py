@@ -12,6 +12,7 @@ from reference import attention_f64, paper_mask
 
 import diffusers_evdit.kernels.walk as walk
 from diffusers_evdit.kernels import TileAttention
+from diffusers_evdit.kernels.indices import tile_indices
 from diffusers_evdit.layout import TileLayout
 
 pytest.importorskip("triton")
@@ -63,6 +64,12 @@ def test_walk_tables_cover_every_kept_pair_exactly_once(case, block_m):
         expected = paper_mask(frames, tpf, nt, pos == "first", k).long()
         assert torch.equal(_covered(tables, layout.seq_len), expected), (case, k, block_m)
         assert int(tables.count.max()) <= k + 2  # text, the reference frames, the own frames
+        # the launch that leaves global rows to SDPA keeps exactly the blocks with a non-reference row
+        group = tables.group
+        local = [b for b in range(tables.count.shape[0])
+                 if bool((group[b * block_m:(b + 1) * block_m] != -1).any())]
+        assert sorted(tables.local_order.tolist()) == local
+        assert [b for b in tables.order.tolist() if b in set(local)] == tables.local_order.tolist()
 
 
 def test_walk_tables_leave_single_frame_blocks_unmasked():
@@ -89,10 +96,11 @@ def test_walk_tables_leave_single_frame_blocks_unmasked():
 
 
 @interpreted
+@pytest.mark.parametrize("global_rows", ["walk", "sdpa"])
 @pytest.mark.parametrize("block", [(16, 16), (32, 16)])
 @pytest.mark.parametrize("head_dim", [16, 24, 48])  # 24: 16 + 16 lanes, 8 masked; 48: 32 + 16
 @pytest.mark.parametrize("case", CASES)
-def test_walk_kernel_matches_float64_reference(case, head_dim, block):
+def test_walk_kernel_matches_float64_reference(case, head_dim, block, global_rows):
     frames, tpf, nt, pos = case
     block_m, block_n = block
     layout = TileLayout(frames, tpf, nt, pos)
@@ -100,8 +108,9 @@ def test_walk_kernel_matches_float64_reference(case, head_dim, block):
     for k in (1, frames // 2):
         q, kk, v = (torch.randn(2, 2, layout.seq_len, head_dim, generator=g) for _ in range(3))
         ref = attention_f64(q, kk, v, paper_mask(frames, tpf, nt, pos == "first", k))
-        out = walk.walk_tile_attention(q, kk, v, walk.walk_segments(layout, k, block_m),
-                                       config={"BLOCK_N": block_n})
+        tokens = tile_indices(layout, k, "cpu").global_tokens
+        out = walk.walk_tile_attention(q, kk, v, walk.walk_segments(layout, k, block_m), config={"BLOCK_N": block_n},
+                                       global_rows=global_rows, global_tokens=tokens)
         rel = ((out.double() - ref).norm() / ref.norm()).item()
         assert rel < 1e-5, (case, k, rel)
 
@@ -189,5 +198,5 @@ def test_profile_walk_script_runs_every_setting_exactly(tmp_path):
     spec.loader.exec_module(script)
     assert script.main(["--cpu-check", "--rep-ms", "1", "--json", str(tmp_path / "p.json")]) == 0
     data = json.loads((tmp_path / "p.json").read_text())
-    assert data["complete"] and len(data["rows"]) == 4  # 2 cases x 2 query-block sizes
+    assert data["complete"] and len(data["rows"]) == 8  # 2 cases x 2 query-block sizes x global rows walk / sdpa
     assert all("error" not in r and r["rel_err"] < 1e-5 and r["walk_ms"] > 0 for r in data["rows"])

@@ -26,11 +26,13 @@ SPARSE_KERNELS = ("split", "gathered", "flex")
 REL_TOL_BF16 = 1e-2
 # Timed in addition where they can run (CUDA; the Triton ones also need Triton): the split kernel with its Triton
 # merge, and with it the global queries in two key chunks (fills the last wave of a short global call); the split
-# kernel with its global call overlapping the others on a second stream; the one-launch Triton walk kernel.
+# kernel with its global call overlapping the others on a second stream; the Triton walk kernel (global rows by
+# cuDNN, or all rows in its one launch: walk_all).
 EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"},
                  "split_triton_c2": {"kernel": "split", "merge": "triton", "global_chunks": 2},
                  "split_overlap": {"kernel": "split", "overlap": True},
-                 "walk": {"kernel": "walk"}}
+                 "walk": {"kernel": "walk"},
+                 "walk_all": {"kernel": "walk", "walk_global": "walk"}}
 
 
 def make_attention(name: str) -> TileAttention:

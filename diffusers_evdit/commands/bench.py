@@ -35,11 +35,12 @@ def register(sub) -> None:
     kernels.add_argument("--shapes", nargs="*", help="shape names (default: all five model shapes)")
     kernels.add_argument("--kernels", nargs="*",
                          choices=["split", "gathered", "flex", "split_triton", "split_triton_c2", "split_overlap",
-                                  "walk"],
+                                  "walk", "walk_all"],
                          help="sparse kernels to time (default: all that run here; split_triton = split with its "
                               "Triton merge, split_triton_c2 = the same with the global queries in 2 key chunks, "
-                              "split_overlap = split with its global call on a second stream, walk = one Triton "
-                              "launch over the kept tiles; CUDA only)")
+                              "split_overlap = split with its global call on a second stream, walk = a Triton launch "
+                              "over the kept tiles of the partial rows + cuDNN for the global rows, walk_all = the "
+                              "Triton launch for all rows; CUDA only)")
     kernels.add_argument("--quick", action="store_true", help="tiny shapes, runs on CPU (checks the code path only)")
     kernels.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     kernels.add_argument("--rep-ms", type=float, default=500, help="timing budget per measurement (ms)")

@@ -93,6 +93,9 @@ class TileAttention:
             frames' calls and merges (fills the last, partial wave of each call; exact either way). Default False
             until timed.
         walk_block_m: query rows per program of the ``walk`` kernel (its key-range tables are built for it).
+        walk_global: who computes the rows that see every key (text, reference frames) under the ``walk`` kernel:
+            ``"sdpa"`` (default: one dense SDPA call, cuDNN on CUDA, at its best on long rows) or ``"walk"`` (the
+            same Triton launch as the other rows).
         tuner: the micro-benchmark of ``kernel="fastest"`` and its cache (``tuner.choices``, ``tuner.timings``); one
             given with a ``timer`` also runs on the CPU.
 
@@ -118,6 +121,7 @@ class TileAttention:
     global_chunks: int = 1
     overlap: bool = False
     walk_block_m: int = WALK_BLOCK_M
+    walk_global: str = "sdpa"
     tuner: KernelTuner = field(default_factory=KernelTuner)
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
     fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": False}))
@@ -129,6 +133,8 @@ class TileAttention:
         check_kernel(self.kernel)
         if self.merge not in MERGES:
             raise ValueError(f"Unknown split-kernel merge {self.merge!r}; choose one of {', '.join(MERGES)}.")
+        if self.walk_global not in ("sdpa", "walk"):
+            raise ValueError(f"walk_global must be 'sdpa' or 'walk', got {self.walk_global!r}.")
 
     def merge_fn(self, q: torch.Tensor) -> Callable:
         """The ``merge(out, o1, o2, lse1, lse2)`` the split kernel uses for inputs like ``q``."""
@@ -246,7 +252,9 @@ class TileAttention:
             if key_padding_mask is not None:
                 raise ValueError("The walk kernel takes no key-padding mask; use kernel='split' (padded text) or "
                                  "'gathered'.")
-            return walk_tile_attention(q, k, v, self.walk_tables(layout, k_ref, q.device), scale)
+            tokens = self.indices(layout, k_ref, q.device).global_tokens if self.walk_global == "sdpa" else None
+            return walk_tile_attention(q, k, v, self.walk_tables(layout, k_ref, q.device), scale,
+                                       global_rows=self.walk_global, global_tokens=tokens)
         return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
 
 

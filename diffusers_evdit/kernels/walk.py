@@ -67,6 +67,8 @@ class WalkTables:
         count: ``[blocks]`` int32, ranges used per block.
         order: ``[blocks]`` int32, the query blocks from the most keys walked to the fewest: programs start with
             the long blocks of every head, so no long block is left for the end of the launch.
+        local_order: the same without the blocks of global rows only (text, reference frames), for a launch that
+            leaves those rows to a dense call (``global_rows="sdpa"`` of :func:`walk_tile_attention`).
     """
 
     group: torch.Tensor
@@ -75,6 +77,7 @@ class WalkTables:
     masked: torch.Tensor
     count: torch.Tensor
     order: torch.Tensor
+    local_order: torch.Tensor
     block_m: int
 
     @property
@@ -84,16 +87,19 @@ class WalkTables:
     def to(self, device) -> "WalkTables":
         move = lambda t: t.to(device)  # noqa: E731
         return WalkTables(move(self.group), move(self.start), move(self.stop), move(self.masked), move(self.count),
-                          move(self.order), self.block_m)
+                          move(self.order), move(self.local_order), self.block_m)
 
     def nbytes(self) -> int:
-        tensors = (self.group, self.start, self.stop, self.masked, self.count, self.order)
+        tensors = (self.group, self.start, self.stop, self.masked, self.count, self.order, self.local_order)
         return sum(t.numel() * t.element_size() for t in tensors)
 
-    def keys_walked(self) -> int:
+    def keys_walked(self, global_rows: str = "walk") -> int:
         """Query-row x key pairs the kernel computes (at least the mask's kept pairs: a block's rows count in full),
-        for cost estimates."""
-        return int(_block_keys(self.start, self.stop, self.count).sum()) * self.block_m
+        for cost estimates; ``global_rows="sdpa"``: those of the launch without the all-global blocks."""
+        keys = _block_keys(self.start, self.stop, self.count)
+        if global_rows == "sdpa":
+            keys = keys[self.local_order.long().cpu()]
+        return int(keys.sum()) * self.block_m
 
 
 def _block_keys(start: torch.Tensor, stop: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
@@ -123,8 +129,10 @@ def walk_segments(layout: TileLayout, k: int, block_m: int = BLOCK_M) -> WalkTab
     global_ranges = _merge_ranges([(layout.frame_slice(f).start, layout.frame_slice(f).stop) for f in refs]
                                   + [(layout.text_slice.start, layout.text_slice.stop)])
     blocks: list[list[tuple[int, int, int]]] = []
+    local: list[bool] = []  # the block holds a non-reference row
     for lo in range(0, n, block_m):
         present = set(group[lo:min(n, lo + block_m)].tolist())
+        local.append(present != {GLOBAL})
         if GLOBAL in present:  # global rows see every key; non-reference rows beside them need the rule
             blocks.append([(0, n, int(len(present) > 1))])
             continue
@@ -145,7 +153,8 @@ def walk_segments(layout: TileLayout, k: int, block_m: int = BLOCK_M) -> WalkTab
     count = torch.tensor([len(b) for b in blocks], dtype=torch.int32)
     start, stop = table[..., 0].contiguous(), table[..., 1].contiguous()
     order = torch.argsort(_block_keys(start, stop, count), descending=True, stable=True).to(torch.int32)
-    return WalkTables(group, start, stop, table[..., 2].contiguous(), count, order, block_m)
+    local_order = order[torch.tensor(local)[order.long()]]
+    return WalkTables(group, start, stop, table[..., 2].contiguous(), count, order, local_order, block_m)
 
 
 if triton is not None:
@@ -286,8 +295,14 @@ def head_lanes(head_dim: int) -> tuple[int, int]:
 LOG2E = 1.4426950408889634
 
 
-def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None, config: dict | None = None):
+def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None, config: dict | None = None,
+                        global_rows: str = "walk", global_tokens=None):
     """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs in one Triton launch (see the module docs).
+
+    ``global_rows="sdpa"``: the launch skips the query blocks of global rows only, and the global rows
+    (``global_tokens``, a slice or index tensor of the text and reference-frame positions, e.g.
+    :attr:`.indices.TileIndices.global_tokens`) run as one dense SDPA call over all keys (cuDNN on CUDA), which is
+    at its best on such long rows; the Triton launch keeps the short, partial rows, where it needs no merge.
 
     ``tables`` comes from :func:`walk_segments` (on the inputs' device). On CUDA the key block size and the launch
     settings are autotuned once per (N, D); ``config`` fixes them instead: ``{"BLOCK_N": 64, "num_warps": 8,
@@ -311,10 +326,15 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     if tables.group.shape[0] != n:
         raise ValueError(f"walk tables for {tables.group.shape[0]} tokens, inputs have {n}.")
     scale = head_dim ** -0.5 if scale is None else scale
+    if global_rows not in ("walk", "sdpa"):
+        raise ValueError(f"global_rows must be 'walk' or 'sdpa', got {global_rows!r}.")
+    if global_rows == "sdpa" and global_tokens is None:
+        raise ValueError("global_rows='sdpa' needs global_tokens (the text and reference-frame positions).")
     out = torch.empty_like(q)
-    n_blocks = tables.count.shape[0]
+    order = tables.local_order if global_rows == "sdpa" else tables.order
+    n_blocks = order.shape[0]
     grid = (n_blocks * batch * heads,)
-    args = (q, k, v, out, tables.group, tables.start, tables.stop, tables.masked, tables.count, tables.order,
+    args = (q, k, v, out, tables.group, tables.start, tables.stop, tables.masked, tables.count, order,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), heads, n, head_dim, scale * LOG2E,
             tables.max_segments, n_blocks)
     if head_dim < 16:
@@ -326,4 +346,7 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
         _walk_tuned[grid](*args, **common)
     else:
         _walk_kernel[grid](*args, **common, **{"BLOCK_N": 16, **(config or {})})
+    if global_rows == "sdpa":  # rows of blocks the launch also covered (beside local rows) are written again, equal
+        out[:, :, global_tokens] = torch.nn.functional.scaled_dot_product_attention(
+            q[:, :, global_tokens], k, v, scale=scale)
     return out
