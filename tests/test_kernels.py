@@ -206,6 +206,19 @@ def test_tuner_keeps_the_preferred_kernel_within_the_margin():
     assert tuner.timings["a"] == {"split": 1.015, "dense": 1.0}
 
 
+def test_tuner_skips_a_candidate_that_raises_but_not_the_preferred_one():
+    def broken():
+        raise RuntimeError("no kernel for this GPU")
+
+    tuner = KernelTuner(reps=1, warmup=0, timer=lambda fn: fn())
+    calls = {"split": lambda: 2.0, "dense": lambda: 3.0, "walk": broken}
+    with pytest.warns(UserWarning, match="skipped walk .*no kernel for this GPU"):
+        assert tuner.pick("a", calls, prefer="split") == "split"
+    assert tuner.timings["a"]["walk"] == float("inf") and "RuntimeError" in tuner.errors["a"]["walk"]
+    with pytest.raises(RuntimeError, match="no kernel"):  # the preferred kernel failing is a real error
+        tuner.pick("b", calls, prefer="walk")
+
+
 @pytest.mark.parametrize("chunks", [2, 3, 5])
 @pytest.mark.parametrize("case", [(6, 10, 4, "last"), (4, 9, 0, "none")])  # N = 64 and 36 keys: chunked where the
 def test_split_kernel_with_chunked_global_queries_matches_float64_reference(chunks, case):  # count divides, else not

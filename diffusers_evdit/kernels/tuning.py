@@ -9,7 +9,9 @@ runs dense attention instead.
 
 from __future__ import annotations
 
+import math
 import statistics
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
@@ -37,7 +39,9 @@ class KernelTuner:
 
     Attributes:
         choices: signature -> chosen candidate name.
-        timings: signature -> {candidate name: median seconds}.
+        timings: signature -> {candidate name: median seconds} (``inf`` for a candidate that raised).
+        errors: signature -> {candidate name: the error it raised}; such a candidate is never chosen (a warning
+            says so once per signature), unless it is ``prefer``, whose error propagates.
 
     Example:
         >>> fake = {"split": 2.0, "dense": 1.0}
@@ -53,6 +57,7 @@ class KernelTuner:
     timer: Callable[[Callable[[], object]], float] | None = None
     choices: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
 
     def pick(self, signature: Hashable, candidates: dict[str, Callable[[], object]], prefer: str | None = None,
              margin: float = 0.0) -> str:
@@ -61,7 +66,18 @@ class KernelTuner:
         ``prefer`` keeps that candidate unless another is faster by more than ``margin`` (a share of its time), so
         that timing noise near a tie does not flip the choice from one process to the next."""
         if signature not in self.choices:
-            times = {name: self.seconds(fn) for name, fn in candidates.items()}
+            times, errors = {}, {}
+            for name, fn in candidates.items():
+                try:
+                    times[name] = self.seconds(fn)
+                except Exception as err:  # e.g. a Triton kernel this GPU cannot compile: time the others
+                    if name == prefer:
+                        raise
+                    times[name], errors[name] = math.inf, f"{type(err).__name__}: {err}"
+            if errors:
+                self.errors[signature] = errors
+                warnings.warn(f"kernel tuning skipped {', '.join(errors)} (raised: {'; '.join(errors.values())})",
+                              stacklevel=3)
             best = min(times, key=times.get)
             if prefer in times and times[best] * (1 + margin) >= times[prefer]:
                 best = prefer
