@@ -98,7 +98,7 @@ def test_walk_tables_leave_single_frame_blocks_unmasked():
 @interpreted
 @pytest.mark.parametrize("global_rows", ["walk", "sdpa"])
 @pytest.mark.parametrize("block", [(16, 16), (32, 16)])
-@pytest.mark.parametrize("head_dim", [16, 24, 48])  # 24: 16 + 16 lanes, 8 masked; 48: 32 + 16
+@pytest.mark.parametrize("head_dim", [12, 16, 24, 48])  # 12: 16 lanes, 4 masked; 24: 16 + 16 (8 masked); 48: 32 + 16
 @pytest.mark.parametrize("case", CASES)
 def test_walk_kernel_matches_float64_reference(case, head_dim, block, global_rows):
     frames, tpf, nt, pos = case
@@ -200,3 +200,29 @@ def test_profile_walk_script_runs_every_setting_exactly(tmp_path):
     data = json.loads((tmp_path / "p.json").read_text())
     assert data["complete"] and len(data["rows"]) == 8  # 2 cases x 2 query-block sizes x global rows walk / sdpa
     assert all("error" not in r and r["rel_err"] < 1e-5 and r["walk_ms"] > 0 for r in data["rows"])
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compiles the kernel, which the interpreter replaces")
+@pytest.mark.parametrize("head_dim,dtype", [(64, "bf16"), (96, "bf16"), (128, "fp16"), (12, "fp32")])
+def test_walk_kernel_compiles_for_hopper_with_tensor_cores_and_no_spills(head_dim, dtype):
+    """Ahead-of-time compile for sm_90 on this GPU-less machine: what the interpreter cannot check (Triton's
+    compiler accepts the kernel), and that it uses Hopper's wgmma (bf16/fp16) without spilling registers."""
+    pytest.importorskip("triton.backends.nvidia")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    import triton
+
+    d0, d1 = walk.head_lanes(head_dim)
+    constants = {"BLOCK_M": 128, "BLOCK_N": 64, "D0": d0, "D1": d1, "LANES0": d0 > head_dim,
+                 "LANES1": d0 + d1 > head_dim, "IEEE": dtype == "fp32"}
+    tables = {"group", "seg_start", "seg_stop", "seg_masked", "seg_count", "block_order"}
+    signature = {name: ("*" + dtype if name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr") else "*i32" if name in tables
+                        else "constexpr" if name in constants else "fp32" if name == "qk_scale" else "i32")
+                 for name in walk._walk_kernel.arg_names}
+    kernel = triton.compile(ASTSource(fn=walk._walk_kernel, signature=signature, constexprs=constants),
+                            target=GPUTarget("cuda", 90, 128), options={"num_warps": 8, "num_stages": 3})
+    ptx = kernel.asm["ptx"]
+    assert "ld.local" not in ptx  # no register spills
+    assert ("wgmma" in ptx) == (dtype != "fp32")
+    assert kernel.metadata.shared <= 227 * 1024

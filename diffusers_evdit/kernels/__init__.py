@@ -219,9 +219,8 @@ class TileAttention:
 
     @staticmethod
     def _walk_candidate(q: torch.Tensor, key_padding_mask) -> bool:
-        """Whether ``fastest`` also times the walk kernel: where Triton runs it, no key-padding mask is given and
-        heads have at least 16 lanes."""
-        return walk_available(q.device) and key_padding_mask is None and q.shape[-1] >= 16
+        """Whether ``fastest`` also times the walk kernel: where Triton runs it and no key-padding mask is given."""
+        return walk_available(q.device) and key_padding_mask is None
 
     def _tunes(self, q: torch.Tensor) -> bool:
         """Whether this call may time kernels: ``fastest``, on CUDA (or a tuner with its own timer), outside

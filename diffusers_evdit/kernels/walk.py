@@ -192,15 +192,15 @@ if triton is not None:
     @triton.jit
     def _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_ptr, v_ptr, group, skn, skd, svn, svd, lo, hi, stop,
                     qk_scale, head_dim, BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
-                    LANES1: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr):
+                    LANES0: tl.constexpr, LANES1: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr):
         """Online softmax of the query block over keys ``lo..hi`` (step BLOCK_N). MODE 0: every key valid; 1: keys
         below ``stop`` valid; 2: also the element rule of the tile mask. The head splits into lanes ``0..D0`` (a power
-        of two) and ``D0..D0+D1`` (D1 = 0 or a power of two; ``LANES1``: some of them lie past the head dim), so a
-        head of 96 runs as 64 + 32 lanes instead of a padded 128."""
+        of two) and ``D0..D0+D1`` (D1 = 0 or a power of two; ``LANES0`` / ``LANES1``: some lanes of that group lie
+        past the head dim), so a head of 96 runs as 64 + 32 lanes instead of a padded 128."""
         for n0 in range(lo, hi, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < stop
-            kt0, v0 = _load_keys(k_ptr, v_ptr, cols, skn, skd, svn, svd, col_ok, head_dim, 0, D0, MODE != 0, False)
+            kt0, v0 = _load_keys(k_ptr, v_ptr, cols, skn, skd, svn, svd, col_ok, head_dim, 0, D0, MODE != 0, LANES0)
             s = _dot(q0, kt0, tl.zeros([q0.shape[0], BLOCK_N], dtype=tl.float32), IEEE)
             if D1 > 0:
                 kt1, v1 = _load_keys(k_ptr, v_ptr, cols, skn, skd, svn, svd, col_ok, head_dim, D0, D1, MODE != 0,
@@ -228,7 +228,8 @@ if triton is not None:
     def _walk_kernel(q_ptr, k_ptr, v_ptr, o_ptr, group, seg_start, seg_stop, seg_masked, seg_count, block_order,
                      sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
                      heads, n_tokens, head_dim, qk_scale, max_seg, n_blocks, BLOCK_M: tl.constexpr,
-                     BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, LANES1: tl.constexpr,
+                     BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, LANES0: tl.constexpr,
+                     LANES1: tl.constexpr,
                      IEEE: tl.constexpr):
         pid = tl.program_id(0)  # longest query blocks first, every (batch, head) of a block side by side
         batch_heads = tl.num_programs(0) // n_blocks
@@ -242,7 +243,7 @@ if triton is not None:
         o_rows = o_ptr + b * sob + h * soh + rows[:, None].to(tl.int64) * son
         d0 = tl.arange(0, D0)
         d1 = D0 + tl.arange(0, D1 if D1 > 0 else 16)
-        q0 = tl.load(q_rows + d0[None, :] * sqd, mask=row_ok[:, None], other=0.0)
+        q0 = tl.load(q_rows + d0[None, :] * sqd, mask=row_ok[:, None] & (d0[None, :] < head_dim), other=0.0)
         q1 = tl.load(q_rows + d1[None, :] * sqd, mask=row_ok[:, None] & (d1[None, :] < head_dim), other=0.0)
         gq = tl.load(group + rows, mask=row_ok, other=-2)
         k_base = k_ptr + b * skb + h * skh
@@ -257,17 +258,18 @@ if triton is not None:
             if tl.load(seg_masked + block * max_seg + s) != 0:
                 acc0, acc1, l_i, m_i = _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, skn, skd,
                                                    svn, svd, lo, stop, stop, qk_scale, head_dim, BLOCK_N, D0, D1,
-                                                   LANES1, 2, IEEE)
+                                                   LANES0, LANES1, 2, IEEE)
             else:
                 full = lo + ((stop - lo) // BLOCK_N) * BLOCK_N  # whole blocks unchecked, then the tail
                 acc0, acc1, l_i, m_i = _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, skn, skd,
                                                    svn, svd, lo, full, stop, qk_scale, head_dim, BLOCK_N, D0, D1,
-                                                   LANES1, 0, IEEE)
+                                                   LANES0, LANES1, 0, IEEE)
                 acc0, acc1, l_i, m_i = _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, skn, skd,
                                                    svn, svd, full, stop, stop, qk_scale, head_dim, BLOCK_N, D0, D1,
-                                                   LANES1, 1, IEEE)
+                                                   LANES0, LANES1, 1, IEEE)
         inv = 1.0 / l_i[:, None]
-        tl.store(o_rows + d0[None, :] * sod, (acc0 * inv).to(o_ptr.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(o_rows + d0[None, :] * sod, (acc0 * inv).to(o_ptr.dtype.element_ty),
+                 mask=row_ok[:, None] & (d0[None, :] < head_dim))
         if D1 > 0:
             tl.store(o_rows + d1[None, :] * sod, (acc1 * inv).to(o_ptr.dtype.element_ty),
                      mask=row_ok[:, None] & (d1[None, :] < head_dim))
@@ -280,15 +282,16 @@ if triton is not None:
 
 
 def head_lanes(head_dim: int) -> tuple[int, int]:
-    """The kernel's two lane groups of a head: the largest power of two ``D0 <= head_dim`` and ``D1`` (0, or a power
-    of two >= 16 covering the rest), so that few lanes are padded.
+    """The kernel's two lane groups of a head: ``D0``, the largest power of two ``<= head_dim`` (at least 16, the
+    smallest matrix-multiply width), and ``D1``, 0 or a power of two >= 16 covering the rest, so that few lanes are
+    padded.
 
     Example:
-        >>> [head_lanes(d) for d in (64, 96, 128, 80, 24)]
-        [(64, 0), (64, 32), (128, 0), (64, 16), (16, 16)]
+        >>> [head_lanes(d) for d in (64, 96, 128, 80, 24, 12)]
+        [(64, 0), (64, 32), (128, 0), (64, 16), (16, 16), (16, 0)]
     """
-    d0 = 1 << (head_dim.bit_length() - 1)
-    rest = head_dim - d0
+    d0 = max(16, 1 << (head_dim.bit_length() - 1))
+    rest = max(0, head_dim - d0)
     return d0, (0 if rest == 0 else max(16, 1 << (rest - 1).bit_length()))
 
 
@@ -337,10 +340,8 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     args = (q, k, v, out, tables.group, tables.start, tables.stop, tables.masked, tables.count, order,
             *q.stride(), *k.stride(), *v.stride(), *out.stride(), heads, n, head_dim, scale * LOG2E,
             tables.max_segments, n_blocks)
-    if head_dim < 16:
-        raise ValueError(f"The walk kernel needs a head dim of at least 16, got {head_dim}; use kernel='split'.")
     d0, d1 = head_lanes(head_dim)
-    common = {"BLOCK_M": tables.block_m, "D0": d0, "D1": d1, "LANES1": d0 + d1 > head_dim,
+    common = {"BLOCK_M": tables.block_m, "D0": d0, "D1": d1, "LANES0": d0 > head_dim, "LANES1": d0 + d1 > head_dim,
               "IEEE": q.dtype == torch.float32}
     if q.device.type == "cuda" and config is None:
         _walk_tuned[grid](*args, **common)
