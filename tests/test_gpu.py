@@ -115,7 +115,7 @@ def test_split_kernel_on_cuda_with_unaligned_head_dim(head_dim, dtype, tol):
     assert _rel(tile_attention(q, k, v, layout, 2, kernel="split"), ref) < tol
 
 
-@pytest.mark.parametrize("kernel", ["gathered", "split", "flex"])
+@pytest.mark.parametrize("kernel", ["gathered", "split", "flex", "walk"])
 def test_text_padding_on_cuda(kernel):
     layout = TileLayout(6, 128, 64, "last")
     q, k, v = (torch.randn(2, 2, layout.seq_len, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
@@ -128,7 +128,7 @@ def test_text_padding_on_cuda(kernel):
 
 @pytest.mark.parametrize("family,kernel", [(f, k) for f in ("cogvideox", "wan", "hunyuan_video")
                                             for k in ("auto", "gathered", "split", "flex")]
-                         + [("cogvideox", "walk"), ("wan", "walk")])  # walk: no key-padding mask (HunyuanVideo's)
+                         + [(f, "walk") for f in ("cogvideox", "wan", "hunyuan_video")])
 def test_processors_on_cuda(family, kernel):
     model = tiny_transformer(family).cuda()
     if kernel == "flex" and model.config.attention_head_dim % 16:

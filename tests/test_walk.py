@@ -137,8 +137,25 @@ def test_walk_kernel_through_tile_attention():
     assert len(attn._walk_tables) == 1
     attn(q, kk, v, layout, k_ref=2)
     assert len(attn._walk_tables) == 1  # tables built once per (layout, k, device)
-    with pytest.raises(ValueError, match="key-padding"):
-        attn(q, kk, v, layout, k_ref=2, key_padding_mask=torch.ones(1, layout.seq_len, dtype=torch.bool))
+
+
+@interpreted
+@pytest.mark.parametrize("global_rows", ["walk", "sdpa"])
+@pytest.mark.parametrize("case", [(5, 7, 3, "first"), (4, 9, 6, "last")])
+def test_walk_kernel_with_a_key_padding_mask(case, global_rows):
+    # sample 0 pads two text keys (HunyuanVideo's padded prompt), sample 1 a text key and a video key
+    frames, tpf, nt, pos = case
+    layout = TileLayout(frames, tpf, nt, pos)
+    g = torch.Generator().manual_seed(3)
+    q, kk, v = (torch.randn(2, 2, layout.seq_len, 16, generator=g) for _ in range(3))
+    keep = torch.ones(2, layout.seq_len, dtype=torch.bool)
+    text = list(range(layout.seq_len))[layout.text_slice]
+    keep[0, text[-2:]] = False
+    keep[1, [text[0], layout.frame_slice(frames - 1).start]] = False
+    mask = paper_mask(frames, tpf, nt, pos == "first", 2)[None, None] & keep[:, None, None, :]
+    ref = attention_f64(q, kk, v, mask)
+    out = TileAttention("walk", walk_block_m=16, walk_global=global_rows)(q, kk, v, layout, 2, key_padding_mask=keep)
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
 
 
 @interpreted
@@ -160,9 +177,9 @@ def test_fastest_also_times_the_walk_kernel_and_runs_it_when_faster():
     assert calls[-1] == "walk" and list(attn.tuner.choices.values()) == ["walk"]
     ref = attention_f64(q, kk, v, paper_mask(5, 7, 3, True, 2))
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
-    calls.clear()  # with a key-padding mask the walk kernel cannot run: not a candidate
+    calls.clear()  # with a key-padding mask: a new signature, timed again, walk among the candidates
     attn(q, kk, v, layout, k_ref=2, key_padding_mask=torch.ones(1, layout.seq_len, dtype=torch.bool))
-    assert "walk" not in calls and len(attn.tuner.timings) == 2
+    assert "walk" in calls and len(attn.tuner.timings) == 2
 
 
 @interpreted
@@ -203,7 +220,7 @@ def test_profile_walk_script_runs_every_setting_exactly(tmp_path):
 
 
 @pytest.mark.skipif(INTERPRETED, reason="compiles the kernel, which the interpreter replaces")
-@pytest.mark.parametrize("head_dim,dtype", [(64, "bf16"), (96, "bf16"), (128, "fp16"), (12, "fp32")])
+@pytest.mark.parametrize("head_dim,dtype", [(64, "bf16"), (96, "bf16"), (128, "fp16"), (12, "fp32")])  # 12: + padding
 def test_walk_kernel_compiles_for_hopper_with_tensor_cores_and_no_spills(head_dim, dtype):
     """Ahead-of-time compile for sm_90 on this GPU-less machine: what the interpreter cannot check (Triton's
     compiler accepts the kernel), and that it uses Hopper's wgmma (bf16/fp16) without spilling registers."""
@@ -215,10 +232,11 @@ def test_walk_kernel_compiles_for_hopper_with_tensor_cores_and_no_spills(head_di
 
     d0, d1 = walk.head_lanes(head_dim)
     constants = {"BLOCK_M": 128, "BLOCK_N": 64, "D0": d0, "D1": d1, "LANES0": d0 > head_dim,
-                 "LANES1": d0 + d1 > head_dim, "IEEE": dtype == "fp32"}
+                 "LANES1": d0 + d1 > head_dim, "IEEE": dtype == "fp32", "HAS_KEEP": head_dim == 12}
     tables = {"group", "seg_start", "seg_stop", "seg_masked", "seg_count", "block_order"}
     signature = {name: ("*" + dtype if name in ("q_ptr", "k_ptr", "v_ptr", "o_ptr") else "*i32" if name in tables
-                        else "constexpr" if name in constants else "fp32" if name == "qk_scale" else "i32")
+                        else "*u8" if name == "keep_ptr" else "constexpr" if name in constants
+                        else "fp32" if name == "qk_scale" else "i32")
                  for name in walk._walk_kernel.arg_names}
     kernel = triton.compile(ASTSource(fn=walk._walk_kernel, signature=signature, constexprs=constants),
                             target=GPUTarget("cuda", 90, 128), options={"num_warps": 8, "num_stages": 3})

@@ -8,7 +8,7 @@ Kernels (all exact for the ``k:F-k`` mask, inputs ``[B, H, N, D]``):
   log-sum-exp (:mod:`.split`);
 * ``"flex"``: FlexAttention with a tile block mask (:mod:`.flex`);
 * ``"walk"``: one Triton launch that walks only the kept tiles, per query block a short list of key ranges
-  (:mod:`.walk`; CUDA, inference only, no key-padding mask).
+  (:mod:`.walk`; CUDA, inference only).
 
 ``"auto"`` picks dense for dense entries and, otherwise, the kernel expected to be fastest on the device.
 """
@@ -100,7 +100,7 @@ class TileAttention:
             given with a ``timer`` also runs on the CPU.
 
     ``kernel="fastest"`` is ``"auto"`` that is never slower than dense attention: on CUDA it times the split kernel
-    against the model's dense attention (and the walk kernel, where Triton runs and no key-padding mask is given)
+    against the model's dense attention (and the walk kernel, where Triton runs)
     once per call signature (layout, plan entry, input shape and dtype; a one-time micro-benchmark,
     :class:`~.tuning.KernelTuner`) and runs the fastest, keeping split unless another is faster by more than 2%. An
     entry that picks dense attention then computes full attention, not its tile mask: the plan becomes a licence to
@@ -211,16 +211,11 @@ class TileAttention:
         if kernel == "split" and self._tunes(q):
             signature = (str(q.device), layout, k_ref, tuple(q.shape), tuple(q.stride()), q.dtype, scale,
                          key_padding_mask is not None, dense_fn is not None)  # processors pass a new dense_fn a call
-            names = ("split", "dense") + (("walk",) if self._walk_candidate(q, key_padding_mask) else ())
+            names = ("split", "dense") + (("walk",) if walk_available(q.device) else ())
             candidates = {name: (lambda name=name: self._run(name, q, k, v, layout, k_ref, key_padding_mask, scale,
                                                              dense_fn)) for name in names}
             kernel = self.tuner.pick(signature, candidates, prefer="split", margin=FASTEST_MARGIN)
         return self._run(kernel, q, k, v, layout, k_ref, key_padding_mask, scale, dense_fn)
-
-    @staticmethod
-    def _walk_candidate(q: torch.Tensor, key_padding_mask) -> bool:
-        """Whether ``fastest`` also times the walk kernel: where Triton runs it and no key-padding mask is given."""
-        return walk_available(q.device) and key_padding_mask is None
 
     def _tunes(self, q: torch.Tensor) -> bool:
         """Whether this call may time kernels: ``fastest``, on CUDA (or a tuner with its own timer), outside
@@ -248,12 +243,10 @@ class TileAttention:
             return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, self.merge_fn(q),
                                         self.global_chunks, self.side_stream(q))
         if kernel == "walk":
-            if key_padding_mask is not None:
-                raise ValueError("The walk kernel takes no key-padding mask; use kernel='split' (padded text) or "
-                                 "'gathered'.")
             tokens = self.indices(layout, k_ref, q.device).global_tokens if self.walk_global == "sdpa" else None
             return walk_tile_attention(q, k, v, self.walk_tables(layout, k_ref, q.device), scale,
-                                       global_rows=self.walk_global, global_tokens=tokens)
+                                       global_rows=self.walk_global, global_tokens=tokens,
+                                       key_padding_mask=key_padding_mask)
         return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
 
 

@@ -18,7 +18,7 @@ block of a range is bounds-checked. The element rule, for masked blocks, is the 
 query or the key is global or both lie in the same frame (``group`` = -1 for global tokens, else the frame).
 
 Triton runs it on CUDA tensors, or on the CPU under ``TRITON_INTERPRET=1`` (how the tests check it without a GPU).
-Inference only (no backward), no key-padding mask.
+Inference only (no backward); a key-padding mask drops keys on top of the tile mask.
 """
 
 from __future__ import annotations
@@ -190,13 +190,15 @@ if triton is not None:
         return tl.dot(a, b, acc)
 
     @triton.jit
-    def _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_ptr, v_ptr, group, skn, skd, svn, svd, lo, hi, stop,
-                    qk_scale, head_dim, BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
-                    LANES0: tl.constexpr, LANES1: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr):
+    def _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_ptr, v_ptr, group, keep_ptr, skn, skd, svn, svd, lo, hi,
+                    stop, qk_scale, head_dim, BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr,
+                    LANES0: tl.constexpr, LANES1: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr,
+                    HAS_KEEP: tl.constexpr):
         """Online softmax of the query block over keys ``lo..hi`` (step BLOCK_N). MODE 0: every key valid; 1: keys
-        below ``stop`` valid; 2: also the element rule of the tile mask. The head splits into lanes ``0..D0`` (a power
-        of two) and ``D0..D0+D1`` (D1 = 0 or a power of two; ``LANES0`` / ``LANES1``: some lanes of that group lie
-        past the head dim), so a head of 96 runs as 64 + 32 lanes instead of a padded 128."""
+        below ``stop`` valid; 2: also the element rule of the tile mask. ``HAS_KEEP``: keys whose byte at
+        ``keep_ptr`` is 0 (a key-padding mask) are dropped in every mode. The head splits into lanes ``0..D0`` (a
+        power of two) and ``D0..D0+D1`` (D1 = 0 or a power of two; ``LANES0`` / ``LANES1``: some lanes of that group
+        lie past the head dim), so a head of 96 runs as 64 + 32 lanes instead of a padded 128."""
         for n0 in range(lo, hi, BLOCK_N):
             cols = n0 + tl.arange(0, BLOCK_N)
             col_ok = cols < stop
@@ -213,6 +215,9 @@ if triton is not None:
                 gk = tl.load(group + cols, mask=col_ok, other=-3)
                 keep = col_ok[None, :] & ((gq[:, None] == -1) | (gk[None, :] == -1) | (gq[:, None] == gk[None, :]))
                 s = tl.where(keep, s, float("-inf"))
+            if HAS_KEEP:
+                kept = tl.load(keep_ptr + cols, mask=col_ok, other=0)
+                s = tl.where(kept[None, :] != 0, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: nothing to rescale
             alpha = tl.exp2(m_i - m_safe)
@@ -226,11 +231,10 @@ if triton is not None:
 
     @triton.jit
     def _walk_kernel(q_ptr, k_ptr, v_ptr, o_ptr, group, seg_start, seg_stop, seg_masked, seg_count, block_order,
-                     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod,
+                     keep_ptr, sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sob, soh, son, sod, s_keep,
                      heads, n_tokens, head_dim, qk_scale, max_seg, n_blocks, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, D0: tl.constexpr, D1: tl.constexpr, LANES0: tl.constexpr,
-                     LANES1: tl.constexpr,
-                     IEEE: tl.constexpr):
+                     LANES1: tl.constexpr, IEEE: tl.constexpr, HAS_KEEP: tl.constexpr):
         pid = tl.program_id(0)  # longest query blocks first, every (batch, head) of a block side by side
         batch_heads = tl.num_programs(0) // n_blocks
         block = tl.load(block_order + pid // batch_heads)
@@ -248,6 +252,7 @@ if triton is not None:
         gq = tl.load(group + rows, mask=row_ok, other=-2)
         k_base = k_ptr + b * skb + h * skh
         v_base = v_ptr + b * svb + h * svh
+        keep_base = keep_ptr + b * s_keep
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.full([BLOCK_M], 0.0, dtype=tl.float32)
         acc0 = tl.full([BLOCK_M, D0], 0.0, dtype=tl.float32)
@@ -256,17 +261,17 @@ if triton is not None:
             lo = tl.load(seg_start + block * max_seg + s)
             stop = tl.load(seg_stop + block * max_seg + s)
             if tl.load(seg_masked + block * max_seg + s) != 0:
-                acc0, acc1, l_i, m_i = _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, skn, skd,
-                                                   svn, svd, lo, stop, stop, qk_scale, head_dim, BLOCK_N, D0, D1,
-                                                   LANES0, LANES1, 2, IEEE)
+                acc0, acc1, l_i, m_i = _walk_range(
+                    acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, keep_base, skn, skd, svn, svd, lo, stop,
+                    stop, qk_scale, head_dim, BLOCK_N, D0, D1, LANES0, LANES1, 2, IEEE, HAS_KEEP)
             else:
                 full = lo + ((stop - lo) // BLOCK_N) * BLOCK_N  # whole blocks unchecked, then the tail
-                acc0, acc1, l_i, m_i = _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, skn, skd,
-                                                   svn, svd, lo, full, stop, qk_scale, head_dim, BLOCK_N, D0, D1,
-                                                   LANES0, LANES1, 0, IEEE)
-                acc0, acc1, l_i, m_i = _walk_range(acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, skn, skd,
-                                                   svn, svd, full, stop, stop, qk_scale, head_dim, BLOCK_N, D0, D1,
-                                                   LANES0, LANES1, 1, IEEE)
+                acc0, acc1, l_i, m_i = _walk_range(
+                    acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, keep_base, skn, skd, svn, svd, lo, full,
+                    stop, qk_scale, head_dim, BLOCK_N, D0, D1, LANES0, LANES1, 0, IEEE, HAS_KEEP)
+                acc0, acc1, l_i, m_i = _walk_range(
+                    acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, keep_base, skn, skd, svn, svd, full, stop,
+                    stop, qk_scale, head_dim, BLOCK_N, D0, D1, LANES0, LANES1, 1, IEEE, HAS_KEEP)
         inv = 1.0 / l_i[:, None]
         tl.store(o_rows + d0[None, :] * sod, (acc0 * inv).to(o_ptr.dtype.element_ty),
                  mask=row_ok[:, None] & (d0[None, :] < head_dim))
@@ -299,8 +304,11 @@ LOG2E = 1.4426950408889634
 
 
 def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None, config: dict | None = None,
-                        global_rows: str = "walk", global_tokens=None):
+                        global_rows: str = "walk", global_tokens=None, key_padding_mask=None):
     """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs in one Triton launch (see the module docs).
+
+    ``key_padding_mask`` (``[B, N]`` bool, True = keep) drops keys on top of the tile mask, anywhere in the sequence
+    (HunyuanVideo's padded text).
 
     ``global_rows="sdpa"``: the launch skips the query blocks of global rows only, and the global rows
     (``global_tokens``, a slice or index tensor of the text and reference-frame positions, e.g.
@@ -337,17 +345,19 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     order = tables.local_order if global_rows == "sdpa" else tables.order
     n_blocks = order.shape[0]
     grid = (n_blocks * batch * heads,)
+    keep = None if key_padding_mask is None else key_padding_mask.to(device=q.device, dtype=torch.uint8).contiguous()
     args = (q, k, v, out, tables.group, tables.start, tables.stop, tables.masked, tables.count, order,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), heads, n, head_dim, scale * LOG2E,
-            tables.max_segments, n_blocks)
+            tables.group if keep is None else keep, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            0 if keep is None else keep.stride(0), heads, n, head_dim, scale * LOG2E, tables.max_segments, n_blocks)
     d0, d1 = head_lanes(head_dim)
     common = {"BLOCK_M": tables.block_m, "D0": d0, "D1": d1, "LANES0": d0 > head_dim, "LANES1": d0 + d1 > head_dim,
-              "IEEE": q.dtype == torch.float32}
+              "IEEE": q.dtype == torch.float32, "HAS_KEEP": keep is not None}
     if q.device.type == "cuda" and config is None:
         _walk_tuned[grid](*args, **common)
     else:
         _walk_kernel[grid](*args, **common, **{"BLOCK_N": 16, **(config or {})})
     if global_rows == "sdpa":  # rows of blocks the launch also covered (beside local rows) are written again, equal
+        mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :].to(q.device)
         out[:, :, global_tokens] = torch.nn.functional.scaled_dot_product_attention(
-            q[:, :, global_tokens], k, v, scale=scale)
+            q[:, :, global_tokens], k, v, attn_mask=mask, scale=scale)
     return out
