@@ -219,7 +219,10 @@ if triton is not None:
                 kept = tl.load(keep_ptr + cols, mask=col_ok, other=0)
                 s = tl.where(kept[None, :] != 0, s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet: nothing to rescale
+            if MODE == 0 and not HAS_KEEP:  # every key of the block counts: the row maximum is finite
+                m_safe = m_new
+            else:  # rows with no key yet: nothing to rescale
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
             alpha = tl.exp2(m_i - m_safe)
             p = tl.exp2(s - m_safe[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
