@@ -101,10 +101,10 @@ class TileAttention:
 
     ``kernel="fastest"`` is ``"auto"`` that is never slower than dense attention: on CUDA it times the split kernel
     against the model's dense attention (and the walk kernel, where Triton runs; its first call compiles and tunes
-    its launch, a few seconds once per sequence length and head size) once per call signature (layout, plan entry, input shape and dtype; a one-time micro-benchmark,
-    :class:`~.tuning.KernelTuner`) and runs the fastest, keeping split unless another is faster by more than 2%. An
-    entry that picks dense attention then computes full attention, not its tile mask: the plan becomes a licence to
-    skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and the
+    its launch, a few seconds once per sequence length and head size) once per call signature (layout, plan entry,
+    input shape and dtype; a one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs the fastest, keeping
+    split unless another is faster by more than 2%. An entry that picks dense attention then computes full
+    attention, not its tile mask: the plan becomes a licence to skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and the
     split kernel runs. ``"auto"`` always applies the plan's masks (exact kernels only).
 
     Example:
