@@ -37,21 +37,29 @@ def test_walk_kernel_in_the_interpreter():
     assert " passed" in run.stdout and " failed" not in run.stdout
 
 
-def _covered(tables, n):
-    """How often the kernel computes each (query, key) pair, from its tables alone: [N, N] counts."""
+def _covered(w, group, block_m, n):
+    """How often a launch computes each (query, key) pair, from its tables alone: [N, N] counts (blocks in
+    ``w.order`` only, as the kernel launches them)."""
     count = torch.zeros(n, n, dtype=torch.int64)
-    group = tables.group.long()
-    for b in range(tables.count.shape[0]):
-        rows = torch.arange(b * tables.block_m, min(n, (b + 1) * tables.block_m))
-        for s in range(int(tables.count[b])):
-            a, z, masked = int(tables.start[b, s]), int(tables.stop[b, s]), int(tables.masked[b, s])
+    group = group.long()
+    for b in w.order.tolist():
+        rows = torch.arange(b * block_m, min(n, (b + 1) * block_m))
+        for s in range(int(w.count[b])):
+            a, z, masked = int(w.start[b, s]), int(w.stop[b, s]), int(w.masked[b, s])
             cols = torch.arange(a, z)
             keep = torch.ones(len(rows), len(cols), dtype=torch.int64)
-            if masked:
-                gq, gk = group[rows][:, None], group[cols][None, :]
+            gq, gk = group[rows][:, None], group[cols][None, :]
+            if masked == 1:  # the tile rule
                 keep = ((gq == -1) | (gk == -1) | (gq == gk)).long()
+            elif masked == 2:  # own frame only
+                keep = (gq == gk).long()
             count[rows[:, None], cols[None, :]] += keep
     return count
+
+
+def _ranges(w, b):
+    n = int(w.count[b])
+    return list(zip(w.start[b, :n].tolist(), w.stop[b, :n].tolist(), w.masked[b, :n].tolist()))
 
 
 @pytest.mark.parametrize("block_m", [4, 16, 64])
@@ -61,15 +69,18 @@ def test_walk_tables_cover_every_kept_pair_exactly_once(case, block_m):
     layout = TileLayout(frames, tpf, nt, pos)
     for k in range(1, frames):
         tables = walk.walk_segments(layout, k, block_m)
+        n = layout.seq_len
         expected = paper_mask(frames, tpf, nt, pos == "first", k).long()
-        assert torch.equal(_covered(tables, layout.seq_len), expected), (case, k, block_m)
-        assert int(tables.count.max()) <= k + 2  # text, the reference frames, the own frames
-        # the launch that leaves global rows to SDPA keeps exactly the blocks with a non-reference row
-        group = tables.group
-        local = [b for b in range(tables.count.shape[0])
-                 if bool((group[b * block_m:(b + 1) * block_m] != -1).any())]
-        assert sorted(tables.local_order.tolist()) == local
-        assert [b for b in tables.order.tolist() if b in set(local)] == tables.local_order.tolist()
+        assert torch.equal(_covered(tables.full, tables.group, block_m, n), expected), (case, k, block_m)
+        assert int(tables.full.count.max()) <= k + 2  # text, the reference frames, the own frames
+        assert sorted(tables.full.order.tolist()) == list(range(-(-n // block_m)))  # every block, once
+        # the launch that leaves global rows to SDPA: every non-reference row's kept pairs exactly once (global rows
+        # of its blocks get partial results, replaced afterwards), and only blocks with such a row
+        local_rows = tables.group != -1
+        covered = _covered(tables.local, tables.group, block_m, n)
+        assert torch.equal(covered[local_rows], expected[local_rows]), (case, k, block_m)
+        assert sorted(tables.local.order.tolist()) == [b for b in range(-(-n // block_m))
+                                                       if bool(local_rows[b * block_m:(b + 1) * block_m].any())]
 
 
 def test_walk_tables_leave_single_frame_blocks_unmasked():
@@ -77,22 +88,24 @@ def test_walk_tables_leave_single_frame_blocks_unmasked():
     # adjacent) and its frame, unmasked; only blocks across a frame boundary (or touching the global rows) are masked
     layout = TileLayout(13, 1350, 226, "first")
     tables = walk.walk_segments(layout, 1, 128)
-    first_nonref_block = (226 + 1350 + 127) // 128 + 1
-    b = first_nonref_block
-    segs = list(zip(tables.start[b, :tables.count[b]].tolist(), tables.stop[b, :tables.count[b]].tolist(),
-                    tables.masked[b, :tables.count[b]].tolist()))
-    assert segs == [(0, 226 + 1350 + 1350, 0)]  # text + frame 0 + frame 1 are one contiguous unmasked range
-    masked_share = (tables.masked.sum(1) > 0).float().mean().item()
+    b = (226 + 1350 + 127) // 128 + 1  # the first block of frame 1 rows only
+    assert _ranges(tables.full, b) == [(0, 226 + 1350 + 1350, 0)]  # text + frame 0 + frame 1: one unmasked range
+    masked_share = (tables.full.masked.sum(1) > 0).float().mean().item()
     assert masked_share < 0.15
     assert tables.nbytes() < 1 << 20
     # programs start with the long blocks (the text and reference-frame rows walk all keys)
-    walked = [sum(int(tables.stop[b, s]) - int(tables.start[b, s]) for s in range(int(tables.count[b])))
-              for b in tables.order.tolist()]
-    assert sorted(tables.order.tolist()) == list(range(len(walked))) and walked == sorted(walked, reverse=True)
-    assert walked[0] == layout.seq_len
+    walked = tables.full.block_keys()[tables.full.order.long()].tolist()
+    assert walked == sorted(walked, reverse=True) and walked[0] == layout.seq_len
+    # the block holding the last reference rows and the first frame-1 rows: all keys in the full walk, only what
+    # its frame-1 rows need in the local one
+    mixed = (226 + 1350) // 128
+    assert _ranges(tables.full, mixed) == [(0, layout.seq_len, 1)]
+    assert _ranges(tables.local, mixed) == [(0, 226 + 1350 + 1350, 0)]
     # the work walked is the mask's kept pairs plus block rounding, not the dense N^2
     kept = paper_mask(13, 1350, 226, True, 1).sum().item()
     assert kept <= tables.keys_walked() < 1.2 * kept
+    local_kept = paper_mask(13, 1350, 226, True, 1)[226 + 1350:].sum().item()
+    assert local_kept <= tables.keys_walked("sdpa") < 1.15 * local_kept
 
 
 @interpreted

@@ -10,12 +10,13 @@ runs the online softmax over a short list of key ranges, precomputed per query b
   adjacent) and its own frame, with no element mask except at the end of a range;
 * a block that straddles two non-reference frames walks the global ranges and both frames, keeping a key of either
   frame only for the rows of the same frame;
-* a block with any global row (text or a reference frame) walks every key, masked only if it also holds
-  non-reference rows.
+* a block with any global row (text or a reference frame) walks every key, with the paper's rule (a key counts when
+  its query or the key is global or both lie in the same frame) if it also holds non-reference rows. By default
+  (``global_rows="sdpa"``) the global rows run as one dense SDPA call instead, and the launch keeps only the blocks
+  with a non-reference row, each walking what those rows need.
 
 Ranges do not need to align with the kernel's blocks (CogVideoX: 226 text tokens, 1350 a frame); only the last
-block of a range is bounds-checked. The element rule, for masked blocks, is the paper's: a key counts when its
-query or the key is global or both lie in the same frame (``group`` = -1 for global tokens, else the frame).
+block of a range is bounds-checked (``group`` = -1 for global tokens, else the frame).
 
 Triton runs it on CUDA tensors, or on the CPU under ``TRITON_INTERPRET=1`` (how the tests check it without a GPU).
 Inference only (no backward); a key-padding mask drops keys on top of the tile mask.
@@ -57,55 +58,100 @@ def token_groups(layout: TileLayout, k: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class WalkTables:
-    """The key ranges each query block walks, for one layout, ``k`` and block size (see :func:`walk_segments`).
+class Walk:
+    """The key ranges each query block walks in one launch.
 
     Attributes:
-        group: ``[N]`` int32, :func:`token_groups`.
         start, stop: ``[blocks, max_segments]`` int32 key ranges, in walking order.
-        masked: ``[blocks, max_segments]`` int32, 1 where the range needs the element rule.
+        masked: ``[blocks, max_segments]`` int32: 0 = every key of the range counts (up to its end), 1 = the tile
+            mask's rule (a row of a block that also holds global rows), 2 = only keys of the row's own frame (the
+            frames of a block that straddles frames; global keys among them are walked in their own ranges).
         count: ``[blocks]`` int32, ranges used per block.
-        order: ``[blocks]`` int32, the query blocks from the most keys walked to the fewest: programs start with
-            the long blocks of every head, so no long block is left for the end of the launch.
-        local_order: the same without the blocks of global rows only (text, reference frames), for a launch that
-            leaves those rows to a dense call (``global_rows="sdpa"`` of :func:`walk_tile_attention`).
+        order: the query blocks the launch runs (int32), from the most keys walked to the fewest: programs start
+            with the long blocks of every head, so no long block is left for the end of the launch.
     """
 
-    group: torch.Tensor
     start: torch.Tensor
     stop: torch.Tensor
     masked: torch.Tensor
     count: torch.Tensor
     order: torch.Tensor
-    local_order: torch.Tensor
-    block_m: int
 
     @property
     def max_segments(self) -> int:
         return self.start.shape[1]
 
+    def block_keys(self) -> torch.Tensor:
+        """Keys each query block walks."""
+        used = torch.arange(self.max_segments, device=self.start.device) < self.count[:, None]
+        return ((self.stop - self.start).clamp(min=0) * used).sum(1)
+
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return self.start, self.stop, self.masked, self.count, self.order
+
+
+def _walk(blocks: list[list[tuple[int, int, int]]]) -> Walk:
+    """A :class:`Walk` from each block's ``(start, stop, masked)`` ranges (an empty list: a block not launched)."""
+    width = max(1, max(len(b) for b in blocks))
+    table = torch.zeros(len(blocks), width, 3, dtype=torch.int32)
+    for i, segments in enumerate(blocks):
+        if segments:
+            table[i, :len(segments)] = torch.tensor(segments, dtype=torch.int32)
+    count = torch.tensor([len(b) for b in blocks], dtype=torch.int32)
+    walk = Walk(table[..., 0].contiguous(), table[..., 1].contiguous(), table[..., 2].contiguous(), count,
+                torch.zeros(0, dtype=torch.int32))
+    keys = walk.block_keys()
+    order = torch.argsort(keys, descending=True, stable=True)
+    return Walk(walk.start, walk.stop, walk.masked, count, order[count[order] > 0].to(torch.int32))
+
+
+@dataclass(frozen=True)
+class WalkTables:
+    """What the walk kernel needs for one layout, ``k`` and block size (see :func:`walk_segments`).
+
+    Attributes:
+        group: ``[N]`` int32, :func:`token_groups`.
+        full: the walk of every query block (``global_rows="walk"`` of :func:`walk_tile_attention`): a block with a
+            global row walks all keys.
+        local: the walk of the blocks with a non-reference row only, each walking just what those rows need (its
+            global rows, if any, get partial results that the dense call for the global rows then replaces;
+            ``global_rows="sdpa"``).
+        block_m: query rows a block.
+    """
+
+    group: torch.Tensor
+    full: Walk
+    local: Walk
+    block_m: int
+
+    def walk(self, global_rows: str) -> Walk:
+        return self.local if global_rows == "sdpa" else self.full
+
     def to(self, device) -> "WalkTables":
-        move = lambda t: t.to(device)  # noqa: E731
-        return WalkTables(move(self.group), move(self.start), move(self.stop), move(self.masked), move(self.count),
-                          move(self.order), move(self.local_order), self.block_m)
+        move = lambda w: Walk(*(t.to(device) for t in w.tensors()))  # noqa: E731
+        return WalkTables(self.group.to(device), move(self.full), move(self.local), self.block_m)
 
     def nbytes(self) -> int:
-        tensors = (self.group, self.start, self.stop, self.masked, self.count, self.order, self.local_order)
+        tensors = (self.group, *self.full.tensors(), *self.local.tensors())
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def keys_walked(self, global_rows: str = "walk") -> int:
-        """Query-row x key pairs the kernel computes (at least the mask's kept pairs: a block's rows count in full),
-        for cost estimates; ``global_rows="sdpa"``: those of the launch without the all-global blocks."""
-        keys = _block_keys(self.start, self.stop, self.count)
-        if global_rows == "sdpa":
-            keys = keys[self.local_order.long().cpu()]
-        return int(keys.sum()) * self.block_m
+        """Query-row x key pairs the launch computes (at least the mask's kept pairs of the rows it owns: a block's
+        rows count in full), for cost estimates."""
+        return int(self.walk(global_rows).block_keys().sum()) * self.block_m
 
 
-def _block_keys(start: torch.Tensor, stop: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """Keys each query block walks."""
-    used = torch.arange(start.shape[1], device=start.device) < count[:, None]
-    return ((stop - start).clamp(min=0) * used).sum(1)
+def _local_ranges(layout: TileLayout, global_ranges, first: int, last: int) -> list[tuple[int, int, int]]:
+    """The ranges non-reference rows of frames ``first..last`` walk: the global ranges and their frames (each row
+    keeping its own frame's keys when they are more than one), adjacent unmasked ranges merged."""
+    own = (layout.frame_slice(first).start, layout.frame_slice(last).stop, 2 if first != last else 0)
+    merged: list[tuple[int, int, int]] = []
+    for a, b, m in sorted([(a, b, 0) for a, b in global_ranges] + [own]):
+        if merged and merged[-1][1] == a and not m and not merged[-1][2]:
+            merged[-1] = (merged[-1][0], b, 0)
+        else:
+            merged.append((a, b, m))
+    return merged
 
 
 def walk_segments(layout: TileLayout, k: int, block_m: int = BLOCK_M) -> WalkTables:
@@ -115,9 +161,13 @@ def walk_segments(layout: TileLayout, k: int, block_m: int = BLOCK_M) -> WalkTab
     Example:
         >>> layout = TileLayout(num_frames=4, tokens_per_frame=4, num_text_tokens=2, text_position="first")
         >>> t = walk_segments(layout, 1, block_m=4)  # reference frame 0 = tokens 2-5, right after the text
-        >>> [list(zip(t.start[b, :n].tolist(), t.stop[b, :n].tolist(), t.masked[b, :n].tolist()))
-        ...  for b, n in enumerate(t.count.tolist())]  # doctest: +NORMALIZE_WHITESPACE
-        [[(0, 18, 0)], [(0, 18, 1)], [(0, 6, 0), (6, 14, 1)], [(0, 6, 0), (10, 18, 1)], [(0, 6, 0), (14, 18, 0)]]
+        >>> def ranges(w):
+        ...     return [list(zip(w.start[b, :n].tolist(), w.stop[b, :n].tolist(), w.masked[b, :n].tolist()))
+        ...             for b, n in enumerate(w.count.tolist())]
+        >>> ranges(t.full)  # doctest: +NORMALIZE_WHITESPACE
+        [[(0, 18, 0)], [(0, 18, 1)], [(0, 6, 0), (6, 14, 2)], [(0, 6, 0), (10, 18, 2)], [(0, 6, 0), (14, 18, 0)]]
+        >>> ranges(t.local)  # block 0 is text + reference rows only; block 1's non-reference rows are frame 1
+        [[], [(0, 10, 0)], [(0, 6, 0), (6, 14, 2)], [(0, 6, 0), (10, 18, 2)], [(0, 6, 0), (14, 18, 0)]]
     """
     if is_dense(layout.num_frames, k):
         raise ValueError(f"walk_segments needs a sparse entry (k < {layout.num_frames}), got k={k}.")
@@ -128,33 +178,17 @@ def walk_segments(layout: TileLayout, k: int, block_m: int = BLOCK_M) -> WalkTab
     refs = reference_frames(layout.num_frames, k)
     global_ranges = _merge_ranges([(layout.frame_slice(f).start, layout.frame_slice(f).stop) for f in refs]
                                   + [(layout.text_slice.start, layout.text_slice.stop)])
-    blocks: list[list[tuple[int, int, int]]] = []
-    local: list[bool] = []  # the block holds a non-reference row
+    full: list[list[tuple[int, int, int]]] = []
+    local: list[list[tuple[int, int, int]]] = []
     for lo in range(0, n, block_m):
         present = set(group[lo:min(n, lo + block_m)].tolist())
-        local.append(present != {GLOBAL})
+        frames = present - {GLOBAL}
+        local.append(_local_ranges(layout, global_ranges, min(frames), max(frames)) if frames else [])
         if GLOBAL in present:  # global rows see every key; non-reference rows beside them need the rule
-            blocks.append([(0, n, int(len(present) > 1))])
-            continue
-        first, last = min(present), max(present)
-        own = (layout.frame_slice(first).start, layout.frame_slice(last).stop, int(first != last))
-        segments = sorted([(a, b, 0) for a, b in global_ranges] + [own])
-        merged: list[tuple[int, int, int]] = []
-        for a, b, m in segments:  # adjacent unmasked ranges walk as one
-            if merged and merged[-1][1] == a and not m and not merged[-1][2]:
-                merged[-1] = (merged[-1][0], b, 0)
-            else:
-                merged.append((a, b, m))
-        blocks.append(merged)
-    width = max(len(b) for b in blocks)
-    table = torch.zeros(len(blocks), width, 3, dtype=torch.int32)
-    for i, segments in enumerate(blocks):
-        table[i, :len(segments)] = torch.tensor(segments, dtype=torch.int32)
-    count = torch.tensor([len(b) for b in blocks], dtype=torch.int32)
-    start, stop = table[..., 0].contiguous(), table[..., 1].contiguous()
-    order = torch.argsort(_block_keys(start, stop, count), descending=True, stable=True).to(torch.int32)
-    local_order = order[torch.tensor(local)[order.long()]]
-    return WalkTables(group, start, stop, table[..., 2].contiguous(), count, order, local_order, block_m)
+            full.append([(0, n, int(len(present) > 1))])
+        else:
+            full.append(local[-1])
+    return WalkTables(group, _walk(full), _walk(local), block_m)
 
 
 if triton is not None:
@@ -195,7 +229,8 @@ if triton is not None:
                     LANES0: tl.constexpr, LANES1: tl.constexpr, MODE: tl.constexpr, IEEE: tl.constexpr,
                     HAS_KEEP: tl.constexpr):
         """Online softmax of the query block over keys ``lo..hi`` (step BLOCK_N). MODE 0: every key valid; 1: keys
-        below ``stop`` valid; 2: also the element rule of the tile mask. ``HAS_KEEP``: keys whose byte at
+        below ``stop`` valid; 2: also the element rule of the tile mask; 3: only keys of the row's own frame.
+        ``HAS_KEEP``: keys whose byte at
         ``keep_ptr`` is 0 (a key-padding mask) are dropped in every mode. The head splits into lanes ``0..D0`` (a
         power of two) and ``D0..D0+D1`` (D1 = 0 or a power of two; ``LANES0`` / ``LANES1``: some lanes of that group
         lie past the head dim), so a head of 96 runs as 64 + 32 lanes instead of a padded 128."""
@@ -215,6 +250,9 @@ if triton is not None:
                 gk = tl.load(group + cols, mask=col_ok, other=-3)
                 keep = col_ok[None, :] & ((gq[:, None] == -1) | (gk[None, :] == -1) | (gq[:, None] == gk[None, :]))
                 s = tl.where(keep, s, float("-inf"))
+            if MODE == 3:
+                gk = tl.load(group + cols, mask=col_ok, other=-3)
+                s = tl.where(col_ok[None, :] & (gq[:, None] == gk[None, :]), s, float("-inf"))
             if HAS_KEEP:
                 kept = tl.load(keep_ptr + cols, mask=col_ok, other=0)
                 s = tl.where(kept[None, :] != 0, s, float("-inf"))
@@ -263,10 +301,15 @@ if triton is not None:
         for s in range(0, tl.load(seg_count + block)):
             lo = tl.load(seg_start + block * max_seg + s)
             stop = tl.load(seg_stop + block * max_seg + s)
-            if tl.load(seg_masked + block * max_seg + s) != 0:
+            rule = tl.load(seg_masked + block * max_seg + s)
+            if rule == 1:
                 acc0, acc1, l_i, m_i = _walk_range(
                     acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, keep_base, skn, skd, svn, svd, lo, stop,
                     stop, qk_scale, head_dim, BLOCK_N, D0, D1, LANES0, LANES1, 2, IEEE, HAS_KEEP)
+            elif rule == 2:
+                acc0, acc1, l_i, m_i = _walk_range(
+                    acc0, acc1, l_i, m_i, q0, q1, gq, k_base, v_base, group, keep_base, skn, skd, svn, svd, lo, stop,
+                    stop, qk_scale, head_dim, BLOCK_N, D0, D1, LANES0, LANES1, 3, IEEE, HAS_KEEP)
             else:
                 full = lo + ((stop - lo) // BLOCK_N) * BLOCK_N  # whole blocks unchecked, then the tail
                 acc0, acc1, l_i, m_i = _walk_range(
@@ -345,13 +388,12 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     if global_rows == "sdpa" and global_tokens is None:
         raise ValueError("global_rows='sdpa' needs global_tokens (the text and reference-frame positions).")
     out = torch.empty_like(q)
-    order = tables.local_order if global_rows == "sdpa" else tables.order
-    n_blocks = order.shape[0]
+    walk = tables.walk(global_rows)
+    n_blocks = walk.order.shape[0]
     grid = (n_blocks * batch * heads,)
     keep = None if key_padding_mask is None else key_padding_mask.to(device=q.device, dtype=torch.uint8).contiguous()
-    args = (q, k, v, out, tables.group, tables.start, tables.stop, tables.masked, tables.count, order,
-            tables.group if keep is None else keep, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            0 if keep is None else keep.stride(0), heads, n, head_dim, scale * LOG2E, tables.max_segments, n_blocks)
+    args = (q, k, v, out, tables.group, *walk.tensors(), tables.group if keep is None else keep, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            0 if keep is None else keep.stride(0), heads, n, head_dim, scale * LOG2E, walk.max_segments, n_blocks)
     d0, d1 = head_lanes(head_dim)
     common = {"BLOCK_M": tables.block_m, "D0": d0, "D1": d1, "LANES0": d0 > head_dim, "LANES1": d0 + d1 > head_dim,
               "IEEE": q.dtype == torch.float32, "HAS_KEEP": keep is not None}
