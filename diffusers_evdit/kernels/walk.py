@@ -392,8 +392,8 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     n_blocks = walk.order.shape[0]
     grid = (n_blocks * batch * heads,)
     keep = None if key_padding_mask is None else key_padding_mask.to(device=q.device, dtype=torch.uint8).contiguous()
-    args = (q, k, v, out, tables.group, *walk.tensors(), tables.group if keep is None else keep, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            0 if keep is None else keep.stride(0), heads, n, head_dim, scale * LOG2E, walk.max_segments, n_blocks)
+    args = (q, k, v, out, tables.group, *walk.tensors(), tables.group if keep is None else keep,
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), 0 if keep is None else keep.stride(0), heads, n, head_dim, scale * LOG2E, walk.max_segments, n_blocks)
     d0, d1 = head_lanes(head_dim)
     common = {"BLOCK_M": tables.block_m, "D0": d0, "D1": d1, "LANES0": d0 > head_dim, "LANES1": d0 + d1 > head_dim,
               "IEEE": q.dtype == torch.float32, "HAS_KEEP": keep is not None}
