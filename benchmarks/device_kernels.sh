@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Issue 3 on the device machine in one call (~8 min on an H100): the CUDA kernel tests (split variants and the walk
 # kernel), then `evdit bench kernels` of the split kernel against the Triton walk kernel (global rows by cuDNN:
-# walk; all rows in the Triton launch: walk_all) on all five shapes. Measured before (2026-11-23, no gain): the Triton merge and key chunks (kernels-h100-merge.json,
-# profile-split-h100.json), the overlapped global call (kernels-h100-overlap.json). gathered and flex, never the
-# fastest, are left out here; the full run is `evdit bench kernels`. The profile of the split kernel's parts:
+# walk; all rows in the Triton launch: walk_all) on all five shapes. Measured before (2026-11-23, no gain): the
+# Triton merge and key chunks (kernels-h100-merge.json, profile-split-h100.json), the overlapped global call
+# (kernels-h100-overlap.json). gathered and flex, never the fastest, are left out here; the full run is
+# `evdit bench kernels`. The profile of the split kernel's parts:
 # `python benchmarks/profile_split.py --json benchmarks/results/profile-split-<gpu>.json` (~2 min).
 #
 #   bash benchmarks/device_kernels.sh          # run from the repo root; carry .whl (diffusers)
