@@ -129,6 +129,20 @@ def test_walk_kernel_matches_float64_reference(case, head_dim, block, global_row
 
 
 @interpreted
+@pytest.mark.parametrize("global_rows", ["walk", "sdpa"])
+def test_walk_kernel_in_half_precision(global_rows):
+    # the tensor-core path (no "ieee" dot) as on a GPU; fp16, since the interpreter's dot mishandles bf16 (the CUDA
+    # tests cover bf16)
+    layout = TileLayout(5, 20, 6, "first")
+    g = torch.Generator().manual_seed(2)
+    q, kk, v = (torch.randn(1, 2, layout.seq_len, 32, generator=g).half() for _ in range(3))
+    out = walk.walk_tile_attention(q, kk, v, walk.walk_segments(layout, 2, 16), config={"BLOCK_N": 16},
+                                   global_rows=global_rows, global_tokens=tile_indices(layout, 2, "cpu").global_tokens)
+    ref = attention_f64(q, kk, v, paper_mask(5, 20, 6, True, 2))
+    assert out.dtype == torch.float16 and ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+@interpreted
 def test_walk_kernel_takes_strided_inputs_and_a_scale():
     # processors hand over [B, N, H, D] projections transposed to [B, H, N, D]: non-contiguous views
     layout = TileLayout(4, 9, 5, "last")
