@@ -54,6 +54,8 @@ goes on.
     python examples/reproduce_tables.py --mlcd_model runs/mlcd-s8 --measure_step_speedups
     # CPU smoke test: tiny random pipeline, a few training steps per stage (plumbing only: no quality)
     OMP_NUM_THREADS=1 python examples/reproduce_tables.py --smoke --work_dir /tmp/reproduce
+    # the checks and the Markdown of a finished table again, from its quality.json (nothing trained or evaluated)
+    python examples/reproduce_tables.py --render benchmarks/results
 """
 
 from __future__ import annotations
