@@ -465,13 +465,19 @@ def keep_summary(out: str, summary: dict) -> dict:
     return summary
 
 
+def read_kept_summary(out: str) -> dict | None:
+    """The summary :func:`keep_summary` wrote for the run in ``out``, if any."""
+    path = os.path.join(out, "reproduce_summary.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def kept_summary(out: str) -> dict:
     """The summary :func:`keep_summary` wrote, else what kd_config.json / losses.jsonl say."""
-    path = os.path.join(out, "reproduce_summary.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    return kd_summary(out, minutes=0.0, seconds=0.0)
+    kept = read_kept_summary(out)
+    return kept if kept is not None else kd_summary(out, minutes=0.0, seconds=0.0)
 
 
 # ------------------------------------------------------------------------------------------------------ search
@@ -735,13 +741,18 @@ def sparsity_pairs(searched: list[dict], uniform: list[dict], uniform_sparser: b
 
 
 def write_results(args, rows, ablation, meta, final: bool) -> None:
-    os.makedirs(args.out_dir, exist_ok=True)
     data = {"benchmark": "quality", "complete": final, "smoke": args.smoke, **meta,
             "rows": rows, "order_ablation": ablation, "checks": comparisons(rows) if final else None}
-    with open(os.path.join(args.out_dir, "quality.json"), "w", encoding="utf-8") as f:
+    write_tables(args.out_dir, data)
+
+
+def write_tables(out_dir: str, data: dict) -> None:
+    """``out_dir/quality.json`` and the Markdown rendering of it, ``quality.md``."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "quality.json"), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
         f.write("\n")
-    with open(os.path.join(args.out_dir, "quality.md"), "w", encoding="utf-8") as f:
+    with open(os.path.join(out_dir, "quality.md"), "w", encoding="utf-8") as f:
         f.write(markdown(data))
 
 
@@ -869,11 +880,7 @@ def render(out_dir: str) -> dict:
         data = json.load(f)
     if data["complete"]:
         data["checks"] = comparisons(data["rows"])
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    with open(os.path.join(out_dir, "quality.md"), "w", encoding="utf-8") as f:
-        f.write(markdown(data))
+    write_tables(out_dir, data)
     print(f"[reproduce] rewrote {out_dir}/quality.md from quality.json")
     return data
 
@@ -958,10 +965,8 @@ def build_tables(args) -> dict:
         mlcd_training = {"given": args.mlcd_model}
     else:
         mlcd_dir = os.path.join(args.work_dir, "mlcd")
-        kept = os.path.join(mlcd_dir, "reproduce_summary.json")
-        if args.resume and os.path.isfile(kept):
-            with open(kept, encoding="utf-8") as f:
-                mlcd_training = json.load(f)
+        mlcd_training = read_kept_summary(mlcd_dir) if args.resume else None
+        if mlcd_training is not None:
             print("[reproduce] MLCD training: finished before, reused", flush=True)
         else:
             minutes = clock.minutes_for(args.mlcd_shares, shares_left, evals_left, extra_s=20)

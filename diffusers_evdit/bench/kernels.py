@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..kernels import TileAttention
 from ..kernels.flex import tile_block_mask
-from ..kernels.triton_merge import triton_merge_available
+from ..kernels.triton_support import triton_runs
 from ..layout import TileLayout
 from ..masks import element_sparsity, format_mask, reference_flags
 from .common import bench_ms, print_table, write_results
@@ -46,7 +46,7 @@ def default_kernels(device: torch.device) -> tuple[str, ...]:
         return SPARSE_KERNELS
     needs_triton = lambda options: options.get("merge") == "triton" or options["kernel"] == "walk"  # noqa: E731
     return SPARSE_KERNELS + tuple(name for name, options in EXTRA_KERNELS.items()
-                                  if not needs_triton(options) or triton_merge_available(device))
+                                  if not needs_triton(options) or triton_runs(device))
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from .split import merge_partial_attention, split_tile_attention
 from .triton_merge import triton_merge_available, triton_merge_partial_attention
 from .tuning import KernelTuner
 from .walk import BLOCK_M as WALK_BLOCK_M
-from .walk import WalkTables, walk_available, walk_segments, walk_tile_attention
+from .walk import GLOBAL_ROWS, WalkTables, walk_available, walk_segments, walk_tile_attention
 
 KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk")
 # "fastest" runs another kernel (dense, walk) for a sparse entry only when split is slower by more than this share
@@ -104,8 +104,9 @@ class TileAttention:
     its launch, a few seconds once per sequence length and head size) once per call signature (layout, plan entry,
     input shape and dtype; a one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs the fastest, keeping
     split unless another is faster by more than 2%. An entry that picks dense attention then computes full
-    attention, not its tile mask: the plan becomes a licence to skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and the
-    split kernel runs. ``"auto"`` always applies the plan's masks (exact kernels only).
+    attention, not its tile mask: the plan becomes a licence to skip work where that pays. Under ``torch.compile``
+    tracing and CUDA-graph capture nothing is timed and the split kernel runs. ``"auto"`` always applies the plan's
+    masks (exact kernels only).
 
     Example:
         >>> import torch
@@ -133,8 +134,8 @@ class TileAttention:
         check_kernel(self.kernel)
         if self.merge not in MERGES:
             raise ValueError(f"Unknown split-kernel merge {self.merge!r}; choose one of {', '.join(MERGES)}.")
-        if self.walk_global not in ("sdpa", "walk"):
-            raise ValueError(f"walk_global must be 'sdpa' or 'walk', got {self.walk_global!r}.")
+        if self.walk_global not in GLOBAL_ROWS:
+            raise ValueError(f"walk_global must be one of {GLOBAL_ROWS}, got {self.walk_global!r}.")
 
     def merge_fn(self, q: torch.Tensor) -> Callable:
         """The ``merge(out, o1, o2, lse1, lse2)`` the split kernel uses for inputs like ``q``."""

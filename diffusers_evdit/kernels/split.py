@@ -185,6 +185,6 @@ def split_tile_attention(
     for i in range(q.shape[0]):
         sample = slice(i, i + 1)
         keep = None if text_keep is None else text_keep[i]
-        _tile_attention_one(q[sample], k[sample], v[sample], layout, idx, keep, scale, merge, out[sample], global_chunks,
-                            side_stream)
+        _tile_attention_one(q[sample], k[sample], v[sample], layout, idx, keep, scale, merge, out[sample],
+                            global_chunks, side_stream)
     return out

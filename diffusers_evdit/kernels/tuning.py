@@ -2,9 +2,9 @@
 
 Like ``torch.backends.cudnn.benchmark``: the first call of each distinct signature (device, layout, plan entry,
 input shape and dtype, ...) runs every candidate a few times and keeps the fastest; later calls reuse the choice.
-:class:`~diffusers_evdit.kernels.TileAttention` uses it for ``kernel="fastest"``: a sparse entry whose split kernel
-is slower than dense attention on the user's GPU (at low sparsity its fixed costs can outweigh the skipped work)
-runs dense attention instead.
+:class:`~diffusers_evdit.kernels.TileAttention` uses it for ``kernel="fastest"``: a sparse entry runs whichever of
+the split kernel, dense attention and (where Triton runs) the walk kernel is fastest on the user's GPU (at low
+sparsity the split kernel's fixed costs can outweigh the skipped work).
 """
 
 from __future__ import annotations

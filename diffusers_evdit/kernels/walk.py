@@ -34,6 +34,7 @@ from .indices import _merge_ranges
 from .triton_support import tl, triton, triton_runs
 
 GLOBAL = -1  # the group of text and reference-frame tokens
+GLOBAL_ROWS = ("sdpa", "walk")  # who computes the rows that see every key: one dense SDPA call, or the launch
 BLOCK_M = 128  # query rows a program (CUDA); the segment tables are built for it
 
 
@@ -383,8 +384,8 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     if tables.group.shape[0] != n:
         raise ValueError(f"walk tables for {tables.group.shape[0]} tokens, inputs have {n}.")
     scale = head_dim ** -0.5 if scale is None else scale
-    if global_rows not in ("walk", "sdpa"):
-        raise ValueError(f"global_rows must be 'walk' or 'sdpa', got {global_rows!r}.")
+    if global_rows not in GLOBAL_ROWS:
+        raise ValueError(f"global_rows must be one of {GLOBAL_ROWS}, got {global_rows!r}.")
     if global_rows == "sdpa" and global_tokens is None:
         raise ValueError("global_rows='sdpa' needs global_tokens (the text and reference-frame positions).")
     out = torch.empty_like(q)
@@ -393,7 +394,8 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     grid = (n_blocks * batch * heads,)
     keep = None if key_padding_mask is None else key_padding_mask.to(device=q.device, dtype=torch.uint8).contiguous()
     args = (q, k, v, out, tables.group, *walk.tensors(), tables.group if keep is None else keep,
-            *q.stride(), *k.stride(), *v.stride(), *out.stride(), 0 if keep is None else keep.stride(0), heads, n, head_dim, scale * LOG2E, walk.max_segments, n_blocks)
+            *q.stride(), *k.stride(), *v.stride(), *out.stride(), 0 if keep is None else keep.stride(0),
+            heads, n, head_dim, scale * LOG2E, walk.max_segments, n_blocks)
     d0, d1 = head_lanes(head_dim)
     common = {"BLOCK_M": tables.block_m, "D0": d0, "D1": d1, "LANES0": d0 > head_dim, "LANES1": d0 + d1 > head_dim,
               "IEEE": q.dtype == torch.float32, "HAS_KEEP": keep is not None}
