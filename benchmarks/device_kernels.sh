@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Issue 3 on the device machine in one call (~8 min on an H100): the CUDA kernel tests (split variants and the walk
-# kernel), then `evdit bench kernels` of the split kernel against the Triton walk kernel (global rows by cuDNN:
-# walk; all rows in the Triton launch: walk_all) on all five shapes. Measured before (2026-11-23, no gain): the
-# Triton merge and key chunks (kernels-h100-merge.json, profile-split-h100.json), the overlapped global call
-# (kernels-h100-overlap.json). gathered and flex, never the fastest, are left out here; the full run is
-# `evdit bench kernels`. The profile of the split kernel's parts:
-# `python benchmarks/profile_split.py --json benchmarks/results/profile-split-<gpu>.json` (~2 min).
+# Issue 3 on the device machine, in calls of under 10 minutes (run from the repo root; carry .whl, diffusers):
 #
-#   bash benchmarks/device_kernels.sh          # run from the repo root; carry .whl (diffusers)
-#   bash benchmarks/device_kernels.sh profile  # the walk kernel's launch settings on the hard cases (~4 min):
+#   bash benchmarks/device_kernels.sh          # every CUDA test (tests/test_gpu.py, ~5 min), then `evdit bench step`
+#                                              # (~2 min) -> step-<gpu>.json
+#   bash benchmarks/device_kernels.sh bench    # `evdit bench kernels` of split, gathered, flex and walk on all five
+#                                              # shapes, three alternating rounds (~6 min) -> kernels-<gpu>.json
+#   bash benchmarks/device_kernels.sh profile  # the walk kernel's launch settings on the hard cases (~5 min):
 #                                              # benchmarks/profile_walk.py -> profile-walk-<gpu>.json
+#
+# Measured before (H100, 2026-11-23, no gain over split): the Triton merge and key chunks (kernels-h100-merge.json,
+# profile-split-h100.json), the overlapped global call (kernels-h100-overlap.json), the walk kernel
+# (kernels-h100-walk.json, profile-walk-h100.json), own/shared calls on two streams and CUDA-graph replay
+# (profile-split-streams-h100.json, benchmarks/profile_split_streams.py).
 #
 # Results: $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root), logs beside it.
 set -uo pipefail
@@ -18,14 +20,19 @@ mkdir -p "$OUT"
 # shellcheck disable=SC1091
 source benchmarks/device_setup.sh || exit 1
 gpu=$(python -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())")  # h100 / h200
-if [ "${1:-}" = profile ]; then
+case "${1:-}" in
+profile)
     timeout 560 python benchmarks/profile_walk.py --json "benchmarks/results/profile-walk-$gpu.json" 2>&1 \
         | tee "$OUT/profile.log" | tail -n 60
-    tar czf "$OUT/results.tar.gz" "benchmarks/results/profile-walk-$gpu.json"
-    exit 0
-fi
-timeout 240 python -m pytest -q tests/test_gpu.py -k "kernels_on_cuda or split or fastest or walk" 2>&1 \
-    | tail -n 15 | tee "$OUT/tests.log"
-timeout 320 python -m diffusers_evdit.cli bench kernels --kernels split walk walk_all \
-    --out "benchmarks/results/kernels-$gpu-walk.json" 2>&1 | tee "$OUT/kernels.log" | tail -n 40
-tar czf "$OUT/results.tar.gz" benchmarks/results/kernels-"$gpu"-walk.json
+    result="benchmarks/results/profile-walk-$gpu.json" ;;
+bench)
+    timeout 560 python -m diffusers_evdit.cli bench kernels --kernels split gathered flex walk \
+        --out "benchmarks/results/kernels-$gpu.json" 2>&1 | tee "$OUT/kernels.log" | tail -n 40
+    result="benchmarks/results/kernels-$gpu.json" ;;
+*)
+    timeout 360 python -m pytest -q -rs tests/test_gpu.py 2>&1 | tail -n 25 | tee "$OUT/tests.log"
+    timeout 200 python -m diffusers_evdit.cli bench step --reps 2 --out "benchmarks/results/step-$gpu.json" 2>&1 \
+        | tee "$OUT/step.log" | tail -n 20
+    result="benchmarks/results/step-$gpu.json" ;;
+esac
+tar czf "$OUT/results.tar.gz" "$result"

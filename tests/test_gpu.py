@@ -13,6 +13,20 @@ pytestmark = pytest.mark.gpu
 CASES = [(13, 150, 226, "first"), (9, 256, 0, "none"), (8, 200, 56, "last")]
 
 
+@pytest.fixture(autouse=True)
+def _one_walk_launch_setting(request, monkeypatch):
+    """The walk kernel's autotuner compiles and times four launch settings per head size and dtype (minutes over
+    this file); tests other than the autotuned one in bf16 pin one setting, which checks exactness just the same."""
+    params = getattr(request.node, "callspec", None)
+    if "autotuned" in request.node.name and params is not None and params.params.get("dtype") == torch.bfloat16:
+        return
+    from diffusers_evdit.kernels import walk
+
+    if getattr(walk, "_walk_tuned", None) is not None:
+        pinned = walk.triton.autotune(configs=walk._CONFIGS[:1], key=["n_tokens", "head_dim"])(walk._walk_kernel)
+        monkeypatch.setattr(walk, "_walk_tuned", pinned)
+
+
 def _rel(out, ref):
     return ((out.double() - ref).norm() / ref.norm()).item()
 
@@ -93,8 +107,8 @@ def test_fastest_kernel_times_once_and_runs_split_walk_or_dense_on_cuda():
 
 @pytest.mark.parametrize("head_dim", [64, 96, 128])  # 96 (Open-Sora-Plan): lanes masked up to 128
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 1e-2), (torch.float32, 1e-4)])
-def test_walk_kernel_on_cuda_with_strided_batched_inputs(head_dim, dtype, tol):
-    """The walk kernel (autotuned launch) on [B, N, H, D] projections viewed as [B, H, N, D], batch 2, frames of
+def test_walk_kernel_autotuned_on_cuda_with_strided_batched_inputs(head_dim, dtype, tol):
+    """The walk kernel (its autotuned launch in bf16) on [B, N, H, D] projections viewed as [B, H, N, D], batch 2, frames of
     1350 tokens after 226 text tokens (CogVideoX's alignment: nothing lines up with its 128-row blocks)."""
     layout = TileLayout(4, 1350, 226, "first")
     q, k, v = (torch.randn(2, layout.seq_len, 3, head_dim, device="cuda", dtype=dtype).transpose(1, 2)

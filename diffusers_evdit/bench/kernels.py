@@ -5,10 +5,17 @@ kernel (median of many runs after warm-up). Each sparse kernel's output is check
 float64 masked reference on sampled query rows (every frame and the text represented). JSON rows carry
 ``element_sparsity``, ``best_dense_ms``, ``sparse_ms`` (fastest exact sparse kernel), ``kernel``, ``speedup``,
 ``ideal = 1 / (1 - sparsity)`` and ``pct_of_ideal``, plus mask build time and mask/index memory.
+
+GPU clocks drift between measurements by several percent (measured on an H100: one kernel's median moved 80-92% of
+the ideal across rounds a few seconds apart). So each mask's sparse kernels and the best dense backend are timed in
+``rounds`` alternating rounds: ``best_dense_ms`` and ``<kernel>_ms`` are medians over the rounds;
+``dense_ms_rounds``, ``sparse_ms_rounds`` (the chosen kernel) and ``pct_of_ideal_rounds`` (each round against that
+round's dense time) list the rounds.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -134,21 +141,25 @@ def _dense_fns(q, k, v, device):
 
 
 def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, kernels=SPARSE_KERNELS, seed: int = 0,
-                rep_ms: float = 500) -> list[dict]:
-    """Benchmark one shape: a row per mask (plus the dense timings in every row)."""
+                rep_ms: float = 500, rounds: int = 3) -> list[dict]:
+    """Benchmark one shape: a row per mask (plus the dense timings in every row). The exact sparse kernels of each
+    mask and the fastest dense backend are timed in ``rounds`` alternating rounds (medians reported)."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}.")
     layout = shape.layout
     g = torch.Generator().manual_seed(seed)
     # [B, N, H, D] viewed as [B, H, N, D], the layout the diffusers processors hand to attention
     q, k, v = (torch.randn(1, layout.seq_len, shape.heads, shape.head_dim, generator=g).to(device, dtype).transpose(1, 2)
                for _ in range(3))
     dense_ms = {}
-    for name, fn in _dense_fns(q, k, v, device).items():
+    dense_fns = _dense_fns(q, k, v, device)
+    for name, fn in dense_fns.items():
         try:
             dense_ms[name] = bench_ms(fn, device, rep_ms=rep_ms)
         except Exception as err:  # a backend the device lacks is reported, not fatal
             dense_ms[name] = None
             print(f"  {shape.name}: {name} unavailable: {type(err).__name__}: {str(err)[:120]}")
-    best_dense = min(t for n, t in dense_ms.items() if t is not None and n != "dense_flex")
+    best_name = min((n for n, t in dense_ms.items() if t is not None and n != "dense_flex"), key=dense_ms.get)
     rows = []
     attention = {name: make_attention(name) for name in kernels}
     check_rows = sampled_rows(layout, 4, g)
@@ -157,8 +168,8 @@ def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, ke
         ref = reference_rows(q, k, v, layout, k_ref, check_rows)
         row = {"shape": shape.name, "mask": format_mask(layout.num_frames, k_ref), "element_sparsity": sparsity,
                "seq_len": layout.seq_len, "heads": shape.heads, "head_dim": shape.head_dim, **dense_ms,
-               "best_dense_ms": best_dense}
-        times = {}
+               "best_dense": best_name}
+        exact = {}
         for name, att in attention.items():
             fn = lambda att=att: att(q, k, v, layout, k_ref)  # noqa: E731
             if device.type == "cuda":
@@ -176,7 +187,16 @@ def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, ke
                 row[f"{name}_ms"] = None
                 print(f"  {shape.name} {row['mask']}: {name} NOT EXACT (rel err {err:.2e}, finite={finite})")
                 continue
-            times[name] = row[f"{name}_ms"] = bench_ms(fn, device, rep_ms=rep_ms)
+            exact[name] = fn
+        dense_rounds, rounds_ms = [], {name: [] for name in exact}
+        for _ in range(rounds):  # alternating, so that clock drift moves dense and sparse times alike
+            dense_rounds.append(bench_ms(dense_fns[best_name], device, rep_ms=rep_ms))
+            for name, fn in exact.items():
+                rounds_ms[name].append(bench_ms(fn, device, rep_ms=rep_ms))
+        best_dense = row["best_dense_ms"] = statistics.median(dense_rounds)
+        times = {name: statistics.median(ms) for name, ms in rounds_ms.items()}
+        for name, ms in times.items():
+            row[f"{name}_ms"] = ms
         t0 = time.perf_counter()
         mask = tile_block_mask(layout, k_ref, device=device)
         if device.type == "cuda":
@@ -186,29 +206,33 @@ def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, ke
         best = min(times, key=times.get)
         row.update(kernel=best, sparse_ms=times[best], speedup=best_dense / times[best], ideal=1 / (1 - sparsity))
         row["pct_of_ideal"] = 100 * row["speedup"] / row["ideal"]
+        row.update(rounds=rounds, dense_ms_rounds=dense_rounds, sparse_ms_rounds=rounds_ms[best])
+        row["pct_of_ideal_rounds"] = [100 * d * (1 - sparsity) / t for d, t in zip(dense_rounds, rounds_ms[best])]
         rows.append(row)
         print(f"  {shape.name} {row['mask']}: sparsity {sparsity:.1%}, dense {best_dense:.2f} ms, "
               + ", ".join(f"{n} {t:.2f}" for n, t in times.items()) + f" ms -> {row['speedup']:.2f}x "
-              f"({row['pct_of_ideal']:.0f}% of ideal)", flush=True)
+              f"({row['pct_of_ideal']:.0f}% of ideal; rounds {min(row['pct_of_ideal_rounds']):.0f}-"
+              f"{max(row['pct_of_ideal_rounds']):.0f})", flush=True)
     return rows
 
 
 def run_kernel_benchmark(out: str | None, shapes=SHAPES, device: str | None = None, kernels=None,
-                         rep_ms: float = 500) -> dict:
+                         rep_ms: float = 300, rounds: int = 3) -> dict:
     """Run the kernel benchmark on ``shapes``; print a table, write JSON to ``out`` (if given) and return it.
-    ``kernels`` default: :func:`default_kernels` of the device."""
+    ``kernels`` default: :func:`default_kernels` of the device. ``rep_ms``: the timing budget of one measurement;
+    ``rounds``: alternating rounds of each mask's dense and sparse timings (see the module docstring)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     kernels = tuple(kernels or default_kernels(dev))
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     rows = []
     data = {"rows": rows}
     for i, shape in enumerate(shapes):
-        rows += bench_shape(shape, dev, dtype, kernels, rep_ms=rep_ms)
+        rows += bench_shape(shape, dev, dtype, kernels, rep_ms=rep_ms, rounds=rounds)
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         if out:  # after every shape, so that a run stopped part-way keeps what it measured
             data = write_results(out, "kernels", rows, dev, dtype=str(dtype).replace("torch.", ""),
-                                 kernels=list(kernels), complete=i == len(shapes) - 1)
+                                 kernels=list(kernels), rounds=rounds, complete=i == len(shapes) - 1)
     print_table(rows, ["shape", "mask", "element_sparsity", "best_dense_ms", "sparse_ms", "kernel", "speedup", "ideal",
                        "pct_of_ideal"])
     if out:

@@ -13,7 +13,7 @@ def _cmd_kernels(args) -> int:
         if unknown:
             raise ValueError(f"Unknown shape(s) {unknown}; choose from {', '.join(known)}.")
         shapes = tuple(known[n] for n in args.shapes)
-    run_kernel_benchmark(args.out, shapes, args.device, args.kernels or None, rep_ms=args.rep_ms)
+    run_kernel_benchmark(args.out, shapes, args.device, args.kernels or None, rep_ms=args.rep_ms, rounds=args.rounds)
     return 0
 
 
@@ -43,7 +43,9 @@ def register(sub) -> None:
                               "Triton launch for all rows; CUDA only)")
     kernels.add_argument("--quick", action="store_true", help="tiny shapes, runs on CPU (checks the code path only)")
     kernels.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    kernels.add_argument("--rep-ms", type=float, default=500, help="timing budget per measurement (ms)")
+    kernels.add_argument("--rep-ms", type=float, default=300, help="timing budget per measurement (ms)")
+    kernels.add_argument("--rounds", type=int, default=3,
+                         help="alternating rounds of each mask's dense and sparse timings (medians reported)")
     kernels.add_argument("--out", default=None, help="JSON result path, e.g. benchmarks/results/kernels-h100.json")
     kernels.set_defaults(func=_cmd_kernels)
     step = bench_sub.add_parser("step", help="per-step time of full-size transformers (random weights), dense vs plans")
