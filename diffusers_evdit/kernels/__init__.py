@@ -34,7 +34,7 @@ from .walk import BLOCK_M as WALK_BLOCK_M
 from .walk import GLOBAL_ROWS, WalkTables, walk_available, walk_segments, walk_tile_attention
 
 KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk")
-# "fastest" runs another kernel (dense, walk) for a sparse entry only when split is slower by more than this share
+# "fastest" runs dense attention for a sparse entry only when split is slower by more than this share
 FASTEST_MARGIN = 0.02
 MERGES = ("auto", "eager", "compiled", "triton")
 
@@ -90,8 +90,8 @@ class TileAttention:
             chunks in one batched call (see :func:`.split.global_attention`); default 1 (2 and 4 were slower on
             an H100 on 22 of 23 benchmark cases).
         overlap: run the split kernel's global call on a second CUDA stream, concurrently with the non-reference
-            frames' calls and merges (fills the last, partial wave of each call; exact either way). Default False
-            until timed.
+            frames' calls and merges (fills the last, partial wave of each call; exact either way). Default False:
+            within noise of one stream on an H100 (BENCHMARKS.md).
         walk_block_m: query rows per program of the ``walk`` kernel (its key-range tables are built for it).
         walk_global: who computes the rows that see every key (text, reference frames) under the ``walk`` kernel:
             ``"sdpa"`` (default: one dense SDPA call, cuDNN on CUDA, at its best on long rows) or ``"walk"`` (the
@@ -100,10 +100,10 @@ class TileAttention:
             given with a ``timer`` also runs on the CPU.
 
     ``kernel="fastest"`` is ``"auto"`` that is never slower than dense attention: on CUDA it times the split kernel
-    against the model's dense attention (and the walk kernel, where Triton runs; its first call compiles and tunes
-    its launch, a few seconds once per sequence length and head size) once per call signature (layout, plan entry,
-    input shape and dtype; a one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs the fastest, keeping
-    split unless another is faster by more than 2%. An entry that picks dense attention then computes full
+    against the model's dense attention once per call signature (layout, plan entry, input shape and dtype; a
+    one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs the faster, keeping split unless dense is
+    faster by more than 2%. The walk kernel is not a candidate: on an H100 it was 7-30% slower than split on all 23
+    benchmark cases, and its first call per head size compiles and tunes four launch settings (BENCHMARKS.md). An entry that picks dense attention then computes full
     attention, not its tile mask: the plan becomes a licence to skip work where that pays. Under ``torch.compile``
     tracing and CUDA-graph capture nothing is timed and the split kernel runs. ``"auto"`` always applies the plan's
     masks (exact kernels only).
@@ -212,7 +212,7 @@ class TileAttention:
         if kernel == "split" and self._tunes(q):
             signature = (str(q.device), layout, k_ref, tuple(q.shape), tuple(q.stride()), q.dtype, scale,
                          key_padding_mask is not None, dense_fn is not None)  # processors pass a new dense_fn a call
-            names = ("split", "dense") + (("walk",) if walk_available(q.device) else ())
+            names = ("split", "dense")
             candidates = {name: (lambda name=name: self._run(name, q, k, v, layout, k_ref, key_padding_mask, scale,
                                                              dense_fn)) for name in names}
             kernel = self.tuner.pick(signature, candidates, prefer="split", margin=FASTEST_MARGIN)
