@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Issue 3 on the device machine, in calls of under 10 minutes (run from the repo root; carry .whl, diffusers):
 #
-#   bash benchmarks/device_kernels.sh          # every CUDA test (tests/test_gpu.py, ~5 min), then `evdit bench step`
-#                                              # (~2 min) -> step-<gpu>.json
+#   bash benchmarks/device_kernels.sh          # the CUDA tests but the walk kernel's (~4 min), then `evdit bench
+#                                              # step` (~2 min) -> step-<gpu>.json
+#   bash benchmarks/device_kernels.sh walk-tests  # the walk kernel's CUDA tests (each head size and dtype compiles
+#                                              # the Triton kernel: more than 6 min in all on an H100)
 #   bash benchmarks/device_kernels.sh bench    # `evdit bench kernels` of split, gathered, flex and walk on all five
 #                                              # shapes, three alternating rounds (~6 min) -> kernels-<gpu>.json
 #   bash benchmarks/device_kernels.sh profile  # the walk kernel's launch settings on the hard cases (~5 min):
@@ -29,8 +31,12 @@ bench)
     timeout 560 python -m diffusers_evdit.cli bench kernels --kernels split gathered flex walk \
         --out "benchmarks/results/kernels-$gpu.json" 2>&1 | tee "$OUT/kernels.log" | tail -n 40
     result="benchmarks/results/kernels-$gpu.json" ;;
+walk-tests)
+    timeout 560 python -m pytest -q -rs --durations=10 tests/test_gpu.py -k walk 2>&1 | tail -n 30 | tee "$OUT/tests.log"
+    exit 0 ;;
 *)
-    timeout 360 python -m pytest -q -rs tests/test_gpu.py 2>&1 | tail -n 25 | tee "$OUT/tests.log"
+    timeout 360 python -m pytest -q -rs --durations=5 tests/test_gpu.py -k "not walk" 2>&1 | tail -n 25 \
+        | tee "$OUT/tests.log"
     timeout 200 python -m diffusers_evdit.cli bench step --reps 2 --out "benchmarks/results/step-$gpu.json" 2>&1 \
         | tee "$OUT/step.log" | tail -n 20
     result="benchmarks/results/step-$gpu.json" ;;
