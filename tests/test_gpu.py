@@ -108,8 +108,8 @@ def test_fastest_kernel_times_once_and_runs_split_or_dense_on_cuda():
 @pytest.mark.parametrize("head_dim", [64, 96, 128])  # 96 (Open-Sora-Plan): lanes masked up to 128
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 1e-2), (torch.float32, 1e-4)])
 def test_walk_kernel_autotuned_on_cuda_with_strided_batched_inputs(head_dim, dtype, tol):
-    """The walk kernel (its autotuned launch in bf16) on [B, N, H, D] projections viewed as [B, H, N, D], batch 2, frames of
-    1350 tokens after 226 text tokens (CogVideoX's alignment: nothing lines up with its 128-row blocks)."""
+    """The walk kernel (its autotuned launch in bf16) on [B, N, H, D] projections viewed as [B, H, N, D], batch 2,
+    frames of 1350 tokens after 226 text tokens (CogVideoX's alignment: nothing lines up with its 128-row blocks)."""
     layout = TileLayout(4, 1350, 226, "first")
     q, k, v = (torch.randn(2, layout.seq_len, 3, head_dim, device="cuda", dtype=dtype).transpose(1, 2)
                for _ in range(3))

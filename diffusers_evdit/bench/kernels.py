@@ -6,8 +6,8 @@ float64 masked reference on sampled query rows (every frame and the text represe
 ``element_sparsity``, ``best_dense_ms``, ``sparse_ms`` (fastest exact sparse kernel), ``kernel``, ``speedup``,
 ``ideal = 1 / (1 - sparsity)`` and ``pct_of_ideal``, plus mask build time and mask/index memory.
 
-GPU clocks drift between measurements by several percent (measured on an H100: one kernel's median moved 80-92% of
-the ideal across rounds a few seconds apart). So each mask's sparse kernels and the best dense backend are timed in
+Timings taken seconds apart drift (GPU clocks under load): on an H100, one case's % of ideal moved by up to 20 points
+between rounds. So each mask's sparse kernels and the best dense backend are timed in
 ``rounds`` alternating rounds: ``best_dense_ms`` and ``<kernel>_ms`` are medians over the rounds;
 ``dense_ms_rounds``, ``sparse_ms_rounds`` (the chosen kernel) and ``pct_of_ideal_rounds`` (each round against that
 round's dense time) list the rounds.
@@ -141,7 +141,7 @@ def _dense_fns(q, k, v, device):
 
 
 def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, kernels=SPARSE_KERNELS, seed: int = 0,
-                rep_ms: float = 500, rounds: int = 3) -> list[dict]:
+                rep_ms: float = 300, rounds: int = 3) -> list[dict]:
     """Benchmark one shape: a row per mask (plus the dense timings in every row). The exact sparse kernels of each
     mask and the fastest dense backend are timed in ``rounds`` alternating rounds (medians reported)."""
     if rounds < 1:

@@ -31,7 +31,7 @@ from .split import merge_partial_attention, split_tile_attention
 from .triton_merge import triton_merge_available, triton_merge_partial_attention
 from .tuning import KernelTuner
 from .walk import BLOCK_M as WALK_BLOCK_M
-from .walk import GLOBAL_ROWS, WalkTables, walk_available, walk_segments, walk_tile_attention
+from .walk import GLOBAL_ROWS, WalkTables, walk_segments, walk_tile_attention
 
 KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk")
 # "fastest" runs dense attention for a sparse entry only when split is slower by more than this share
@@ -102,9 +102,10 @@ class TileAttention:
     ``kernel="fastest"`` is ``"auto"`` that is never slower than dense attention: on CUDA it times the split kernel
     against the model's dense attention once per call signature (layout, plan entry, input shape and dtype; a
     one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs the faster, keeping split unless dense is
-    faster by more than 2%. The walk kernel is not a candidate: on an H100 it was 7-30% slower than split on all 23
-    benchmark cases, and its first call per head size compiles and tunes four launch settings (BENCHMARKS.md). An entry that picks dense attention then computes full
-    attention, not its tile mask: the plan becomes a licence to skip work where that pays. Under ``torch.compile``
+    faster by more than 2%. The walk kernel is not a candidate: on an H100 it was 4-31% slower than split on all 23
+    benchmark cases, and its first call per head size compiles and tunes four launch settings (BENCHMARKS.md). An
+    entry that picks dense attention then computes full attention, not its tile mask: the plan becomes a licence to
+    skip work where that pays. Under ``torch.compile``
     tracing and CUDA-graph capture nothing is timed and the split kernel runs. ``"auto"`` always applies the plan's
     masks (exact kernels only).
 
