@@ -187,9 +187,13 @@ def test_walk_kernel_with_a_key_padding_mask(case, global_rows):
 
 @interpreted
 @torch.no_grad()
-def test_fastest_also_times_the_walk_kernel_and_runs_it_when_faster():
+def test_fastest_leaves_the_walk_kernel_out_even_where_triton_runs_it():
+    """The walk kernel measured slower than split on every benchmark case of an H100 (BENCHMARKS.md), and its first
+    call compiles and tunes launch settings: `fastest` times split and dense only, here where walk would run."""
     from diffusers_evdit.kernels import KernelTuner
+    from diffusers_evdit.kernels.walk import walk_available
 
+    assert walk_available("cpu")  # the interpreter runs it
     seconds = {"split": 2.0, "dense": 3.0, "walk": 1.0}
     attn = TileAttention("fastest", walk_block_m=16, tuner=KernelTuner(reps=1, warmup=0, timer=lambda fn: 0.0))
     # the timer runs the candidate and reports the made-up time of the kernel it ran
@@ -200,13 +204,10 @@ def test_fastest_also_times_the_walk_kernel_and_runs_it_when_faster():
     layout = TileLayout(5, 7, 3, "first")
     q, kk, v = torch.randn(3, 1, 2, layout.seq_len, 16).unbind(0)
     out = attn(q, kk, v, layout, k_ref=2)
-    assert set(next(iter(attn.tuner.timings.values()))) == {"split", "dense", "walk"}
-    assert calls[-1] == "walk" and list(attn.tuner.choices.values()) == ["walk"]
+    assert set(next(iter(attn.tuner.timings.values()))) == {"split", "dense"}
+    assert "walk" not in calls and list(attn.tuner.choices.values()) == ["split"]
     ref = attention_f64(q, kk, v, paper_mask(5, 7, 3, True, 2))
     assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-5
-    calls.clear()  # with a key-padding mask: a new signature, timed again, walk among the candidates
-    attn(q, kk, v, layout, k_ref=2, key_padding_mask=torch.ones(1, layout.seq_len, dtype=torch.bool))
-    assert "walk" in calls and len(attn.tuner.timings) == 2
 
 
 @interpreted
