@@ -6,7 +6,8 @@
 #   bash benchmarks/device_kernels.sh walk-tests  # the walk kernel's CUDA tests (each head size and dtype compiles
 #                                              # the Triton kernel: more than 6 min in all on an H100)
 #   bash benchmarks/device_kernels.sh bench    # `evdit bench kernels` of split, gathered, flex and walk on all five
-#                                              # shapes, three alternating rounds (~6 min) -> kernels-<gpu>.json
+#                                              # shapes, three alternating rounds (~9 min; written after every
+#                                              # shape, so a run cut at 9.3 min keeps what it measured)
 #   bash benchmarks/device_kernels.sh profile  # the walk kernel's launch settings on the hard cases (~5 min):
 #                                              # benchmarks/profile_walk.py -> profile-walk-<gpu>.json
 #

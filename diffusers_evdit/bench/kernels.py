@@ -31,10 +31,11 @@ from .common import bench_ms, print_table, write_results
 
 SPARSE_KERNELS = ("split", "gathered", "flex")
 REL_TOL_BF16 = 1e-2
-# Timed in addition where they can run (CUDA; the Triton ones also need Triton): the split kernel with its Triton
+# Variants, timed when named (`--kernels`; CUDA, the Triton ones also need Triton): the split kernel with its Triton
 # merge, and with it the global queries in two key chunks (fills the last wave of a short global call); the split
 # kernel with its global call overlapping the others on a second stream; the Triton walk kernel (global rows by
-# cuDNN, or all rows in its one launch: walk_all).
+# cuDNN, or all rows in its one launch: walk_all). Of these, walk is timed by default where it runs: it is a kernel of
+# its own, the others are settings of split (each measured, BENCHMARKS.md).
 EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"},
                  "split_triton_c2": {"kernel": "split", "merge": "triton", "global_chunks": 2},
                  "split_overlap": {"kernel": "split", "overlap": True},
@@ -48,12 +49,10 @@ def make_attention(name: str) -> TileAttention:
 
 
 def default_kernels(device: torch.device) -> tuple[str, ...]:
-    """``SPARSE_KERNELS``, plus the variants of ``EXTRA_KERNELS`` that can run on ``device``."""
-    if device.type != "cuda":
-        return SPARSE_KERNELS
-    needs_triton = lambda options: options.get("merge") == "triton" or options["kernel"] == "walk"  # noqa: E731
-    return SPARSE_KERNELS + tuple(name for name, options in EXTRA_KERNELS.items()
-                                  if not needs_triton(options) or triton_runs(device))
+    """``SPARSE_KERNELS``, plus the walk kernel on CUDA where Triton runs."""
+    if device.type == "cuda" and triton_runs(device):
+        return SPARSE_KERNELS + ("walk",)
+    return SPARSE_KERNELS
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ def register(sub) -> None:
     kernels.add_argument("--kernels", nargs="*",
                          choices=["split", "gathered", "flex", "split_triton", "split_triton_c2", "split_overlap",
                                   "walk", "walk_all"],
-                         help="sparse kernels to time (default: all that run here; split_triton = split with its "
+                         help="sparse kernels to time (default: split, gathered, flex, and walk on CUDA with Triton; split_triton = split with its "
                               "Triton merge, split_triton_c2 = the same with the global queries in 2 key chunks, "
                               "split_overlap = split with its global call on a second stream, walk = a Triton launch "
                               "over the kept tiles of the partial rows + cuDNN for the global rows, walk_all = the "
