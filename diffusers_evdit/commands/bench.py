@@ -36,11 +36,11 @@ def register(sub) -> None:
     kernels.add_argument("--kernels", nargs="*",
                          choices=["split", "gathered", "flex", "split_triton", "split_triton_c2", "split_overlap",
                                   "walk", "walk_all"],
-                         help="sparse kernels to time (default: split, gathered, flex, and walk on CUDA with Triton; split_triton = split with its "
-                              "Triton merge, split_triton_c2 = the same with the global queries in 2 key chunks, "
-                              "split_overlap = split with its global call on a second stream, walk = a Triton launch "
-                              "over the kept tiles of the partial rows + cuDNN for the global rows, walk_all = the "
-                              "Triton launch for all rows; CUDA only)")
+                         help="sparse kernels to time (default: split, gathered, flex, and walk on CUDA with "
+                              "Triton; split_triton = split with its Triton merge, split_triton_c2 = the same with "
+                              "the global queries in 2 key chunks, split_overlap = split with its global call on a "
+                              "second stream, walk = a Triton launch over the kept tiles of the partial rows + cuDNN "
+                              "for the global rows, walk_all = the Triton launch for all rows; CUDA only)")
     kernels.add_argument("--quick", action="store_true", help="tiny shapes, runs on CPU (checks the code path only)")
     kernels.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     kernels.add_argument("--rep-ms", type=float, default=300, help="timing budget per measurement (ms)")
