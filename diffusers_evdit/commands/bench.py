@@ -29,13 +29,14 @@ def _cmd_step(args) -> int:
 
 
 def register(sub) -> None:
+    from ..bench.kernels import EXTRA_KERNELS, SPARSE_KERNELS  # the package root has imported torch already
+
     bench = sub.add_parser("bench", help="benchmarks: attention kernels, denoising steps")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     kernels = bench_sub.add_parser("kernels", help="sparse kernels vs the best dense kernel on model shapes")
     kernels.add_argument("--shapes", nargs="*", help="shape names (default: all five model shapes)")
     kernels.add_argument("--kernels", nargs="*",
-                         choices=["split", "gathered", "flex", "split_triton", "split_triton_c2", "split_overlap",
-                                  "walk", "walk_all"],
+                         choices=[*SPARSE_KERNELS, *EXTRA_KERNELS],
                          help="sparse kernels to time (default: split, gathered, flex, and walk on CUDA with "
                               "Triton; split_triton = split with its Triton merge, split_triton_c2 = the same with "
                               "the global queries in 2 key chunks, split_overlap = split with its global call on a "
