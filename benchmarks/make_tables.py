@@ -12,11 +12,16 @@ SPARSE_COLUMNS = (("split", "split"), ("split_triton", "split, Triton merge"),
                   ("gathered", "gathered"), ("flex", "flex tile"), ("walk", "walk"), ("walk_all", "walk, all rows"))
 
 
+def sparse_columns(data: dict) -> list[tuple[str, str]]:
+    """The sparse kernels a run timed, as (key, column title)."""
+    return [(k, title) for k, title in SPARSE_COLUMNS if any(r.get(f"{k}_ms") is not None for r in data["rows"])]
+
+
 def kernels_table(path: Path) -> str:
     data = json.loads(path.read_text())
+    sparse = sparse_columns(data)
     if "rounds" in data:
-        return rounds_table(path, data)
-    sparse = [(k, title) for k, title in SPARSE_COLUMNS if any(r.get(f"{k}_ms") is not None for r in data["rows"])]
+        return rounds_table(path, data, sparse)
     lines = [f"`{path.name}`: {data['device']}, torch {data['torch']}, {data['dtype']}, {data['date']}", "",
              "| shape | mask | sparsity | cuDNN dense ms | Flash dense ms | Flex dense ms | "
              + "".join(f"{title} ms | " for _, title in sparse) + "fastest | speedup | ideal | % of ideal |",
@@ -31,9 +36,8 @@ def kernels_table(path: Path) -> str:
     return "\n".join(lines)
 
 
-def rounds_table(path: Path, data: dict) -> str:
+def rounds_table(path: Path, data: dict, sparse: list[tuple[str, str]]) -> str:
     """A run timed in alternating rounds: medians, and the range of the fastest kernel's per-round % of ideal."""
-    sparse = [(k, title) for k, title in SPARSE_COLUMNS if any(r.get(f"{k}_ms") is not None for r in data["rows"])]
     lines = [f"`{path.name}`: {data['device']}, torch {data['torch']}, {data['dtype']}, {data['date']}, "
              f"{data['rounds']} alternating rounds (medians)", "",
              "| shape | mask | sparsity | best dense ms | " + "".join(f"{title} ms | " for _, title in sparse)

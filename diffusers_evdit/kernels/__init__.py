@@ -105,9 +105,8 @@ class TileAttention:
     faster by more than 2%. The walk kernel is not a candidate: on an H100 it was 4-31% slower than split on all 23
     benchmark cases, and its first call per head size compiles and tunes four launch settings (BENCHMARKS.md). An
     entry that picks dense attention then computes full attention, not its tile mask: the plan becomes a licence to
-    skip work where that pays. Under ``torch.compile``
-    tracing and CUDA-graph capture nothing is timed and the split kernel runs. ``"auto"`` always applies the plan's
-    masks (exact kernels only).
+    skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and the split
+    kernel runs. ``"auto"`` always applies the plan's masks (exact kernels only).
 
     Example:
         >>> import torch
@@ -213,9 +212,8 @@ class TileAttention:
         if kernel == "split" and self._tunes(q):
             signature = (str(q.device), layout, k_ref, tuple(q.shape), tuple(q.stride()), q.dtype, scale,
                          key_padding_mask is not None, dense_fn is not None)  # processors pass a new dense_fn a call
-            names = ("split", "dense")
             candidates = {name: (lambda name=name: self._run(name, q, k, v, layout, k_ref, key_padding_mask, scale,
-                                                             dense_fn)) for name in names}
+                                                             dense_fn)) for name in ("split", "dense")}
             kernel = self.tuner.pick(signature, candidates, prefer="split", margin=FASTEST_MARGIN)
         return self._run(kernel, q, k, v, layout, k_ref, key_padding_mask, scale, dense_fn)
 

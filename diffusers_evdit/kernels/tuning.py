@@ -2,9 +2,9 @@
 
 Like ``torch.backends.cudnn.benchmark``: the first call of each distinct signature (device, layout, plan entry,
 input shape and dtype, ...) runs every candidate a few times and keeps the fastest; later calls reuse the choice.
-:class:`~diffusers_evdit.kernels.TileAttention` uses it for ``kernel="fastest"``: a sparse entry runs whichever of
-the split kernel, dense attention and (where Triton runs) the walk kernel is fastest on the user's GPU (at low
-sparsity the split kernel's fixed costs can outweigh the skipped work).
+:class:`~diffusers_evdit.kernels.TileAttention` uses it for ``kernel="fastest"``: a sparse entry runs the split kernel
+or dense attention, whichever is faster on the user's GPU (at low sparsity the split kernel's fixed costs can
+outweigh the skipped work).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ class KernelTuner:
             for name, fn in candidates.items():
                 try:
                     times[name] = self.seconds(fn)
-                except Exception as err:  # e.g. a Triton kernel this GPU cannot compile: time the others
+                except Exception as err:  # e.g. a kernel this GPU cannot run: time the others
                     if name == prefer:
                         raise
                     times[name], errors[name] = math.inf, f"{type(err).__name__}: {err}"
