@@ -43,10 +43,10 @@ train_s8() {  # [MINUTES, default 2]: the S=8 student distilled from the teacher
     tail -n 2 "$OUT/train_s8.log"
 }
 need_s8() { [ -f runs/mlcd-s8/model_index.json ] || train_s8 "$@"; }  # train_s8 unless it is there (warm machine)
-train_s4() {  # the S=4 student from runs/mlcd-s8 at lr 3e-5 (the recipe of mlcd.md) -> runs/mlcd-s4
+train_s4() {  # [MINUTES, default 4]: the S=4 student from runs/mlcd-s8 at lr 3e-5 (the recipe of mlcd.md) -> runs/mlcd-s4
     python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s4 --num_segments 4 --seed 1 \
         --latent_cache runs/latents-seed1.pt \
-        --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes 4.0 2>&1 | tail -n 25 >"$OUT/train_s4.log"
+        --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes "${1:-4.0}" 2>&1 | tail -n 25 >"$OUT/train_s4.log"
     tail -n 2 "$OUT/train_s4.log"
 }
 
@@ -119,6 +119,11 @@ mlcd)
     timeout 170 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64 \
         --workers 8 --out benchmarks/results/mlcd.json 2>&1 | grep -v '%|' | tee "$OUT/table.log"
     pack
+    ;;
+s4-student-short)
+    # the same two students on shorter budgets (S=8 1.5 min, S=4 2.5 min), for device_ship.sh's one-call run
+    train_s8 1.5
+    train_s4 2.5
     ;;
 s4-student)
     # the S=8 and S=4 students of the `mlcd` phase without its table (for `reproduce-long runs/mlcd-s4` next, on the
