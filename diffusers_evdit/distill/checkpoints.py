@@ -76,11 +76,13 @@ def _clean_leftovers(output_dir: str) -> None:
             shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
 
 
-def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None, extra: dict | None = None) -> str:
+def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | None,
+                    json_files: dict[str, object] | None = None) -> str:
     """``accelerator.save_state`` into ``checkpoint-<step>``, atomically; then keep the newest ``total_limit``.
 
-    ``extra`` (JSON) is stored in the marker file. Every process calls this (as ``save_state`` needs); the main
-    process completes the rename and the pruning. Returns the checkpoint's path.
+    ``json_files`` (file name -> JSON data, e.g. a trainer state) are written into the folder before it is marked
+    complete. Every process calls this (as ``save_state`` needs); the main process completes the rename and the
+    pruning. Returns the checkpoint's path.
     """
     final = os.path.join(output_dir, f"checkpoint-{step}")
     partial = os.path.join(output_dir, f".checkpoint-{step}.partial")
@@ -91,11 +93,11 @@ def save_checkpoint(accelerator, output_dir: str, step: int, total_limit: int | 
     accelerator.save_state(partial)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        marker = os.path.join(partial, MARKER)
-        with open(marker, "w", encoding="utf-8") as f:
-            json.dump({"step": step, **(extra or {})}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        for name, data in {**(json_files or {}), MARKER: {"step": step}}.items():  # the marker last
+            with open(os.path.join(partial, name), "w", encoding="utf-8") as f:
+                json.dump(data, f)
+                f.flush()
+                os.fsync(f.fileno())
         _remove(final)  # a checkpoint of the same step from an earlier attempt
         os.rename(partial, final)
         if total_limit is not None and total_limit > 0:
