@@ -70,6 +70,22 @@ def _run(script, argv, fault=None, k=0) -> int:
     return proc.returncode
 
 
+def _run_here(script, argv) -> None:
+    """An uninterrupted reference run in this process (no interpreter start-up; accelerate's singletons reset)."""
+    import importlib
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        module = importlib.import_module(script)
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    module.main([str(a) for a in argv])
+
+
 def _kill_at_random_moment(script, argv, out: Path, after_step: int, seed: int) -> int:
     """Start a run and SIGKILL it at a random moment once its loss log has reached ``after_step``."""
     proc = _start(script, argv)
@@ -103,7 +119,7 @@ MLCD = ["--teacher", "tiny:wan", "--num_frames", 9, "--height", 32, "--width", 3
 
 def test_train_mlcd_killed_anywhere_resumes_with_the_same_losses(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "run"
-    _run("train_mlcd", [*MLCD, "--output_dir", ref])
+    _run_here("train_mlcd", [*MLCD, "--output_dir", ref])
     resume = [*MLCD, "--output_dir", out, "--resume_from_checkpoint", "latest"]
 
     # 1. killed inside the write of the second checkpoint: step 1 is the last complete one
@@ -136,7 +152,7 @@ KD = ["--teacher", "tiny:wan", "--plan", "uniform:1", "--num_frames", 9, "--heig
 
 def test_train_kd_killed_inside_a_checkpoint_write_resumes_with_the_same_losses(tmp_path):
     ref, out = tmp_path / "ref", tmp_path / "run"
-    _run("train_kd", [*KD, "--output_dir", ref])
+    _run_here("train_kd", [*KD, "--output_dir", ref])
     resume = [*KD, "--output_dir", out, "--resume_from_checkpoint", "latest"]
     assert _run("train_kd", resume, "inside_write", 2) == -signal.SIGKILL
     assert checkpoint_dirs(out) == ["checkpoint-1"]
