@@ -242,7 +242,7 @@ class MLCDDDIMScheduler(CogVideoXDDIMScheduler):
             return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
                                 variance_noise, return_dict)
         if eta:
-            raise ValueError(f"MLCD sampling is deterministic (eta=0); got eta={eta}.")
+            raise ValueError(f"MLCD sampling is deterministic: call step() with eta=0 (the default), got eta={eta}.")
         if self.num_inference_steps is None:
             raise ValueError("Call set_timesteps() before step().")
         t = int(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)

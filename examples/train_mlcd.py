@@ -552,7 +552,7 @@ def load_student_weights(student: torch.nn.Module, folder: str) -> None:
         saved_class = json.load(f).get("_class_name")
     if saved_class != type(student).__name__:
         raise SystemExit(f"--init_student {folder}: its transformer ({saved_class}) does not match the teacher's "
-                         f"({type(student).__name__})")
+                         f"({type(student).__name__}); pass a student distilled from this teacher")
     init = type(student).from_pretrained(path, torch_dtype=torch.float32)
     try:
         student.load_state_dict(init.state_dict())

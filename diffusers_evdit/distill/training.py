@@ -182,7 +182,10 @@ class EMATarget:
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["shadow"]) != len(self.shadow):
-            raise ValueError("The checkpoint's EMA does not match the trainable parameters (LoRA / full mismatch?).")
+            raise ValueError(
+                f"The checkpoint's EMA holds {len(state['shadow'])} tensors but {len(self.shadow)} parameters train "
+                "here; resume with the --use_lora / --lora_* settings the checkpoint was trained with."
+            )
         self.decay = float(state["decay"])
         self.shadow = [s.to(p.device, torch.float32) for s, p in zip(state["shadow"], self.params)]
 
