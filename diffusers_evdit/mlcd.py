@@ -2,48 +2,14 @@
 of :mod:`diffusers_evdit.distill` (see :mod:`diffusers_evdit.distill.mlcd`). Importing it also registers the
 few-step schedulers (:mod:`diffusers_evdit.schedulers`) that saved students load with."""
 
-from .distill.common import PREDICTION_TYPES, Predictor
-from .distill.grid import DiffusionGrid, ddim_jump, predicted_x0_and_noise
-from .distill.mlcd import (
-    MLCDLossOutput,
-    MLCDPoints,
-    MLCDSchedule,
-    concat_conditions,
-    guided_prediction,
-    mlcd_loss,
-    progressive_num_segments,
-    segment_milestones,
-)
-from .distill.predictors import (
-    TransformerPredictor,
-    adapters_disabled,
-    draw_posterior,
-    encode_prompts,
-    encode_video_posteriors,
-    encode_videos,
-)
+from .distill import grid as _grid
+from .distill import mlcd as _mlcd
+from .distill import predictors as _predictors
+from .distill.common import Predictor
+from .distill.grid import *  # noqa: F401,F403
+from .distill.mlcd import *  # noqa: F401,F403
+from .distill.predictors import *  # noqa: F401,F403
 from .schedulers import MLCDDDIMScheduler, MLCDFlowMatchEulerScheduler
 
-__all__ = [
-    "PREDICTION_TYPES",
-    "DiffusionGrid",
-    "MLCDSchedule",
-    "MLCDPoints",
-    "MLCDLossOutput",
-    "TransformerPredictor",
-    "Predictor",
-    "adapters_disabled",
-    "concat_conditions",
-    "ddim_jump",
-    "draw_posterior",
-    "encode_prompts",
-    "encode_video_posteriors",
-    "encode_videos",
-    "guided_prediction",
-    "mlcd_loss",
-    "predicted_x0_and_noise",
-    "progressive_num_segments",
-    "segment_milestones",
-    "MLCDDDIMScheduler",
-    "MLCDFlowMatchEulerScheduler",
-]
+__all__ = ["Predictor", *_grid.__all__, *_mlcd.__all__, *_predictors.__all__, "MLCDDDIMScheduler",
+           "MLCDFlowMatchEulerScheduler"]

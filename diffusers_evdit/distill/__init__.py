@@ -14,76 +14,12 @@ The few-step schedulers stay in :mod:`diffusers_evdit.schedulers`: saved pipelin
 ``model_index.json``. ``diffusers_evdit.mlcd`` and ``diffusers_evdit.kd`` still give the same public names.
 """
 
-from .capture import KDLayer, LayerOutputCapture, LayerOutputs, kd_layers
-from .common import PREDICTION_TYPES, Predictor, broadcast_coefficients, call_default, check_prediction_type, unwrap
-from .grid import DiffusionGrid, ddim_jump, predicted_x0_and_noise
-from .kd import (
-    TRAINABLE_KERNELS,
-    FeatureLoss,
-    KDLossOutput,
-    check_trainable_kernel,
-    diffusion_inputs,
-    diffusion_target,
-    kd_feature_loss,
-    kd_loss,
-    kd_mlcd_loss,
-    make_sparse_student,
-)
-from .mlcd import (
-    MLCDLossOutput,
-    MLCDPoints,
-    MLCDSchedule,
-    concat_conditions,
-    guided_prediction,
-    mlcd_loss,
-    progressive_num_segments,
-    segment_milestones,
-)
-from .predictors import (
-    TransformerPredictor,
-    adapters_disabled,
-    draw_posterior,
-    encode_prompts,
-    encode_video_posteriors,
-    encode_videos,
-)
+from . import capture, common, grid, kd, mlcd, predictors
+from .capture import *  # noqa: F401,F403
+from .common import *  # noqa: F401,F403
+from .grid import *  # noqa: F401,F403
+from .kd import *  # noqa: F401,F403
+from .mlcd import *  # noqa: F401,F403
+from .predictors import *  # noqa: F401,F403
 
-__all__ = [
-    "PREDICTION_TYPES",
-    "TRAINABLE_KERNELS",
-    "DiffusionGrid",
-    "FeatureLoss",
-    "KDLayer",
-    "KDLossOutput",
-    "LayerOutputCapture",
-    "LayerOutputs",
-    "MLCDLossOutput",
-    "MLCDPoints",
-    "MLCDSchedule",
-    "Predictor",
-    "TransformerPredictor",
-    "adapters_disabled",
-    "broadcast_coefficients",
-    "call_default",
-    "check_prediction_type",
-    "check_trainable_kernel",
-    "concat_conditions",
-    "ddim_jump",
-    "diffusion_inputs",
-    "diffusion_target",
-    "draw_posterior",
-    "encode_prompts",
-    "encode_video_posteriors",
-    "encode_videos",
-    "guided_prediction",
-    "kd_feature_loss",
-    "kd_layers",
-    "kd_loss",
-    "kd_mlcd_loss",
-    "make_sparse_student",
-    "mlcd_loss",
-    "predicted_x0_and_noise",
-    "progressive_num_segments",
-    "segment_milestones",
-    "unwrap",
-]
+__all__ = sorted({*capture.__all__, *common.__all__, *grid.__all__, *kd.__all__, *mlcd.__all__, *predictors.__all__})

@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from ..schedulers import is_flow_scheduler, stock_scheduler
+from ..schedulers import is_ddpm_scheduler, is_flow_scheduler, stock_scheduler
 from .common import PREDICTION_TYPES, broadcast_coefficients, check_prediction_type
 
 __all__ = ["PREDICTION_TYPES", "DiffusionGrid", "ddim_jump", "predicted_x0_and_noise"]
@@ -184,9 +184,8 @@ class DiffusionGrid:
             timesteps = torch.cat([sched.timesteps.float().cpu(), torch.zeros(1)])
             return cls(timesteps, 1 - flow_sigmas, flow_sigmas.clone(), "flow", flow_sigmas)
 
-        alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
         prediction_type = config.get("prediction_type")
-        if alphas_cumprod is None or prediction_type not in ("epsilon", "v_prediction", "sample"):
+        if not is_ddpm_scheduler(scheduler):
             raise TypeError(
                 f"{type(scheduler).__name__} is not supported: MLCD needs a flow-matching scheduler "
                 "(FlowMatchEulerDiscreteScheduler) or a DDPM-style one with alphas_cumprod and prediction_type "
