@@ -13,7 +13,9 @@ scheduler samples in ``S`` steps by default::
 Built like diffusers' consistency-distillation examples (``train_lcm_distill_*.py``): ``accelerate`` (mixed
 precision, gradient accumulation, multi-GPU with DDP), checkpoints (``--checkpointing_steps``,
 ``--checkpoints_total_limit``, ``--resume_from_checkpoint latest``), optional LoRA (peft), an EMA target network,
-validation GIFs written (and sent to the trackers) during training, and ``save_pretrained`` at the end.
+validation GIFs written (and sent to the trackers) during training, and ``save_pretrained`` at the end. Checkpoints
+are written atomically (:mod:`diffusers_evdit.distill.checkpoints`): a run killed at any moment continues from its
+last complete checkpoint with ``--resume_from_checkpoint latest``, with the losses of an uninterrupted run.
 
 Data (``--dataset``):
 
