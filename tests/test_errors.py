@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import json
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from diffusers_evdit.distill.kd import kd_loss, make_sparse_student
 from diffusers_evdit.distill.mlcd import MLCDSchedule, mlcd_loss
 from diffusers_evdit.distill.predictors import encode_videos
 from diffusers_evdit.kernels import tile_attention
-from diffusers_evdit.schedulers import MLCDDDIMScheduler, mlcd_scheduler_from
+from diffusers_evdit.schedulers import mlcd_scheduler_from
 from diffusers_evdit.tiny import tiny_inputs, tiny_pipeline, tiny_transformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -509,10 +507,12 @@ CASES = [
             "CUDA); the saved plan runs with the fast kernel at inference.", "Train with"),
     Refusal("video-frames", "distillation", "8-frame videos for a video VAE", _video_frames, ValueError,
             "The video VAEs need 4k + 1 frames, got 8; use e.g. 5.", "use e.g. 5"),
-    Refusal("scheduler-sigmas", "schedulers", "milestone sigmas that rise (refused by `set_timesteps`)", _rising_sigmas, ValueError,
+    Refusal("scheduler-sigmas", "schedulers", "milestone sigmas that rise (refused by `set_timesteps`)",
+            _rising_sigmas, ValueError,
             "mlcd_sigmas must be strictly decreasing in (0, 1], got [0.5, 0.9].", "must be strictly decreasing"),
     Refusal("scheduler-eta", "schedulers", "`MLCDDDIMScheduler.step(..., eta=0.5)`", _stochastic_ddim, ValueError,
-            "MLCD sampling is deterministic: call step() with eta=0 (the default), got eta=0.5.", "call step() with eta=0"),
+            "MLCD sampling is deterministic: call step() with eta=0 (the default), got eta=0.5.",
+            "call step() with eta=0"),
     Refusal("checkpoint-incomplete", "checkpoints", "`--resume_from_checkpoint` of a folder whose write was "
             "interrupted", _incomplete_checkpoint, SystemExit,
             "--resume_from_checkpoint <tmp>/checkpoint-3: not a complete checkpoint (no valid evdit_checkpoint.json; "
