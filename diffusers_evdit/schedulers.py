@@ -41,6 +41,7 @@ logger = logging.get_logger(__name__)
 __all__ = [
     "MLCDDDIMScheduler",
     "MLCDFlowMatchEulerScheduler",
+    "is_ddpm_scheduler",
     "is_flow_scheduler",
     "mlcd_scheduler_from",
     "stock_scheduler",
@@ -242,7 +243,7 @@ class MLCDDDIMScheduler(CogVideoXDDIMScheduler):
             return super().step(model_output, timestep, sample, eta, use_clipped_model_output, generator,
                                 variance_noise, return_dict)
         if eta:
-            raise ValueError(f"MLCD sampling is deterministic (eta=0); got eta={eta}.")
+            raise ValueError(f"MLCD sampling is deterministic: call step() with eta=0 (the default), got eta={eta}.")
         if self.num_inference_steps is None:
             raise ValueError("Call set_timesteps() before step().")
         t = int(timestep.item() if isinstance(timestep, torch.Tensor) else timestep)
@@ -288,6 +289,18 @@ def is_flow_scheduler(scheduler) -> bool:
     return bool(config.get("use_flow_sigmas")) and config.get("prediction_type") == "flow_prediction"
 
 
+def is_ddpm_scheduler(scheduler) -> bool:
+    """Whether ``scheduler`` is DDPM-style as MLCD needs it: ``alphas_cumprod`` and an ``epsilon`` /
+    ``v_prediction`` / ``sample`` prediction type (``CogVideoXDDIMScheduler``, ``DDIMScheduler``, ...).
+
+    Example:
+        >>> is_ddpm_scheduler(CogVideoXDDIMScheduler()), is_ddpm_scheduler(FlowMatchEulerDiscreteScheduler())
+        (True, False)
+    """
+    return (getattr(scheduler, "alphas_cumprod", None) is not None
+            and scheduler.config.get("prediction_type") in ("epsilon", "v_prediction", "sample"))
+
+
 def mlcd_scheduler_from(base_scheduler, timesteps, sigmas=None):
     """The few-step scheduler of an MLCD student: the teacher's scheduler config, pinned to the milestones.
 
@@ -321,9 +334,7 @@ def mlcd_scheduler_from(base_scheduler, timesteps, sigmas=None):
         kwargs.update(stochastic_sampling=False, mlcd_sigmas=_as_list(sigmas, "sigmas", float),
                       mlcd_timesteps=_as_list(timesteps, "timesteps", float), use_mlcd_steps=True)
         return MLCDFlowMatchEulerScheduler(**kwargs)
-    alphas_cumprod = getattr(base_scheduler, "alphas_cumprod", None)
-    prediction_type = config.get("prediction_type")
-    if alphas_cumprod is None or prediction_type not in ("epsilon", "v_prediction", "sample"):
+    if not is_ddpm_scheduler(base_scheduler):
         raise TypeError(
             f"{type(base_scheduler).__name__} is neither a flow-matching scheduler (FlowMatchEulerDiscreteScheduler) "
             "nor a DDPM-style scheduler with alphas_cumprod and prediction_type epsilon / v_prediction / sample."
@@ -333,9 +344,9 @@ def mlcd_scheduler_from(base_scheduler, timesteps, sigmas=None):
     kwargs.setdefault("snr_shift_scale", 1.0)  # a plain DDIM/DDPM teacher has no SNR shift
     kwargs.update(mlcd_timesteps=_as_list(timesteps, "timesteps", int), use_mlcd_steps=True)
     sched = MLCDDDIMScheduler(**kwargs)
-    if not torch.allclose(sched.alphas_cumprod.double(), alphas_cumprod.double(), rtol=1e-5, atol=1e-7):
+    if not torch.allclose(sched.alphas_cumprod.double(), base_scheduler.alphas_cumprod.double(), rtol=1e-5, atol=1e-7):
         # a noise schedule the CogVideoX DDIM config cannot express: pin it through trained betas
-        ac = alphas_cumprod.double()
+        ac = base_scheduler.alphas_cumprod.double()
         betas = 1 - ac / torch.cat([ac.new_ones(1), ac[:-1]])
         kwargs.update(trained_betas=betas.tolist(), snr_shift_scale=1.0, rescale_betas_zero_snr=False)
         sched = MLCDDDIMScheduler(**kwargs)

@@ -15,7 +15,6 @@ import json
 import math
 import multiprocessing as mp
 import os
-import shutil
 import sys
 import time
 
@@ -183,37 +182,31 @@ def lr_at(progress: float, step: int, base_lr: float, warmup_steps: int, final_f
 
 
 def list_checkpoints(output_dir: str) -> list[str]:
-    """``checkpoint-<step>`` folders of ``output_dir``, oldest first."""
-    if not os.path.isdir(output_dir):
-        return []
-    names = [d for d in os.listdir(output_dir) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()]
-    return [os.path.join(output_dir, d) for d in sorted(names, key=lambda d: int(d.split("-")[-1]))]
+    """Complete ``checkpoint-<step>`` folders of ``output_dir``, oldest first (an interrupted write is not one)."""
+    from diffusers_evdit.distill.checkpoints import checkpoint_dirs
+
+    return [os.path.join(output_dir, d) for d in checkpoint_dirs(output_dir)]
 
 
 def resolve_resume(output_dir: str, resume: str | None) -> str | None:
     """The checkpoint folder to resume from: ``"latest"`` (``None`` when there is none yet) or a path/name."""
-    if not resume:
-        return None
-    if resume == "latest":
-        ckpts = list_checkpoints(output_dir)
-        return ckpts[-1] if ckpts else None
-    path = resume if os.path.isdir(resume) else os.path.join(output_dir, resume)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint {resume!r} not found (looked for {path})")
-    return path
+    from diffusers_evdit.distill.checkpoints import find_checkpoint
+
+    if resume and resume != "latest" and not os.path.isdir(resume):
+        path = os.path.join(output_dir, resume)
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"checkpoint {resume!r} not found (looked for {path}); pass 'latest' or a "
+                                    "checkpoint-<step> folder of --output_dir")
+        resume = path
+    return find_checkpoint(output_dir, resume)
 
 
 def save_checkpoint(accelerator, output_dir: str, step: int, state: dict, total_limit: int | None) -> str:
-    """``accelerator.save_state`` into ``checkpoint-<step>`` plus ``trainer_state.json``; prune to ``total_limit``."""
-    if total_limit is not None and total_limit > 0:
-        ckpts = list_checkpoints(output_dir)
-        for old in ckpts[: max(0, len(ckpts) - total_limit + 1)]:
-            shutil.rmtree(old, ignore_errors=True)
-    path = os.path.join(output_dir, f"checkpoint-{step}")
-    accelerator.save_state(path)
-    with open(os.path.join(path, "trainer_state.json"), "w", encoding="utf-8") as f:
-        json.dump(state, f)
-    return path
+    """``accelerator.save_state`` into ``checkpoint-<step>`` plus ``trainer_state.json``, atomically (see
+    :mod:`diffusers_evdit.distill.checkpoints`); prune to ``total_limit``."""
+    from diffusers_evdit.distill.checkpoints import save_checkpoint as save_atomically
+
+    return save_atomically(accelerator, output_dir, step, total_limit, json_files={"trainer_state.json": state})
 
 
 def load_trainer_state(path: str) -> dict:

@@ -16,8 +16,8 @@ Default (``auto``): ``mlcd`` when the teacher folder has an ``mlcd_config.json``
 ``examples/train_mlcd.py``), else ``diffusion``. With ``--kd_weight 0 --task_loss mlcd --student DIR`` the script
 runs plain MLCD training of a sparse model (the "KD then MLCD" order of the paper's ablation).
 
-The sparse layers train with the ``gathered`` kernel (exact gradients; the fast ``split`` kernel has none through
-its log-sum-exp merge). The result is an :class:`~diffusers_evdit.EfficientVDiTPipeline` folder with the plan
+The sparse layers train with the ``auto`` kernel (``--kernel``), which picks a kernel with an exact backward pass
+under autograd. The result is an :class:`~diffusers_evdit.EfficientVDiTPipeline` folder with the plan
 (``mask_plan.json``), the scheduler and ``evdit_demo.json`` (generation settings), loadable with
 ``EfficientVDiTPipeline.from_pretrained(DIR)`` and ``evdit eval --model DIR``.
 
@@ -55,9 +55,9 @@ import time
 import numpy as np
 import torch
 
-if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_mlcd import (  # noqa: E402  (shared helpers of the distillation examples)
+from diffusers_evdit.distill.checkpoints import save_checkpoint, trim_loss_log
+from diffusers_evdit.distill.common import call_default
+from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
     TINY_PREFIX,
     EMATarget,
@@ -70,7 +70,6 @@ from train_mlcd import (  # noqa: E402  (shared helpers of the distillation exam
     caption_conditions,
     frame_strip,
     make_latent_cache,
-    save_checkpoint,
     stored_dtype,
 )
 
@@ -95,8 +94,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--plan", default=None,
                    help="the student's plan: a plan JSON (evdit search), uniform:K, or 'saved' (the --student folder's "
                         "plan; the default with --student)")
-    g.add_argument("--kernel", choices=("gathered", "flex"), default="gathered",
-                   help="tile kernel of the sparse layers during training (exact gradients; flex needs CUDA)")
+    g.add_argument("--kernel", choices=("auto", "gathered", "flex"), default="auto",
+                   help="tile kernel of the sparse layers during training, one with exact gradients (auto: picks "
+                        "one under autograd; flex needs CUDA)")
     g.add_argument("--kd_weight", type=float, default=1.0,
                    help="weight of the feature loss mean_l MSE(attn) + MSE(mlp) (0: task loss only)")
     g.add_argument("--task_loss", choices=TASK_LOSSES, default="auto",
@@ -195,13 +195,6 @@ def read_json(folder: str | None, name: str) -> dict:
     if not isinstance(data, dict):
         raise SystemExit(f"{path} must hold a JSON object")
     return data
-
-
-def call_default(pipe, name: str, fallback=None):
-    import inspect
-
-    param = inspect.signature(type(pipe).__call__).parameters.get(name)
-    return fallback if param is None or param.default is inspect.Parameter.empty else param.default
 
 
 def resolve_plan(spec: str, transformer, saved):
@@ -432,6 +425,8 @@ def main(argv=None) -> dict:
         target_predict = plain_predict
 
     dataset, validation_prompts, global_step, micro_step, loader = build_data(args, accelerator, output_dir)
+    if args.resume_from_checkpoint and accelerator.is_main_process:  # rows a killed run logged past the checkpoint
+        trim_loss_log(os.path.join(output_dir, "losses.jsonl"), global_step)
 
     if accelerator.is_main_process:
         config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))

@@ -132,15 +132,22 @@ def test_the_split_kernel_is_refused_for_training_and_captures_are_scoped():
     teacher = tiny_transformer("wan")
     plan = MaskPlan.uniform(2, k=1)
     with pytest.raises(ValueError, match="gathered"):
-        make_sparse_student(teacher, plan, kernel="auto")
-    student = make_sparse_student(teacher, plan)
-    apply_mask_plan(student, plan)  # kernel "auto" -> split: wrong gradients
+        make_sparse_student(teacher, plan, kernel="split")
+    student = make_sparse_student(teacher, plan)  # kernel "auto": an exact backward under autograd
     inputs = tiny_inputs(teacher, VIDEO)
+    kd_loss(student, teacher, inputs).loss.backward()
+    grads_auto = {n: p.grad for n, p in student.named_parameters() if p.grad is not None}
+    gathered = make_sparse_student(teacher, plan, kernel="gathered")
+    kd_loss(gathered, teacher, inputs).loss.backward()
+    grads = {n: p.grad for n, p in gathered.named_parameters() if p.grad is not None}
+    assert grads.keys() == grads_auto.keys() and "blocks.0.attn1.to_q.weight" in grads
+    assert all(torch.allclose(grads_auto[n], grads[n], atol=1e-6) for n in grads)
+    apply_mask_plan(student, plan, kernel="split")  # split: refused for training
     with pytest.raises(ValueError, match="backward pass is not exact"):
         kd_loss(student, teacher, inputs)
     with torch.no_grad():  # evaluation needs no gradients: allowed
         kd_loss(student, teacher, inputs)
-    apply_mask_plan(student, plan, kernel="gathered")
+    apply_mask_plan(student, plan)
     check_trainable_kernel(student)
 
     capture = LayerOutputCapture(student)
@@ -220,7 +227,7 @@ def test_train_kd_resumes_exactly_and_saves_a_pipeline_with_its_plan(tmp_path):
     teacher = tiny_transformer("wan").state_dict()
     assert set(stock) == set(teacher) and any(not torch.equal(stock[k], teacher[k]) for k in teacher)
     config = json.loads((a / "kd_config.json").read_text())
-    assert config["kernel"] == "gathered" and config["steps"] == 3
+    assert config["kernel"] == "auto" and config["steps"] == 3
 
 
 def test_train_kd_lora_with_the_mlcd_task_saves_a_few_step_student(tmp_path):

@@ -294,11 +294,8 @@ def test_cached_posteriors_give_the_latents_of_the_vae(family):
         torch.testing.assert_close(x0, ref_x0)
     torch.testing.assert_close(encode_videos(pipe, videos, sample_posterior=False), mean)
 
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from train_mlcd import LatentCache
-    finally:
-        sys.path.remove(str(EXAMPLES))
+    from diffusers_evdit.distill.training import LatentCache
+
     calls = []
     encode = pipe.vae.encode
     pipe.vae.encode = lambda x: calls.append(x.shape[0]) or encode(x)

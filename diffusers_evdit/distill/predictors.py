@@ -1,0 +1,270 @@
+"""Model calls for distillation: a diffusers transformer as a predictor ``(latents, timesteps, cond) -> output``,
+and the conditioning and clean latents a pipeline's own encoders give."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..processors import family_for
+from .common import call_default, unwrap
+
+__all__ = [
+    "TransformerPredictor",
+    "adapters_disabled",
+    "draw_posterior",
+    "encode_prompts",
+    "encode_video_posteriors",
+    "encode_videos",
+]
+
+
+class TransformerPredictor:
+    """``predict(latents, timesteps, cond)`` for a diffusers CogVideoX, Wan or HunyuanVideo transformer.
+
+    Calls the transformer with the keyword arguments its pipeline uses:
+
+    * CogVideoX: latents ``(B, F, C, H, W)``, ``cond = {"encoder_hidden_states"}``; ``image_rotary_emb`` is computed
+      as ``CogVideoXPipeline._prepare_rotary_positional_embeddings`` does (1.0 and 1.5 layouts) and cached;
+      integer timesteps.
+    * Wan: latents ``(B, C, F, H, W)``, ``cond = {"encoder_hidden_states"}``.
+    * HunyuanVideo: latents ``(B, C, F, H, W)``, ``cond = {"encoder_hidden_states", "encoder_attention_mask",
+      "pooled_projections"}``; ``guidance = embedded_guidance_scale * 1000`` (the pipeline's ``guidance_scale``,
+      default 6.0) when the transformer has guidance embeddings.
+
+    Latents and conditioning tensors are cast to the transformer's dtype, as the pipelines do; the output is in the
+    transformer's dtype. ``transformer`` may be wrapped (DDP, ``torch.compile``): it is called as given and its
+    config is read from the unwrapped module.
+
+    Args:
+        transformer: the transformer (or a wrapper of it).
+        embedded_guidance_scale: HunyuanVideo's embedded guidance.
+        vae_scale_factor_spatial: CogVideoX: the VAE's spatial factor (8), for the RoPE crop region.
+        attention_kwargs: passed to the transformer (e.g. LoRA scale).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> predict = TransformerPredictor(tiny_transformer("wan"))
+        >>> cond = {"encoder_hidden_states": torch.randn(1, 7, 16)}
+        >>> predict(torch.randn(1, 4, 2, 8, 8), torch.tensor([500.0]), cond).shape
+        torch.Size([1, 4, 2, 8, 8])
+    """
+
+    def __init__(self, transformer: nn.Module, embedded_guidance_scale: float = 6.0,
+                 vae_scale_factor_spatial: int = 8, attention_kwargs: dict | None = None):
+        self.transformer = transformer
+        module = unwrap(transformer)
+        self.family = family_for(module).name
+        self.embedded_guidance_scale = float(embedded_guidance_scale)
+        self.vae_scale_factor_spatial = int(vae_scale_factor_spatial)
+        self.attention_kwargs = attention_kwargs
+        self._rope_cache: dict = {}
+
+    @property
+    def module(self) -> nn.Module:
+        """The unwrapped transformer."""
+        return unwrap(self.transformer)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The transformer's weight dtype (adapter weights, e.g. fp32 LoRA on a bf16 model, are skipped)."""
+        for name, param in self.module.named_parameters():
+            if "lora_" not in name and torch.is_floating_point(param):
+                return param.dtype
+        return next(self.module.parameters()).dtype
+
+    def with_transformer(self, transformer: nn.Module) -> "TransformerPredictor":
+        """The same settings on another transformer of the same family (student / target / teacher)."""
+        other = TransformerPredictor(transformer, self.embedded_guidance_scale, self.vae_scale_factor_spatial,
+                                     self.attention_kwargs)
+        if other.family != self.family:
+            raise TypeError(f"Expected a {self.family} transformer, got a {other.family} one.")
+        return other
+
+    def _cogvideox_rope(self, frames: int, height: int, width: int, device):
+        key = (frames, height, width, str(device))
+        if key not in self._rope_cache:
+            from diffusers.models.embeddings import get_3d_rotary_pos_embed
+            from diffusers.pipelines.cogvideo.pipeline_cogvideox import get_resize_crop_region_for_grid
+
+            config = self.module.config
+            p, p_t = config.patch_size, config.patch_size_t
+            grid_h, grid_w = height // p, width // p
+            base_w, base_h = config.sample_width // p, config.sample_height // p
+            if p_t is None:
+                crops = get_resize_crop_region_for_grid((grid_h, grid_w), base_w, base_h)
+                rope = get_3d_rotary_pos_embed(embed_dim=config.attention_head_dim, crops_coords=crops,
+                                               grid_size=(grid_h, grid_w), temporal_size=frames, device=device)
+            else:
+                rope = get_3d_rotary_pos_embed(embed_dim=config.attention_head_dim, crops_coords=None,
+                                               grid_size=(grid_h, grid_w), temporal_size=(frames + p_t - 1) // p_t,
+                                               grid_type="slice", max_size=(base_h, base_w), device=device)
+            self._rope_cache = {key: rope}
+        return self._rope_cache[key]
+
+    def __call__(self, latents: torch.Tensor, timesteps: torch.Tensor, cond: dict) -> torch.Tensor:
+        if not isinstance(cond, dict) or "encoder_hidden_states" not in cond:
+            raise TypeError("cond must be a dict with 'encoder_hidden_states' (see encode_prompts).")
+        dtype = self.dtype
+        b = latents.shape[0]
+        timesteps = torch.as_tensor(timesteps, device=latents.device)
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(b)
+        kwargs = {k: (v.to(dtype) if torch.is_floating_point(v) else v) for k, v in cond.items()
+                  if isinstance(v, torch.Tensor)}
+        if self.family == "cogvideox":
+            _, f, _, h, w = latents.shape
+            config = self.module.config
+            if config.use_rotary_positional_embeddings:
+                kwargs["image_rotary_emb"] = self._cogvideox_rope(f, h, w, latents.device)
+            timestep = timesteps.long()
+        elif self.family == "wan":
+            timestep = timesteps.float()
+        else:  # hunyuan_video
+            timestep = timesteps.float()
+            if "encoder_attention_mask" not in kwargs or "pooled_projections" not in kwargs:
+                raise TypeError("HunyuanVideo needs cond['encoder_attention_mask'] and cond['pooled_projections'].")
+            if self.module.config.guidance_embeds:
+                kwargs["guidance"] = torch.full((b,), self.embedded_guidance_scale * 1000.0, dtype=dtype,
+                                                device=latents.device)
+        return self.transformer(hidden_states=latents.to(dtype), timestep=timestep,
+                                attention_kwargs=self.attention_kwargs, return_dict=False, **kwargs)[0]
+
+    @classmethod
+    def from_pipeline(cls, pipe, transformer: nn.Module | None = None, **kwargs) -> "TransformerPredictor":
+        """A predictor for ``pipe.transformer`` (or ``transformer``) with the pipeline's settings.
+
+        Refuses pipelines this adapter cannot reproduce: Wan 2.2 with two experts (``transformer_2``) and Wan
+        ``expand_timesteps`` (TI2V) pipelines.
+        """
+        if getattr(pipe, "transformer_2", None) is not None:
+            raise NotImplementedError(
+                "Pipelines with two transformers (Wan 2.2 A14B: transformer_2 below boundary_ratio) are not "
+                "supported by MLCD yet; distil a single-transformer pipeline."
+            )
+        if pipe.config.get("expand_timesteps", False):
+            raise NotImplementedError("Wan pipelines with expand_timesteps=True (TI2V) are not supported by MLCD.")
+        vsf = getattr(pipe, "vae_scale_factor_spatial", 8)
+        return cls(transformer if transformer is not None else pipe.transformer, vae_scale_factor_spatial=vsf,
+                   **kwargs)
+
+
+def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_sequence_length: int | None = None,
+                   prompt_template: dict | None = None) -> dict:
+    """Text conditioning for :class:`TransformerPredictor` with the pipeline's own text encoder(s).
+
+    Uses ``pipe.encode_prompt`` with the pipeline's default ``max_sequence_length`` (and, for HunyuanVideo, its
+    default ``prompt_template``) unless given. Returns ``{"encoder_hidden_states": ...}`` (CogVideoX, Wan) plus
+    ``"encoder_attention_mask"`` and ``"pooled_projections"`` (HunyuanVideo). Runs without gradients.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> pipe = tiny_pipeline("wan")
+        >>> encode_prompts(pipe, ["a red circle", "a dog"], max_sequence_length=8)["encoder_hidden_states"].shape
+        torch.Size([2, 8, 16])
+    """
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    family = family_for(unwrap(pipe.transformer)).name
+    device = device if device is not None else pipe._execution_device
+    msl = max_sequence_length or call_default(pipe, "max_sequence_length", 226)
+    with torch.no_grad():
+        if family == "hunyuan_video":
+            template = prompt_template if prompt_template is not None else call_default(pipe, "prompt_template")
+            kwargs = {"prompt_template": template} if template is not None else {}
+            embeds, pooled, mask = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, dtype=dtype,
+                                                      max_sequence_length=msl, **kwargs)
+            return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "pooled_projections": pooled}
+        embeds, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=msl,
+                                       device=device, dtype=dtype)
+        return {"encoder_hidden_states": embeds}
+
+
+def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE posterior ``(mean, std)`` of pixel videos ``(B, 3, T, H, W)`` in [-1, 1], in the transformer's layout
+    and scale, so that ``mean + std * eps`` is a clean latent ``x0`` (see :func:`encode_videos`).
+
+    Keeping these two tensors instead of the videos lets a training loop encode each clip once and still draw a fresh
+    posterior sample every epoch (``--cache_latents`` of the distillation examples). Runs without gradients, in the
+    VAE's dtype.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> mean, std = encode_video_posteriors(tiny_pipeline("wan"), torch.zeros(1, 3, 9, 32, 32))
+        >>> mean.shape == std.shape
+        True
+    """
+    if videos.ndim != 5 or videos.shape[1] != 3:
+        raise ValueError(f"videos must be (B, 3, T, H, W) in [-1, 1], got shape {tuple(videos.shape)}.")
+    vae = pipe.vae
+    family = family_for(unwrap(pipe.transformer)).name
+    t = videos.shape[2]
+    if (t - 1) % 4 != 0:
+        raise ValueError(f"The video VAEs need 4k + 1 frames, got {t}; use e.g. {4 * ((t - 1) // 4) + 1}.")
+    param = next(vae.parameters())
+    with torch.no_grad():
+        dist = vae.encode(videos.to(device=param.device, dtype=param.dtype)).latent_dist
+        mean, std = dist.mean, dist.std
+        if family == "cogvideox":
+            scale = vae.config.scaling_factor
+            return ((mean * scale).permute(0, 2, 1, 3, 4).contiguous(),
+                    (std * scale).permute(0, 2, 1, 3, 4).contiguous())
+        if family == "wan":
+            shift = torch.tensor(vae.config.latents_mean, device=mean.device, dtype=mean.dtype).view(1, -1, 1, 1, 1)
+            scale = torch.tensor(vae.config.latents_std, device=mean.device, dtype=mean.dtype).view(1, -1, 1, 1, 1)
+            return (mean - shift) / scale, std / scale
+        return mean * vae.config.scaling_factor, std * vae.config.scaling_factor
+
+
+def draw_posterior(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A draw ``mean + std * eps`` of the posterior :func:`encode_video_posteriors` returns, with ``eps`` drawn as
+    diffusers' ``DiagonalGaussianDistribution.sample`` draws it (so a seeded generator gives the same latents).
+
+    Example:
+        >>> draw_posterior(torch.zeros(2, 3), torch.zeros(2, 3)).abs().sum().item()
+        0.0
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    return mean + std * randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+
+def encode_videos(pipe, videos: torch.Tensor, generator: torch.Generator | None = None,
+                  sample_posterior: bool = True) -> torch.Tensor:
+    """Clean latents ``x0`` of pixel videos ``(B, 3, T, H, W)`` in [-1, 1], in the transformer's layout and scale.
+
+    The inverse of each pipeline's decoding: CogVideoX ``z * scaling_factor`` permuted to ``(B, F, C, H, W)``; Wan
+    ``(z - latents_mean) / latents_std``; HunyuanVideo ``z * scaling_factor``. ``T`` must be ``4 k + 1`` for these
+    VAEs. ``sample_posterior=False`` uses the posterior mode. Runs without gradients, in the VAE's dtype.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> pipe = tiny_pipeline("cogvideox")
+        >>> encode_videos(pipe, torch.zeros(1, 3, 9, 32, 32)).shape
+        torch.Size([1, 3, 4, 4, 4])
+    """
+    mean, std = encode_video_posteriors(pipe, videos)
+    if not sample_posterior:
+        return mean
+    return draw_posterior(mean, std, generator)
+
+
+@contextlib.contextmanager
+def adapters_disabled(transformer: nn.Module):
+    """Run a peft-adapted diffusers transformer without its adapters (the LoRA student's teacher).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> from peft import LoraConfig
+        >>> t = tiny_transformer("wan"); t.add_adapter(LoraConfig(r=2, target_modules=["to_q"]))
+        >>> with adapters_disabled(t):
+        ...     pass
+    """
+    module = unwrap(transformer)
+    module.disable_adapters()
+    try:
+        yield module
+    finally:
+        module.enable_adapters()

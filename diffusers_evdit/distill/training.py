@@ -1,0 +1,461 @@
+"""What the distillation examples (``examples/train_mlcd.py``, ``examples/train_kd.py``) share: argument groups, the
+EMA target network, a resumable sampler, teacher loading, text and latent caches, and the training data.
+
+These helpers read the scripts' ``argparse`` options (the groups defined here); they are library code so that each
+script stays a self-contained diffusers-style example without importing the other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import sys
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from .checkpoints import resume_checkpoint
+
+__all__ = [
+    "MAX_LATENT_CACHE_ITEMS",
+    "TINY_HUNYUAN_TEMPLATE",
+    "TINY_PREFIX",
+    "EMATarget",
+    "LatentCache",
+    "ResumableSampler",
+    "add_data_args",
+    "add_lora_args",
+    "add_optimisation_args",
+    "add_output_args",
+    "add_validation_args",
+    "build_data",
+    "caption_conditions",
+    "frame_strip",
+    "load_teacher",
+    "make_latent_cache",
+    "stored_dtype",
+    "teacher_generation_settings",
+]
+
+logger = logging.getLogger(__name__)
+MAX_LATENT_CACHE_ITEMS = 100_000  # --latent_cache encodes the whole dataset before the first step
+
+#: ``--teacher tiny:<family>``: a tiny random pipeline (tests, CPU dry runs).
+TINY_PREFIX = "tiny:"
+TINY_HUNYUAN_TEMPLATE = {"template": "{}", "crop_start": 0}
+
+
+# --------------------------------------------------------------------------------------------------------- args
+
+
+def add_lora_args(p: argparse.ArgumentParser, use_lora: str) -> None:
+    """The LoRA options shared by the distillation examples (``use_lora``: what the flag trains, per script)."""
+    g = p.add_argument_group("LoRA")
+    g.add_argument("--use_lora", action="store_true", help=use_lora)
+    g.add_argument("--lora_rank", type=int, default=64)
+    g.add_argument("--lora_alpha", type=float, default=None, help="default: the rank")
+    g.add_argument("--lora_target_modules", default="to_q,to_k,to_v,to_out.0")
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    """The data options shared by the distillation examples (train_mlcd.py, train_kd.py)."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="synthetic", help="'synthetic' or a folder of captioned videos")
+    g.add_argument("--num_frames", type=int, default=None,
+                   help="frames per clip, 4k+1 (default: the teacher's evdit_demo.json, else 29)")
+    g.add_argument("--height", type=int, default=None, help="default: evdit_demo.json, else 128")
+    g.add_argument("--width", type=int, default=None, help="default: evdit_demo.json, else 128")
+    g.add_argument("--frame_stride", type=int, default=1, help="folder datasets: take every n-th frame")
+    g.add_argument("--synthetic_num_samples", type=int, default=1_000_000)
+    g.add_argument("--cache_latents", action="store_true",
+                   help="encode each clip with the VAE once and keep its posterior (mean, std) in memory; later "
+                        "epochs draw a fresh posterior sample without the VAE (set --synthetic_num_samples to a size "
+                        "that fits)")
+    g.add_argument("--latent_cache", default=None, metavar="FILE",
+                   help="like --cache_latents, for every clip of the dataset up front, kept in FILE: a run that finds "
+                        "FILE made from the same data and VAE loads it instead of encoding (runs side by side wait for "
+                        "the first to write it), and no clip is rendered or read while training. 0.25 MiB a clip for "
+                        "the demo model")
+    g.add_argument("--synthetic_split", default="train", choices=("train", "heldout", "all"))
+    g.add_argument("--train_batch_size", type=int, default=1, help="per device")
+    g.add_argument("--dataloader_num_workers", type=int, default=0)
+
+
+def add_optimisation_args(p: argparse.ArgumentParser) -> None:
+    """Steps, time budget, AdamW, precision and seed options shared by the distillation examples."""
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--max_train_steps", type=int, default=1000)
+    g.add_argument("--max_minutes", type=float, default=None,
+                   help="wall-clock budget of the whole run; training stops early so that the final checkpoint, "
+                        "validation, evaluation and save fit")
+    g.add_argument("--time_reserve_s", type=float, default=None,
+                   help="seconds kept for the work after training with --max_minutes (default: estimated from the "
+                        "validation time and --eval_prompts)")
+    g.add_argument("--learning_rate", type=float, default=5e-5)
+    g.add_argument("--lr_scheduler", default="constant",
+                   help="diffusers.optimization.get_scheduler name (constant, cosine, linear, ...)")
+    g.add_argument("--lr_warmup_steps", type=int, default=0)
+    g.add_argument("--adam_beta1", type=float, default=0.9)
+    g.add_argument("--adam_beta2", type=float, default=0.999)
+    g.add_argument("--adam_weight_decay", type=float, default=0.0)
+    g.add_argument("--adam_epsilon", type=float, default=1e-8)
+    g.add_argument("--max_grad_norm", type=float, default=1.0)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--gradient_checkpointing", action="store_true")
+    g.add_argument("--mixed_precision", choices=("no", "fp16", "bf16"), default=None,
+                   help="default: accelerate's config")
+    g.add_argument("--allow_tf32", action="store_true")
+    g.add_argument("--seed", type=int, default=0)
+
+
+def add_output_args(p: argparse.ArgumentParser, tracker: str):
+    """Output, logging and checkpoint options shared by the distillation examples; returns the group."""
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument("--output_dir", required=True)
+    g.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
+    g.add_argument("--report_to", default="tensorboard", help="tensorboard, wandb, all or none")
+    g.add_argument("--tracker_project_name", default=tracker)
+    g.add_argument("--checkpointing_steps", type=int, default=500, help="0: no intermediate checkpoints")
+    g.add_argument("--checkpoints_total_limit", type=int, default=None)
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder or 'latest'")
+    g.add_argument("--save_dtype", choices=("teacher", "fp32", "fp16", "bf16"), default="teacher",
+                   help="dtype of the saved transformer (default: as the teacher was loaded)")
+    return g
+
+
+def add_validation_args(p: argparse.ArgumentParser, validate_teacher: str, eval_prompts: str) -> None:
+    """Validation-video and evaluation options shared by the distillation examples."""
+    g = p.add_argument_group("validation and evaluation")
+    g.add_argument("--validation_steps", type=int, default=250, help="0: only at the end")
+    g.add_argument("--validation_prompts", nargs="*", default=None,
+                   help="default: 2 held-out synthetic prompts (synthetic data) or the first dataset captions")
+    g.add_argument("--validation_seed", type=int, default=0)
+    g.add_argument("--validation_fps", type=int, default=None, help="default: evdit_demo.json's, else 8")
+    g.add_argument("--validate_teacher", action="store_true", help=validate_teacher)
+    g.add_argument("--no_final_validation", action="store_true")
+    g.add_argument("--eval_prompts", type=int, default=0, help=eval_prompts)
+    g.add_argument("--eval_batch_size", type=int, default=8)
+    g.add_argument("--eval_workers", type=int, default=4, help="processes scoring the evaluation videos")
+
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+
+
+class EMATarget:
+    """EMA of the trainable parameters: the target network ``f_target``, swapped in for its forward passes.
+
+    Holding the EMA as shadow tensors (not a third model copy) works the same for full fine-tuning and for LoRA
+    (where only the adapter weights move). ``state_dict`` / ``load_state_dict`` make it part of accelerate
+    checkpoints (``accelerator.register_for_checkpointing``).
+    """
+
+    def __init__(self, params, decay: float):
+        self.params = list(params)
+        self.decay = float(decay)
+        self.shadow = [p.detach().clone().float() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for s, p in zip(self.shadow, self.params):
+            s.lerp_(p.detach().float(), 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        backup = [p.detach().clone() for p in self.params]
+        try:
+            with torch.no_grad():
+                for p, s in zip(self.params, self.shadow):
+                    p.copy_(s.to(p.dtype))
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(self.params, backup):
+                    p.copy_(b)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "shadow": [s.cpu() for s in self.shadow]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if len(state["shadow"]) != len(self.shadow):
+            raise ValueError(
+                f"The checkpoint's EMA holds {len(state['shadow'])} tensors but {len(self.shadow)} parameters train "
+                "here; resume with the --use_lora / --lora_* settings the checkpoint was trained with."
+            )
+        self.decay = float(state["decay"])
+        self.shadow = [s.to(p.device, torch.float32) for s, p in zip(state["shadow"], self.params)]
+
+
+class ResumableSampler(Sampler):
+    """Endless, deterministic index stream sharded over processes, that can start at any micro-step.
+
+    Global position ``g`` maps to ``perm_e[g % n]`` with ``perm_e`` a permutation seeded by ``(seed, e = g // n)``;
+    micro-step ``c`` of process ``r`` (of ``w``) reads positions ``(c * w + r) * b + [0, b)``.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 start_micro_step: int = 0):
+        self.n, self.b, self.seed, self.rank, self.world = num_items, batch_size, seed, rank, world
+        self.start = start_micro_step
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def _index(self, g: int) -> int:
+        epoch = g // self.n
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._perm = (epoch, torch.randperm(self.n, generator=gen))
+        return int(self._perm[1][g % self.n])
+
+    def __iter__(self):
+        c = self.start
+        while True:
+            base = (c * self.world + self.rank) * self.b
+            for j in range(self.b):
+                yield self._index(base + j)
+            c += 1
+
+    def __len__(self):  # endless; DataLoader only needs it for len(loader)
+        return sys.maxsize
+
+
+def load_teacher(spec: str, revision: str | None = None):
+    """The dense teacher pipeline (an ``EfficientVDiT<Base>`` instance) and whether it is a tiny test pipeline."""
+    from ..pipeline import EfficientVDiTPipeline
+
+    if spec.startswith(TINY_PREFIX):
+        from ..tiny import TINY_FAMILIES, tiny_pipeline
+
+        family = spec[len(TINY_PREFIX):]
+        if family not in TINY_FAMILIES:
+            raise SystemExit(f"--teacher {spec}: unknown tiny family; use one of "
+                             f"{', '.join(TINY_PREFIX + f for f in TINY_FAMILIES)}")
+        return EfficientVDiTPipeline.from_pipe(tiny_pipeline(family)), True
+    kwargs = {"revision": revision} if revision else {}
+    return EfficientVDiTPipeline.from_pretrained(spec, mask_plan=None, **kwargs), False
+
+
+def teacher_generation_settings(spec: str) -> dict:
+    """The teacher folder's ``evdit_demo.json`` (generation settings of the demo model) as a dict; {} if none."""
+    path = os.path.join(spec, "evdit_demo.json")
+    if spec.startswith(TINY_PREFIX) or not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path} must hold a JSON object")
+    return data
+
+
+def stored_dtype(spec: str, component: str) -> torch.dtype | None:
+    """The dtype of a component's saved safetensors weights in a local pipeline folder (``None`` if unknown)."""
+    folder = os.path.join(spec, component)
+    if spec.startswith(TINY_PREFIX) or not os.path.isdir(folder):
+        return None
+    files = sorted(f for f in os.listdir(folder) if f.endswith(".safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(folder, files[0]), framework="pt") as f:
+        for key in f.keys():
+            t = f.get_slice(key)
+            dtype = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}.get(t.get_dtype())
+            if dtype is not None:
+                return dtype
+    return None
+
+
+
+def frame_strip(frames: np.ndarray, max_frames: int = 8) -> np.ndarray:
+    """Up to ``max_frames`` evenly spaced frames side by side, uint8 ``(H, k W, 3)`` (for image trackers)."""
+    idx = np.linspace(0, len(frames) - 1, min(max_frames, len(frames))).round().astype(int)
+    arr = frames[idx]
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
+    return np.concatenate(list(arr), axis=1)
+
+
+
+
+# --------------------------------------------------------------------------------------------------------- data
+
+
+def caption_conditions(pipe, device, max_sequence_length: int, prompt_template=None, max_cached: int = 8192):
+    """``captions -> conditioning dict`` (batched along dim 0), encoding each caption once with the pipeline's text
+    encoder and keeping the most recent ``max_cached`` encodings (shared by train_mlcd.py and train_kd.py)."""
+    from . import predictors as mlcd
+
+    cache: dict[str, dict] = {}
+
+    def conditions(captions: list[str]) -> dict:
+        missing = [c for c in dict.fromkeys(captions) if c not in cache]
+        if missing:
+            enc = mlcd.encode_prompts(pipe, missing, device=device, max_sequence_length=max_sequence_length,
+                                      prompt_template=prompt_template)
+            for i, c in enumerate(missing):
+                cache[c] = {k: v[i: i + 1] for k, v in enc.items()}
+            while len(cache) > max_cached:
+                cache.pop(next(iter(cache)))
+        return {k: torch.cat([cache[c][k] for c in captions]) for k in cache[captions[0]]}
+
+    return conditions
+
+
+class LatentCache:
+    """Clean training latents ``x0`` of a batch (shared by train_mlcd.py and train_kd.py).
+
+    Without ``--cache_latents`` every batch goes through the VAE. With it, each dataset item's VAE posterior
+    ``(mean, std)`` is encoded the first time the item is drawn and kept, and every later draw of the item samples
+    ``mean + std * eps`` afresh: the VAE (often most of a small model's step) runs once per clip. With
+    ``--latent_cache FILE`` (:meth:`load_or_build`) every clip's posterior is there before the first step.
+    """
+
+    def __init__(self, pipe, enabled: bool, num_items: int):
+        self.pipe, self.enabled, self.num_items = pipe, enabled, num_items
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def complete(self) -> bool:
+        """Whether every item of the dataset is cached (then batches need no video)."""
+        return self.enabled and len(self.store) == self.num_items
+
+    def identity(self, dataset) -> dict:
+        """What a cache file must have been made from: the dataset's settings and the VAE (config, weight sum)."""
+        settings = {k: v for k, v in sorted(vars(dataset).items()) if isinstance(v, (bool, int, float, str))}
+        vae = self.pipe.vae
+        weight_sum = float(sum(p.detach().double().sum().item() for p in vae.parameters()))
+        return {"dataset": type(dataset).__name__, "items": len(dataset), "settings": settings,
+                "vae_config": json.loads(json.dumps(dict(vae.config), default=str)), "vae_weight_sum": weight_sum}
+
+    @staticmethod
+    def same_identity(a: dict, b: dict) -> bool:
+        strip = [{k: v for k, v in x.items() if k != "vae_weight_sum"} for x in (a, b)]
+        return strip[0] == strip[1] and abs(a["vae_weight_sum"] - b["vae_weight_sum"]) <= 1e-9 * max(
+            1.0, abs(b["vae_weight_sum"]))
+
+    def load_or_build(self, path: str, dataset, batch_size: int, num_workers: int = 0) -> None:
+        """Fill the cache with every item's posterior: from ``path`` when it was made from the same data and VAE,
+        else by encoding the whole dataset once and writing ``path`` (under a file lock, so that runs started side
+        by side encode once: the others wait, then load)."""
+        from tqdm.auto import tqdm
+
+        from .. import data as evdit_data
+        from . import predictors as mlcd
+
+        self.enabled = True
+        path = os.path.abspath(path)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        ident = self.identity(dataset)
+        with open(path + ".lock", "a") as lock, _file_lock(lock):
+            if os.path.isfile(path):
+                kept = torch.load(path, map_location="cpu")
+                if self.same_identity(kept["identity"], ident):
+                    logger.info("Latent cache: %d clips loaded from %s", len(kept["mean"]), path)
+                    self._fill(kept["mean"], kept["std"])
+                    return
+                logger.warning("%s was made from other data or another VAE; encoding the dataset again.", path)
+            loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=evdit_data.collate_videos,
+                                num_workers=num_workers)
+            means, stds = [], []
+            for batch in tqdm(loader, desc="latent cache", disable=not sys.stderr.isatty()):
+                mean, std = mlcd.encode_video_posteriors(self.pipe, batch["video"])
+                means.append(mean.cpu())
+                stds.append(std.cpu())
+            mean, std = torch.cat(means), torch.cat(stds)
+            torch.save({"identity": ident, "mean": mean, "std": std}, path + ".tmp")
+            os.replace(path + ".tmp", path)
+            logger.info("Latent cache: %d clips encoded into %s (%.0f MiB)", len(mean), path,
+                        os.path.getsize(path) / 2**20)
+            self._fill(mean, std)
+
+    def _fill(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        device = next(self.pipe.vae.parameters()).device
+        mean, std = mean.to(device), std.to(device)
+        self.store = {i: (mean[i: i + 1], std[i: i + 1]) for i in range(len(mean))}
+
+    def latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        from . import predictors as mlcd
+
+        if not self.enabled:
+            return mlcd.encode_videos(self.pipe, batch["video"], generator=generator).float()
+        indices = [int(i) for i in batch["index"]]
+        missing = [j for j, i in enumerate(indices) if i not in self.store]
+        if missing:
+            mean, std = mlcd.encode_video_posteriors(self.pipe, batch["video"][missing])
+            if not self.store:
+                per_item = 2 * mean[0].numel() * mean.element_size() / 2**20
+                logger.info("Latent cache: %.2f MiB a clip, up to %.0f MiB for the %d clips of the dataset.",
+                            per_item, per_item * self.num_items, self.num_items)
+            for k, j in enumerate(missing):
+                self.store[indices[j]] = (mean[k: k + 1], std[k: k + 1])
+        mean = torch.cat([self.store[i][0] for i in indices])
+        std = torch.cat([self.store[i][1] for i in indices])
+        return mlcd.draw_posterior(mean, std, generator).float()
+
+
+@contextlib.contextmanager
+def _file_lock(handle):
+    """An exclusive lock on an open file for the duration of the block (no-op where ``fcntl`` is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: runs side by side may then encode twice
+        yield
+        return
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def make_latent_cache(args, pipe, dataset, loader):
+    """The :class:`LatentCache` of ``--cache_latents`` / ``--latent_cache``; with a complete cache, the loader is
+    replaced by one over the captions alone (same sampler: same order, no clip rendered). Returns both."""
+    cache = LatentCache(pipe, args.cache_latents or bool(args.latent_cache), len(dataset))
+    if args.latent_cache and len(dataset) > MAX_LATENT_CACHE_ITEMS:
+        raise SystemExit(f"--latent_cache encodes every clip up front: {len(dataset)} clips is too many (at most "
+                         f"{MAX_LATENT_CACHE_ITEMS}); set --synthetic_num_samples (e.g. 2048)")
+    if args.latent_cache:
+        cache.load_or_build(args.latent_cache, dataset, args.train_batch_size, args.dataloader_num_workers)
+    if cache.complete and callable(getattr(dataset, "caption", None)):
+        from .. import data as evdit_data
+
+        loader = DataLoader(evdit_data.CaptionDataset(dataset), batch_size=loader.batch_size, sampler=loader.sampler,
+                            collate_fn=evdit_data.collate_videos, num_workers=loader.num_workers)
+    return cache, loader
+
+
+def build_data(args, accelerator, output_dir: str):
+    """The training data of the distillation examples (shared by train_mlcd.py and train_kd.py).
+
+    Returns ``(dataset, validation_prompts, global_step, micro_step, loader)``: the synthetic or folder dataset, the
+    validation prompts, the step restored from ``--resume_from_checkpoint`` (0 for a new run) and a data loader that
+    continues exactly where that checkpoint stopped.
+    """
+    from .. import data as evdit_data
+
+    if args.dataset == "synthetic":
+        dataset = evdit_data.SyntheticVideoDataset(
+            num_samples=args.synthetic_num_samples, seed=args.seed, num_frames=args.num_frames, height=args.height,
+            width=args.width, split=args.synthetic_split)
+    else:
+        dataset = evdit_data.VideoFolderDataset(args.dataset, num_frames=args.num_frames, height=args.height,
+                                                width=args.width, frame_stride=args.frame_stride)
+    if args.validation_prompts:
+        validation_prompts = list(args.validation_prompts)
+    elif args.dataset == "synthetic":
+        validation_prompts = [c for c, _ in evdit_data.heldout_prompts()[:2]]
+    else:
+        validation_prompts = [dataset.samples[i][1] for i in range(min(2, len(dataset)))]
+
+    global_step = resume_checkpoint(accelerator, output_dir, args.resume_from_checkpoint)
+    micro_step = global_step * args.gradient_accumulation_steps
+    sampler = ResumableSampler(len(dataset), args.train_batch_size, args.seed, accelerator.process_index,
+                               accelerator.num_processes, start_micro_step=micro_step)
+    loader = DataLoader(dataset, batch_size=args.train_batch_size, sampler=sampler,
+                        collate_fn=evdit_data.collate_videos, num_workers=args.dataloader_num_workers)
+    return dataset, validation_prompts, global_step, micro_step, loader
