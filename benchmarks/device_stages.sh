@@ -3,7 +3,7 @@
 # calls of under 10 minutes each. Run from the repo root (the device tool's working directory):
 #
 #   bash benchmarks/device_stages.sh mlcd        # S=8 from the teacher, S=4 from S=8 (lr 3e-5), then mlcd_table.py
-#   bash benchmarks/device_stages.sh reproduce   # examples/reproduce_tables.py with the S=8 student as MLCD model
+#   bash benchmarks/device_stages.sh reproduce   # benchmarks/reproduce_tables.py with the S=8 student as MLCD model
 #   bash benchmarks/device_stages.sh low-r       # search thresholds on this model's loss scale (r = 0.002, 0.005)
 #   bash benchmarks/device_stages.sh s4-sweep    # S=8, then six S=4 variants side by side on the one GPU, one table
 #   bash benchmarks/device_stages.sh reproduce-long [MLCD_DIR [ARGS...]]
@@ -110,13 +110,13 @@ PY
 case "$phase" in
 mlcd)
     # plumbing check of every reproduce stage on this GPU (tiny random model), beside the first training run
-    (timeout 240 python examples/reproduce_tables.py --smoke --work_dir /tmp/smoke >"$OUT/smoke.log" 2>&1;
+    (timeout 240 python benchmarks/reproduce_tables.py --smoke --work_dir /tmp/smoke >"$OUT/smoke.log" 2>&1;
      echo "smoke rc=$?" >>"$OUT/smoke.log") &
     train_s8
     train_s4
     wait
     tail -n 5 "$OUT/smoke.log"
-    timeout 170 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64 \
+    timeout 170 python benchmarks/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64 \
         --workers 8 --out benchmarks/results/mlcd.json 2>&1 | grep -v '%|' | tee "$OUT/table.log"
     pack
     ;;
@@ -131,13 +131,13 @@ s4-student)
 reproduce)
     mlcd=()
     if [ -f runs/mlcd-s8/model_index.json ]; then mlcd=(--mlcd_model runs/mlcd-s8); else echo "no runs/mlcd-s8: training one"; fi
-    timeout 578 python examples/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
+    timeout 578 python benchmarks/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
         --budget_minutes 9.0 --measure_step_speedups --cache_samples 0 "${mlcd[@]}" 2>&1 \
         | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
     pack
     ;;
 low-r)
-    timeout 290 python examples/reproduce_tables.py --work_dir runs/reproduce-low-r \
+    timeout 290 python benchmarks/reproduce_tables.py --work_dir runs/reproduce-low-r \
         --out_dir benchmarks/results/quality-low-r --ratios 0.002,0.005 --uniform_ks 4 --no_uniform_kd --no_ablation \
         --mlcd_shares 6 --budget_minutes 4.5 --cache_samples 0 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
     tar czf "$OUT/results.tar.gz" benchmarks/results/quality-low-r
@@ -159,7 +159,7 @@ s4-sweep)
     wait
     tail -n 2 "$OUT"/train_s4-*.log
     evals=benchmarks/results/mlcd-evals
-    timeout 240 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/s4-* --prompts 64 \
+    timeout 240 python benchmarks/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/s4-* --prompts 64 \
         --workers 8 --out benchmarks/results/mlcd-s4-sweep.json --eval_dir benchmarks/results/mlcd-s4-sweep-evals \
         --reuse "Teacher=$evals/Teacher.json" "Teacher_S=8=$evals/Teacher_S8.json" "Teacher_S=4=$evals/Teacher_S4.json" \
         2>&1 | grep -v '%|' | tail -n 20
@@ -187,7 +187,7 @@ PY
     [ -f "$mlcd_model/model_index.json" ] || train_s8
     kd_extra=()
     if [ -s runs/kd-choice.args ]; then kd_extra=(--kd_extra_args "$(cat runs/kd-choice.args)"); echo "KD: ${kd_extra[1]}"; fi
-    timeout 470 python examples/reproduce_tables.py "${kd_extra[@]}" --work_dir runs/reproduce --out_dir benchmarks/results \
+    timeout 470 python benchmarks/reproduce_tables.py "${kd_extra[@]}" --work_dir runs/reproduce --out_dir benchmarks/results \
         --mlcd_model "$mlcd_model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 6 --kd_batch_size 32 \
         --budget_minutes 7.6 --measure_step_speedups "${@:3}" 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
     pack
@@ -197,7 +197,7 @@ reproduce-quick)
     # then reproduce_tables with r = 0.005 and uniform 4:4 only, two KD runs side by side, no order ablation, per-step
     # speedups derived from step-h100.json. Writes benchmarks/results/quality-s8-quick/.
     need_s8 1.0
-    timeout 270 python examples/reproduce_tables.py --work_dir runs/reproduce-quick \
+    timeout 270 python benchmarks/reproduce_tables.py --work_dir runs/reproduce-quick \
         --out_dir benchmarks/results/quality-s8-quick --mlcd_model runs/mlcd-s8 --ratios 0.005 --uniform_ks 4 \
         --no_ablation --jobs 2 --kd_batch_size 32 --budget_minutes 4.2 --min_train_minutes 1.0 "${@:2}" 2>&1 \
         | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
@@ -213,7 +213,7 @@ reproduce-resume)
     # what is left and the measured per-step speedups. Search_r rows are left out to fit (see quality-s8-kd-starved).
     model=${2:-runs/mlcd-s4}
     [ -f "$model/model_index.json" ] || { echo "no $model on this machine: train it first (s4-student)"; exit 1; }
-    timeout 560 python examples/reproduce_tables.py --resume --work_dir runs/reproduce-resume \
+    timeout 560 python benchmarks/reproduce_tables.py --resume --work_dir runs/reproduce-resume \
         --out_dir benchmarks/results --mlcd_model "$model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 2 \
         --kd_batch_size 32 --kd_minutes 1.8 --max_kd_waves 3 --no_search_rows --measure_step_speedups \
         "${@:3}" 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 40
@@ -227,7 +227,7 @@ s4-long-kd)
     # Writes benchmarks/results/quality-s4-long-kd/.
     model=${2:-runs/mlcd-s4}
     [ -f "$model/model_index.json" ] || { echo "no $model on this machine: train it first (s4-student)"; exit 1; }
-    timeout 560 python examples/reproduce_tables.py --work_dir runs/s4-long-kd \
+    timeout 560 python benchmarks/reproduce_tables.py --work_dir runs/s4-long-kd \
         --out_dir benchmarks/results/quality-s4-long-kd --mlcd_model "$model" --ratios 0.005 --uniform_ks 4 \
         --no_ablation --jobs 2 --kd_batch_size 32 --kd_minutes 4.0 "${@:3}" 2>&1 \
         | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
