@@ -9,56 +9,14 @@ from torch import nn
 
 from ..processors import family_for
 
-# Full-size configurations (random weights, no download) for timing on a GPU.
+# Full-size configurations (random weights, no download) for timing on a GPU: the class, and the arguments that differ
+# from its diffusers defaults (the defaults are CogVideoX-2B's and Wan2.1-14B's).
 MODEL_SHAPES: dict[str, tuple[str, dict]] = {
     "cogvideox-5b": (
         "CogVideoXTransformer3DModel",
-        dict(
-            num_attention_heads=48,
-            attention_head_dim=64,
-            in_channels=16,
-            out_channels=16,
-            flip_sin_to_cos=True,
-            freq_shift=0,
-            time_embed_dim=512,
-            text_embed_dim=4096,
-            num_layers=42,
-            dropout=0.0,
-            attention_bias=True,
-            sample_width=90,
-            sample_height=60,
-            sample_frames=49,
-            patch_size=2,
-            temporal_compression_ratio=4,
-            max_text_seq_length=226,
-            activation_fn="gelu-approximate",
-            timestep_activation_fn="silu",
-            norm_elementwise_affine=True,
-            norm_eps=1e-5,
-            spatial_interpolation_scale=1.875,
-            temporal_interpolation_scale=1.0,
-            use_rotary_positional_embeddings=True,
-            use_learned_positional_embeddings=False,
-        ),
+        dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True),
     ),
-    "wan2.1-1.3b": (
-        "WanTransformer3DModel",
-        dict(
-            patch_size=(1, 2, 2),
-            num_attention_heads=12,
-            attention_head_dim=128,
-            in_channels=16,
-            out_channels=16,
-            text_dim=4096,
-            freq_dim=256,
-            ffn_dim=8960,
-            num_layers=30,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            eps=1e-6,
-            rope_max_seq_len=1024,
-        ),
-    ),
+    "wan2.1-1.3b": ("WanTransformer3DModel", dict(num_attention_heads=12, ffn_dim=8960, num_layers=30)),
 }
 
 
