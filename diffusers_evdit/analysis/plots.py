@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import torch
 
 from .statistics import DEFAULT_LEVELS
-
-if TYPE_CHECKING:
-    from .profile import AttentionProfile
 
 
 def pyplot():
@@ -57,9 +53,9 @@ def plot_tile_heatmap(stats: dict, path: str | os.PathLike, layer: int | None = 
     return str(path)
 
 
-def plot_profile_curves(profile: AttentionProfile, path: str | os.PathLike) -> str:
-    """Save the per-layer curves of a profile (locality curve, attention by frame distance, diag/off-diag ratio,
-    mass overlap between inputs) as one PNG; return ``path``.
+def plot_profile_curves(profile, path: str | os.PathLike) -> str:
+    """Save the per-layer curves of an :class:`~diffusers_evdit.analysis.AttentionProfile` (locality curve, attention by
+    frame distance, diag/off-diag ratio, mass overlap between inputs) as one PNG; return ``path``.
 
     Example:
         >>> from diffusers_evdit.analysis import profile_attention
