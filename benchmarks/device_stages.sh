@@ -20,7 +20,8 @@
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
 #   bash benchmarks/device_stages.sh kd-options [MODEL]  # KD variants (lr, warm-up, lambda, LoRA) of 4:4 and 2:6
 #
-# Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it.
+# Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it;
+# per-row evaluations and run logs stay under runs/ (curate what a table needs into benchmarks/results/MANIFEST.md).
 # runs/ stays on the machine between calls while it is warm (30 s); `reproduce` trains its own S=8 model (batch 8,
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
@@ -52,7 +53,7 @@ train_s4() {  # the S=4 student from runs/mlcd-s8 at lr 3e-5 (the recipe of mlcd
 
 pack() {  # what comes back: results and the small files of each run (no weights)
     local files=()
-    for f in benchmarks/results/mlcd.json benchmarks/results/mlcd.md benchmarks/results/mlcd-evals \
+    for f in benchmarks/results/mlcd.json benchmarks/results/mlcd.md runs/mlcd-evals \
              benchmarks/results/quality.json benchmarks/results/quality.md; do
         [ -e "$f" ] && files+=("$f")
     done
@@ -117,7 +118,8 @@ mlcd)
     wait
     tail -n 5 "$OUT/smoke.log"
     timeout 170 python benchmarks/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64 \
-        --workers 8 --out benchmarks/results/mlcd.json 2>&1 | grep -v '%|' | tee "$OUT/table.log"
+        --workers 8 --out benchmarks/results/mlcd.json --eval_dir runs/mlcd-evals 2>&1 | grep -v '%|' \
+        | tee "$OUT/table.log"
     pack
     ;;
 s4-student)
@@ -160,7 +162,7 @@ s4-sweep)
     tail -n 2 "$OUT"/train_s4-*.log
     evals=benchmarks/results/mlcd-evals
     timeout 240 python benchmarks/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/s4-* --prompts 64 \
-        --workers 8 --out benchmarks/results/mlcd-s4-sweep.json --eval_dir benchmarks/results/mlcd-s4-sweep-evals \
+        --workers 8 --out benchmarks/results/mlcd-s4-sweep.json --eval_dir runs/mlcd-s4-sweep-evals \
         --reuse "Teacher=$evals/Teacher.json" "Teacher_S=8=$evals/Teacher_S8.json" "Teacher_S=4=$evals/Teacher_S4.json" \
         2>&1 | grep -v '%|' | tail -n 20
     tar czf "$OUT/results.tar.gz" benchmarks/results/mlcd-s4-sweep* runs/mlcd-s8/mlcd_config.json \
