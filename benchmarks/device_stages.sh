@@ -239,21 +239,22 @@ s4-long-kd)
 kd-lr)
     # Does KD recover a sparse plan better at a lower learning rate in the same minutes? S=8 MLCD model (short run),
     # plan 2:6 on every layer, three KD runs side by side (lr 1e-4 = reproduce_tables' default then, 3e-5, 1e-5),
-    # then the evdit eval of the plan before KD and of each KD student. ~4.5 min. Made benchmarks/results/kd-lr/.
+    # then the evdit eval of the plan before KD and of each KD student. ~4.5 min. Writes runs/kd-lr/
+    # (the table of benchmarks/results/kd-lr/README.md came from its printed summary).
     need_s8 1.2
-    kd_variants runs/mlcd-s8 benchmarks/results/kd-lr 1.1 "2" \
+    kd_variants runs/mlcd-s8 runs/kd-lr 1.1 "2" \
         "lr1e-4=--learning_rate 1e-4" "lr3e-5=--learning_rate 3e-5" "lr1e-5=--learning_rate 1e-5"
     ;;
 kd-options)
     # Why does a short KD lower a near-lossless plan (4:4)? KD of 4:4 and 2:6 on MODEL (default runs/mlcd-s8, trained
     # first when missing; runs/mlcd-s4 needs the s4-student phase on the warm machine) at lr 1e-4 (the old default),
     # at lr 3e-5 after a 10-step warm-up, with lambda = 1 instead of 100 (feature-led), and as a LoRA (rank 16), side
-    # by side for 2 min each. ~6 min. Writes benchmarks/results/kd-options-<model>/ and runs/kd-choice.args (the
+    # by side for 2 min each. ~6 min. Writes runs/kd-options-<model>/ and runs/kd-choice.args (the
     # variant of the best summed final_score), which reproduce-long then passes to every KD run.
     model=${2:-runs/mlcd-s8}
     if [ "$model" = runs/mlcd-s8 ]; then need_s8; fi
     [ -f "$model/model_index.json" ] || { echo "no $model: train it first (s4-student for runs/mlcd-s4)"; exit 1; }
-    dir=benchmarks/results/kd-options-$(basename "$model")
+    dir=runs/kd-options-$(basename "$model")  # summarised by hand in benchmarks/results/
     variants=("lr1e-4=--learning_rate 1e-4"
               "warmup=--learning_rate 3e-5 --lr_scheduler constant_with_warmup --lr_warmup_steps 10"
               "lambda1=--learning_rate 1e-4 --task_weight 1" "lora=--learning_rate 1e-4 --use_lora --lora_rank 16")
