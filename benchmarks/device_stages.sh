@@ -3,7 +3,7 @@
 # calls of under 10 minutes each. Run from the repo root (the device tool's working directory):
 #
 #   bash benchmarks/device_stages.sh mlcd        # S=8 from the teacher, S=4 from S=8 (lr 3e-5), then mlcd_table.py
-#   bash benchmarks/device_stages.sh reproduce   # examples/reproduce_tables.py with the S=8 student as MLCD model
+#   bash benchmarks/device_stages.sh reproduce   # benchmarks/reproduce_tables.py with the S=8 student as MLCD model
 #   bash benchmarks/device_stages.sh low-r       # search thresholds on this model's loss scale (r = 0.002, 0.005)
 #   bash benchmarks/device_stages.sh s4-sweep    # S=8, then six S=4 variants side by side on the one GPU, one table
 #   bash benchmarks/device_stages.sh reproduce-long [MLCD_DIR [ARGS...]]
@@ -20,7 +20,8 @@
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
 #   bash benchmarks/device_stages.sh kd-options [MODEL]  # KD variants (lr, warm-up, lambda, LoRA) of 4:4 and 2:6
 #
-# Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it.
+# Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it;
+# per-row evaluations and run logs stay under runs/ (curate what a table needs into benchmarks/results/MANIFEST.md).
 # runs/ stays on the machine between calls while it is warm (30 s); `reproduce` trains its own S=8 model (batch 8,
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
@@ -52,7 +53,7 @@ train_s4() {  # [MINUTES, default 4]: the S=4 student from runs/mlcd-s8 at lr 3e
 
 pack() {  # what comes back: results and the small files of each run (no weights)
     local files=()
-    for f in benchmarks/results/mlcd.json benchmarks/results/mlcd.md benchmarks/results/mlcd-evals \
+    for f in benchmarks/results/mlcd.json benchmarks/results/mlcd.md runs/mlcd-evals \
              benchmarks/results/quality.json benchmarks/results/quality.md; do
         [ -e "$f" ] && files+=("$f")
     done
@@ -110,14 +111,15 @@ PY
 case "$phase" in
 mlcd)
     # plumbing check of every reproduce stage on this GPU (tiny random model), beside the first training run
-    (timeout 240 python examples/reproduce_tables.py --smoke --work_dir /tmp/smoke >"$OUT/smoke.log" 2>&1;
+    (timeout 240 python benchmarks/reproduce_tables.py --smoke --work_dir /tmp/smoke >"$OUT/smoke.log" 2>&1;
      echo "smoke rc=$?" >>"$OUT/smoke.log") &
     train_s8
     train_s4
     wait
     tail -n 5 "$OUT/smoke.log"
-    timeout 170 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64 \
-        --workers 8 --out benchmarks/results/mlcd.json 2>&1 | grep -v '%|' | tee "$OUT/table.log"
+    timeout 170 python benchmarks/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64 \
+        --workers 8 --out benchmarks/results/mlcd.json --eval_dir runs/mlcd-evals 2>&1 | grep -v '%|' \
+        | tee "$OUT/table.log"
     pack
     ;;
 s4-student-short)
@@ -136,13 +138,13 @@ s4-student)
 reproduce)
     mlcd=()
     if [ -f runs/mlcd-s8/model_index.json ]; then mlcd=(--mlcd_model runs/mlcd-s8); else echo "no runs/mlcd-s8: training one"; fi
-    timeout 578 python examples/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
+    timeout 578 python benchmarks/reproduce_tables.py --work_dir runs/reproduce --out_dir benchmarks/results \
         --budget_minutes 9.0 --measure_step_speedups --cache_samples 0 "${mlcd[@]}" 2>&1 \
         | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
     pack
     ;;
 low-r)
-    timeout 290 python examples/reproduce_tables.py --work_dir runs/reproduce-low-r \
+    timeout 290 python benchmarks/reproduce_tables.py --work_dir runs/reproduce-low-r \
         --out_dir benchmarks/results/quality-low-r --ratios 0.002,0.005 --uniform_ks 4 --no_uniform_kd --no_ablation \
         --mlcd_shares 6 --budget_minutes 4.5 --cache_samples 0 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
     tar czf "$OUT/results.tar.gz" benchmarks/results/quality-low-r
@@ -164,8 +166,8 @@ s4-sweep)
     wait
     tail -n 2 "$OUT"/train_s4-*.log
     evals=benchmarks/results/mlcd-evals
-    timeout 240 python examples/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/s4-* --prompts 64 \
-        --workers 8 --out benchmarks/results/mlcd-s4-sweep.json --eval_dir benchmarks/results/mlcd-s4-sweep-evals \
+    timeout 240 python benchmarks/mlcd_table.py --teacher "$teacher" --students runs/mlcd-s8 runs/s4-* --prompts 64 \
+        --workers 8 --out benchmarks/results/mlcd-s4-sweep.json --eval_dir runs/mlcd-s4-sweep-evals \
         --reuse "Teacher=$evals/Teacher.json" "Teacher_S=8=$evals/Teacher_S8.json" "Teacher_S=4=$evals/Teacher_S4.json" \
         2>&1 | grep -v '%|' | tail -n 20
     tar czf "$OUT/results.tar.gz" benchmarks/results/mlcd-s4-sweep* runs/mlcd-s8/mlcd_config.json \
@@ -192,7 +194,7 @@ PY
     [ -f "$mlcd_model/model_index.json" ] || train_s8
     kd_extra=()
     if [ -s runs/kd-choice.args ]; then kd_extra=(--kd_extra_args "$(cat runs/kd-choice.args)"); echo "KD: ${kd_extra[1]}"; fi
-    timeout 470 python examples/reproduce_tables.py "${kd_extra[@]}" --work_dir runs/reproduce --out_dir benchmarks/results \
+    timeout 470 python benchmarks/reproduce_tables.py "${kd_extra[@]}" --work_dir runs/reproduce --out_dir benchmarks/results \
         --mlcd_model "$mlcd_model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 6 --kd_batch_size 32 \
         --budget_minutes 7.6 --measure_step_speedups "${@:3}" 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 60
     pack
@@ -202,7 +204,7 @@ reproduce-quick)
     # then reproduce_tables with r = 0.005 and uniform 4:4 only, two KD runs side by side, no order ablation, per-step
     # speedups derived from step-h100.json. Writes benchmarks/results/quality-s8-quick/.
     need_s8 1.0
-    timeout 270 python examples/reproduce_tables.py --work_dir runs/reproduce-quick \
+    timeout 270 python benchmarks/reproduce_tables.py --work_dir runs/reproduce-quick \
         --out_dir benchmarks/results/quality-s8-quick --mlcd_model runs/mlcd-s8 --ratios 0.005 --uniform_ks 4 \
         --no_ablation --jobs 2 --kd_batch_size 32 --budget_minutes 4.2 --min_train_minutes 1.0 "${@:2}" 2>&1 \
         | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
@@ -218,7 +220,7 @@ reproduce-resume)
     # what is left and the measured per-step speedups. Search_r rows are left out to fit (see quality-s8-kd-starved).
     model=${2:-runs/mlcd-s4}
     [ -f "$model/model_index.json" ] || { echo "no $model on this machine: train it first (s4-student)"; exit 1; }
-    timeout 560 python examples/reproduce_tables.py --resume --work_dir runs/reproduce-resume \
+    timeout 560 python benchmarks/reproduce_tables.py --resume --work_dir runs/reproduce-resume \
         --out_dir benchmarks/results --mlcd_model "$model" --ratios 0.005,0.025,0.05,0.1,0.2,0.4 --jobs 2 \
         --kd_batch_size 32 --kd_minutes 1.8 --max_kd_waves 3 --no_search_rows --measure_step_speedups \
         "${@:3}" 2>&1 | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 40
@@ -232,7 +234,7 @@ s4-long-kd)
     # Writes benchmarks/results/quality-s4-long-kd/.
     model=${2:-runs/mlcd-s4}
     [ -f "$model/model_index.json" ] || { echo "no $model on this machine: train it first (s4-student)"; exit 1; }
-    timeout 560 python examples/reproduce_tables.py --work_dir runs/s4-long-kd \
+    timeout 560 python benchmarks/reproduce_tables.py --work_dir runs/s4-long-kd \
         --out_dir benchmarks/results/quality-s4-long-kd --mlcd_model "$model" --ratios 0.005 --uniform_ks 4 \
         --no_ablation --jobs 2 --kd_batch_size 32 --kd_minutes 4.0 "${@:3}" 2>&1 \
         | grep -v '%|' | tee "$OUT/reproduce.log" | tail -n 30
@@ -242,21 +244,22 @@ s4-long-kd)
 kd-lr)
     # Does KD recover a sparse plan better at a lower learning rate in the same minutes? S=8 MLCD model (short run),
     # plan 2:6 on every layer, three KD runs side by side (lr 1e-4 = reproduce_tables' default then, 3e-5, 1e-5),
-    # then the evdit eval of the plan before KD and of each KD student. ~4.5 min. Made benchmarks/results/kd-lr/.
+    # then the evdit eval of the plan before KD and of each KD student. ~4.5 min. Writes runs/kd-lr/
+    # (the table of benchmarks/results/kd-lr/README.md came from its printed summary).
     need_s8 1.2
-    kd_variants runs/mlcd-s8 benchmarks/results/kd-lr 1.1 "2" \
+    kd_variants runs/mlcd-s8 runs/kd-lr 1.1 "2" \
         "lr1e-4=--learning_rate 1e-4" "lr3e-5=--learning_rate 3e-5" "lr1e-5=--learning_rate 1e-5"
     ;;
 kd-options)
     # Why does a short KD lower a near-lossless plan (4:4)? KD of 4:4 and 2:6 on MODEL (default runs/mlcd-s8, trained
     # first when missing; runs/mlcd-s4 needs the s4-student phase on the warm machine) at lr 1e-4 (the old default),
     # at lr 3e-5 after a 10-step warm-up, with lambda = 1 instead of 100 (feature-led), and as a LoRA (rank 16), side
-    # by side for 2 min each. ~6 min. Writes benchmarks/results/kd-options-<model>/ and runs/kd-choice.args (the
+    # by side for 2 min each. ~6 min. Writes runs/kd-options-<model>/ and runs/kd-choice.args (the
     # variant of the best summed final_score), which reproduce-long then passes to every KD run.
     model=${2:-runs/mlcd-s8}
     if [ "$model" = runs/mlcd-s8 ]; then need_s8; fi
     [ -f "$model/model_index.json" ] || { echo "no $model: train it first (s4-student for runs/mlcd-s4)"; exit 1; }
-    dir=benchmarks/results/kd-options-$(basename "$model")
+    dir=runs/kd-options-$(basename "$model")  # summarised by hand in benchmarks/results/
     variants=("lr1e-4=--learning_rate 1e-4"
               "warmup=--learning_rate 3e-5 --lr_scheduler constant_with_warmup --lr_warmup_steps 10"
               "lambda1=--learning_rate 1e-4 --task_weight 1" "lora=--learning_rate 1e-4 --use_lora --lora_rank 16")
