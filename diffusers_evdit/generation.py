@@ -25,6 +25,7 @@ __all__ = [
     "LEGACY_GENERATION_FILE",
     "GenerationDefaults",
     "WorkEstimate",
+    "device_flops",
     "estimate_work",
     "pipeline_call_defaults",
     "resolve_call",
@@ -105,6 +106,14 @@ class GenerationDefaults(ConfigMixin):
         values = self.to_dict()
         values.update({k: v for k, v in changes.items() if v is not None})
         return GenerationDefaults(**values)
+
+    def apply_to(self, config):
+        """Copy the set values onto the same-named attributes of ``config`` (e.g. the demo's ``GenerationConfig``);
+        returns ``config``."""
+        for key, value in self.to_dict().items():
+            if hasattr(config, key):
+                setattr(config, key, value)
+        return config
 
     def save(self, folder: str | os.PathLike) -> str:
         """Write ``generation_defaults.json`` into ``folder``; returns its path."""
@@ -289,3 +298,26 @@ def estimate_work(pipe, settings: dict, sparsity: float = 0.0) -> WorkEstimate:
     attention = 4.0 * layers * n * n * heads * (1.0 - sparsity)
     flops = (2.0 * params * n + attention) * steps * calls
     return WorkEstimate(frames, tokens_per_frame, text, steps, calls, flops)
+
+
+def device_flops(device, dtype=None, size: int = 1024, reps: int = 3) -> float:
+    """Matrix-multiply FLOP/s measured on ``device`` in ``dtype`` (a fraction of a second), for time estimates.
+
+    Example:
+        >>> device_flops("cpu", size=64, reps=1) > 0
+        True
+    """
+    import time
+
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(size, size, device=device).to(dtype)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    a @ a  # warm-up
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    sync()
+    return 2.0 * size**3 * reps / max(time.perf_counter() - start, 1e-9)
