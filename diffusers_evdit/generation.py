@@ -133,10 +133,12 @@ class GenerationDefaults(ConfigMixin):
 
     @classmethod
     def load(cls, folder: str | os.PathLike, **hub_kwargs) -> "GenerationDefaults | None":
-        """The defaults of a pipeline folder or Hub repo: ``generation_defaults.json``, else the legacy
-        ``evdit_demo.json``; ``None`` when it has neither. A corrupt file raises ``ValueError`` naming it."""
+        """The defaults of a pipeline folder or Hub repo: ``generation_defaults.json`` over the legacy
+        ``evdit_demo.json`` (values set in the first win; a training script may still write only the second);
+        ``None`` when it has neither. A corrupt file raises ``ValueError`` naming it."""
         folder = os.fspath(folder)
-        for name in (GENERATION_DEFAULTS_FILE, LEGACY_GENERATION_FILE):
+        values, found = {}, False
+        for name in (LEGACY_GENERATION_FILE, GENERATION_DEFAULTS_FILE):
             path = _find_file(folder, name, hub_kwargs)
             if path is None:
                 continue
@@ -145,8 +147,9 @@ class GenerationDefaults(ConfigMixin):
                     data = json.load(f)
             except (OSError, json.JSONDecodeError) as err:
                 raise ValueError(f"{path} is not a readable JSON file ({err}); fix or delete it.") from None
-            return cls.from_dict(data, source=path)
-        return None
+            values.update(cls.from_dict(data, source=path).to_dict())
+            found = True
+        return cls(**values) if found else None
 
 
 def _find_file(folder: str, name: str, hub_kwargs: dict) -> str | None:
@@ -224,7 +227,12 @@ def resolve_call(pipe, defaults: GenerationDefaults | None = None, **overrides) 
 @dataclass
 class WorkEstimate:
     """The size of one generation call: tokens, steps and transformer calls (a classifier-free guidance pair counts
-    as two calls), and a rough FLOP count of the transformer work."""
+    as two calls), and a rough FLOP count of the transformer work.
+
+    Example:
+        >>> WorkEstimate(8, 64, 0, 20, 2, 6.7e11).describe()
+        '8 latent frames x 64 tokens = 512 tokens a call; 20 steps x 2 = 40 transformer calls, about 0.67 TFLOP'
+    """
 
     latent_frames: int
     tokens_per_frame: int

@@ -133,7 +133,16 @@ def mask_plan_model_card(
 
 
 def write_model_card(path: str, section: str) -> None:
-    """Insert or replace the diffusers-evdit section of the README at ``path`` (front matter for a new README)."""
+    """Insert or replace the diffusers-evdit section of the README at ``path`` (front matter for a new README).
+
+    Example:
+        >>> import os, tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "README.md")
+        >>> write_model_card(path, mask_plan_model_card({"transformer": MaskPlan([1])}))
+        >>> write_model_card(path, mask_plan_model_card({"transformer": MaskPlan([2])}))
+        >>> open(path).read().count(CARD_BEGIN)
+        1
+    """
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             text = f.read()

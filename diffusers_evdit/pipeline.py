@@ -307,7 +307,7 @@ class EfficientVDiTPipeline(DiffusionPipeline):
         """An Efficient-vDiT pipeline sharing the components of ``pipeline``, with ``mask_plan`` installed.
 
         Modules are shared, not copied (``pipeline`` runs with the plan too until ``set_mask_plan(None)``); dtypes
-        are kept unless ``dtype`` is given. Generation defaults are carried over.
+        are kept unless ``dtype`` is given. Generation defaults are carried over unless a component is replaced.
 
         Args:
             pipeline: a diffusers pipeline whose transformer is supported (or another Efficient-vDiT pipeline).
@@ -331,7 +331,8 @@ class EfficientVDiTPipeline(DiffusionPipeline):
         dtype = dtype if dtype is not None else torch_dtype
         expected, optional = target._get_signature_keys(target)
         components = {k: v for k, v in pipeline.components.items() if k in expected}
-        components.update({k: kwargs.pop(k) for k in expected if k in kwargs})
+        replaced = [k for k in expected if k in kwargs]
+        components.update({k: kwargs.pop(k) for k in replaced})
         options = {k: pipeline.config[k] for k in optional if k in pipeline.config}
         options.update({k: kwargs.pop(k) for k in optional if k in kwargs})
         if kwargs:
@@ -351,7 +352,8 @@ class EfficientVDiTPipeline(DiffusionPipeline):
             new.register_to_config(_name_or_path=name_or_path)
         if dtype is not None:
             new.to(dtype=dtype)
-        new._evdit_generation_defaults = getattr(pipeline, "generation_defaults", None)
+        if not replaced:  # a new transformer or scheduler is another model: the old defaults need not fit it
+            new._evdit_generation_defaults = getattr(pipeline, "generation_defaults", None)
         if isinstance(getattr(pipeline, "_progress_bar_config", None), dict):
             new.set_progress_bar_config(**pipeline._progress_bar_config)
         new.set_mask_plan(mask_plan, mask_plan_2, kernel=kernel)
@@ -588,10 +590,9 @@ class EfficientVDiTPipeline(DiffusionPipeline):
             write_model_card(os.path.join(tmp, "README.md"), self.model_card())
 
     def _defaults_to_save(self) -> GenerationDefaults | None:
-        """The generation defaults, with a few-step (MLCD) scheduler's step count filled in when unset."""
+        """The generation defaults, with a few-step (MLCD) scheduler's step count."""
         defaults, scheduler = self.generation_defaults, getattr(self, "scheduler", None)
         steps = getattr(scheduler, "mlcd_num_steps", None) if scheduler is not None else None
-        if steps and scheduler.config.get("use_mlcd_steps") and (defaults is None or not
-                                                                 defaults.config.num_inference_steps):
+        if steps and scheduler.config.get("use_mlcd_steps"):  # the scheduler runs these steps whatever is asked
             defaults = (defaults or GenerationDefaults()).replace(num_inference_steps=int(steps))
         return defaults

@@ -52,6 +52,12 @@ class Progress:
     than about ``max_lines`` lines for the whole task (the interval grows with the expected duration), plus a last
     line when done. ``"bar"`` is a tqdm bar; ``"off"`` prints nothing. Use as a context manager or call
     :meth:`close`.
+
+    Example:
+        >>> with Progress(3, "search", mode="off") as bar:
+        ...     bar.update(3)
+        >>> bar.n
+        3
     """
 
     def __init__(self, total: int, desc: str, unit: str = "step", mode: str = "log", stream: TextIO | None = None,
@@ -120,7 +126,12 @@ class Progress:
 
 def set_verbosity(quiet: bool = False, verbose: bool = False, bars: bool = True) -> None:
     """Set diffusers', transformers' and huggingface_hub's logging for a command: errors only (``quiet``), info
-    (``verbose``), else warnings; their loading bars only when ``bars`` (a terminal) and not ``quiet``."""
+    (``verbose``), else warnings; their loading bars only when ``bars`` (a terminal) and not ``quiet``.
+
+    Example:
+        >>> set_verbosity(quiet=True)  # what ``evdit <cmd> --quiet`` does
+        >>> set_verbosity()
+    """
     from diffusers.utils import logging as dlog
 
     level = "error" if quiet else "info" if verbose else "warning"
@@ -145,13 +156,30 @@ def set_verbosity(quiet: bool = False, verbose: bool = False, bars: bool = True)
 
 def configure_pipeline_progress(pipe, mode: str, verbose: bool = False) -> None:
     """diffusers' own per-call progress bar: shown only on a terminal with ``verbose`` (a command's :class:`Progress`
-    reports the whole job otherwise)."""
+    reports the whole job otherwise).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> pipe = tiny_pipeline("wan")
+        >>> configure_pipeline_progress(pipe, "log")
+        >>> pipe._progress_bar_config["disable"]
+        True
+    """
     pipe.set_progress_bar_config(disable=not (mode == "bar" and verbose), leave=False)
 
 
 class count_transformer_calls:
     """Context manager: ``progress.update()`` after every forward of the pipeline's transformer(s) (public forward
-    hooks, removed on exit)."""
+    hooks, removed on exit).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline, tiny_pipeline_inputs
+        >>> pipe = tiny_pipeline("wan")
+        >>> with Progress(4, "calls", mode="off") as bar, count_transformer_calls(pipe, bar):
+        ...     _ = pipe(**{**tiny_pipeline_inputs(pipe), "num_inference_steps": 2, "guidance_scale": 5.0})
+        >>> bar.n
+        4
+    """
 
     def __init__(self, pipe, progress: Progress):
         self.modules = []

@@ -327,6 +327,7 @@ def test_generation_defaults_travel_with_the_folder(tmp_path):
     loaded = EfficientVDiTPipeline.from_pretrained(tmp_path / "a")
     assert loaded.generation_defaults.to_dict() == pipe.generation_defaults.to_dict()
     assert EfficientVDiTPipeline.from_pipe(loaded).generation_defaults is loaded.generation_defaults
+    assert EfficientVDiTPipeline.from_pipe(loaded, scheduler=loaded.scheduler).generation_defaults is None  # new model
     # the diffusers config API reads the same file
     assert GenerationDefaults.from_config(GenerationDefaults.load_config(tmp_path / "a")).config.height == 32
 
@@ -341,11 +342,15 @@ def test_generation_defaults_travel_with_the_folder(tmp_path):
     with pytest.raises(ValueError, match="evdit_demo.json.*positive integer"):
         EfficientVDiTPipeline.from_pretrained(tmp_path / "a")
 
-    # a distilled few-step scheduler records its step count when the defaults do not say
-    student = EfficientVDiTPipeline.from_pipe(tiny_pipeline("wan"))
+    # a distilled few-step scheduler records its step count (it runs those steps whatever is asked) ...
+    student = EfficientVDiTPipeline.from_pipe(tiny_pipeline("wan")).set_generation_defaults(num_inference_steps=20)
     student.scheduler = mlcd_scheduler_from(student.scheduler, [1000.0, 600.0, 300.0], sigmas=[1.0, 0.6, 0.3])
     student.save_pretrained(tmp_path / "student")
     assert json.loads((tmp_path / "student" / GENERATION_DEFAULTS_FILE).read_text())["num_inference_steps"] == 3
+    # ... and a training script's evdit_demo.json fills in the rest
+    (tmp_path / "student" / "evdit_demo.json").write_text(json.dumps({"num_frames": 9, "guidance_scale": 1.0}))
+    merged = EfficientVDiTPipeline.from_pretrained(tmp_path / "student").generation_defaults.to_dict()
+    assert merged == {"num_frames": 9, "guidance_scale": 1.0, "num_inference_steps": 3}
 
 
 def test_save_pretrained_is_atomic(tmp_path, monkeypatch):
