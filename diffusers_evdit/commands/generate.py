@@ -4,14 +4,15 @@
     evdit generate --model THUDM/CogVideoX-5b --plan plan.json --prompt "..." --frames 49 --out panda.gif
 
 With no size or step flags it uses the model's own defaults (the folder's ``generation_defaults.json``, or the
-legacy ``evdit_demo.json``), then the pipeline's; explicit flags override them and the command prints what it uses.
-Before generating it estimates the work (tokens, steps, transformer calls, time on this device) and
-warns, naming the flags, when the request is far from the model's own size or will take very long. Prints the plan
-(k per layer), the element sparsity on the actual token layout and the mean step time; progress is a bar on a
-terminal, a line every few seconds in a log (``--verbose``: every step's time; ``--quiet``: only the result). ``--cp N`` runs on N GPUs with tile-sparse attention under
-diffusers' Ulysses context parallelism (docs/parallel.md): the command relaunches itself under ``torchrun
---standalone --nproc-per-node N`` (or, already under ``torchrun --nproc-per-node N``, runs as one of its ranks);
-rank 0 prints and writes the video.
+legacy ``evdit_demo.json``), then the pipeline's; flags override them, and the command prints what it uses and
+from where. Before generating it estimates the work (tokens, steps, transformer calls, time on this device) and
+warns, naming the flags, when the request is far from the model's own size or will take very long. Then it prints
+the plan (k per layer), the element sparsity on the actual token layout and the mean step time. Progress: a bar on
+a terminal, a line every few seconds in a log (``--verbose``: every step's time; ``--quiet``: the result only).
+
+``--cp N`` runs on N GPUs with tile-sparse attention under diffusers' Ulysses context parallelism
+(docs/parallel.md): the command relaunches itself under ``torchrun --standalone --nproc-per-node N`` (or, already
+under ``torchrun --nproc-per-node N``, runs as one of its ranks); rank 0 prints and writes the video.
 
     evdit generate --model ./hunyuan-evdit --prompt "..." --frames 129 --height 720 --width 1280 --cp 4 --out a.mp4
 
@@ -25,7 +26,6 @@ import os
 import time
 
 from ..kernels import KERNELS
-
 from ..video_io import video_format, write_video  # noqa: F401  (write_video: old import path)
 
 
@@ -245,23 +245,29 @@ def _cmd_generate(args) -> int:
     say(_settings_line({**settings, "fps": fps}, sources))
     for line in _describe_plans(pipe):
         say(line)
-    work = estimate_work(pipe, settings)
-    plan = pipe.mask_plan
-    if plan is not None and work.latent_frames > 1:
-        from ..processors import family_for
+    try:
+        work = estimate_work(pipe, settings)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # a pipeline whose size is not read this way
+        work = None
+        say(f"work: not estimated ({type(err).__name__}: {err})")
+    if work is not None:
+        plan = pipe.mask_plan
+        if plan is not None and work.latent_frames > 1:
+            from ..processors import family_for
 
-        position = family_for(getattr(pipe.transformer, "_orig_mod", pipe.transformer)).text_position
-        layout = TileLayout(work.latent_frames, work.tokens_per_frame, work.text_tokens,
-                            position if work.text_tokens else "none")
-        work = estimate_work(pipe, settings, sparsity=plan.sparsity(layout))
-    seconds = None
-    if rank == 0 and args.cp == 1:
-        seconds = work.flops / (EFFICIENCY * device_flops(pipe._execution_device, pipe.transformer.dtype))
-    say(f"work: {work.describe()}" + (f"; roughly {seconds:.0f} s on {device}" if seconds is not None else ""))
-    for line in work_warnings(pipe, settings, sources, work, seconds, device):
-        warn(line)
+            position = family_for(getattr(pipe.transformer, "_orig_mod", pipe.transformer)).text_position
+            layout = TileLayout(work.latent_frames, work.tokens_per_frame, work.text_tokens,
+                                position if work.text_tokens else "none")
+            work = estimate_work(pipe, settings, sparsity=plan.sparsity(layout))
+        seconds = None
+        if rank == 0 and args.cp == 1:
+            seconds = work.flops / (EFFICIENCY * device_flops(pipe._execution_device, pipe.transformer.dtype))
+        say(f"work: {work.describe()}" + (f"; roughly {seconds:.0f} s on {device}" if seconds is not None else ""))
+        for line in work_warnings(pipe, settings, sources, work, seconds, device):
+            warn(line)
 
-    progress = Progress(settings.get("num_inference_steps") or work.steps, "denoising", unit="step", mode=mode)
+    steps = settings.get("num_inference_steps") or (work.steps if work is not None else 0)
+    progress = Progress(steps, "denoising", unit="step", mode=mode)
     timer = _StepTimer(pipe, progress, args.verbose and rank == 0)
     if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
         call["callback_on_step_end"] = timer.callback
