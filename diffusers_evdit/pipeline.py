@@ -1,58 +1,35 @@
 """``EfficientVDiTPipeline``: a supported diffusers video pipeline that runs with mask plans, saved and loaded as one.
 
-Design: one subclass per base pipeline class
---------------------------------------------
-``EfficientVDiTPipeline`` is a :class:`~diffusers.DiffusionPipeline` subclass holding the mask-plan logic. The
-pipelines you run are made from it per base pipeline class, ``EfficientVDiT<Base>`` with bases
-``(EfficientVDiTPipeline, <Base>)`` (for example ``EfficientVDiTCogVideoXPipeline``), created on demand by
-:meth:`EfficientVDiTPipeline.subclass_for` and cached. Such a class *is* the base pipeline: it has the base class's
-``__init__`` (so diffusers' loader, ``components``, ``from_pipe`` and offloading see the base components), the base
-class's ``__call__`` (same signature, same code, so a dense plan gives bit-identical output), its LoRA loader mixin
-(``load_lora_weights``), its callbacks and ``isinstance(pipe, CogVideoXPipeline)`` holds. A single delegating wrapper
-would have to re-export all of that by hand and would still fail ``isinstance`` checks and signature-driven
-diffusers code (``_get_signature_keys``, ``from_pipe``, offload sequences). Only plan handling, ``from_pretrained``,
-``from_pipe`` and ``save_pretrained`` are added.
-
-Saved folder
-------------
-``save_pretrained(dir)`` writes the normal diffusers folder of the base pipeline (so
-``DiffusionPipeline.from_pretrained(dir)`` still loads the stock, dense pipeline) and adds:
-
-* ``mask_plan.json``: the plan of ``transformer``; ``mask_plan_2.json``: the plan of ``transformer_2`` (Wan 2.2's
-  low-noise expert). A transformer without a plan (dense) has no file.
-* in ``model_index.json``: ``"_class_name"`` is the *base* class (``"CogVideoXPipeline"``), which is how
-  :meth:`EfficientVDiTPipeline.from_pretrained` finds the base pipeline, and a private ``"_evdit"`` entry listing the
-  plan files. diffusers ignores keys starting with ``_``.
-* ``README.md``: a model card section (between ``<!-- diffusers-evdit:begin -->`` and ``<!-- diffusers-evdit:end -->``)
-  with k per layer, the plan's provenance (``plan.metadata``) and measured speedups when the metadata has them.
-
-The scheduler is saved by diffusers as usual (``scheduler/scheduler_config.json``), so a distilled few-step scheduler
-set on the pipeline comes back on load.
+Instances are of a per-base class ``EfficientVDiT<Base>(EfficientVDiTPipeline, <Base>)`` made by
+:meth:`EfficientVDiTPipeline.subclass_for`: the base pipeline itself (its ``__init__``, ``__call__``, LoRA loader,
+offloading; ``isinstance`` holds) plus plan handling, generation defaults, ``from_pretrained``, ``from_pipe`` and
+``save_pretrained``. The saved folder is the base pipeline's diffusers folder plus ``mask_plan.json`` /
+``mask_plan_2.json``, an ``"_evdit"`` entry in ``model_index.json``, ``generation_defaults.json``
+(:class:`~diffusers_evdit.generation.GenerationDefaults`) and a model card section; docs/pipeline.md describes it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import shutil
 
 import diffusers
 from diffusers import DiffusionPipeline
 from torch import nn
 
+from .atomic import atomic_directory, check_complete
+from .generation import GENERATION_DEFAULTS_FILE, GenerationDefaults
 from .kernels import check_kernel
+from .model_card import CARD_BEGIN, CARD_END, PLAN_FILES, mask_plan_model_card, write_model_card  # noqa: F401
 from .plan import MaskPlan, apply_mask_plan, get_mask_plan, num_plan_layers, remove_mask_plan
 from .processors import family_for, supported_models
 
 TRANSFORMER_SLOTS = ("transformer", "transformer_2")
-PLAN_FILES = {"transformer": "mask_plan.json", "transformer_2": "mask_plan_2.json"}
 MODEL_INDEX_KEY = "_evdit"
 PIPELINE_FORMAT = "diffusers-evdit/pipeline"
 PIPELINE_FORMAT_VERSION = 1
-CARD_BEGIN = "<!-- diffusers-evdit:begin -->"
-CARD_END = "<!-- diffusers-evdit:end -->"
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision")
-_SPEEDUP_KEYS = ("speedup", "speedups")
 
 _SUBCLASSES: dict[type, type] = {}
 
@@ -90,135 +67,15 @@ def _check_plan_fits(transformer: nn.Module, plan: MaskPlan | None, slot: str) -
         )
 
 
-def _run_lengths(layers: list) -> list[tuple[int, int, Any]]:
-    runs = []
-    for i, k in enumerate(layers):
-        if runs and runs[-1][2] == k:
-            runs[-1] = (runs[-1][0], i, k)
-        else:
-            runs.append((i, i, k))
-    return runs
-
-
-def _format_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True)
-
-
-def _format_speedup(value) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:.2f}x"
-    return _format_value(value)
-
-
-def mask_plan_model_card(
-    plans: dict[str, MaskPlan | None],
-    pipeline_class: str | None = None,
-    transformer_classes: dict[str, str] | None = None,
-    scheduler_class: str | None = None,
-) -> str:
-    """The model card (README) section describing the mask plans of a pipeline, as Markdown.
-
-    It states, per transformer, the plan file and k per layer, the provenance recorded in ``plan.metadata`` and the
-    measured speedups when the metadata has a ``"speedup"`` (number or text) or ``"speedups"`` (``{setting: value}``)
-    entry. The section is wrapped in ``<!-- diffusers-evdit:begin/end -->`` markers so that a later save replaces it.
-
-    Args:
-        plans: ``{"transformer": plan, "transformer_2": plan_or_None}``; ``None`` means dense.
-        pipeline_class: base diffusers pipeline class name, for the loading note.
-        transformer_classes: ``{slot: transformer class name}``.
-        scheduler_class: the saved scheduler's class name.
-
-    Example:
-        >>> plan = MaskPlan([2, 2, None], metadata={"source": "search", "speedup": 1.8})
-        >>> card = mask_plan_model_card({"transformer": plan}, "CogVideoXPipeline")
-        >>> "1.80x" in card and "| 0-1 | 2 |" in card
-        True
-    """
-    transformer_classes = transformer_classes or {}
-    lines = [CARD_BEGIN, "## Efficient-vDiT attention tile plan", ""]
-    lines += [
-        "This pipeline runs with *Attention Tile* sparse attention from diffusers-evdit "
-        "(`pip install diffusers-evdit`; Efficient-vDiT, arXiv 2502.06155): in each planned layer, latent "
-        "frames attend only to themselves, `k` reference frames and the text (`k:F-k` masks).",
-        "",
-        "```python",
-        "from diffusers_evdit import EfficientVDiTPipeline",
-        "",
-        'pipe = EfficientVDiTPipeline.from_pretrained("<this folder or repo id>")  # plans applied',
-        "```",
-        "",
-    ]
-    if pipeline_class:
-        lines += [
-            f"`DiffusionPipeline.from_pretrained` loads the same folder as a stock `{pipeline_class}` (dense "
-            "attention, no plan).",
-            "",
-        ]
-    if scheduler_class:
-        lines += [f"Scheduler saved with the pipeline: `{scheduler_class}` (`scheduler/scheduler_config.json`).", ""]
-    for slot, plan in plans.items():
-        cls = transformer_classes.get(slot)
-        title = f"### `{slot}`" + (f" ({cls})" if cls else "")
-        lines += [title, ""]
-        if plan is None:
-            lines += ["Dense: no mask plan (stock attention).", ""]
-            continue
-        sparse = sum(1 for k in plan.layers if k is not None)
-        lines += [
-            f"Plan file `{PLAN_FILES.get(slot, slot + '.json')}`: {plan.num_layers} layers, {sparse} tile-sparse, "
-            f"{plan.num_layers - sparse} dense. `k` is the number of reference frames (`dense`: full attention; "
-            "`k >= F` latent frames is dense too).",
-            "",
-            "| layers | k |",
-            "| --- | --- |",
-        ]
-        for start, end, k in _run_lengths(plan.layers):
-            span = str(start) if start == end else f"{start}-{end}"
-            lines.append(f"| {span} | {'dense' if k is None else k} |")
-        lines += ["", f"k per layer: `{json.dumps(plan.layers)}`", ""]
-        provenance = {key: v for key, v in plan.metadata.items() if key not in _SPEEDUP_KEYS}
-        lines.append("**Provenance** (`plan.metadata`):")
-        lines.append("")
-        if plan.model_class:
-            provenance = {"model_class": plan.model_class, **provenance}
-        if provenance:
-            lines += ["| key | value |", "| --- | --- |"]
-            lines += [f"| {key} | {_format_value(v)} |" for key, v in provenance.items()]
-        else:
-            lines.append("Not recorded (the plan's metadata is empty).")
-        lines += ["", "**Measured speedups:**", ""]
-        speedups = []
-        if "speedup" in plan.metadata:
-            speedups.append(f"- {_format_speedup(plan.metadata['speedup'])}")
-        if isinstance(plan.metadata.get("speedups"), dict):
-            speedups += [f"- {key}: {_format_speedup(v)}" for key, v in plan.metadata["speedups"].items()]
-        elif "speedups" in plan.metadata:
-            speedups.append(f"- {_format_value(plan.metadata['speedups'])}")
-        lines += speedups or ["Not measured yet (record them as `plan.metadata[\"speedups\"] = {setting: x}`)."]
-        lines.append("")
-    lines.append(CARD_END)
-    return "\n".join(lines) + "\n"
-
-
-def _write_model_card(path: str, section: str) -> None:
-    """Insert or replace the diffusers-evdit section of the README at ``path``."""
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-        begin, end = text.find(CARD_BEGIN), text.find(CARD_END)
-        if begin != -1 and end > begin:
-            text = text[:begin] + section.rstrip("\n") + text[end + len(CARD_END) :]
-        else:
-            text = text.rstrip("\n") + "\n\n" + section
-    else:
-        front = "---\nlibrary_name: diffusers\ntags:\n- diffusers-evdit\n- efficient-vdit\n- text-to-video\n---\n\n"
-        text = front + section
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+def _user_files(old: str, new: str) -> list[str]:
+    """Entries of an existing save folder that a new save keeps: everything but what a save writes or owns."""
+    try:
+        index = _read_model_index(old)
+    except (OSError, ValueError):
+        index = {}
+    owned = {*PLAN_FILES.values(), GENERATION_DEFAULTS_FILE, "model_index.json"}
+    owned |= {k for k, v in index.items() if isinstance(v, list)}  # component folders of the old save
+    return [e for e in os.listdir(old) if e not in owned and not os.path.exists(os.path.join(new, e))]
 
 
 def _read_model_index(folder: str) -> dict:
@@ -230,22 +87,11 @@ def _read_model_index(folder: str) -> dict:
 class EfficientVDiTPipeline(DiffusionPipeline):
     """A diffusers video pipeline (CogVideoX, Wan 2.1/2.2, HunyuanVideo, ...) that runs with per-layer mask plans.
 
-    Instances are of a per-base subclass ``EfficientVDiT<Base>`` with bases ``(EfficientVDiTPipeline, <Base>)``: the
-    base pipeline itself (same ``__init__``, ``__call__``, LoRA loading, offloading) plus plan handling. This was
-    chosen over a delegating wrapper so that the base ``__call__`` signature, ``isinstance`` checks and every
-    signature-driven diffusers feature keep working unchanged; see the module docstring for the saved folder layout.
-
-    Get one with :meth:`from_pipe` (from a pipeline you hold) or :meth:`from_pretrained` (a saved folder or any
-    diffusers repo of a supported pipeline), change the plan with :meth:`set_mask_plan`, read it with
-    :attr:`mask_plan` (``None``: dense, stock processors) and save with :meth:`save_pretrained`.
-
-    Pipelines with two transformers (Wan 2.2 A14B: ``transformer`` for high noise, ``transformer_2`` for low noise)
-    take one plan per transformer: ``mask_plan`` and ``mask_plan_2``.
-
-    Combining with other features (see ``docs/pipeline.md``): set the plan before ``torch.compile`` of the
-    transformer (a later plan change recompiles); ``enable_model_cpu_offload`` and LoRA adapters (``load_lora_weights``)
-    work in any order with the plan; diffusers cache hooks (``transformer.enable_cache(FirstBlockCacheConfig(...))``)
-    run on top of the plan.
+    Instances are of a per-base subclass ``EfficientVDiT<Base>(EfficientVDiTPipeline, <Base>)``: the base pipeline
+    itself (same ``__init__``, ``__call__``, LoRA loading, offloading) plus plan handling. Get one with
+    :meth:`from_pipe` or :meth:`from_pretrained`, change the plan with :meth:`set_mask_plan` (``mask_plan_2`` for
+    Wan 2.2's ``transformer_2``), save with :meth:`save_pretrained`. docs/pipeline.md covers the saved folder and
+    ``torch.compile``, offloading, LoRA and cache hooks.
 
     Example:
         >>> from diffusers_evdit import EfficientVDiTPipeline, MaskPlan
@@ -263,8 +109,6 @@ class EfficientVDiTPipeline(DiffusionPipeline):
             "mask_plan=plan), EfficientVDiTPipeline.from_pretrained(path), or "
             "EfficientVDiTPipeline.subclass_for(CogVideoXPipeline)(**components)."
         )
-
-    # ----------------------------------------------------------------------------------------------------- classes
 
     @classmethod
     def subclass_for(cls, base_class: type) -> type:
@@ -312,6 +156,31 @@ class EfficientVDiTPipeline(DiffusionPipeline):
         """The wrapped diffusers pipeline class (``CogVideoXPipeline``, ``WanPipeline``, ...)."""
         return self._evdit_base_class
 
+    @property
+    def generation_defaults(self) -> GenerationDefaults | None:
+        """How the model is meant to be called (``generation_defaults.json`` of its folder); ``None``: not recorded.
+
+        Call with them: ``pipe(prompt, **pipe.generation_defaults.call_kwargs(pipe))``.
+        """
+        return getattr(self, "_evdit_generation_defaults", None)
+
+    def set_generation_defaults(self, defaults: GenerationDefaults | None = None, **values) -> "EfficientVDiTPipeline":
+        """Set the defaults :meth:`save_pretrained` records: a :class:`GenerationDefaults`, ``None``, or values
+        (``num_frames=29, height=128, ...``) that update the current ones.
+
+        Example:
+            >>> from diffusers_evdit.tiny import tiny_pipeline
+            >>> pipe = EfficientVDiTPipeline.from_pipe(tiny_pipeline("wan")).set_generation_defaults(num_frames=9)
+            >>> pipe.generation_defaults.call_kwargs()
+            {'num_frames': 9}
+        """
+        if defaults is not None and not isinstance(defaults, GenerationDefaults):
+            raise TypeError(f"defaults must be a GenerationDefaults or None, got {type(defaults).__name__}.")
+        if values:
+            defaults = (defaults or self.generation_defaults or GenerationDefaults()).replace(**values)
+        self._evdit_generation_defaults = defaults
+        return self
+
     # ------------------------------------------------------------------------------------------------------- plans
 
     def _transformer_slots(self) -> list[str]:
@@ -321,8 +190,8 @@ class EfficientVDiTPipeline(DiffusionPipeline):
     def mask_plans(self) -> dict[str, MaskPlan | None]:
         """``{slot: plan}`` for every transformer of the pipeline (``None``: dense, stock processors).
 
-        The plan is read from the transformer, so changes made with :func:`apply_mask_plan` /
-        :func:`remove_mask_plan` directly are seen; the metadata is that of the plan set through this pipeline.
+        Read from the transformers (direct :func:`apply_mask_plan` calls are seen), with the metadata of the plan set
+        through this pipeline.
 
         Example:
             >>> from diffusers_evdit.tiny import tiny_pipeline
@@ -377,14 +246,7 @@ class EfficientVDiTPipeline(DiffusionPipeline):
         too when the pipeline has one; pass ``None`` to keep ``transformer_2`` dense. A transformer wrapped by
         ``torch.compile`` gets the plan on its original module (which makes the compiled one recompile).
 
-        Args:
-            mask_plan: plan for ``transformer`` or ``None``.
-            mask_plan_2: plan for ``transformer_2``, ``None``, or ``"same"``.
-            kernel: ``"auto"``, ``"fastest"``, ``"dense"``, ``"gathered"``, ``"split"``, ``"flex"`` or ``"walk"``
-                (see :func:`apply_mask_plan`).
-
-        Returns:
-            The pipeline.
+        ``kernel`` is any kernel name of :func:`apply_mask_plan`. Returns the pipeline.
 
         Example:
             >>> from diffusers_evdit.tiny import tiny_pipeline
@@ -444,9 +306,8 @@ class EfficientVDiTPipeline(DiffusionPipeline):
     ) -> "EfficientVDiTPipeline":
         """An Efficient-vDiT pipeline sharing the components of ``pipeline``, with ``mask_plan`` installed.
 
-        As with diffusers' ``from_pipe``, the modules are shared, not copied: the plan is installed on the shared
-        transformer, so ``pipeline`` runs with it too until ``set_mask_plan(None)`` / ``remove_mask_plan``. Unlike
-        diffusers' ``from_pipe``, component dtypes are left as they are unless ``dtype`` is given.
+        Modules are shared, not copied (``pipeline`` runs with the plan too until ``set_mask_plan(None)``); dtypes
+        are kept unless ``dtype`` is given. Generation defaults are carried over unless a component is replaced.
 
         Args:
             pipeline: a diffusers pipeline whose transformer is supported (or another Efficient-vDiT pipeline).
@@ -470,7 +331,8 @@ class EfficientVDiTPipeline(DiffusionPipeline):
         dtype = dtype if dtype is not None else torch_dtype
         expected, optional = target._get_signature_keys(target)
         components = {k: v for k, v in pipeline.components.items() if k in expected}
-        components.update({k: kwargs.pop(k) for k in expected if k in kwargs})
+        replaced = [k for k in expected if k in kwargs]
+        components.update({k: kwargs.pop(k) for k in replaced})
         options = {k: pipeline.config[k] for k in optional if k in pipeline.config}
         options.update({k: kwargs.pop(k) for k in optional if k in kwargs})
         if kwargs:
@@ -490,6 +352,8 @@ class EfficientVDiTPipeline(DiffusionPipeline):
             new.register_to_config(_name_or_path=name_or_path)
         if dtype is not None:
             new.to(dtype=dtype)
+        if not replaced:  # a new transformer or scheduler is another model: the old defaults need not fit it
+            new._evdit_generation_defaults = getattr(pipeline, "generation_defaults", None)
         if isinstance(getattr(pipeline, "_progress_bar_config", None), dict):
             new.set_progress_bar_config(**pipeline._progress_bar_config)
         new.set_mask_plan(mask_plan, mask_plan_2, kernel=kernel)
@@ -506,11 +370,9 @@ class EfficientVDiTPipeline(DiffusionPipeline):
     ) -> "EfficientVDiTPipeline":
         """Load a pipeline folder (or Hub repo) with its mask plans applied.
 
-        The base pipeline class comes from ``model_index.json`` (``"_class_name"``); the plans from the files that
-        :meth:`save_pretrained` wrote (``mask_plan.json``, ``mask_plan_2.json``). A stock diffusers folder or repo
-        loads with no plan (dense) unless you pass one. Plan files are parsed before any weights are read; a corrupt
-        plan file, or a plan whose layer count does not match its transformer, raises ``ValueError`` and no pipeline
-        is returned.
+        The base class comes from ``model_index.json``, the plans and :attr:`generation_defaults` from the files
+        :meth:`save_pretrained` wrote (a stock diffusers folder loads dense). They are parsed before any weights are
+        read; a corrupt file, a plan that does not fit its transformer, or an incomplete save raises ``ValueError``.
 
         Args:
             pretrained_model_name_or_path: a local folder or a Hub repo id.
@@ -552,6 +414,7 @@ class EfficientVDiTPipeline(DiffusionPipeline):
                     f"{path} has no model_index.json; point from_pretrained at a diffusers pipeline folder (the one "
                     "save_pretrained wrote)."
                 )
+            check_complete(path)
             index = _read_model_index(path)
         else:
             index = dict(DiffusionPipeline.load_config(path, **hub_kwargs))
@@ -578,10 +441,12 @@ class EfficientVDiTPipeline(DiffusionPipeline):
             derived_2 = False
         need_saved = mask_plan == "saved" or mask_plan_2 == "saved"
         saved = cls._load_saved_plans(path, index, local, hub_kwargs) if need_saved else {}
+        defaults = GenerationDefaults.load(path, **hub_kwargs)
         plan_1 = saved.get("transformer") if mask_plan == "saved" else mask_plan
         plan_2 = saved.get("transformer_2") if mask_plan_2 == "saved" else mask_plan_2
 
         pipe = super(EfficientVDiTPipeline, target).from_pretrained(path, **kwargs)
+        pipe._evdit_generation_defaults = defaults
         if derived_2 and "transformer_2" not in pipe._transformer_slots():
             plan_2 = None
         try:
@@ -676,7 +541,9 @@ class EfficientVDiTPipeline(DiffusionPipeline):
         )
 
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Save the base pipeline folder, the plan files, the model_index entry and the model card section.
+        """Save the base pipeline folder, the plan files, the generation defaults, the model_index entry and the
+        model card section, atomically (built beside ``save_directory``, then renamed into place; files of an existing
+        folder that a save does not write, such as a README's own text, are kept).
 
         ``DiffusionPipeline.from_pretrained(save_directory)`` loads the result as the stock base pipeline (dense);
         :meth:`from_pretrained` loads it with the plans. ``push_to_hub=True`` is refused: save locally, then upload
@@ -700,22 +567,32 @@ class EfficientVDiTPipeline(DiffusionPipeline):
         for plan in plans.values():
             if plan is not None:
                 json.dumps(plan.to_dict())  # fail before writing anything when the metadata is not JSON
+        defaults = self._defaults_to_save()
         save_directory = os.fspath(save_directory)
-        super().save_pretrained(save_directory, **kwargs)
-        files = {}
-        for slot, filename in PLAN_FILES.items():
-            file = os.path.join(save_directory, filename)
-            plan = plans.get(slot)
-            if plan is None:
-                if os.path.exists(file):
-                    os.remove(file)  # a stale plan from an earlier save into this folder
-            else:
-                plan.save(file)
-                files[slot] = filename
-        index_path = os.path.join(save_directory, "model_index.json")
-        index = _read_model_index(save_directory)
-        index["_class_name"] = self._evdit_base_class.__name__
-        index[MODEL_INDEX_KEY] = {"format": PIPELINE_FORMAT, "version": PIPELINE_FORMAT_VERSION, "mask_plans": files}
-        with open(index_path, "w", encoding="utf-8") as f:
-            f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
-        _write_model_card(os.path.join(save_directory, "README.md"), self.model_card())
+        with atomic_directory(save_directory, carry_over=_user_files) as tmp:
+            super().save_pretrained(tmp, **kwargs)
+            files = {}
+            for slot, filename in PLAN_FILES.items():
+                if plans.get(slot) is not None:
+                    plans[slot].save(os.path.join(tmp, filename))
+                    files[slot] = filename
+            if defaults is not None:
+                defaults.save(tmp)
+            index = _read_model_index(tmp)
+            index["_class_name"] = self._evdit_base_class.__name__
+            index[MODEL_INDEX_KEY] = {"format": PIPELINE_FORMAT, "version": PIPELINE_FORMAT_VERSION,
+                                      "mask_plans": files}
+            with open(os.path.join(tmp, "model_index.json"), "w", encoding="utf-8") as f:
+                f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            readme = os.path.join(save_directory, "README.md")
+            if os.path.isfile(readme):  # keep the user's text around the section
+                shutil.copyfile(readme, os.path.join(tmp, "README.md"))
+            write_model_card(os.path.join(tmp, "README.md"), self.model_card())
+
+    def _defaults_to_save(self) -> GenerationDefaults | None:
+        """The generation defaults, with a few-step (MLCD) scheduler's step count."""
+        defaults, scheduler = self.generation_defaults, getattr(self, "scheduler", None)
+        steps = getattr(scheduler, "mlcd_num_steps", None) if scheduler is not None else None
+        if steps and scheduler.config.get("use_mlcd_steps"):  # the scheduler runs these steps whatever is asked
+            defaults = (defaults or GenerationDefaults()).replace(num_inference_steps=int(steps))
+        return defaults

@@ -48,6 +48,11 @@ SUBMODULES = [
     ("diffusers_evdit.analysis", "Attention Tile diagnostics and the transformer input helpers"),
     ("diffusers_evdit.schedulers", "the few-step MLCD schedulers a distilled pipeline saves"),
     ("diffusers_evdit.parallel", "tile-sparse attention under diffusers' context parallelism (docs/parallel.md)"),
+    ("diffusers_evdit.generation", "generation defaults saved with a pipeline, and the work a call implies"),
+    ("diffusers_evdit.video_io", "the one video writer (mp4, gif, png frames)"),
+    ("diffusers_evdit.progress", "progress bars on terminals, ETA lines in logs"),
+    ("diffusers_evdit.atomic", "folders written atomically (pipeline saves)"),
+    ("diffusers_evdit.model_card", "the model card section of a saved pipeline"),
     ("diffusers_evdit.demo", "the shipped demo model, `evdit demo` and `evdit eval`"),
     ("diffusers_evdit.data", "synthetic captioned videos with known ground truth, video folders"),
     ("diffusers_evdit.metrics", "the analytic video metrics of `evdit eval`"),
@@ -222,7 +227,10 @@ def cli_markdown() -> str:
         "Generated from the argparse parser by `python docs/generate_reference.py`; do not edit by hand. "
         "`evdit <command> --help` prints the same. Commands that take `--device` default to CUDA when present. "
         "Errors in the inputs (a bad plan file, a missing model folder) print `evdit: error: ...` and exit with "
-        "status 2.",
+        "status 2. Every command takes `-q/--quiet` (results and errors only) and `-v/--verbose` (per-step detail, "
+        "library info); progress is a bar on a terminal and a line every few seconds with an ETA in a log file. "
+        "`evdit generate`, `evdit demo` and `evdit eval` use the model folder's `generation_defaults.json` (frames, "
+        "size, steps, guidance, fps) unless a flag overrides it.",
         "",
         "| command | what it does |",
         "| --- | --- |",

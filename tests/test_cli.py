@@ -1,4 +1,7 @@
 import json
+import os
+
+import pytest
 
 from diffusers_evdit.cli import main
 
@@ -22,3 +25,124 @@ def test_bad_plan_file_is_an_error_not_a_traceback(tmp_path, capsys):
 def test_smoke_runs(capsys):
     assert main(["smoke", "--frames", "4", "--k", "1"]) == 0
     assert "kernels agree: yes" in capsys.readouterr().out
+
+
+def _subcommands():
+    """Every leaf command of the parser, as argument lists (``["plan", "show"]``, ...)."""
+    import argparse
+
+    from diffusers_evdit.cli import build_parser
+
+    def walk(parser, prefix):
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield prefix
+            return
+        for name, child in subs[0].choices.items():
+            yield from walk(child, prefix + [name])
+
+    return list(walk(build_parser(), []))
+
+
+def test_every_subcommand_takes_quiet_and_verbose(capsys):
+    commands = _subcommands()
+    assert ["generate"] in commands and ["plan", "show"] in commands and len(commands) >= 9
+    for cmd in commands:
+        with pytest.raises(SystemExit) as exit_info:
+            main(cmd + ["--help"])
+        assert exit_info.value.code == 0
+        text = capsys.readouterr().out
+        assert "--quiet" in text and "--verbose" in text, cmd
+
+
+def test_quiet_plan_show_still_prints_the_result(tmp_path, capsys):
+    path = tmp_path / "plan.json"
+    assert main(["plan", "uniform", "--layers", "2", "--k", "1", "--out", str(path), "-q"]) == 0
+    assert main(["plan", "show", str(path), "--quiet"]) == 0
+    assert "2 layers" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["plan", "show", str(path), "--quiet", "--verbose"])  # exclusive
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny Wan pipeline folder whose generation defaults are 9 frames of 32x48, 2 steps, guidance 3, 5 fps."""
+    from diffusers_evdit import EfficientVDiTPipeline, MaskPlan
+    from diffusers_evdit.tiny import tiny_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    pipe = EfficientVDiTPipeline.from_pipe(tiny_pipeline("wan"), mask_plan=MaskPlan.uniform(2, k=1))
+    pipe.set_generation_defaults(num_frames=9, height=32, width=48, num_inference_steps=2, guidance_scale=3.0, fps=5)
+    pipe.save_pretrained(folder)
+    return folder
+
+
+def _decode(path):
+    import imageio.v2 as imageio
+
+    reader = imageio.get_reader(path, "ffmpeg")
+    frames = [frame for frame in reader]
+    fps = reader.get_meta_data()["fps"]
+    reader.close()
+    return frames, fps
+
+
+def test_generate_uses_the_model_defaults_and_flags_override(tiny_model, tmp_path, capsys):
+    out = tmp_path / "a.mp4"
+    assert main(["generate", "--model", str(tiny_model), "--prompt", "a red circle", "--seed", "0",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "num_frames=9 (model default)" in printed and "num_inference_steps=2 (model default)" in printed
+    assert "guidance_scale=3.0 (model default)" in printed and "fps=5 (model default)" in printed
+    assert "2 steps x 2 = 4 transformer calls" in printed  # classifier-free guidance: two calls a step
+    frames, fps = _decode(out)
+    assert len(frames) == 9 and frames[0].shape == (32, 48, 3) and fps == 5
+
+    out = tmp_path / "b.mp4"
+    assert main(["generate", "--model", str(tiny_model), "--prompt", "a red circle", "--frames", "5",
+                 "--height", "16", "--fps", "4", "--out", str(out), "--verbose"]) == 0
+    captured = capsys.readouterr()
+    assert "num_frames=5 (flag)" in captured.out and "width=48 (model default)" in captured.out
+    assert "step 1:" in captured.err and "step 2:" in captured.err  # --verbose: every step's time
+    frames, fps = _decode(out)
+    assert len(frames) == 5 and frames[0].shape == (16, 48, 3) and fps == 4
+
+    folder = tmp_path / "frames"
+    assert main(["generate", "--model", str(tiny_model), "--prompt", "x", "--out", str(folder) + "/", "-q"]) == 0
+    captured = capsys.readouterr()
+    assert sorted(os.listdir(folder))[:2] == ["frame_00000.png", "frame_00001.png"] and len(os.listdir(folder)) == 9
+    assert captured.out.strip().splitlines() == [f"wrote {folder}/ (9 frames of 48x32, 5 fps)"]
+    assert captured.err == ""
+
+
+def test_generate_warns_far_outside_the_model_and_when_long(tiny_model, tmp_path, capsys, monkeypatch):
+    from diffusers_evdit.commands import generate
+
+    monkeypatch.setattr(generate, "LONG_RUN_S", 0.0)
+    assert main(["generate", "--model", str(tiny_model), "--prompt", "x", "--frames", "25", "--height", "64",
+                 "--width", "96", "--steps", "1", "--out", str(tmp_path / "a.gif")]) == 0
+    err = capsys.readouterr().err
+    assert "evdit: warning:" in err and "model's own size (9 frames, 32x48" in err
+    assert "Change --frames/--height/--width" in err
+    assert "Lower --steps/--frames/--height/--width" in err
+
+
+def test_eval_log_stays_short(tmp_path):
+    """``evdit eval ... > log 2>&1``: no bar fragments, a bounded number of progress lines whatever the prompt count."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "log"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    with open(log, "w") as f:
+        subprocess.run([sys.executable, "-m", "diffusers_evdit.cli", "eval", "--model", "tiny", "--prompts", "3",
+                        "--json", str(tmp_path / "out.json")], stdout=f, stderr=subprocess.STDOUT, check=True,
+                       env=env, cwd=tmp_path)
+    text = log.read_text()
+    assert "\r" not in text  # no tqdm bar redraws
+    lines = text.splitlines()
+    progress = [line for line in lines if line.startswith("eval: 3 videos:")]
+    assert progress and progress[-1].startswith("eval: 3 videos: 24/24 transformer calls (100%)")
+    # at most Progress.max_lines (30) progress lines, plus the header, the 10-line table and "wrote"
+    assert len(lines) <= 30 + 12 and json.loads((tmp_path / "out.json").read_text())["num_videos"] == 3

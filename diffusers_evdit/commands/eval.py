@@ -12,7 +12,8 @@ videos and real synthetic videos of the same prompts; ``null`` with one prompt).
 ``generation``, ``model`` and ``per_video`` (scores and detected colours/shapes/motions of each video).
 
 Any pipeline compatible with the synthetic prompts works (a text-to-video pipeline that takes ``num_frames``,
-``height``, ``width``; its ``evdit_demo.json`` gives the clip size, else 29 frames of 128x128).
+``height``, ``width``; its ``generation_defaults.json`` or legacy ``evdit_demo.json`` gives the clip size, else 29
+frames of 128x128). Progress: a bar on a terminal, a line every few seconds with an ETA in a log.
 """
 
 from __future__ import annotations
@@ -23,19 +24,26 @@ import os
 
 def eval_model(model: str | None = None, plan: str | None = None, steps: int | None = None,
                guidance_scale: float | None = None, prompts: int = 64, seed: int = 0, batch_size: int | None = None,
-               workers: int = 1, device: str | None = None, progress: bool = True) -> dict:
+               workers: int = 1, device: str | None = None, progress: bool = True, quiet: bool = False,
+               verbose: bool = False) -> dict:
     """The ``evdit eval`` JSON of one pipeline folder (``model``; None: the shipped demo model; ``"tiny"``).
 
     ``plan`` is ``uniform:K``, a plan JSON file, ``"saved"`` (the folder's ``mask_plan.json``) or None (dense);
-    ``steps`` / ``guidance_scale`` override the folder's ``evdit_demo.json``. Prompt ``i`` uses seed ``seed + i``, so
-    two calls with the same ``prompts`` and ``seed`` score the same scenes from the same noise.
+    ``steps`` / ``guidance_scale`` override the folder's generation defaults. Prompt ``i`` uses seed ``seed + i``, so
+    two calls with the same ``prompts`` and ``seed`` score the same scenes from the same noise. Progress
+    (:mod:`diffusers_evdit.progress`): a bar on a terminal, a line every few seconds otherwise, none when
+    ``progress`` is false or ``quiet``.
     """
     from ..demo import EVAL_KEYS, evaluate_pipeline, load_pipeline, parse_plan, resolve_model, strip_private
+    from ..generation import estimate_work
+    from ..progress import Progress, count_transformer_calls, progress_mode
 
     if prompts < 1:
         raise ValueError("--prompts must be >= 1")
     path = resolve_model(model)
     pipe, gen = load_pipeline(path, device=device)
+    if getattr(pipe, "generation_defaults", None) is not None:  # generation_defaults.json over evdit_demo.json
+        pipe.generation_defaults.apply_to(gen)
     if steps is not None:
         gen.num_inference_steps = steps
     if guidance_scale is not None:
@@ -52,10 +60,16 @@ def eval_model(model: str | None = None, plan: str | None = None, steps: int | N
     pipe.set_mask_plan(mask_plan)
     where = str(pipe._execution_device)
     batch = batch_size or (16 if where.startswith("cuda") else 1)
-    print(f"evaluating {path} on {prompts} held-out prompts ({where}, batch {batch}, "
-          f"{gen.num_inference_steps} steps, plan {plan or 'dense'})", flush=True)
-    result = evaluate_pipeline(pipe, gen, num_prompts=prompts, seed=seed, batch_size=batch, workers=workers,
-                               progress=progress)
+    mode = progress_mode(quiet or not progress)
+    if not quiet:
+        print(f"evaluating {path} on {prompts} held-out prompts ({where}, batch {batch}, "
+              f"{gen.num_inference_steps} steps, plan {plan or 'dense'})", flush=True)
+    work = estimate_work(pipe, gen.call_kwargs())
+    total = -(-prompts // batch) * work.transformer_calls
+    with Progress(total, f"eval: {prompts} videos", unit="transformer call", mode=mode) as bar, \
+            count_transformer_calls(pipe, bar):
+        result = evaluate_pipeline(pipe, gen, num_prompts=prompts, seed=seed, batch_size=batch, workers=workers,
+                                   progress=mode == "bar" and verbose)
     out = {k: result[k] for k in EVAL_KEYS}
     out.update({k: v for k, v in strip_private(result).items() if k not in out})
     out["model"] = path
@@ -71,7 +85,8 @@ def _cmd_eval(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = eval_model(args.model, args.plan, args.steps, args.guidance_scale, args.prompts, args.seed,
-                     args.batch_size, args.workers, args.device, progress=not args.no_progress)
+                     args.batch_size, args.workers, args.device, progress=not args.no_progress, quiet=args.quiet,
+                     verbose=args.verbose)
     directory = os.path.dirname(os.path.abspath(args.json))
     os.makedirs(directory, exist_ok=True)
     with open(args.json, "w", encoding="utf-8") as f:
@@ -102,5 +117,5 @@ def register(sub) -> None:
     ev.add_argument("--workers", type=int, default=1, help="processes for the metrics")
     ev.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
-    ev.add_argument("--no-progress", action="store_true")
+    ev.add_argument("--no-progress", action="store_true", help="no progress (the rest of the output stays)")
     ev.set_defaults(func=_cmd_eval)

@@ -3,15 +3,20 @@
     evdit generate --model ./cogvideox-evdit --prompt "a red panda eating bamboo" --steps 50 --out panda.mp4
     evdit generate --model THUDM/CogVideoX-5b --plan plan.json --prompt "..." --frames 49 --out panda.gif
 
-Prints the plan (k per layer), the element sparsity on the actual token layout, and the time of every denoising
-step; diffusers' progress bar shows the progress. ``--cp N`` runs on N GPUs with tile-sparse attention under
-diffusers' Ulysses context parallelism (docs/parallel.md): the command relaunches itself under ``torchrun
---standalone --nproc-per-node N`` (or, already under ``torchrun --nproc-per-node N``, runs as one of its ranks);
-rank 0 prints and writes the video.
+With no size or step flags it uses the model's own defaults (the folder's ``generation_defaults.json``, or the
+legacy ``evdit_demo.json``), then the pipeline's; flags override them, and the command prints what it uses and
+from where. Before generating it estimates the work (tokens, steps, transformer calls, time on this device) and
+warns, naming the flags, when the request is far from the model's own size or will take very long. Then it prints
+the plan (k per layer), the element sparsity on the actual token layout and the mean step time. Progress: a bar on
+a terminal, a line every few seconds in a log (``--verbose``: every step's time; ``--quiet``: the result only).
+
+``--cp N`` runs on N GPUs with tile-sparse attention under diffusers' Ulysses context parallelism
+(docs/parallel.md): the command relaunches itself under ``torchrun --standalone --nproc-per-node N`` (or, already
+under ``torchrun --nproc-per-node N``, runs as one of its ranks); rank 0 prints and writes the video.
 
     evdit generate --model ./hunyuan-evdit --prompt "..." --frames 129 --height 720 --width 1280 --cp 4 --out a.mp4
- ``.gif`` is written with Pillow; ``.mp4`` needs ``imageio`` with
-``imageio-ffmpeg``, or ``opencv-python``.
+
+``--out``: ``.mp4`` (H.264 through imageio-ffmpeg, a dependency), ``.gif``, or a folder ending in ``/`` for PNG frames.
 """
 
 from __future__ import annotations
@@ -21,73 +26,26 @@ import os
 import time
 
 from ..kernels import KERNELS
-
-GIF_EXTENSIONS = (".gif",)
-VIDEO_EXTENSIONS = (".mp4",)
+from ..video_io import video_format, write_video  # noqa: F401  (write_video: old import path)
 
 
 def check_video_path(path: str) -> str:
-    """Return how ``path`` will be written (``"gif"`` or ``"video"``); ``ValueError`` saying what to install or which
-    extension to use when it cannot be written here.
+    """``"mp4"``, ``"gif"`` or ``"png"`` (a folder of frames) for ``--out``; ``ValueError`` naming the choices.
 
     Example:
         >>> check_video_path("out.gif")
         'gif'
     """
-    from diffusers.utils.import_utils import is_imageio_available, is_opencv_available
-
-    ext = os.path.splitext(path)[1].lower()
-    if ext in GIF_EXTENSIONS:
-        return "gif"
-    if ext in VIDEO_EXTENSIONS:
-        if is_imageio_available():
-            try:
-                import imageio_ffmpeg  # noqa: F401
-            except ImportError:
-                if not is_opencv_available():
-                    raise ValueError(
-                        f"Writing {ext} with imageio needs its ffmpeg backend: pip install imageio-ffmpeg (or write a "
-                        ".gif with --out video.gif)."
-                    ) from None
-            return "video"
-        if is_opencv_available():
-            return "video"
-        raise ValueError(
-            f"Cannot write {ext} here: install imageio and imageio-ffmpeg (pip install imageio imageio-ffmpeg) or "
-            "opencv-python, or write a .gif with --out video.gif (Pillow)."
-        )
-    raise ValueError(
-        f"Cannot write {path!r}: the extension {ext or '(none)'} is not supported; use .mp4 (imageio/opencv) or .gif."
-    )
-
-
-def write_video(frames, path: str, fps: int) -> str:
-    """Write a list of PIL frames to ``path`` (``.gif`` with Pillow, ``.mp4`` with diffusers' ``export_to_video``).
-
-    Example:
-        >>> from PIL import Image
-        >>> import tempfile, os
-        >>> path = os.path.join(tempfile.mkdtemp(), "v.gif")
-        >>> write_video([Image.new("RGB", (8, 8))] * 3, path, fps=8) == path
-        True
-    """
-    from diffusers.utils import export_to_gif, export_to_video
-
-    kind = check_video_path(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    if kind == "gif":
-        return export_to_gif(list(frames), path, fps=fps)
-    return export_to_video(list(frames), path, fps=fps)
+    return video_format(path)
 
 
 class _StepTimer:
     """Per-step wall time from the transformer calls and the pipeline's step-end callback, and the token layout."""
 
-    def __init__(self, pipe, write):
+    def __init__(self, pipe, progress, verbose: bool):
         from ..processors import family_for
 
-        self.write = write
+        self.progress, self.verbose = progress, verbose
         self.times: list[float] = []
         self.layouts: dict[str, object] = {}
         self._start = None
@@ -114,8 +72,10 @@ class _StepTimer:
         now = time.perf_counter()
         if self._start is not None:
             self.times.append(now - self._start)
-            self.write(f"step {step + 1}: {1e3 * self.times[-1]:.1f} ms (t={float(timestep):.1f})")
+            if self.verbose:
+                self.progress.write(f"step {step + 1}: {1e3 * self.times[-1]:.1f} ms (t={float(timestep):.1f})")
         self._start = now
+        self.progress.update()
         return callback_kwargs
 
     def close(self):
@@ -142,8 +102,10 @@ def _relaunch_with_torchrun(args) -> int:
     from ..parallel import SAFE_MULTI_GPU_ENV
 
     argv = sys.argv[1:]
+    ignore = ("quiet", "verbose")
     try:
-        same = vars(build_parser().parse_args(argv)) == vars(args)
+        parsed = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if k not in ignore}
+        same = parsed == {k: v for k, v in vars(args).items() if k not in ignore}
     except SystemExit:
         same = False
     if not same:
@@ -160,11 +122,61 @@ def _relaunch_with_torchrun(args) -> int:
     return subprocess.call(cmd, env=env)
 
 
+SOURCES = {"argument": "flag", "model": "model default", "pipeline": "pipeline default"}
+FLAGS = {"num_frames": "--frames", "height": "--height", "width": "--width", "num_inference_steps": "--steps",
+         "guidance_scale": "--guidance-scale", "fps": "--fps"}
+#: A request is "far outside" the model's own size beyond this token ratio; "very long" beyond this many seconds.
+TOKEN_RATIO_WARN = 2.0
+LONG_RUN_S = 600.0
+#: Fraction of the measured matmul FLOP/s a whole transformer call reaches (small matrices, norms, RoPE): rough.
+EFFICIENCY = 0.25
+
+
+def _settings_line(settings: dict, sources: dict) -> str:
+    shown = [k for k in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "fps",
+                         "max_sequence_length") if k in settings]
+    parts = [f"{k}={settings[k]} ({SOURCES[sources[k]]})" for k in shown]
+    return "settings: " + ", ".join(parts)
+
+
+def work_warnings(pipe, settings: dict, sources: dict, work, seconds: float | None, device: str) -> list[str]:
+    """Warnings for a request far from the model's own size or very long on ``device``, naming the flags."""
+    from ..generation import estimate_work, pipeline_call_defaults
+
+    warnings = []
+    defaults = pipe.generation_defaults
+    own = defaults.call_kwargs(pipe) if defaults is not None else {}
+    what = "its generation defaults" if own else "the pipeline's defaults"
+    reference = {**pipeline_call_defaults(pipe), **own}
+    if all(reference.get(k) for k in ("num_frames", "height", "width")):
+        ref = estimate_work(pipe, {**settings, **{k: reference[k] for k in ("num_frames", "height", "width")}})
+        ratio = work.tokens / max(1, ref.tokens)
+        if ratio > TOKEN_RATIO_WARN or ratio < 1 / (2 * TOKEN_RATIO_WARN):
+            warnings.append(
+                f"{work.tokens} tokens a call is {ratio:.2g}x the {ref.tokens} of the model's own size "
+                f"({reference['num_frames']} frames, {reference['height']}x{reference['width']}, {what}); output "
+                "quality is untested that far out. Change --frames/--height/--width (or drop them to use the model's)."
+            )
+    if seconds is not None and seconds > LONG_RUN_S:
+        flags = [FLAGS[k] for k in ("num_inference_steps", "num_frames", "height", "width") if k in settings]
+        hint = "" if device.startswith("cuda") else "; a GPU (--device cuda) is much faster"
+        warnings.append(
+            f"this will take roughly {seconds / 60:.0f} min on {device} ({work.transformer_calls} transformer calls of "
+            f"{work.tokens} tokens). Lower {'/'.join(flags)}{hint}, or stop with Ctrl-C."
+        )
+    return warnings
+
+
 def _cmd_generate(args) -> int:
+    import sys
+
     import torch
 
+    from ..generation import device_flops, estimate_work, resolve_call
+    from ..layout import TileLayout
     from ..pipeline import EfficientVDiTPipeline
     from ..plan import MaskPlan
+    from ..progress import Progress, configure_pipeline_progress, progress_mode
 
     check_video_path(args.out)  # before loading anything
     if args.plan and args.dense:
@@ -184,9 +196,13 @@ def _cmd_generate(args) -> int:
             torch.set_num_threads(1)
         args.device = str(cp_device)
 
-    def say(*parts, **kwargs):
+    def say(*parts):
+        if rank == 0 and not args.quiet:
+            print(*parts, flush=True)
+
+    def warn(line):
         if rank == 0:
-            print(*parts, **kwargs)
+            print(f"evdit: warning: {line}", file=sys.stderr, flush=True)
 
     plan_kwargs = {}
     if args.plan:
@@ -206,41 +222,54 @@ def _cmd_generate(args) -> int:
             raise
         raise ValueError(f"cannot load {args.model}: {err}") from None
     pipe.to(device)
-    pipe.set_progress_bar_config(disable=rank != 0)
+    mode = progress_mode(args.quiet) if rank == 0 else "off"
+    configure_pipeline_progress(pipe, mode, args.verbose)
     if args.cp > 1:
         from ..parallel import enable_tile_parallelism
 
         enable_tile_parallelism(pipe, ulysses_degree=args.cp)
 
-    call = {"prompt": args.prompt, "output_type": "pil"}
-    optional = {
-        "negative_prompt": args.negative_prompt,
-        "num_inference_steps": args.steps,
-        "num_frames": args.frames,
-        "height": args.height,
-        "width": args.width,
-        "guidance_scale": args.guidance_scale,
-    }
-    params = inspect.signature(pipe.__call__).parameters
-    for name, value in optional.items():
-        if value is None:
-            continue
-        if name not in params:
-            raise ValueError(f"{type(pipe).__name__} does not take {name}; drop --{name.replace('_', '-')}.")
-        call[name] = value
+    settings, sources = resolve_call(
+        pipe, num_frames=args.frames, height=args.height, width=args.width, num_inference_steps=args.steps,
+        guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, fps=args.fps,
+    )
+    fps = int(settings.pop("fps"))
+    call = {"prompt": args.prompt, "output_type": "pil", **settings}
     if args.seed is None and args.cp > 1:
         args.seed = 0  # every rank must start from the same noise
         say("--cp: no --seed given, using seed 0 on every rank")
     if args.seed is not None:
         call["generator"] = torch.Generator("cpu").manual_seed(args.seed)
 
-    from tqdm.auto import tqdm
-
     say(f"model {args.model}: {type(pipe).__name__} on {device} ({dtype_name})")
+    say(_settings_line({**settings, "fps": fps}, sources))
     for line in _describe_plans(pipe):
         say(line)
-    timer = _StepTimer(pipe, tqdm.write if rank == 0 else (lambda line: None))
-    if "callback_on_step_end" in params:
+    try:
+        work = estimate_work(pipe, settings)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # a pipeline whose size is not read this way
+        work = None
+        say(f"work: not estimated ({type(err).__name__}: {err})")
+    if work is not None:
+        plan = pipe.mask_plan
+        if plan is not None and work.latent_frames > 1:
+            from ..processors import family_for
+
+            position = family_for(getattr(pipe.transformer, "_orig_mod", pipe.transformer)).text_position
+            layout = TileLayout(work.latent_frames, work.tokens_per_frame, work.text_tokens,
+                                position if work.text_tokens else "none")
+            work = estimate_work(pipe, settings, sparsity=plan.sparsity(layout))
+        seconds = None
+        if rank == 0 and args.cp == 1:
+            seconds = work.flops / (EFFICIENCY * device_flops(pipe._execution_device, pipe.transformer.dtype))
+        say(f"work: {work.describe()}" + (f"; roughly {seconds:.0f} s on {device}" if seconds is not None else ""))
+        for line in work_warnings(pipe, settings, sources, work, seconds, device):
+            warn(line)
+
+    steps = settings.get("num_inference_steps") or (work.steps if work is not None else 0)
+    progress = Progress(steps, "denoising", unit="step", mode=mode)
+    timer = _StepTimer(pipe, progress, args.verbose and rank == 0)
+    if "callback_on_step_end" in inspect.signature(pipe.__call__).parameters:
         call["callback_on_step_end"] = timer.callback
     try:
         start = time.perf_counter()
@@ -248,8 +277,9 @@ def _cmd_generate(args) -> int:
         total = time.perf_counter() - start
     finally:
         timer.close()
+        progress.close()
 
-    for slot, plan in pipe.mask_plans.items():
+    for slot, slot_plan in pipe.mask_plans.items():
         layout = timer.layouts.get(slot)
         if layout is None:
             continue
@@ -257,11 +287,11 @@ def _cmd_generate(args) -> int:
             f"{layout.num_frames} latent frames x {layout.tokens_per_frame} tokens"
             + (f" + {layout.num_text_tokens} text tokens" if layout.num_text_tokens else "")
         )
-        if plan is None:
+        if slot_plan is None:
             say(f"{slot}: sparsity 0.0% (dense) on {shape}")
         else:
-            names = sorted(set(plan.describe(layout.num_frames)))
-            say(f"{slot}: sparsity {plan.sparsity(layout):.1%} ({', '.join(names)}) on {shape}")
+            names = sorted(set(slot_plan.describe(layout.num_frames)))
+            say(f"{slot}: sparsity {slot_plan.sparsity(layout):.1%} ({', '.join(names)}) on {shape}")
     if timer.times:
         mean = sum(timer.times) / len(timer.times)
         say(
@@ -269,8 +299,9 @@ def _cmd_generate(args) -> int:
             f"total {total:.2f} s with text encoding and decoding"
         )
     if rank == 0:
-        path = write_video(frames, args.out, fps=args.fps)
-        say(f"wrote {path} ({len(frames)} frames)")
+        path = write_video(frames, args.out, fps=fps)
+        width, height = frames[0].size
+        print(f"wrote {path} ({len(frames)} frames of {width}x{height}, {fps} fps)", flush=True)
     if args.cp > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
@@ -280,7 +311,7 @@ def _cmd_generate(args) -> int:
 def register(sub) -> None:
     gen = sub.add_parser(
         "generate",
-        help="text-to-video with an EfficientVDiT pipeline folder or repo (progress, per-step time, sparsity)",
+        help="text-to-video with an EfficientVDiT pipeline folder or repo, at the model's own defaults",
     )
     gen.add_argument("--model", required=True, help="pipeline folder (save_pretrained) or Hub repo id")
     gen.add_argument("--prompt", required=True)
@@ -289,13 +320,14 @@ def register(sub) -> None:
     gen.add_argument("--plan-2", default=None, help="mask plan JSON for transformer_2 (Wan 2.2; default: as --plan)")
     gen.add_argument("--dense", action="store_true", help="ignore saved plans, run dense")
     gen.add_argument("--kernel", default="auto", choices=KERNELS)
-    gen.add_argument("--steps", type=int, default=None, help="denoising steps (default: the pipeline's)")
-    gen.add_argument("--frames", type=int, default=None, help="video frames (default: the pipeline's)")
-    gen.add_argument("--height", type=int, default=None)
-    gen.add_argument("--width", type=int, default=None)
-    gen.add_argument("--guidance-scale", type=float, default=None)
+    model_default = "default: the model's generation_defaults.json, else the pipeline's"
+    gen.add_argument("--steps", type=int, default=None, help=f"denoising steps ({model_default})")
+    gen.add_argument("--frames", type=int, default=None, help=f"video frames ({model_default})")
+    gen.add_argument("--height", type=int, default=None, help=f"pixels ({model_default})")
+    gen.add_argument("--width", type=int, default=None, help=f"pixels ({model_default})")
+    gen.add_argument("--guidance-scale", type=float, default=None, help=model_default)
     gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--fps", type=int, default=8)
+    gen.add_argument("--fps", type=int, default=None, help="frames per second of the file (default: the model's, 8)")
     gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     gen.add_argument(
@@ -306,5 +338,6 @@ def register(sub) -> None:
         help="run on N GPUs (N processes) with tile-sparse attention under diffusers' Ulysses context parallelism; "
         "relaunches itself with torchrun unless already under torchrun --nproc-per-node N (docs/parallel.md)",
     )
-    gen.add_argument("--out", required=True, help="output video: .mp4 (imageio/opencv) or .gif (Pillow)")
+    gen.add_argument("--out", required=True,
+                     help="output: .mp4 (H.264, default choice), .gif, or a folder ending in / for PNG frames")
     gen.set_defaults(func=_cmd_generate)

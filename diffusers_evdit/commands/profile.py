@@ -17,6 +17,7 @@ import argparse
 import sys
 
 from ..kernels import KERNELS
+from ..progress import progress_mode
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -119,7 +120,7 @@ def _cmd_profile(args) -> int:
     layers = None if args.layers in (None, "all") else _int_list(args.layers)
     profile = profile_attention(
         transformer, inputs, layers=layers, pairs=pairs, max_queries=args.max_queries, query_chunk=args.query_chunk,
-        kernel=args.kernel, progress=not args.no_progress,
+        kernel=args.kernel, progress=progress_mode(args.quiet or args.no_progress) == "bar",
     )
     profile.meta.update(model=args.model, device=str(device), dtype=str(dtype).replace("torch.", ""),
                         seeds=seeds if not args.inputs else None)

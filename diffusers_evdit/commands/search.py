@@ -18,6 +18,7 @@ import json
 import os
 import sys
 
+from ..progress import progress_mode
 from .profile import _int_list, add_model_arguments, load_model, make_inputs
 
 
@@ -41,7 +42,7 @@ def _cmd_search(args) -> int:
     timesteps = sample_timesteps(args.num_timesteps, args.seed)
     inputs = make_inputs(args, transformer, timesteps, [args.seed])
     masks = _int_list(args.masks) if args.masks else None
-    progress = not args.no_progress
+    progress = progress_mode(args.quiet or args.no_progress) == "bar"  # the search's tqdm bar: terminals only
 
     if args.estimate_cost:
         cost = estimate_search_cost(transformer, inputs, masks=masks, loss=args.loss, layer=args.cost_layer,

@@ -1,0 +1,331 @@
+"""Generation defaults that travel with a pipeline folder, and the work a call implies.
+
+A saved :class:`~diffusers_evdit.EfficientVDiTPipeline` folder records how the model is meant to be called (frames,
+size, steps, guidance, fps, text length, a distilled model's few-step schedule) in ``generation_defaults.json``, a
+diffusers :class:`~diffusers.configuration_utils.ConfigMixin` config (``save_config`` / ``load_config``). Folders
+written before it existed are read from the legacy ``evdit_demo.json``. Explicit arguments override the defaults;
+what is still unset falls back to the pipeline's own ``__call__`` defaults.
+
+    >>> defaults = GenerationDefaults(num_frames=29, height=128, width=128, num_inference_steps=20, guidance_scale=4.0)
+    >>> defaults.call_kwargs()["num_frames"], defaults.fps
+    (29, 8)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from dataclasses import dataclass
+
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+__all__ = [
+    "GENERATION_DEFAULTS_FILE",
+    "LEGACY_GENERATION_FILE",
+    "GenerationDefaults",
+    "WorkEstimate",
+    "device_flops",
+    "estimate_work",
+    "pipeline_call_defaults",
+    "resolve_call",
+]
+
+#: The defaults file of a pipeline folder (written by ``EfficientVDiTPipeline.save_pretrained``).
+GENERATION_DEFAULTS_FILE = "generation_defaults.json"
+#: The older file of the demo model's training scripts (``diffusers_evdit.demo.GenerationConfig``), still read.
+LEGACY_GENERATION_FILE = "evdit_demo.json"
+#: Keys of the defaults that are ``__call__`` arguments (``fps`` is for the video file).
+CALL_KEYS = ("num_frames", "height", "width", "num_inference_steps", "guidance_scale", "max_sequence_length",
+             "timesteps", "sigmas", "negative_prompt")
+DEFAULT_FPS = 8
+
+
+class GenerationDefaults(ConfigMixin):
+    """How a pipeline is meant to be called; ``None`` leaves a value to the pipeline's own ``__call__`` default.
+
+    Args:
+        num_frames, height, width: the video the model was trained for.
+        num_inference_steps, guidance_scale: sampling defaults (a distilled few-step model: its step count, and the
+            guidance it was distilled for).
+        fps: frame rate of written videos.
+        max_sequence_length: text length the model was trained with (Wan pads prompts to it).
+        timesteps, sigmas: a distilled model's explicit schedule, passed to pipelines whose ``__call__`` takes them.
+        negative_prompt: default negative prompt.
+
+    Example:
+        >>> import tempfile
+        >>> folder = tempfile.mkdtemp()
+        >>> path = GenerationDefaults(num_frames=9, num_inference_steps=4).save(folder)
+        >>> GenerationDefaults.load(folder).config.num_inference_steps
+        4
+    """
+
+    config_name = GENERATION_DEFAULTS_FILE
+
+    @register_to_config
+    def __init__(
+        self,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        fps: int | None = None,
+        max_sequence_length: int | None = None,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
+        negative_prompt: str | None = None,
+    ):
+        for name in ("num_frames", "height", "width", "num_inference_steps", "fps", "max_sequence_length"):
+            value = locals()[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"GenerationDefaults: {name} must be a positive integer or None, got {value!r}.")
+        if guidance_scale is not None and not isinstance(guidance_scale, (int, float)):
+            raise ValueError(f"GenerationDefaults: guidance_scale must be a number or None, got {guidance_scale!r}.")
+
+    @property
+    def fps(self) -> int:
+        """Frame rate for written videos (8 when unset)."""
+        return self.config.fps or DEFAULT_FPS
+
+    def to_dict(self) -> dict:
+        """The set values (``None`` left out), without diffusers' private ``_`` keys."""
+        return {k: v for k, v in self.config.items() if not k.startswith("_") and v is not None}
+
+    def call_kwargs(self, pipe=None) -> dict:
+        """The set ``__call__`` arguments; with ``pipe``, only those its ``__call__`` takes."""
+        out = {k: v for k, v in self.to_dict().items() if k in CALL_KEYS}
+        if pipe is not None:
+            params = inspect.signature(pipe.__call__).parameters
+            out = {k: v for k, v in out.items() if k in params}
+        return out
+
+    def replace(self, **changes) -> "GenerationDefaults":
+        """A copy with ``changes`` applied (``None`` values are ignored)."""
+        values = self.to_dict()
+        values.update({k: v for k, v in changes.items() if v is not None})
+        return GenerationDefaults(**values)
+
+    def apply_to(self, config):
+        """Copy the set values onto the same-named attributes of ``config`` (e.g. the demo's ``GenerationConfig``);
+        returns ``config``."""
+        for key, value in self.to_dict().items():
+            if hasattr(config, key):
+                setattr(config, key, value)
+        return config
+
+    def save(self, folder: str | os.PathLike) -> str:
+        """Write ``generation_defaults.json`` into ``folder``; returns its path."""
+        self.save_config(os.fspath(folder))
+        return os.path.join(os.fspath(folder), GENERATION_DEFAULTS_FILE)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "defaults") -> "GenerationDefaults":
+        """Build from a dict; unknown keys (``extra``, ``_class_name``, ...) are ignored."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source} must hold a JSON object, got {type(data).__name__}.")
+        names = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        try:
+            return cls(**{k: v for k, v in data.items() if k in names})
+        except ValueError as err:
+            raise ValueError(f"{source}: {err} Fix or delete the file.") from None
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, **hub_kwargs) -> "GenerationDefaults | None":
+        """The defaults of a pipeline folder or Hub repo: ``generation_defaults.json`` over the legacy
+        ``evdit_demo.json`` (values set in the first win; a training script may still write only the second);
+        ``None`` when it has neither. A corrupt file raises ``ValueError`` naming it."""
+        folder = os.fspath(folder)
+        values, found = {}, False
+        for name in (LEGACY_GENERATION_FILE, GENERATION_DEFAULTS_FILE):
+            path = _find_file(folder, name, hub_kwargs)
+            if path is None:
+                continue
+            try:
+                with open(path, encoding="utf-8") as f:
+                    data = json.load(f)
+            except (OSError, json.JSONDecodeError) as err:
+                raise ValueError(f"{path} is not a readable JSON file ({err}); fix or delete it.") from None
+            values.update(cls.from_dict(data, source=path).to_dict())
+            found = True
+        return cls(**values) if found else None
+
+
+def _find_file(folder: str, name: str, hub_kwargs: dict) -> str | None:
+    if os.path.isdir(folder):
+        path = os.path.join(folder, name)
+        return path if os.path.isfile(path) else None
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return hf_hub_download(folder, name, **hub_kwargs)
+    except Exception:  # noqa: BLE001  no such file in the repo, or offline: no defaults
+        return None
+
+
+def pipeline_call_defaults(pipe) -> dict:
+    """The pipeline's own ``__call__`` defaults for the generation keys, with the size filled in from the
+    transformer's sample size where ``__call__`` computes it (CogVideoX: ``height=None``).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> pipeline_call_defaults(tiny_pipeline("wan"))["num_frames"]
+        81
+    """
+    params = inspect.signature(pipe.__call__).parameters
+    out = {k: params[k].default for k in CALL_KEYS if k in params and params[k].default is not inspect.Parameter.empty}
+    cfg = getattr(pipe, "transformer", None)
+    cfg = getattr(cfg, "config", {}) if cfg is not None else {}
+    scale = getattr(pipe, "vae_scale_factor_spatial", 8)
+    for key, sample in (("height", "sample_height"), ("width", "sample_width")):
+        if out.get(key) is None and cfg.get(sample):
+            out[key] = int(cfg[sample]) * scale
+    if out.get("num_frames") is None and cfg.get("sample_frames"):
+        out["num_frames"] = (int(cfg["sample_frames"]) - 1) * getattr(pipe, "vae_scale_factor_temporal", 4) + 1
+    return out
+
+
+def resolve_call(pipe, defaults: GenerationDefaults | None = None, **overrides) -> tuple[dict, dict]:
+    """The generation settings of one call and where each came from.
+
+    Order: ``overrides`` (not ``None``) > ``defaults`` (default: ``pipe.generation_defaults``) > the pipeline's
+    ``__call__`` defaults. Returns ``(settings, sources)``: ``settings`` has the call keys the pipeline takes plus
+    ``fps``; ``sources[key]`` is ``"argument"``, ``"model"`` or ``"pipeline"``. Raises ``ValueError`` for an
+    override the pipeline's ``__call__`` does not take.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> settings, sources = resolve_call(tiny_pipeline("wan"), GenerationDefaults(num_frames=9), height=32)
+        >>> settings["num_frames"], sources["num_frames"], sources["height"], sources["width"]
+        (9, 'model', 'argument', 'pipeline')
+    """
+    if defaults is None:
+        defaults = getattr(pipe, "generation_defaults", None)
+    params = inspect.signature(pipe.__call__).parameters
+    settings, sources = {}, {}
+    for key, value in pipeline_call_defaults(pipe).items():
+        settings[key], sources[key] = value, "pipeline"
+    if defaults is not None:
+        for key, value in defaults.call_kwargs(pipe).items():
+            settings[key], sources[key] = value, "model"
+    settings["fps"], sources["fps"] = (defaults.fps, "model") if defaults and defaults.config.fps else (DEFAULT_FPS,
+                                                                                                      "pipeline")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key != "fps" and key not in params:
+            raise ValueError(f"{type(pipe).__name__} does not take {key}; drop --{key.replace('_', '-')}.")
+        settings[key], sources[key] = value, "argument"
+    return settings, sources
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Work estimate
+
+
+@dataclass
+class WorkEstimate:
+    """The size of one generation call: tokens, steps and transformer calls (a classifier-free guidance pair counts
+    as two calls), and a rough FLOP count of the transformer work.
+
+    Example:
+        >>> WorkEstimate(8, 64, 0, 20, 2, 6.7e11).describe()
+        '8 latent frames x 64 tokens = 512 tokens a call; 20 steps x 2 = 40 transformer calls, about 0.67 TFLOP'
+    """
+
+    latent_frames: int
+    tokens_per_frame: int
+    text_tokens: int
+    steps: int
+    calls_per_step: int
+    flops: float
+
+    @property
+    def tokens(self) -> int:
+        """Self-attention sequence length (video tokens plus text in self-attention)."""
+        return self.latent_frames * self.tokens_per_frame + self.text_tokens
+
+    @property
+    def transformer_calls(self) -> int:
+        return self.steps * self.calls_per_step
+
+    def describe(self) -> str:
+        text = f" + {self.text_tokens} text" if self.text_tokens else ""
+        return (f"{self.latent_frames} latent frames x {self.tokens_per_frame} tokens{text} = {self.tokens} tokens a "
+                f"call; {self.steps} steps x {self.calls_per_step} = {self.transformer_calls} transformer calls, "
+                f"about {self.flops / 1e12:.2g} TFLOP")
+
+
+def _patch(config) -> tuple[int, int, int]:
+    p = config.get("patch_size", 1)
+    if isinstance(p, (list, tuple)):
+        return tuple(int(x or 1) for x in p)
+    return (int(config.get("patch_size_t") or 1), int(p), int(p))
+
+
+def _uses_cfg(pipe, settings: dict) -> bool:
+    if "true_cfg_scale" in inspect.signature(pipe.__call__).parameters:  # HunyuanVideo: embedded guidance
+        return False
+    return float(settings.get("guidance_scale") or 0) > 1.0
+
+
+def estimate_work(pipe, settings: dict, sparsity: float = 0.0) -> WorkEstimate:
+    """The :class:`WorkEstimate` of calling ``pipe`` with ``settings`` (as :func:`resolve_call` returns them).
+
+    ``sparsity`` is the mask plan's element sparsity (it scales the attention FLOPs).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> work = estimate_work(tiny_pipeline("wan"), {"num_frames": 9, "height": 32, "width": 32,
+        ...                                              "num_inference_steps": 2, "guidance_scale": 5.0})
+        >>> work.latent_frames, work.tokens_per_frame, work.transformer_calls
+        (3, 4, 4)
+    """
+    from .processors import family_for
+
+    transformer = getattr(pipe.transformer, "_orig_mod", pipe.transformer)
+    config = transformer.config
+    pt, ph, pw = _patch(config)
+    st = getattr(pipe, "vae_scale_factor_temporal", 4)
+    ss = getattr(pipe, "vae_scale_factor_spatial", 8)
+    frames = (int(settings["num_frames"]) - 1) // st + 1
+    frames = -(-frames // pt)
+    tokens_per_frame = (int(settings["height"]) // ss // ph) * (int(settings["width"]) // ss // pw)
+    text = 0
+    if family_for(transformer).text_position != "none":
+        text = int(settings.get("max_sequence_length") or 226)
+    steps = int(settings.get("num_inference_steps") or 50)
+    calls = 2 if _uses_cfg(pipe, settings) else 1
+    n = frames * tokens_per_frame + text
+    params = sum(p.numel() for p in transformer.parameters())
+    heads = config.get("num_attention_heads", 1) * config.get("attention_head_dim", 64)
+    from .plan import num_plan_layers
+
+    layers = num_plan_layers(transformer)
+    attention = 4.0 * layers * n * n * heads * (1.0 - sparsity)
+    flops = (2.0 * params * n + attention) * steps * calls
+    return WorkEstimate(frames, tokens_per_frame, text, steps, calls, flops)
+
+
+def device_flops(device, dtype=None, size: int = 1024, reps: int = 3) -> float:
+    """Matrix-multiply FLOP/s measured on ``device`` in ``dtype`` (a fraction of a second), for time estimates.
+
+    Example:
+        >>> device_flops("cpu", size=64, reps=1) > 0
+        True
+    """
+    import time
+
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(size, size, device=device).to(dtype)
+    sync = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    a @ a  # warm-up
+    sync()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ a
+    sync()
+    return 2.0 * size**3 * reps / max(time.perf_counter() - start, 1e-9)
