@@ -47,3 +47,73 @@ def test_bench_kernels_cli_quick(tmp_path, capsys):
     assert [r["kernel"] for r in rows] == ["split"] * len(rows)
     assert statistics.median(r["pct_of_ideal_rounds"][0] for r in rows) > 0
     assert "pct_of_ideal" in capsys.readouterr().out
+
+
+def test_small_shapes_hold_the_demo_model_shape_and_every_row_has_seq_len(tmp_path):
+    import json as _json
+    from pathlib import Path
+
+    from diffusers_evdit.bench.kernels import SHAPES, SMALL_SHAPES, select_shapes
+
+    config = _json.loads((Path(__file__).parents[1] / "diffusers_evdit/demo_model/transformer/config.json").read_text())
+    demo = SMALL_SHAPES[0]
+    assert (demo.frames, demo.tokens_per_frame, demo.text_tokens) == (8, 64, 0)
+    assert (demo.heads, demo.head_dim) == (config["num_attention_heads"], config["attention_head_dim"])
+    lengths = [s.layout.seq_len for s in SMALL_SHAPES]
+    assert lengths == sorted(lengths) and lengths[-1] < min(s.layout.seq_len for s in SHAPES)
+    assert select_shapes(["small"]) == SMALL_SHAPES and select_shapes(["all"]) == SMALL_SHAPES + SHAPES
+    assert select_shapes(["full", SHAPES[0].name]) == SHAPES  # no duplicates
+    with pytest.raises(ValueError, match="small"):
+        select_shapes(["tiny"])
+    data = run_kernel_benchmark(None, (demo,), "cpu", kernels=("split",), rep_ms=1, rounds=1)
+    assert [r["seq_len"] for r in data["rows"]] == [512] * len(demo.masks)
+    assert all(r["mode"] == "fwd" for r in data["rows"])
+
+
+def test_reference_query_gradient_rows_match_autograd():
+    import torch
+    from reference import attention_f64
+
+    from diffusers_evdit.bench.kernels import reference_grad_q_rows, sampled_rows
+
+    layout = QUICK_SHAPES[0].layout
+    g = torch.Generator().manual_seed(1)
+    q, k, v, do = torch.randn(4, 1, 2, layout.seq_len, 8, generator=g, dtype=torch.float64).unbind(0)
+    q.requires_grad_()
+    (dq,) = torch.autograd.grad(attention_f64(q, k, v, tile_mask(layout, 2)), q, do)
+    rows = sampled_rows(layout, 3, g)
+    assert torch.allclose(reference_grad_q_rows(q.detach(), k, v, do, layout, 2, rows), dq[:, :, rows], atol=1e-12)
+
+
+def test_backward_rows_time_forward_and_backward(tmp_path):
+    path = tmp_path / "bwd.json"
+    assert main(["bench", "kernels", "--shapes", "quick", "--device", "cpu", "--kernels", "split", "gathered",
+                 "--backward", "--rep-ms", "1", "--rounds", "1", "--out", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["mode"] == "fwd+bwd" and len(data["rows"]) == sum(len(s.masks) for s in QUICK_SHAPES)
+    for row in data["rows"]:
+        assert row["mode"] == "fwd+bwd" and row["best_dense"] == "dense_sdpa"
+        assert row["gathered_ms"] > 0 and row["gathered_grad_rel_err"] < 1e-5
+        # split is timed where it has a backward pass (exact), else skipped with a note
+        assert (row["split_ms"] is None and "split_note" in row) or row["split_grad_rel_err"] < 1e-5
+        assert row["speedup"] == pytest.approx(row["best_dense_ms"] / row["sparse_ms"])
+
+
+def test_backward_check_refuses_a_kernel_with_a_wrong_gradient(monkeypatch):
+    import diffusers_evdit.bench.kernels as bench_kernels
+
+    real = bench_kernels.make_attention
+
+    def make(name):
+        gathered = real("gathered")
+        if name != "no_lse_grad":
+            return gathered
+        # the right output, but the gradient of the merge weights dropped (as a fused LSE without gradient would)
+        return lambda q, k, v, layout, k_ref: gathered(q, k, v, layout, k_ref).detach() + 0 * q
+
+    monkeypatch.setattr(bench_kernels, "make_attention", make)
+    rows = bench_kernels.bench_shape(QUICK_SHAPES[0], bench_kernels.torch.device("cpu"), bench_kernels.torch.float32,
+                                     ("gathered", "no_lse_grad"), rep_ms=1, rounds=1, backward=True)
+    for row in rows:
+        assert row["no_lse_grad_rel_err"] < 1e-5 and row["no_lse_grad_grad_rel_err"] > 0.5
+        assert row["no_lse_grad_ms"] is None and row["kernel"] == "gathered"
