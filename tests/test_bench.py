@@ -117,3 +117,45 @@ def test_backward_check_refuses_a_kernel_with_a_wrong_gradient(monkeypatch):
     for row in rows:
         assert row["no_lse_grad_rel_err"] < 1e-5 and row["no_lse_grad_grad_rel_err"] > 0.5
         assert row["no_lse_grad_ms"] is None and row["kernel"] == "gathered"
+
+
+@pytest.mark.parametrize("model", ["tiny_wan", "tiny_cogvideox_lora"])
+def test_train_step_benchmark_on_tiny_models(tmp_path, model):
+    path = tmp_path / "train.json"
+    assert main(["bench", "train-step", "--models", model, "--device", "cpu", "--reps", "1", "--kernel", "gathered",
+                 "--out", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["benchmark"] == "train-step" and {"device", "torch", "date"} <= set(data)
+    (row,) = data["rows"]
+    assert row["model"] == model and row["plan"] == "uniform 1:5" and row["losses_finite"]
+    assert row["speedup"] == pytest.approx(row["dense_step_s"] / row["sparse_step_s"])
+    assert row["peak_mem_gib"] is None and row["device"] == data["device"]  # CPU: no CUDA peak
+    assert row["kernel_used"] == "gathered"
+
+
+def test_kd_step_trains_the_student_through_the_sparse_plan():
+    import torch
+
+    from diffusers_evdit import MaskPlan, apply_mask_plan
+    from diffusers_evdit.bench.train import TRAIN_MODELS, KDStep, build_teacher, make_inputs, make_student
+
+    spec = TRAIN_MODELS["tiny_cogvideox_lora"]
+    teacher = build_teacher(spec, torch.device("cpu"), torch.float32)
+    student, params = make_student(teacher, spec)
+    assert params and all("lora_" in n for n, p in student.named_parameters() if p.requires_grad)
+    apply_mask_plan(student, MaskPlan.uniform(2, 1), kernel="gathered")
+    step = KDStep(student, teacher, params, make_inputs(teacher, spec, torch.device("cpu"), torch.float32), lr=1e-2)
+    before = [p.detach().clone() for p in params]
+    teacher_before = [p.detach().clone() for p in teacher.parameters()]
+    losses = [step() for _ in range(3)]
+    step.remove()
+    assert losses[-1] < losses[0]  # the student moves towards its teacher
+    assert any(not torch.equal(a, p) for a, p in zip(before, params))
+    assert all(torch.equal(a, p) for a, p in zip(teacher_before, teacher.parameters()))
+
+
+def test_train_step_refuses_full_size_models_on_cpu():
+    from diffusers_evdit.bench.train import run_train_step_benchmark
+
+    with pytest.raises(ValueError, match="CUDA"):
+        run_train_step_benchmark(None, ("wan2.1-1.3b_81f_480p",), "cpu")

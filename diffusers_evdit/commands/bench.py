@@ -1,4 +1,4 @@
-"""``evdit bench kernels`` and ``evdit bench step``."""
+"""``evdit bench kernels``, ``evdit bench step`` and ``evdit bench train-step``."""
 
 from __future__ import annotations
 
@@ -23,10 +23,17 @@ def _cmd_step(args) -> int:
     return 0
 
 
+def _cmd_train_step(args) -> int:
+    from ..bench.train import run_train_step_benchmark
+
+    run_train_step_benchmark(args.out, tuple(args.models), args.device, args.kernel, reps=args.reps, k_ref=args.k)
+    return 0
+
+
 def register(sub) -> None:
     from ..bench.kernels import EXTRA_KERNELS, FA4_KERNEL, SPARSE_KERNELS  # the package root imported torch already
 
-    bench = sub.add_parser("bench", help="benchmarks: attention kernels, denoising steps")
+    bench = sub.add_parser("bench", help="benchmarks: attention kernels, denoising steps, KD training steps")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     kernels = bench_sub.add_parser("kernels", help="sparse kernels vs the best dense kernel on model shapes")
     kernels.add_argument("--shapes", nargs="*",
@@ -56,3 +63,15 @@ def register(sub) -> None:
     step.add_argument("--reps", type=int, default=3, help="timed steps per configuration (median)")
     step.add_argument("--out", default=None, help="JSON result path")
     step.set_defaults(func=_cmd_step)
+    from ..bench.train import TRAIN_MODELS
+
+    train = bench_sub.add_parser("train-step", help="one KD step (dense teacher, sparse student, AdamW) of full-size "
+                                                    "random-weight transformers: dense vs sparse student")
+    train.add_argument("--models", nargs="+", default=["wan2.1-1.3b_81f_480p"], choices=list(TRAIN_MODELS),
+                       help="models (default: wan2.1-1.3b_81f_480p; tiny_* run on a CPU)")
+    train.add_argument("--k", type=int, default=None, help="reference frames of the sparse plan (default 1: 1:F-1)")
+    train.add_argument("--kernel", default="auto", help="tile kernel of the sparse student (default auto)")
+    train.add_argument("--reps", type=int, default=2, help="timed steps per student (median, after one warm-up)")
+    train.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    train.add_argument("--out", default=None, help="JSON result path, e.g. benchmarks/results/train-step-h100.json")
+    train.set_defaults(func=_cmd_train_step)
