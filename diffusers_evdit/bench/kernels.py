@@ -10,7 +10,7 @@ represented). JSON rows carry ``shape``, ``mask``, ``mode``, ``seq_len``, ``elem
 With ``backward=True`` (``--backward``) every timing is a forward pass and the backward pass of q, k and v for a fixed
 output gradient (``mode: "fwd+bwd"``; ``best_dense_ms`` is then the fastest dense forward+backward). Kernels without a
 backward pass are skipped with a note (``<kernel>_note``); the others are also checked on their query gradient
-(``<kernel>_grad_rel_err``, the float64 reference of the sampled rows).
+(``<kernel>_grad_rel_err``, the float64 reference of the sampled rows). Dense FlexAttention is not timed there.
 
 Timings taken seconds apart drift (GPU clocks under load): on an H100, one case's % of ideal moved by up to 20 points
 between rounds. So each mask's sparse kernels and the best dense backend are timed in
@@ -174,7 +174,9 @@ def block_mask_bytes(mask) -> int:
     return sum(t.numel() * t.element_size() for t in (getattr(mask, n, None) for n in names) if t is not None)
 
 
-def _dense_fns(q, k, v, device):
+def _dense_fns(q, k, v, device, flex: bool = True):
+    """The dense kernels to time; ``flex=False`` leaves out dense FlexAttention (never the best dense, and its
+    compiled backward costs minutes per shape)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     fns = {}
@@ -187,12 +189,13 @@ def _dense_fns(q, k, v, device):
 
         fns["dense_cudnn"] = backend(SDPBackend.CUDNN_ATTENTION)
         fns["dense_flash"] = backend(SDPBackend.FLASH_ATTENTION)
-        from torch.nn.attention.flex_attention import flex_attention
+        if flex:
+            from torch.nn.attention.flex_attention import flex_attention
 
-        from ..kernels.compiled import CompiledFn
+            from ..kernels.compiled import CompiledFn
 
-        compiled = CompiledFn(flex_attention, {"dynamic": False})
-        fns["dense_flex"] = lambda: compiled(q, k, v)
+            compiled = CompiledFn(flex_attention, {"dynamic": False})
+            fns["dense_flex"] = lambda: compiled(q, k, v)
         if fa4_available(device):
             fns["dense_fa4"] = lambda: fa4_dense_attention(q, k, v)
     else:
@@ -255,7 +258,7 @@ def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, ke
     mode = "fwd+bwd" if backward else "fwd"
     dense_ms = {}
     dense_fns = {name: _with_backward(fn, q, k, v, grad_out, backward)
-                 for name, fn in _dense_fns(q, k, v, device).items()}
+                 for name, fn in _dense_fns(q, k, v, device, flex=not backward).items()}
     for name, fn in dense_fns.items():
         try:
             dense_ms[name] = bench_ms(fn, device, rep_ms=rep_ms)
