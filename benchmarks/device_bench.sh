@@ -101,7 +101,8 @@ r=$RESULTS/train-step-$gpu.json
 part train-step 110 $PY -m diffusers_evdit.cli bench train-step "${train[@]}" --out "$r"
 keep "$r"
 
-if [ "${DEVICE_BENCH_CPU:-0}" = 1 ] || $PY -c "from diffusers_evdit.kernels.fa4 import fa4_available as a; import sys; sys.exit(not a())"; then
+fa4_runs() { $PY -c "from diffusers_evdit.kernels.fa4 import fa4_available as a; import sys; sys.exit(not a())"; }
+if [ "${DEVICE_BENCH_CPU:-0}" = 1 ] || fa4_runs; then
     r=$RESULTS/kernels-fa4-$gpu.json
     part kernels-fa4 60 $PY -m diffusers_evdit.cli bench kernels "${fa4[@]}" --out "$r"
     keep "$r"

@@ -225,7 +225,8 @@ def _check_kernel(name, fn, row, q, k, v, grad_out, ref, ref_dq, check_rows, bac
         row[f"{name}_note"] = f"{type(err).__name__}: {str(err)[:160]}"
         print(f"  {row['shape']} {row['mask']}: {name} skipped ({row[f'{name}_note']})")
         return False
-    row[f"{name}_peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20 if device.type == "cuda" else None
+    cuda = device.type == "cuda"
+    row[f"{name}_peak_extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20 if cuda else None
     rows_d = check_rows.to(device)
     err = row[f"{name}_rel_err"] = _rel_err(out[:, :, rows_d], ref)
     finite = bool(torch.isfinite(out).all())

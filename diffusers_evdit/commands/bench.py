@@ -68,7 +68,7 @@ def register(sub) -> None:
     train = bench_sub.add_parser("train-step", help="one KD step (dense teacher, sparse student, AdamW) of full-size "
                                                     "random-weight transformers: dense vs sparse student")
     train.add_argument("--models", nargs="+", default=["wan2.1-1.3b_81f_480p"], choices=list(TRAIN_MODELS),
-                       help="models (default: wan2.1-1.3b_81f_480p; tiny_* run on a CPU)")
+                       metavar="MODEL", help="models (default: wan2.1-1.3b_81f_480p; tiny_* run on a CPU)")
     train.add_argument("--k", type=int, default=None, help="reference frames of the sparse plan (default 1: 1:F-1)")
     train.add_argument("--kernel", default="auto", help="tile kernel of the sparse student (default auto)")
     train.add_argument("--reps", type=int, default=2, help="timed steps per student (median, after one warm-up)")
