@@ -8,7 +8,8 @@
 # (default: tests kernels-small kernels-bwd train-step kernels-fa4):
 #   1. the CUDA tests of the kernels (-m gpu: tests/test_kernels.py, tests/test_backward.py where present, and the
 #      FlashAttention-4 block-sparsity tests)                                        -> device-bench.log
-#   2. `evdit bench kernels --shapes small` (forward; the demo model's shape and three up to CogVideoX's)
+#   2. `evdit bench kernels --shapes small` (forward; the demo model's shape and three up to CogVideoX's; kernel
+#      "auto" timed too: rows carry auto_vs_dense)
 #                                                                                    -> kernels-small-<gpu>.json
 #   3. `evdit bench kernels --backward` on the five full-size shapes (1 round)      -> kernels-bwd-<gpu>.json
 #   4. `evdit bench train-step` on Wan2.1-1.3B 81f 480p, dense vs 1:20 student        -> train-step-<gpu>.json
@@ -27,8 +28,8 @@ if [ "${DEVICE_BENCH_CPU:-0}" = 1 ]; then  # CPU-sized equivalents, to check thi
     export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
     PY=${PYTHON:-python3}
     gpu=cpu
-    small=(--shapes quick --device cpu --kernels split gathered)
-    full=(--shapes quick --device cpu --backward --kernels split gathered)
+    small=(--shapes quick --device cpu --kernels auto split gathered)
+    full=(--shapes quick --device cpu --backward --kernels auto split gathered)
     train=(--models tiny_wan --device cpu --reps 1)
     fa4=(--shapes quick --device cpu --kernels split fa4)  # fa4 does not run on a CPU: skipped with a note
     tests=(-m "not gpu" tests/test_fa4_blocks.py)
@@ -39,10 +40,10 @@ else
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
     PY=python3
     gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())" 2>/dev/null || echo gpu)
-    small=(--shapes small --kernels split gathered flex --rounds 3 --rep-ms 50)
+    small=(--shapes small --kernels auto split gathered flex --rounds 3 --rep-ms 50)
     # the five full-size shapes, smallest first (a part cut by its cap keeps the shapes it finished)
     full=(--shapes cogvideox5b_49f_480p osp_29f_720p wan2.1-14b_81f_480p osp_93f_720p hunyuan_129f_720p
-          --backward --kernels split gathered flex --rounds 1 --rep-ms 50)
+          --backward --kernels auto split gathered flex --rounds 1 --rep-ms 50)
     train=(--models wan2.1-1.3b_81f_480p --reps 2)
     fa4=(--shapes full --kernels split fa4 --rounds 1 --rep-ms 50)
     tests=(-m gpu)

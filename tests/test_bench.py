@@ -65,9 +65,11 @@ def test_small_shapes_hold_the_demo_model_shape_and_every_row_has_seq_len(tmp_pa
     assert select_shapes(["full", SHAPES[0].name]) == SHAPES  # no duplicates
     with pytest.raises(ValueError, match="small"):
         select_shapes(["tiny"])
-    data = run_kernel_benchmark(None, (demo,), "cpu", kernels=("split",), rep_ms=1, rounds=1)
+    data = run_kernel_benchmark(None, (demo,), "cpu", kernels=("split", "auto"), rep_ms=1, rounds=1)
     assert [r["seq_len"] for r in data["rows"]] == [512] * len(demo.masks)
-    assert all(r["mode"] == "fwd" for r in data["rows"])
+    for row in data["rows"]:
+        assert row["mode"] == "fwd" and row["auto_rel_err"] < 1e-5
+        assert row["auto_vs_dense"] == pytest.approx(row["best_dense_ms"] / row["auto_ms"])
 
 
 def test_reference_query_gradient_rows_match_autograd():

@@ -51,6 +51,9 @@ EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"},
                  "walk_all": {"kernel": "walk", "walk_global": "walk"}}
 # FlashAttention-4 with the tile mask as block-sparsity tensors (kernels/fa4.py; CUDA, Hopper or Blackwell)
 FA4_KERNEL = "fa4"
+# The dispatcher's own choice, timed when named: rows then carry ``auto_vs_dense = best_dense_ms / auto_ms``, what a
+# user of kernel="auto" gets against the best dense kernel
+AUTO_KERNEL = "auto"
 
 
 def make_attention(name: str):
@@ -301,6 +304,8 @@ def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, ke
             torch.cuda.synchronize()
         row["flex_mask_build_s"] = time.perf_counter() - t0
         row["flex_mask_mib"] = block_mask_bytes(mask) / 2**20
+        if AUTO_KERNEL in times:
+            row["auto_vs_dense"] = best_dense / times[AUTO_KERNEL]
         best = min(times, key=times.get)
         row.update(kernel=best, sparse_ms=times[best], speedup=best_dense / times[best], ideal=1 / (1 - sparsity))
         row["pct_of_ideal"] = 100 * row["speedup"] / row["ideal"]
