@@ -45,7 +45,7 @@ else
     full=(--shapes cogvideox5b_49f_480p osp_29f_720p wan2.1-14b_81f_480p osp_93f_720p hunyuan_129f_720p
           --backward --kernels auto split gathered flex --rounds 1 --rep-ms 50)
     train=(--models wan2.1-1.3b_81f_480p --reps 2)
-    fa4=(--shapes full --kernels split fa4 --rounds 1 --rep-ms 50)
+    fa4=(--shapes full --kernels split fa4 fa4_kv64 --rounds 1 --rep-ms 50)
     tests=(-m gpu)
     for f in tests/test_kernels.py tests/test_backward.py tests/test_fa4_blocks.py; do
         [ -f "$f" ] && tests+=("$f")

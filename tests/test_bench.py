@@ -32,6 +32,9 @@ def test_kernel_benchmark_rows_follow_the_formulas(tmp_path):
         assert row["pct_of_ideal_rounds"] == pytest.approx(
             [100 * d * (1 - sparsity) / t for d, t in zip(row["dense_ms_rounds"], row["sparse_ms_rounds"])])
         assert row["split_rel_err"] < 1e-5 and row["gathered_rel_err"] < 1e-5  # float32 on CPU
+        # 128-token blocks cover every kept pair, so they keep at least the mask's share of the matrix
+        assert 1 - sparsity <= row["block_kept_share"] <= 1 and 0 <= row["block_partial_share"] <= 1
+        assert row["block_bound_pct_of_ideal"] == pytest.approx(100 * (1 - sparsity) / row["block_kept_share"])
 
 
 def test_kernel_benchmark_rejects_zero_rounds():

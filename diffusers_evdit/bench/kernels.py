@@ -5,7 +5,8 @@ where it runs) and every exact sparse kernel (median of many runs after warm-up)
 checked on fresh random inputs against a float64 masked reference on sampled query rows (every frame and the text
 represented). JSON rows carry ``shape``, ``mask``, ``mode``, ``seq_len``, ``element_sparsity``, ``best_dense_ms``
 (the fastest dense kernel but FlexAttention), ``sparse_ms`` (fastest exact sparse kernel), ``kernel``, ``speedup``,
-``ideal = 1 / (1 - sparsity)`` and ``pct_of_ideal``, plus mask build time and mask/index memory.
+``ideal = 1 / (1 - sparsity)`` and ``pct_of_ideal``, plus mask build time, mask/index memory and the 128 x 128 block
+structure (:func:`block_structure`).
 
 With ``backward=True`` (``--backward``) every timing is a forward pass and the backward pass of q, k and v for a fixed
 output gradient (``mode: "fwd+bwd"``; ``best_dense_ms`` is then the fastest dense forward+backward). Kernels without a
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import TileAttention
-from ..kernels.fa4 import FA4TileKernel, fa4_available, fa4_dense_attention
+from ..kernels.fa4 import FA4TileKernel, block_sparsity, fa4_available, fa4_dense_attention
 from ..kernels.flex import tile_block_mask
 from ..kernels.triton_support import triton_runs
 from ..layout import TileLayout
@@ -49,8 +50,10 @@ EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"},
                  "split_overlap": {"kernel": "split", "overlap": True},
                  "walk": {"kernel": "walk"},
                  "walk_all": {"kernel": "walk", "walk_global": "walk"}}
-# FlashAttention-4 with the tile mask as block-sparsity tensors (kernels/fa4.py; CUDA, Hopper or Blackwell)
+# FlashAttention-4 with the tile mask as block-sparsity tensors (kernels/fa4.py; CUDA, Hopper or Blackwell): its
+# default blocks, and 128 x 64 blocks (Hopper; less waste where frames straddle a block, see block_structure)
 FA4_KERNEL = "fa4"
+FA4_KERNELS = {FA4_KERNEL: None, "fa4_kv64": (128, 64)}
 # The dispatcher's own choice, timed when named: rows then carry ``auto_vs_dense = best_dense_ms / auto_ms``, what a
 # user of kernel="auto" gets against the best dense kernel
 AUTO_KERNEL = "auto"
@@ -59,8 +62,8 @@ AUTO_KERNEL = "auto"
 def make_attention(name: str):
     """The callable ``(q, k, v, layout, k_ref)`` a benchmark kernel name stands for: a :class:`TileAttention` (a
     kernel, or an ``EXTRA_KERNELS`` variant) or, for ``"fa4"``, the FlashAttention-4 tile kernel."""
-    if name == FA4_KERNEL:
-        return FA4TileKernel()
+    if name in FA4_KERNELS:
+        return FA4TileKernel(FA4_KERNELS[name])
     return TileAttention(**EXTRA_KERNELS.get(name, {"kernel": name}))
 
 
@@ -168,6 +171,18 @@ def reference_grad_q_rows(q, k, v, grad_out, layout: TileLayout, k_ref: int, row
 
 def _rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
     return ((x.double() - ref).norm() / ref.norm()).item()
+
+
+def block_structure(layout: TileLayout, k_ref: int, block: int = 128) -> dict:
+    """Of the ``block x block`` tiles of the attention matrix (as FA4 and FlexAttention see it): the share a kernel
+    computes (``block_kept_share``) and, of those, the share where frames or text straddle a block and the tile rule
+    runs element by element (``block_partial_share``). A kernel that computes whole tiles reaches at most
+    ``block_bound_pct_of_ideal = 100 * (1 - sparsity) / block_kept_share`` percent of the ideal speedup."""
+    sp = block_sparsity(layout, k_ref, block, block)
+    kept = int((sp.full | sp.partial).sum())
+    kept_share = kept / sp.full.numel()
+    return {"block_kept_share": kept_share, "block_partial_share": int(sp.partial.sum()) / max(kept, 1),
+            "block_bound_pct_of_ideal": 100 * (1 - element_sparsity(layout, k_ref)) / kept_share}
 
 
 def block_mask_bytes(mask) -> int:
@@ -304,6 +319,7 @@ def bench_shape(shape: KernelShape, device: torch.device, dtype: torch.dtype, ke
             torch.cuda.synchronize()
         row["flex_mask_build_s"] = time.perf_counter() - t0
         row["flex_mask_mib"] = block_mask_bytes(mask) / 2**20
+        row.update(block_structure(layout, k_ref))
         if AUTO_KERNEL in times:
             row["auto_vs_dense"] = best_dense / times[AUTO_KERNEL]
         best = min(times, key=times.get)

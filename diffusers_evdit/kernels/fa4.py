@@ -230,12 +230,23 @@ def fa4_tile_attention(q, k, v, sparsity: FA4BlockSparsity, scale=None) -> torch
 @dataclass
 class FA4TileKernel:
     """FA4 tile attention with its block-sparsity tensors cached per (layout, ``k``, device); called like the other
-    tile kernels. Refuses key-padding masks (the dispatcher keeps today's kernels for those)."""
+    tile kernels. Refuses key-padding masks (the dispatcher keeps today's kernels for those).
 
+    ``block_size``: sparse (query, key) block sizes; default :func:`fa4_block_size` of the device. Smaller key blocks
+    (Hopper takes 64) waste less of the tiles that straddle frames, at some cost per tile.
+
+    Example:
+        >>> kernel = FA4TileKernel(block_size=(128, 64))
+        >>> kernel.sparsity(TileLayout(num_frames=4, tokens_per_frame=96), k_ref=1, device="cpu").partial.shape
+        torch.Size([3, 6])
+    """
+
+    block_size: tuple[int, int] | None = None
     _sparsity: dict = field(default_factory=dict, repr=False)
 
     def sparsity(self, layout: TileLayout, k_ref: int | None, device) -> FA4BlockSparsity:
-        q_block, kv_block = fa4_block_size(device)
+        """The cached :class:`FA4BlockSparsity` of a plan entry on ``layout``."""
+        q_block, kv_block = self.block_size or fa4_block_size(device)
         key = (layout, k_ref, str(device), q_block, kv_block)
         if key not in self._sparsity:
             self._sparsity[key] = block_sparsity(layout, k_ref, q_block, kv_block, device)
