@@ -160,3 +160,14 @@ def test_fa4_tile_attention_matches_float64_forward_and_backward(frames, tpf, te
         assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
         for got, want in zip(grads, ref_grads):
             assert ((got.double() - want).norm() / want.norm()).item() < 2e-2
+
+
+@pytest.mark.parametrize("frames,tpf,text,pos", LAYOUTS)
+def test_computed_pairs_count_the_kept_blocks_elementwise(frames, tpf, text, pos):
+    layout = _layout(frames, tpf, text, pos)
+    n = layout.seq_len
+    sp = block_sparsity(layout, 2, 16, 8)
+    covered = sp.full | sp.partial
+    expand = covered.repeat_interleave(16, 0)[:n].repeat_interleave(8, 1)[:, :n]  # block map -> element map
+    assert sp.computed_pairs() == int(expand.sum())
+    assert bool(expand[_explicit(layout, 2)].all())  # every kept pair lies in a computed block

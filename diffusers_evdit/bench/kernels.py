@@ -34,7 +34,7 @@ from ..kernels.fa4 import FA4TileKernel, block_sparsity, fa4_available, fa4_dens
 from ..kernels.flex import tile_block_mask
 from ..kernels.triton_support import triton_runs
 from ..layout import TileLayout
-from ..masks import element_sparsity, format_mask, reference_flags
+from ..masks import allowed_pairs, element_sparsity, format_mask, reference_flags
 from .common import bench_ms, package_versions, print_table, write_results
 
 SPARSE_KERNELS = ("split", "gathered", "flex")
@@ -177,12 +177,11 @@ def block_structure(layout: TileLayout, k_ref: int, block: int = 128) -> dict:
     """Of the ``block x block`` tiles of the attention matrix (as FA4 and FlexAttention see it): the share a kernel
     computes (``block_kept_share``) and, of those, the share where frames or text straddle a block and the tile rule
     runs element by element (``block_partial_share``). A kernel that computes whole tiles reaches at most
-    ``block_bound_pct_of_ideal = 100 * (1 - sparsity) / block_kept_share`` percent of the ideal speedup."""
+    ``block_bound_pct_of_ideal = 100 * kept pairs / pairs in the computed tiles`` percent of the ideal speedup."""
     sp = block_sparsity(layout, k_ref, block, block)
     kept = int((sp.full | sp.partial).sum())
-    kept_share = kept / sp.full.numel()
-    return {"block_kept_share": kept_share, "block_partial_share": int(sp.partial.sum()) / max(kept, 1),
-            "block_bound_pct_of_ideal": 100 * (1 - element_sparsity(layout, k_ref)) / kept_share}
+    return {"block_kept_share": kept / sp.full.numel(), "block_partial_share": int(sp.partial.sum()) / max(kept, 1),
+            "block_bound_pct_of_ideal": 100 * allowed_pairs(layout, k_ref) / sp.computed_pairs()}
 
 
 def block_mask_bytes(mask) -> int:

@@ -103,6 +103,14 @@ class FA4BlockSparsity:
         """Share of block pairs computed (full or partial)."""
         return (self.full | self.partial).float().mean().item()
 
+    def computed_pairs(self) -> int:
+        """(query, key) pairs inside the computed blocks (a ragged last block holds fewer): the work of a kernel that
+        computes whole blocks, to compare with :func:`..masks.allowed_pairs`."""
+        n = self.seq_len
+        rows = (n - torch.arange(self.full.shape[0]) * self.q_block).clamp(max=self.q_block)
+        cols = (n - torch.arange(self.full.shape[1]) * self.kv_block).clamp(max=self.kv_block)
+        return int((rows[:, None] * cols[None, :])[(self.full | self.partial).cpu()].sum())
+
 
 def block_sparsity(layout: TileLayout, k_ref: int | None, q_block: int = 128, kv_block: int = 128,
                    device=None) -> FA4BlockSparsity:
