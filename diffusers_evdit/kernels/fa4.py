@@ -192,7 +192,8 @@ def _tile_mask_mod():
     from flash_attn.cute import utils
 
     @cute.jit
-    def tile_mask_mod(batch, head, m_idx, n_idx, seqlen_info, aux_tensors):
+    def tile_mask_mod(batch: cute.TensorSSA, head: cute.TensorSSA, m_idx: cute.TensorSSA, n_idx: cute.TensorSSA,
+                      seqlen_info, aux_tensors) -> cute.TensorSSA:
         codes = aux_tensors[0]
         code_q = utils.scalar_to_ssa(codes[m_idx[0]], cutlass.Int32)
         code_k = utils.scalar_to_ssa(codes[n_idx[0]], cutlass.Int32)
