@@ -13,6 +13,7 @@
 #                                                                                    -> kernels-small-<gpu>.json
 #   3. `evdit bench kernels --backward` on the five full-size shapes (1 round)      -> kernels-bwd-<gpu>.json
 #   4. `evdit bench train-step` on Wan2.1-1.3B 81f 480p, dense vs 1:20 student        -> train-step-<gpu>.json
+#      (DEVICE_BENCH_TRAIN_MODELS="wan2.1-1.3b_81f_480p cogvideox-5b_49f_480p" adds CogVideoX-5B)
 #   5. FlashAttention-4 rows (forward, its tile kernel beside split; only where `flash_attn.cute` imports on this
 #      GPU: its CUTLASS DSL wheels must be installed)                                 -> kernels-fa4-<gpu>.json
 # Results land in $OUT (at most 5 files; JSON written after every shape/model, so a part cut by its cap keeps what
@@ -44,7 +45,8 @@ else
     # the five full-size shapes, smallest first (a part cut by its cap keeps the shapes it finished)
     full=(--shapes cogvideox5b_49f_480p osp_29f_720p wan2.1-14b_81f_480p osp_93f_720p hunyuan_129f_720p
           --backward --kernels auto split gathered flex --rounds 1 --rep-ms 50)
-    train=(--models wan2.1-1.3b_81f_480p --reps 2)
+    # shellcheck disable=SC2206
+    train=(--models ${DEVICE_BENCH_TRAIN_MODELS:-wan2.1-1.3b_81f_480p} --reps 2)
     fa4=(--shapes full --kernels split fa4 fa4_kv64 --rounds 1 --rep-ms 50)
     tests=(-m gpu)
     for f in tests/test_kernels.py tests/test_backward.py tests/test_fa4_blocks.py; do

@@ -164,3 +164,18 @@ def test_train_step_refuses_full_size_models_on_cpu():
 
     with pytest.raises(ValueError, match="CUDA"):
         run_train_step_benchmark(None, ("wan2.1-1.3b_81f_480p",), "cpu")
+
+
+def test_train_step_reports_a_failing_model_and_goes_on(monkeypatch):
+    import diffusers_evdit.bench.train as train
+
+    real = train.bench_train_model
+
+    def flaky(spec, *args, **kwargs):
+        if spec.name == "tiny_cogvideox_lora":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(train, "bench_train_model", flaky)
+    rows = train.run_train_step_benchmark(None, ("tiny_cogvideox_lora", "tiny_wan"), "cpu", "gathered", reps=1)["rows"]
+    assert "out of memory" in rows[0]["error"] and rows[1]["model"] == "tiny_wan" and rows[1]["speedup"] > 0

@@ -249,10 +249,17 @@ def run_train_step_benchmark(out: str | None, models=("wan2.1-1.3b_81f_480p",), 
         spec = TRAIN_MODELS[name]
         if k_ref is not None:
             spec = TrainModel(**{**spec.__dict__, "k_ref": k_ref})
-        rows.append(bench_train_model(spec, dev, kernel, reps))
+        try:
+            rows.append(bench_train_model(spec, dev, kernel, reps))
+        except Exception as err:  # out of memory, say: reported in the results, the next model still runs
+            rows.append({"model": name, "error": f"{type(err).__name__}: {str(err)[:300]}"})
+            print(f"  {name}: FAILED: {rows[-1]['error']}", flush=True)
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
         if out:  # after every model, so that a run stopped part-way keeps what it measured
             data = write_results(out, "train-step", rows, dev, kernel=kernel, task_weight=TASK_WEIGHT)
-    print_table(rows, ["model", "plan", "kernel_used", "dense_step_s", "sparse_step_s", "speedup", "peak_mem_gib"])
+    print_table(rows, ["model", "plan", "kernel_used", "dense_step_s", "sparse_step_s", "speedup", "peak_mem_gib",
+                       "error"])
     if out:
         print(f"wrote {out}")
     return data
