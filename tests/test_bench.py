@@ -32,6 +32,9 @@ def test_kernel_benchmark_rows_follow_the_formulas(tmp_path):
         assert row["pct_of_ideal_rounds"] == pytest.approx(
             [100 * d * (1 - sparsity) / t for d, t in zip(row["dense_ms_rounds"], row["sparse_ms_rounds"])])
         assert row["split_rel_err"] < 1e-5 and row["gathered_rel_err"] < 1e-5  # float32 on CPU
+        # 128-token blocks cover every kept pair, so they keep at least the mask's share of the matrix
+        assert 1 - sparsity <= row["block_kept_share"] <= 1 and 0 <= row["block_partial_share"] <= 1
+        assert row["block_bound_pct_of_ideal"] == pytest.approx(100 * (1 - sparsity) / row["block_kept_share"])
 
 
 def test_kernel_benchmark_rejects_zero_rounds():
@@ -47,3 +50,132 @@ def test_bench_kernels_cli_quick(tmp_path, capsys):
     assert [r["kernel"] for r in rows] == ["split"] * len(rows)
     assert statistics.median(r["pct_of_ideal_rounds"][0] for r in rows) > 0
     assert "pct_of_ideal" in capsys.readouterr().out
+
+
+def test_small_shapes_hold_the_demo_model_shape_and_every_row_has_seq_len(tmp_path):
+    import json as _json
+    from pathlib import Path
+
+    from diffusers_evdit.bench.kernels import SHAPES, SMALL_SHAPES, select_shapes
+
+    config = _json.loads((Path(__file__).parents[1] / "diffusers_evdit/demo_model/transformer/config.json").read_text())
+    demo = SMALL_SHAPES[0]
+    assert (demo.frames, demo.tokens_per_frame, demo.text_tokens) == (8, 64, 0)
+    assert (demo.heads, demo.head_dim) == (config["num_attention_heads"], config["attention_head_dim"])
+    lengths = [s.layout.seq_len for s in SMALL_SHAPES]
+    assert lengths == sorted(lengths) and lengths[-1] < min(s.layout.seq_len for s in SHAPES)
+    assert select_shapes(["small"]) == SMALL_SHAPES and select_shapes(["all"]) == SMALL_SHAPES + SHAPES
+    assert select_shapes(["full", SHAPES[0].name]) == SHAPES  # no duplicates
+    with pytest.raises(ValueError, match="small"):
+        select_shapes(["tiny"])
+    data = run_kernel_benchmark(None, (demo,), "cpu", kernels=("split", "auto"), rep_ms=1, rounds=1)
+    assert [r["seq_len"] for r in data["rows"]] == [512] * len(demo.masks)
+    for row in data["rows"]:
+        assert row["mode"] == "fwd" and row["auto_rel_err"] < 1e-5
+        assert row["auto_vs_dense"] == pytest.approx(row["best_dense_ms"] / row["auto_ms"])
+
+
+def test_reference_query_gradient_rows_match_autograd():
+    import torch
+    from reference import attention_f64
+
+    from diffusers_evdit.bench.kernels import reference_grad_q_rows, sampled_rows
+
+    layout = QUICK_SHAPES[0].layout
+    g = torch.Generator().manual_seed(1)
+    q, k, v, do = torch.randn(4, 1, 2, layout.seq_len, 8, generator=g, dtype=torch.float64).unbind(0)
+    q.requires_grad_()
+    (dq,) = torch.autograd.grad(attention_f64(q, k, v, tile_mask(layout, 2)), q, do)
+    rows = sampled_rows(layout, 3, g)
+    assert torch.allclose(reference_grad_q_rows(q.detach(), k, v, do, layout, 2, rows), dq[:, :, rows], atol=1e-12)
+
+
+def test_backward_rows_time_forward_and_backward(tmp_path):
+    path = tmp_path / "bwd.json"
+    assert main(["bench", "kernels", "--shapes", "quick", "--device", "cpu", "--kernels", "split", "gathered",
+                 "--backward", "--rep-ms", "1", "--rounds", "1", "--out", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["mode"] == "fwd+bwd" and len(data["rows"]) == sum(len(s.masks) for s in QUICK_SHAPES)
+    for row in data["rows"]:
+        assert row["mode"] == "fwd+bwd" and row["best_dense"] == "dense_sdpa"
+        assert row["gathered_ms"] > 0 and row["gathered_grad_rel_err"] < 1e-5
+        # split is timed where it has a backward pass (exact), else skipped with a note
+        assert (row["split_ms"] is None and "split_note" in row) or row["split_grad_rel_err"] < 1e-5
+        assert row["speedup"] == pytest.approx(row["best_dense_ms"] / row["sparse_ms"])
+
+
+def test_backward_check_refuses_a_kernel_with_a_wrong_gradient(monkeypatch):
+    import diffusers_evdit.bench.kernels as bench_kernels
+
+    real = bench_kernels.make_attention
+
+    def make(name):
+        gathered = real("gathered")
+        if name != "no_lse_grad":
+            return gathered
+        # the right output, but the gradient of the merge weights dropped (as a fused LSE without gradient would)
+        return lambda q, k, v, layout, k_ref: gathered(q, k, v, layout, k_ref).detach() + 0 * q
+
+    monkeypatch.setattr(bench_kernels, "make_attention", make)
+    rows = bench_kernels.bench_shape(QUICK_SHAPES[0], bench_kernels.torch.device("cpu"), bench_kernels.torch.float32,
+                                     ("gathered", "no_lse_grad"), rep_ms=1, rounds=1, backward=True)
+    for row in rows:
+        assert row["no_lse_grad_rel_err"] < 1e-5 and row["no_lse_grad_grad_rel_err"] > 0.5
+        assert row["no_lse_grad_ms"] is None and row["kernel"] == "gathered"
+
+
+@pytest.mark.parametrize("model", ["tiny_wan", "tiny_cogvideox_lora"])
+def test_train_step_benchmark_on_tiny_models(tmp_path, model):
+    path = tmp_path / "train.json"
+    assert main(["bench", "train-step", "--models", model, "--device", "cpu", "--reps", "1", "--kernel", "gathered",
+                 "--out", str(path)]) == 0
+    data = json.loads(path.read_text())
+    assert data["benchmark"] == "train-step" and {"device", "torch", "date"} <= set(data)
+    (row,) = data["rows"]
+    assert row["model"] == model and row["plan"] == "uniform 1:5" and row["losses_finite"]
+    assert row["speedup"] == pytest.approx(row["dense_step_s"] / row["sparse_step_s"])
+    assert row["peak_mem_gib"] is None and row["device"] == data["device"]  # CPU: no CUDA peak
+    assert row["kernel_used"] == "gathered"
+
+
+def test_kd_step_trains_the_student_through_the_sparse_plan():
+    import torch
+
+    from diffusers_evdit import MaskPlan, apply_mask_plan
+    from diffusers_evdit.bench.train import TRAIN_MODELS, KDStep, build_teacher, make_inputs, make_student
+
+    spec = TRAIN_MODELS["tiny_cogvideox_lora"]
+    teacher = build_teacher(spec, torch.device("cpu"), torch.float32)
+    student, params = make_student(teacher, spec)
+    assert params and all("lora_" in n for n, p in student.named_parameters() if p.requires_grad)
+    apply_mask_plan(student, MaskPlan.uniform(2, 1), kernel="gathered")
+    step = KDStep(student, teacher, params, make_inputs(teacher, spec, torch.device("cpu"), torch.float32), lr=1e-2)
+    before = [p.detach().clone() for p in params]
+    teacher_before = [p.detach().clone() for p in teacher.parameters()]
+    losses = [step() for _ in range(3)]
+    step.remove()
+    assert losses[-1] < losses[0]  # the student moves towards its teacher
+    assert any(not torch.equal(a, p) for a, p in zip(before, params))
+    assert all(torch.equal(a, p) for a, p in zip(teacher_before, teacher.parameters()))
+
+
+def test_train_step_refuses_full_size_models_on_cpu():
+    from diffusers_evdit.bench.train import run_train_step_benchmark
+
+    with pytest.raises(ValueError, match="CUDA"):
+        run_train_step_benchmark(None, ("wan2.1-1.3b_81f_480p",), "cpu")
+
+
+def test_train_step_reports_a_failing_model_and_goes_on(monkeypatch):
+    import diffusers_evdit.bench.train as train
+
+    real = train.bench_train_model
+
+    def flaky(spec, *args, **kwargs):
+        if spec.name == "tiny_cogvideox_lora":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(spec, *args, **kwargs)
+
+    monkeypatch.setattr(train, "bench_train_model", flaky)
+    rows = train.run_train_step_benchmark(None, ("tiny_cogvideox_lora", "tiny_wan"), "cpu", "gathered", reps=1)["rows"]
+    assert "out of memory" in rows[0]["error"] and rows[1]["model"] == "tiny_wan" and rows[1]["speedup"] > 0

@@ -29,6 +29,19 @@ def device_info(device: torch.device) -> dict:
     return info
 
 
+def package_versions(names=("triton", "flash-attn-4", "nvidia-cutlass-dsl")) -> dict:
+    """``{"<name>_version": version}`` of the installed packages among ``names`` (for result files)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in names:
+        try:
+            found[f"{name.replace('-', '_')}_version"] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
 def bench_ms(fn, device: torch.device, warmup_ms: float = 100, rep_ms: float = 500) -> float:
     """Median milliseconds of ``fn()``: CUDA events via ``triton.testing.do_bench`` on GPU, a wall clock elsewhere."""
     if device.type == "cuda":

@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# Issues 21, 24 and 26 on the device machine in ONE call of under 9 minutes (run from the repo root; carry .whl):
+#
+#   bash benchmarks/device_bench.sh
+#
+# Parts, each under its own time cap and all under one budget (DEVICE_BENCH_BUDGET, default 510 s after setup); a
+# part that fails or hits its cap is reported and the next one runs. DEVICE_BENCH_PARTS picks parts by name
+# (default: tests kernels-small kernels-bwd train-step kernels-fa4):
+#   1. the CUDA tests of the kernels (-m gpu: tests/test_kernels.py, tests/test_backward.py where present, and the
+#      FlashAttention-4 block-sparsity tests)                                        -> device-bench.log
+#   2. `evdit bench kernels --shapes small` (forward; the demo model's shape and three up to CogVideoX's; kernel
+#      "auto" timed too: rows carry auto_vs_dense)
+#                                                                                    -> kernels-small-<gpu>.json
+#   3. `evdit bench kernels --backward` on the five full-size shapes (1 round)      -> kernels-bwd-<gpu>.json
+#   4. `evdit bench train-step` on Wan2.1-1.3B 81f 480p, dense vs 1:20 student        -> train-step-<gpu>.json
+#      (DEVICE_BENCH_TRAIN_MODELS="wan2.1-1.3b_81f_480p cogvideox-5b_49f_480p" adds CogVideoX-5B)
+#   5. FlashAttention-4 rows (forward, its tile kernel beside split; only where `flash_attn.cute` imports on this
+#      GPU: its CUTLASS DSL wheels must be installed)                                 -> kernels-fa4-<gpu>.json
+# Results land in $OUT (at most 5 files; JSON written after every shape/model, so a part cut by its cap keeps what
+# it measured) and, for committing, under benchmarks/results/ in the repo copy.
+#
+# The same parts at CPU size (what the tests run): DEVICE_BENCH_CPU=1 bash benchmarks/device_bench.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+LOG="$OUT/device-bench.log"
+: >"$LOG"
+if [ "${DEVICE_BENCH_CPU:-0}" = 1 ]; then  # CPU-sized equivalents, to check this script
+    export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+    PY=${PYTHON:-python3}
+    gpu=cpu
+    small=(--shapes quick --device cpu --kernels auto split gathered)
+    full=(--shapes quick --device cpu --backward --kernels auto split gathered)
+    train=(--models tiny_wan --device cpu --reps 1)
+    fa4=(--shapes quick --device cpu --kernels split fa4)  # fa4 does not run on a CPU: skipped with a note
+    tests=(-m "not gpu" tests/test_fa4_blocks.py)
+    RESULTS=$(mktemp -d)
+else
+    # shellcheck disable=SC1091
+    source benchmarks/device_setup.sh 2>&1 | tee -a "$LOG" || { echo "device_setup.sh failed" | tee -a "$LOG"; }
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    PY=python3
+    gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())" 2>/dev/null || echo gpu)
+    small=(--shapes small --kernels auto split gathered flex --rounds 3 --rep-ms 50)
+    # the five full-size shapes, smallest first (a part cut by its cap keeps the shapes it finished)
+    full=(--shapes cogvideox5b_49f_480p osp_29f_720p wan2.1-14b_81f_480p osp_93f_720p hunyuan_129f_720p
+          --backward --kernels auto split gathered flex --rounds 1 --rep-ms 50)
+    # shellcheck disable=SC2206
+    train=(--models ${DEVICE_BENCH_TRAIN_MODELS:-wan2.1-1.3b_81f_480p} --reps 2)
+    fa4=(--shapes full --kernels split fa4 fa4_kv64 --rounds 1 --rep-ms 50)
+    tests=(-m gpu)
+    for f in tests/test_kernels.py tests/test_backward.py tests/test_fa4_blocks.py; do
+        [ -f "$f" ] && tests+=("$f")
+    done
+fi
+RESULTS=${RESULTS:-benchmarks/results}
+mkdir -p "$RESULTS"
+BUDGET=${DEVICE_BENCH_BUDGET:-510}
+PARTS=" ${DEVICE_BENCH_PARTS:-tests kernels-small kernels-bwd train-step kernels-fa4} "
+START=$SECONDS
+
+# part NAME CAP_S COMMAND...: run under min(CAP_S, what is left of the budget); report, never stop the script
+part() {
+    local name=$1 cap=$2
+    shift 2
+    local left=$((BUDGET - (SECONDS - START)))
+    if [[ $PARTS != *" $name "* ]]; then
+        echo "== $name: not in DEVICE_BENCH_PARTS" | tee -a "$LOG"
+        return 0
+    fi
+    [ "$cap" -gt "$left" ] && cap=$left
+    if [ "$cap" -lt 15 ]; then
+        echo "== $name: skipped, ${left}s of the budget left" | tee -a "$LOG"
+        return 0
+    fi
+    echo "== $name (cap ${cap}s, $((SECONDS - START))s used)" | tee -a "$LOG"
+    timeout --kill-after=10 "$cap" "$@" >>"$LOG" 2>&1
+    local rc=$?
+    case $rc in
+    0) echo "== $name: ok" ;;
+    124 | 137) echo "== $name: hit its ${cap}s cap (kept what it wrote)" ;;
+    *) echo "== $name: FAILED (exit $rc); see $LOG" ;;
+    esac | tee -a "$LOG"
+    return 0
+}
+
+keep() {  # copy a result into $OUT
+    [ -f "$1" ] && cp "$1" "$OUT/" && echo "   -> $(basename "$1")" | tee -a "$LOG"
+    return 0
+}
+
+part tests 75 $PY -m pytest -q -rs "${tests[@]}"
+tail -n 15 "$LOG"
+
+r=$RESULTS/kernels-small-$gpu.json
+part kernels-small 100 $PY -m diffusers_evdit.cli bench kernels "${small[@]}" --out "$r"
+keep "$r"
+
+r=$RESULTS/kernels-bwd-$gpu.json
+part kernels-bwd 190 $PY -m diffusers_evdit.cli bench kernels "${full[@]}" --out "$r"
+keep "$r"
+
+r=$RESULTS/train-step-$gpu.json
+part train-step 110 $PY -m diffusers_evdit.cli bench train-step "${train[@]}" --out "$r"
+keep "$r"
+
+fa4_runs() { $PY -c "from diffusers_evdit.kernels.fa4 import fa4_available as a; import sys; sys.exit(not a())"; }
+if [ "${DEVICE_BENCH_CPU:-0}" = 1 ] || fa4_runs; then
+    r=$RESULTS/kernels-fa4-$gpu.json
+    part kernels-fa4 60 $PY -m diffusers_evdit.cli bench kernels "${fa4[@]}" --out "$r"
+    keep "$r"
+else
+    echo "== kernels-fa4: skipped: FlashAttention-4 does not run here ($($PY -c "
+import importlib.util, torch
+print('flash_attn.cute importable:', importlib.util.find_spec('flash_attn') is not None,
+      '| capability:', torch.cuda.get_device_capability() if torch.cuda.is_available() else None)" 2>&1 | tail -n 1))" \
+        | tee -a "$LOG"
+fi
+echo "== done in $((SECONDS - START))s of ${BUDGET}s; files in $OUT:" | tee -a "$LOG"
+ls "$OUT" | tee -a "$LOG"
+grep -E "^== |passed|failed|error|speedup|->" "$LOG" | tail -n 60
