@@ -187,3 +187,120 @@ def test_remove_plan_under_a_cache_restores_the_stock_cached_output():
     assert not torch.allclose(run(pipe), stock_cached)
     pipe.set_mask_plan(None)
     assert torch.equal(run(pipe), stock_cached)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. Attention backends (CPU ones: "native", "_native_math"; GPU backends such as sage run in benchmarks/stack_bench.py)
+
+VIDEO = TinyVideo(frames=4, height=8, width=8, text_tokens=7, batch=2)
+
+
+def transformer_tile_mask(model, video: TinyVideo, k: int = K) -> torch.Tensor:
+    """The k:F-k mask of ``model``'s self-attention sequence on ``video`` (tiny_inputs), from the paper's rule."""
+    pt = getattr(model.config, "patch_size_t", None) or 1
+    p = model.config.patch_size
+    ph = p[1] if isinstance(p, (tuple, list)) else p
+    name = type(model).__name__
+    num_text = 0 if name == "WanTransformer3DModel" else video.text_tokens
+    return paper_mask(video.frames // pt, (video.height // ph) * (video.width // ph), num_text,
+                      name == "CogVideoXTransformer3DModel", k)
+
+
+def forward(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model(**inputs).sample
+
+
+def masked_transformer_reference(family: str, per_call: list, video: TinyVideo = VIDEO, prepare=lambda m: None):
+    """The stock tiny transformer, set up by ``prepare``, with the tile mask on the self-attention calls marked
+    True in ``per_call`` (in execution order; float64)."""
+    from reference import masked_sdpa
+
+    model = tiny_transformer(family)
+    prepare(model)
+    with masked_sdpa(transformer_tile_mask(model, video), per_call=per_call) as calls:
+        out = forward(model, tiny_inputs(model, video))
+    assert len(calls) == len(per_call)
+    return out
+
+
+@pytest.fixture
+def backend_spy(monkeypatch):
+    """``spy(name)``: wrap diffusers' registered attention backend ``name``; returns the list of (query, key)
+    token counts of its calls. Also restores the process-wide active backend, which set_attention_backend changes."""
+    from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry, attention_backend
+
+    def spy(name):
+        key = AttentionBackendName(name)
+        original = _AttentionBackendRegistry._backends[key]
+        calls = []
+
+        def wrapped(**kwargs):
+            calls.append((kwargs["query"].shape[1], kwargs["key"].shape[1]))  # [B, N, H, D]
+            return original(**kwargs)
+
+        monkeypatch.setitem(_AttentionBackendRegistry._backends, key, wrapped)
+        return calls
+
+    with attention_backend("native"):  # restores the active backend on exit
+        yield spy
+
+
+def self_attention_calls(calls: list, n: int) -> int:
+    return sum(1 for q, k in calls if q == k == n)
+
+
+MIXED = {"wan": [K, None], "cogvideox": [K, None], "hunyuan_video": [K, None, K, None]}
+
+
+@pytest.mark.parametrize("order", ["plan_first", "backend_first"])
+@pytest.mark.parametrize("backend", ["native", "_native_math"])
+@pytest.mark.parametrize("family", ["wan", "hunyuan_video"])
+def test_set_attention_backend_runs_dense_layers_on_it(family, backend, order, backend_spy):
+    """A mixed plan under ``transformer.set_attention_backend``: the dense layers call the chosen backend (sparse
+    ones run the tile kernels), and the output equals the stock model under that backend given the tile mask."""
+    plan = MaskPlan(MIXED[family])
+    reference = masked_transformer_reference(family, [k is not None for k in plan.layers],
+                                             prepare=lambda m: m.set_attention_backend(backend))
+    calls = backend_spy(backend)
+    model = tiny_transformer(family)
+    if order == "backend_first":
+        model.set_attention_backend(backend)
+        apply_mask_plan(model, plan)
+    else:
+        apply_mask_plan(model, plan)
+        model.set_attention_backend(backend)
+    out = forward(model, tiny_inputs(model, VIDEO))
+    assert close(out, reference, 1e-5), (out - reference).abs().max()
+    n = transformer_tile_mask(model, VIDEO).shape[0]
+    assert self_attention_calls(calls, n) == plan.layers.count(None)
+
+
+@pytest.mark.parametrize("family", ["wan", "hunyuan_video"])
+def test_attention_backend_context_manager_runs_dense_layers_on_it(family, backend_spy):
+    from diffusers.models.attention_dispatch import attention_backend
+
+    plan = MaskPlan(MIXED[family])
+    reference = masked_transformer_reference(family, [k is not None for k in plan.layers])
+    calls = backend_spy("_native_math")
+    model = apply_mask_plan(tiny_transformer(family), plan)
+    inputs = tiny_inputs(model, VIDEO)
+    with attention_backend("_native_math"):
+        out = forward(model, inputs)
+    n = transformer_tile_mask(model, VIDEO).shape[0]
+    assert self_attention_calls(calls, n) == plan.layers.count(None)
+    assert close(out, reference, 1e-5)
+    forward(model, inputs)  # outside the context: the default backend again
+    assert self_attention_calls(calls, n) == plan.layers.count(None)
+
+
+def test_cogvideox_under_a_backend_equals_masked_reference(backend_spy):
+    """diffusers' CogVideoX processor calls SDPA directly (no backend dispatch); with a plan the same holds: the
+    backend changes nothing and the output equals the masked reference."""
+    plan = MaskPlan(MIXED["cogvideox"])
+    reference = masked_transformer_reference("cogvideox", [k is not None for k in plan.layers])
+    calls = backend_spy("_native_math")
+    model = apply_mask_plan(tiny_transformer("cogvideox"), plan)
+    model.set_attention_backend("_native_math")
+    out = forward(model, tiny_inputs(model, VIDEO))
+    assert close(out, reference, 1e-5) and not calls
