@@ -19,7 +19,7 @@ from diffusers import (
     TaylorSeerCacheConfig,
     TextKVCacheConfig,
 )
-from reference import attention_f64, paper_mask
+from reference import attention_f64, masked_sdpa, paper_mask
 
 from diffusers_evdit import EfficientVDiTPipeline, MaskPlan, apply_mask_plan, num_plan_layers, remove_mask_plan
 from diffusers_evdit.tiny import TinyVideo, tiny_inputs, tiny_pipeline, tiny_pipeline_inputs, tiny_transformer
@@ -214,8 +214,6 @@ def forward(model, inputs) -> torch.Tensor:
 def masked_transformer_reference(family: str, per_call: list, video: TinyVideo = VIDEO, prepare=lambda m: None):
     """The stock tiny transformer, set up by ``prepare``, with the tile mask on the self-attention calls marked
     True in ``per_call`` (in execution order; float64)."""
-    from reference import masked_sdpa
-
     model = tiny_transformer(family)
     prepare(model)
     with masked_sdpa(transformer_tile_mask(model, video), per_call=per_call) as calls:
@@ -370,3 +368,112 @@ def test_compiled_planned_transformer_recompiles_only_on_a_new_shape():
     forward(compiled, four)
     forward(compiled, six)
     assert counter.graphs == second  # both shapes cached
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 4. Weights and memory: low-precision weight storage, quantized weights, offloading; CFG batching
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "hunyuan_video"])
+def test_plan_on_fp8_stored_weights(family):
+    """diffusers' layerwise casting (weights stored in float8_e4m3fn, computed in float32) under a plan equals the
+    same casting on the stock model given the tile mask, and differs from float32 weights."""
+    def fp8(model):
+        model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
+
+    plan = MaskPlan(MIXED[family])
+    reference = masked_transformer_reference(family, [k is not None for k in plan.layers], prepare=fp8)
+    model = tiny_transformer(family)
+    fp8(model)
+    apply_mask_plan(model, plan)
+    out = forward(model, tiny_inputs(model, VIDEO))
+    assert close(out, reference, 1e-5), (out - reference).abs().max()
+    full = apply_mask_plan(tiny_transformer(family), plan)
+    assert (forward(full, tiny_inputs(full, VIDEO)) - out).abs().max() > 1e-3  # fp8 storage really rounded
+
+
+def test_plan_on_torchao_quantized_transformer(tmp_path):
+    """A transformer loaded with torchao int8 weight-only quantization (diffusers' TorchAoConfig) takes a plan."""
+    pytest.importorskip("torchao", reason="torchao is not installed (pip install torchao)")
+    from diffusers import TorchAoConfig, WanTransformer3DModel
+    from torchao.quantization import Int8WeightOnlyConfig
+
+    tiny_transformer("wan").save_pretrained(tmp_path)
+
+    plan = MaskPlan(MIXED["wan"])
+    model = WanTransformer3DModel.from_pretrained(
+        tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()), torch_dtype=torch.float32).eval()
+    inputs = tiny_inputs(model, VIDEO)
+    with masked_sdpa(transformer_tile_mask(model, VIDEO), per_call=[k is not None for k in plan.layers]):
+        reference = forward(model, inputs)
+    apply_mask_plan(model, plan)
+    out = forward(model, inputs)
+    assert close(out, reference, 1e-4)
+    full = apply_mask_plan(tiny_transformer("wan"), plan)
+    assert (forward(full, inputs) - out).abs().max() > 1e-3  # the weights really are quantized
+
+
+OFFLOADS = {
+    "model_cpu_offload": lambda pipe: pipe.enable_model_cpu_offload(device="cpu"),
+    # accelerate's sequential offload fails with device="cpu" on the stock pipelines too (set_module_tensor_to_device:
+    # "new() received an invalid combination of arguments"): it runs on CUDA only (a gpu test)
+    "sequential_cpu_offload": lambda pipe: pipe.enable_sequential_cpu_offload(device="cuda"),
+    "group_offload_block": lambda pipe: pipe.transformer.enable_group_offload(
+        torch.device("cpu"), offload_type="block_level", num_blocks_per_group=1),
+    "group_offload_leaf": lambda pipe: pipe.transformer.enable_group_offload(torch.device("cpu"),
+                                                                            offload_type="leaf_level"),
+}
+
+
+@pytest.mark.parametrize(
+    "offload", [pytest.param(name, marks=pytest.mark.gpu) if name == "sequential_cpu_offload" else name
+                for name in OFFLOADS])
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "hunyuan_video"])
+def test_offloading_keeps_the_planned_output(family, offload):
+    """On a CPU-only machine the offload device is the CPU itself: this checks the hooks' plumbing (the plan's
+    processors and layout hook run under accelerate / diffusers offload hooks) against the masked reference."""
+    reference = masked_reference(family)
+    pipe = EfficientVDiTPipeline.from_pipe(tiny_pipeline(family))
+    pipe.set_mask_plan(uniform_plan(pipe.transformer))
+    OFFLOADS[offload](pipe)
+    out = run(pipe).cpu()
+    assert close(out, reference), (out - reference).abs().max()
+    assert pipe.mask_plan == uniform_plan(pipe.transformer)
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "hunyuan_video"])
+def test_cfg_as_one_batch_of_two_equals_two_calls(family):
+    """A planned transformer gives the same output (and the reference's) for [uncond, cond] as one batch of 2 and
+    as two batch-1 calls: the layout is per sample, the batch only repeats it."""
+    plan = MaskPlan(MIXED[family])
+    model = apply_mask_plan(tiny_transformer(family), plan)
+    batch = tiny_inputs(model, VIDEO)  # 2 samples (HunyuanVideo: the second with padded text), as [uncond, cond]
+    batched = forward(model, batch)
+    split = []
+    for i in range(2):
+        one = {name: value[i:i + 1] if torch.is_tensor(value) and value.dim() and value.shape[0] == 2 else value
+               for name, value in batch.items()}
+        split.append(forward(model, one))
+    assert close(batched, torch.cat(split), 1e-5)
+    reference = masked_transformer_reference(family, [k is not None for k in plan.layers])
+    assert close(batched, reference, 1e-5)
+
+
+CFG = {
+    "wan": dict(guidance_scale=5.0),  # WanPipeline: two calls a step (cond, uncond)
+    "cogvideox": dict(guidance_scale=6.0),  # CogVideoXPipeline: one call on a batch of 2
+    "hunyuan_video": dict(true_cfg_scale=3.0, negative_prompt="a blurry video"),  # two calls a step
+}
+
+
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "hunyuan_video"])
+def test_cfg_pipelines_equal_masked_reference(family):
+    """Each family's own CFG (one batch of 2 or two calls a step) under a plan equals the stock pipeline given the
+    tile mask, and differs from the pipeline without CFG."""
+    reference = masked_reference(family, **CFG[family])
+    pipe = EfficientVDiTPipeline.from_pipe(tiny_pipeline(family))
+    pipe.set_mask_plan(uniform_plan(pipe.transformer))
+    out = run(pipe, **CFG[family])
+    assert close(out, reference), (out - reference).abs().max()
+    no_cfg = dict(guidance_scale=1.0) if family != "hunyuan_video" else dict(true_cfg_scale=1.0)
+    assert (run(pipe, **no_cfg) - out).abs().max() > 1e-3
