@@ -477,3 +477,34 @@ def test_cfg_pipelines_equal_masked_reference(family):
     assert close(out, reference), (out - reference).abs().max()
     no_cfg = dict(guidance_scale=1.0) if family != "hunyuan_video" else dict(true_cfg_scale=1.0)
     assert (run(pipe, **no_cfg) - out).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. benchmarks/stack_bench.py in its tiny CPU mode
+
+
+def test_stack_bench_tiny_mode_writes_its_rows(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "stack_bench.py"
+    spec = importlib.util.spec_from_file_location("stack_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "stack.json"
+    data = bench.main(["--tiny", "--reps", "1", "--steps", "3", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(data))
+    assert {"device", "torch", "diffusers", "date", "plan", "total_s"} <= set(data) and data["plan"] == "uniform 1:5"
+    rows = {(r["part"], r["config"]): r for r in data["rows"]}
+    assert set(rows) == {("eager", "dense"), ("eager", "plan"), ("compile_regional", "dense"),
+                         ("compile_regional", "plan"), ("sage", "dense"), ("sage", "plan"), ("cache", "dense"),
+                         ("cache", "plan"), ("cache", "fbc"), ("cache", "fbc+plan")}
+    assert rows["eager", "plan"]["rel_err"] > 1e-3  # the plan changes the output...
+    for config in ("dense", "plan"):  # ...and the compiled model computes the eager one
+        assert rows["compile_regional", config]["rel_err"] < 1e-5 and rows["compile_regional", config]["compile_s"] >= 0
+    plan_row = rows["eager", "plan"]
+    assert plan_row["speedup"] == pytest.approx(rows["eager", "dense"]["step_s"] / plan_row["step_s"])
+    assert rows["cache", "dense"]["rel_err"] == 0 and rows["cache", "plan"]["rel_err"] > 1e-3  # loop vs dense loop
+    if not data["sageattention"]:
+        assert rows["sage", "plan"]["skipped"]
