@@ -226,9 +226,9 @@ def run(args) -> dict:
     parts = args.parts or PARTS
     refs, rows = {}, []
     started = time.perf_counter()
-    run_eager_rows = run_eager(bench, refs)  # the bf16 references every part compares with
+    eager_rows = run_eager(bench, refs)  # the bf16 references every part compares with
     if "eager" in parts:
-        rows += run_eager_rows
+        rows += eager_rows
     if "compile" in parts:
         rows += run_compile(bench, refs, args.compile, compile_backend)
     if "sage" in parts:
@@ -239,7 +239,8 @@ def run(args) -> dict:
     model_name = "tiny_wan" if args.tiny else WAN_1_3B
     frames = 6 if args.tiny else 21
     print_table(rows, ["part", "config", "step_s", "loop_s", "compile_s", "speedup", "rel_err"])
-    extra = dict(model=model_name, plan=f"uniform {format_mask(frames, 1)}", dtype="float32" if args.tiny else "bfloat16",
+    extra = dict(model=model_name, plan=f"uniform {format_mask(frames, 1)}",
+                 dtype="float32" if args.tiny else "bfloat16",
                  compile_mode=args.compile, compile_backend=compile_backend, fbc_threshold=args.fbc_threshold,
                  reps=args.reps, total_s=time.perf_counter() - started, sageattention=sage_available())
     if args.out:
@@ -255,7 +256,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--parts", nargs="*", choices=PARTS, help="parts to run (default: all)")
     parser.add_argument("--compile", choices=("regional", "full"), default="regional",
                         help="regional: compile_repeated_blocks (default); full: torch.compile(transformer)")
-    parser.add_argument("--compile-backend", default=None, help="torch.compile backend (default inductor; --tiny: eager)")
+    parser.add_argument("--compile-backend", default=None,
+                        help="torch.compile backend (default inductor; --tiny: eager)")
     parser.add_argument("--reps", type=int, default=3, help="timed steps per configuration (median)")
     parser.add_argument("--steps", type=int, default=8, help="denoising steps of the cache part")
     parser.add_argument("--fbc-threshold", type=float, default=0.05, help="FirstBlockCache threshold")
