@@ -27,7 +27,6 @@ torch / diffusers / CUDA versions and the date. Run on one H100 (under 5 minutes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from diffusers_evdit import MaskPlan, apply_mask_plan, num_plan_layers  # noqa: E402
+from diffusers_evdit import MaskPlan, apply_mask_plan, num_plan_layers, remove_mask_plan  # noqa: E402
 from diffusers_evdit.bench.common import print_table, write_results  # noqa: E402
 from diffusers_evdit.masks import format_mask  # noqa: E402
 
@@ -200,8 +199,6 @@ def run_cache(bench: Bench, steps: int, threshold: float) -> list[dict]:
         if "fbc" in config:
             model.disable_cache()
         if "plan" in config:
-            from diffusers_evdit import remove_mask_plan
-
             remove_mask_plan(model)
     free(model, inputs)
     return rows

@@ -21,7 +21,7 @@ from diffusers import (
 )
 from reference import attention_f64, masked_sdpa, paper_mask
 
-from diffusers_evdit import EfficientVDiTPipeline, MaskPlan, apply_mask_plan, num_plan_layers, remove_mask_plan
+from diffusers_evdit import EfficientVDiTPipeline, MaskPlan, apply_mask_plan, num_plan_layers
 from diffusers_evdit.tiny import TinyVideo, tiny_inputs, tiny_pipeline, tiny_pipeline_inputs, tiny_transformer
 
 K = 1  # 1:3 on the 4 latent frames of the tiny pipelines: every layer skips a real share of the attention
