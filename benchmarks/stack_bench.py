@@ -27,6 +27,7 @@ torch / diffusers / CUDA versions and the date. Run on one H100 (under 5 minutes
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -106,21 +107,28 @@ def plan_for(model) -> MaskPlan:
     return MaskPlan.uniform(num_plan_layers(model), 1)
 
 
-def free(*objects):
-    del objects
+def release() -> None:
+    """Return the memory of models the caller has deleted to the device (the next build is a full model)."""
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def report(row: dict) -> dict:
+    print("  " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+    return row
 
 
 def run_eager(bench: Bench, refs: dict) -> list[dict]:
     model, inputs = bench.build()
     rows = []
     step, _, refs["dense"] = bench.step_time(model, inputs)
-    rows.append(dict(part="eager", config="dense", step_s=step))
+    rows.append(report(dict(part="eager", config="dense", step_s=step)))
     apply_mask_plan(model, plan_for(model))
     step, _, refs["plan"] = bench.step_time(model, inputs)
-    rows.append(dict(part="eager", config="plan", step_s=step, rel_err=rel_err(refs["plan"], refs["dense"])))
-    free(model, inputs)
+    rows.append(report(dict(part="eager", config="plan", step_s=step, rel_err=rel_err(refs["plan"], refs["dense"]))))
+    del model, inputs
+    release()
     return rows
 
 
@@ -138,9 +146,10 @@ def run_compile(bench: Bench, refs: dict, mode: str, backend: str) -> list[dict]
             runner = torch.compile(model, backend=backend)
         warmup = 3  # a planned model may recompile on its second call (docs/stacking.md)
         step, warm, out = bench.step_time(runner, inputs, warmup=warmup)
-        rows.append(dict(part=f"compile_{mode}", config=config, step_s=step, compile_s=max(warm - warmup * step, 0.0),
-                         rel_err=rel_err(out, refs[config])))
-        free(model, inputs, runner)
+        rows.append(report(dict(part=f"compile_{mode}", config=config, step_s=step,
+                                compile_s=max(warm - warmup * step, 0.0), rel_err=rel_err(out, refs[config]))))
+        del model, inputs, runner, out
+        release()
     return rows
 
 
@@ -157,9 +166,10 @@ def run_sage(bench: Bench, refs: dict) -> list[dict]:
             if config == "plan":
                 apply_mask_plan(model, plan_for(model))
             step, _, out = bench.step_time(model, inputs)
-            rows.append(dict(part="sage", config=config, step_s=step, rel_err=rel_err(out, refs["dense"]),
-                             rel_err_vs_bf16_same_config=rel_err(out, refs[config])))
-    free(model, inputs)
+            rows.append(report(dict(part="sage", config=config, step_s=step, rel_err=rel_err(out, refs["dense"]),
+                                    rel_err_vs_bf16_same_config=rel_err(out, refs[config]))))
+    del model, inputs
+    release()
     return rows
 
 
@@ -195,12 +205,14 @@ def run_cache(bench: Bench, steps: int, threshold: float) -> list[dict]:
             model.enable_cache(FirstBlockCacheConfig(threshold=threshold))
         seconds, out = denoise(bench, model, inputs, steps)
         reference = out if reference is None else reference
-        rows.append(dict(part="cache", config=config, loop_s=seconds, steps=steps, rel_err=rel_err(out, reference)))
+        rows.append(report(dict(part="cache", config=config, loop_s=seconds, steps=steps,
+                                rel_err=rel_err(out, reference))))
         if "fbc" in config:
             model.disable_cache()
         if "plan" in config:
             remove_mask_plan(model)
-    free(model, inputs)
+    del model, inputs
+    release()
     return rows
 
 

@@ -437,7 +437,9 @@ def test_offloading_keeps_the_planned_output(family, offload):
     pipe.set_mask_plan(uniform_plan(pipe.transformer))
     OFFLOADS[offload](pipe)
     out = run(pipe).cpu()
-    assert close(out, reference), (out - reference).abs().max()
+    # on CUDA (sequential offload) convolutions run in TF32 by default: a looser bound, still far below the plan's
+    # own effect on the output (> 0.1)
+    assert close(out, reference, 1e-2 if offload == "sequential_cpu_offload" else ATOL), (out - reference).abs().max()
     assert pipe.mask_plan == uniform_plan(pipe.transformer)
 
 
