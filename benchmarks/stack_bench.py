@@ -65,7 +65,7 @@ class Bench:
         if self.tiny:
             from diffusers_evdit.tiny import TinyVideo, tiny_inputs, tiny_transformer
 
-            model = tiny_transformer("wan", num_layers=2)  # FirstBlockCache needs 2 blocks.to(self.device)
+            model = tiny_transformer("wan", num_layers=2).to(self.device)  # FirstBlockCache needs 2 blocks
             inputs = tiny_inputs(model, TinyVideo(frames=6, height=8, width=8, batch=1))
             return model, {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         from diffusers_evdit.bench.step import MODELS, build_model
