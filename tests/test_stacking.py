@@ -248,7 +248,10 @@ def self_attention_calls(calls: list, n: int) -> int:
     return sum(1 for q, k in calls if q == k == n)
 
 
-MIXED = {"wan": [K, None], "cogvideox": [K, None], "hunyuan_video": [K, None, K, None]}
+def mixed_plan(family: str) -> MaskPlan:
+    """Sparse and dense layers alternating (sparse first) on the tiny transformer of ``family``."""
+    n = num_plan_layers(tiny_transformer(family))
+    return MaskPlan([K if i % 2 == 0 else None for i in range(n)])
 
 
 @pytest.mark.parametrize("order", ["plan_first", "backend_first"])
@@ -257,7 +260,7 @@ MIXED = {"wan": [K, None], "cogvideox": [K, None], "hunyuan_video": [K, None, K,
 def test_set_attention_backend_runs_dense_layers_on_it(family, backend, order, backend_spy):
     """A mixed plan under ``transformer.set_attention_backend``: the dense layers call the chosen backend (sparse
     ones run the tile kernels), and the output equals the stock model under that backend given the tile mask."""
-    plan = MaskPlan(MIXED[family])
+    plan = mixed_plan(family)
     reference = masked_transformer_reference(family, [k is not None for k in plan.layers],
                                              prepare=lambda m: m.set_attention_backend(backend))
     calls = backend_spy(backend)
@@ -278,7 +281,7 @@ def test_set_attention_backend_runs_dense_layers_on_it(family, backend, order, b
 def test_attention_backend_context_manager_runs_dense_layers_on_it(family, backend_spy):
     from diffusers.models.attention_dispatch import attention_backend
 
-    plan = MaskPlan(MIXED[family])
+    plan = mixed_plan(family)
     reference = masked_transformer_reference(family, [k is not None for k in plan.layers])
     calls = backend_spy("_native_math")
     model = apply_mask_plan(tiny_transformer(family), plan)
@@ -295,7 +298,7 @@ def test_attention_backend_context_manager_runs_dense_layers_on_it(family, backe
 def test_cogvideox_under_a_backend_equals_masked_reference(backend_spy):
     """diffusers' CogVideoX processor calls SDPA directly (no backend dispatch); with a plan the same holds: the
     backend changes nothing and the output equals the masked reference."""
-    plan = MaskPlan(MIXED["cogvideox"])
+    plan = mixed_plan("cogvideox")
     reference = masked_transformer_reference("cogvideox", [k is not None for k in plan.layers])
     calls = backend_spy("_native_math")
     model = apply_mask_plan(tiny_transformer("cogvideox"), plan)
@@ -381,7 +384,7 @@ def test_plan_on_fp8_stored_weights(family):
     def fp8(model):
         model.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)
 
-    plan = MaskPlan(MIXED[family])
+    plan = mixed_plan(family)
     reference = masked_transformer_reference(family, [k is not None for k in plan.layers], prepare=fp8)
     model = tiny_transformer(family)
     fp8(model)
@@ -400,7 +403,7 @@ def test_plan_on_torchao_quantized_transformer(tmp_path):
 
     tiny_transformer("wan").save_pretrained(tmp_path)
 
-    plan = MaskPlan(MIXED["wan"])
+    plan = mixed_plan("wan")
     model = WanTransformer3DModel.from_pretrained(
         tmp_path, quantization_config=TorchAoConfig(Int8WeightOnlyConfig()), torch_dtype=torch.float32).eval()
     inputs = tiny_inputs(model, VIDEO)
@@ -447,7 +450,7 @@ def test_offloading_keeps_the_planned_output(family, offload):
 def test_cfg_as_one_batch_of_two_equals_two_calls(family):
     """A planned transformer gives the same output (and the reference's) for [uncond, cond] as one batch of 2 and
     as two batch-1 calls: the layout is per sample, the batch only repeats it."""
-    plan = MaskPlan(MIXED[family])
+    plan = mixed_plan(family)
     model = apply_mask_plan(tiny_transformer(family), plan)
     batch = tiny_inputs(model, VIDEO)  # 2 samples (HunyuanVideo: the second with padded text), as [uncond, cond]
     batched = forward(model, batch)
