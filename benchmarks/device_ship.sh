@@ -38,7 +38,7 @@ mlcd)
     ;;
 kd)
     [ -f runs/mlcd-s4/model_index.json ] || { echo "no runs/mlcd-s4 on this machine: run the mlcd phase first"; exit 1; }
-    timeout 520 python examples/reproduce_tables.py --work_dir runs/ship --out_dir runs/ship/tables \
+    timeout 520 python benchmarks/reproduce_tables.py --work_dir runs/ship --out_dir runs/ship/tables \
         --mlcd_model runs/mlcd-s4 --ratios 0.005,0.05 --uniform_ks 4 --no_ablation --no_search_rows --jobs 3 \
         --kd_batch_size 32 --kd_minutes 3.5 --eval_prompts 16 2>&1 | grep -v '%|' | tee "$OUT/ship.log" | tail -n 30
     export_row runs/mlcd-s4 mlcd
@@ -51,7 +51,7 @@ all)
     bash benchmarks/device_stages.sh s4-student-short
     left=$((545 - SECONDS))
     echo "reproduce gets ${left}s"
-    timeout "$left" python examples/reproduce_tables.py --work_dir runs/ship --out_dir runs/ship/tables \
+    timeout "$left" python benchmarks/reproduce_tables.py --work_dir runs/ship --out_dir runs/ship/tables \
         --mlcd_model runs/mlcd-s4 --ratios 0.005 --uniform_ks 4 --no_ablation --no_search_rows --jobs 2 \
         --kd_batch_size 32 --kd_minutes 2.0 --eval_prompts 8 2>&1 | grep -v '%|' | tee "$OUT/ship.log" | tail -n 25
     export_row runs/mlcd-s4 mlcd

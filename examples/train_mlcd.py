@@ -49,7 +49,7 @@ Examples::
         --learning_rate 3e-5
 
     # the committed table (benchmarks/results/mlcd.json): students vs the teacher at its default and at S steps
-    python examples/mlcd_table.py --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64
+    python benchmarks/mlcd_table.py --students runs/mlcd-s8 runs/mlcd-s4 --prompts 64
 
     # CPU smoke test on a tiny random pipeline (one thread: small ops are slow with several)
     OMP_NUM_THREADS=1 python examples/train_mlcd.py --teacher tiny:wan --output_dir /tmp/mlcd --num_frames 9 \\

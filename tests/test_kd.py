@@ -1,5 +1,5 @@
 """Stage 3 knowledge distillation: the hooked feature loss, gradients, a training step, examples/train_kd.py and
-examples/reproduce_tables.py --smoke, on tiny random models (CPU). Random weights: plumbing only, no quality."""
+benchmarks/reproduce_tables.py --smoke, on tiny random models (CPU). Random weights: plumbing only, no quality."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from diffusers_evdit.plan import apply_mask_plan
 from diffusers_evdit.tiny import TinyVideo, tiny_inputs, tiny_transformer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"  # experiment runners (reproduce_tables)
 FAMILIES = ("cogvideox", "wan", "hunyuan_video")
 VIDEO = TinyVideo(frames=4, height=8, width=8)
 
@@ -186,11 +187,12 @@ def test_kd_with_the_mlcd_loss_records_only_the_student_call():
 
 
 def _import(name):
-    sys.path.insert(0, str(EXAMPLES))
+    folder = str(BENCHMARKS if name == "reproduce_tables" else EXAMPLES)
+    sys.path.insert(0, folder)
     try:
         return __import__(name)
     finally:
-        sys.path.remove(str(EXAMPLES))
+        sys.path.remove(folder)
 
 
 def run_kd(args):

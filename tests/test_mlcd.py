@@ -494,7 +494,7 @@ def test_train_script_lora_on_a_video_folder(tmp_path):
 
 
 def test_mlcd_table_scores_students_against_the_teacher_on_the_same_prompts(tmp_path):
-    """examples/mlcd_table.py: one row per (model, steps), the checks computed from the rows, --reuse verified."""
+    """benchmarks/mlcd_table.py: one row per (model, steps), the checks computed from the rows, --reuse verified."""
     from diffusers_evdit.demo import GenerationConfig, build_demo_pipeline
 
     teacher = tmp_path / "teacher"
@@ -505,11 +505,12 @@ def test_mlcd_table_scores_students_against_the_teacher_on_the_same_prompts(tmp_
     run_script(["--teacher", teacher, "--num_segments", 2, "--max_train_steps", 1, "--train_batch_size", 2,
                 "--report_to", "none", "--output_dir", student, "--checkpointing_steps", 0,
                 "--validation_steps", 0, "--no_final_validation"])
-    sys.path.insert(0, str(EXAMPLES))
+    benchmarks = str(EXAMPLES.parent / "benchmarks")
+    sys.path.insert(0, benchmarks)
     try:
         import mlcd_table
     finally:
-        sys.path.remove(str(EXAMPLES))
+        sys.path.remove(benchmarks)
     out = tmp_path / "res" / "mlcd.json"
     common = ["--teacher", str(teacher), "--students", str(student), "--prompts", "2", "--device", "cpu",
               "--out", str(out)]
