@@ -42,6 +42,7 @@ def render(
 
     Example::
 
+        >>> from diffusers_evdit.data import render, sample_scene
         >>> frames = render(sample_scene(0), 29, 128, 128)
         >>> frames.shape
         (29, 128, 128, 3)
@@ -76,6 +77,7 @@ def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """``uint8 (T, H, W, 3)`` frames -> float tensor ``(3, T, H, W)`` in [-1, 1].
 
     Example:
+        >>> from diffusers_evdit.data import render, sample_scene
         >>> frames = render(sample_scene(0), 5, 32, 32)
         >>> video = frames_to_tensor(frames)
         >>> video.shape, float(video.min()) >= -1.0
@@ -89,6 +91,7 @@ def tensor_to_frames(video: torch.Tensor) -> np.ndarray:
     """Float tensor ``(3, T, H, W)`` in [-1, 1] -> ``uint8 (T, H, W, 3)`` frames.
 
     Example:
+        >>> from diffusers_evdit.data import render, sample_scene
         >>> frames = render(sample_scene(0), 5, 32, 32)
         >>> bool((tensor_to_frames(frames_to_tensor(frames)) == frames).all())
         True

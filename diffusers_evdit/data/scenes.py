@@ -244,6 +244,7 @@ def caption(scene: SceneSpec | CaptionAttributes) -> str:
 
     Example::
 
+        >>> from diffusers_evdit.data import sample_scene
         >>> caption(sample_scene(3, num_objects=1)).startswith("a ")
         True
     """
@@ -304,6 +305,7 @@ def is_heldout(scene: SceneSpec | CaptionAttributes) -> bool:
     """True iff any object's (colour, shape, motion) is in :data:`HELDOUT_COMBOS`.
 
     Example:
+        >>> from diffusers_evdit.data import sample_scene
         >>> is_heldout(sample_scene(0, split="heldout")), is_heldout(sample_scene(0, split="train"))
         (True, False)
     """

@@ -35,6 +35,7 @@ def save_video(frames: Any, path: str | os.PathLike, fps: int = 8) -> None:
 
     Example::
 
+        >>> from diffusers_evdit.data import render, sample_scene
         >>> save_video(render(sample_scene(0)), "/tmp/clip.gif", fps=8)
     """
     arr = _to_uint8_frames(frames)
@@ -67,6 +68,7 @@ def video_grid(videos: Sequence[Any], ncols: int | None = None, pad: int = 2, pa
 
     Example::
 
+        >>> from diffusers_evdit.data import render, sample_scene
         >>> grid = video_grid([render(sample_scene(i), 9, 32, 32) for i in range(4)], ncols=2)
         >>> grid.shape
         (9, 70, 70, 3)
@@ -107,6 +109,7 @@ def read_video_frames(path: str | os.PathLike, max_frames: int | None = None) ->
 
     Example::
 
+        >>> from diffusers_evdit.data import render, sample_scene
         >>> save_video(render(sample_scene(0), 9, 32, 32), "/tmp/clip.gif")
         >>> read_video_frames("/tmp/clip.gif").shape
         (9, 32, 32, 3)
