@@ -134,6 +134,26 @@ def test_demo_skips_a_missing_row_with_the_reason(tmp_path):
     assert "Not run" in (tmp_path / "out" / "report.md").read_text()
 
 
+def test_eval_demo_rows_script_on_cpu(tmp_path):
+    sys.path.insert(0, str(EXAMPLES.parent / "benchmarks"))
+    import eval_demo_rows
+
+    out = tmp_path / "rows.json"
+    res = eval_demo_rows.main(["--model", "tiny", "--device", "cpu", "--prompts", "2", "--seeds", "2",
+                               "--timing-videos", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(res)) and data["split"] == "test" and data["prompts"] == 2
+    assert [r["name"] for r in data["rows"]] == ["Base", "MLCD", "Efficient-vDiT"]
+    for r in data["rows"]:
+        fs = r["final_score"]
+        assert fs["n"] == 2 and r["n_videos"] == 4 and len(r["rounds"]) == 2
+        assert fs["mean"] == pytest.approx(np.mean([x["final_score"] for x in r["rounds"]]))
+        assert fs["std"] == pytest.approx(np.std([x["final_score"] for x in r["rounds"]], ddof=1))
+        assert r["denoise_seconds"] > 0
+        assert r["wallclock_speedup"] == pytest.approx(data["rows"][0]["denoise_seconds"] / r["denoise_seconds"])
+    assert data["rows"][2]["plan"]["layers"] == [1, 1]
+
+
 def test_eval_cli_json_keys(tmp_path, capsys):
     path = tmp_path / "eval.json"
     assert main(["eval", "--model", "tiny", "--prompts", "2", "--steps", "2", "--plan", "uniform:1",
