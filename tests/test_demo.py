@@ -88,7 +88,8 @@ def _save_row(folder, seed, plan=None):
     from diffusers_evdit import MaskPlan
     from diffusers_evdit.schedulers import mlcd_scheduler_from
 
-    build_transformer("tiny", seed=seed, zero_init_output=False).to(torch.float16).save_pretrained(folder / "transformer")
+    student = build_transformer("tiny", seed=seed, zero_init_output=False).to(torch.float16)
+    student.save_pretrained(folder / "transformer")
     base_sched = build_demo_pipeline("tiny").scheduler
     mlcd_scheduler_from(base_sched, [999, 750, 500, 250], sigmas=[1.0, 0.75, 0.5, 0.25]).save_pretrained(
         folder / "scheduler")

@@ -132,7 +132,7 @@ def evaluate_pipeline(
     workers: Any = 1, progress: bool = True, prompts: Sequence[tuple[str, Any]] | None = None,
     guidance_scale: float | None = None, reference: bool = True, split: str = "test",
 ) -> dict:
-    """The ``evdit eval`` result for ``pipe`` (with whatever plan is installed) on held-out prompts.
+    """The ``evdit eval`` result for ``pipe`` (with whatever plan is installed) on held-out test prompts.
 
     Generates one video per prompt of ``eval_prompts(num_prompts, split)`` (seed ``seed + i``; ``split="test"`` for
     reported numbers, ``"validation"`` for choices) unless ``prompts`` is given, scores them with

@@ -76,7 +76,7 @@ def decode_latents(pipe, latents: torch.Tensor, batch_size: int = 8) -> list[np.
     The same computation as the end of ``WanPipeline.__call__`` (de-normalise with the VAE's ``latents_mean`` /
     ``latents_std``, decode, post-process), but in batches of ``batch_size`` videos across prompts. On CPU a
     single latent is decoded as a batch of two: PyTorch runs the VAE's small 3D convolutions on its slow reference
-    path for batch 1 (about 3x slower than oneDNN).
+    path for batch 1.
 
     Example:
         >>> from diffusers_evdit.demo import load_pipeline

@@ -20,7 +20,7 @@ class DemoModelMissingError(FileNotFoundError):
 def _missing_model_message(path: str) -> str:
     return (
         f"The shipped demo model is missing: {path} has no trained pipeline yet (no model_index.json). Train it on a "
-        "GPU with `bash examples/train_demo.sh OUTDIR` (about 9 minutes on one H100) and copy OUTDIR's contents into "
+        "GPU with `bash examples/train_demo.sh OUTDIR` and copy OUTDIR's contents into "
         "diffusers_evdit/demo_model/, or pass --model PATH to a trained pipeline folder, or --model tiny for a "
         "random-weight run of the same structure (plumbing only, no quality)."
     )

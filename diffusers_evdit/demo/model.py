@@ -21,8 +21,8 @@ GENERATION_FILE = "evdit_demo.json"
 class DemoArchitecture:
     """Sizes of the demo pipeline's components (the classes are fixed: Wan VAE, UMT5 encoder, Wan transformer).
 
-    ``ARCHITECTURES["demo"]`` is the shipped model (~17M parameters, ~35 MB with the transformer and VAE stored in
-    float16); ``ARCHITECTURES["tiny"]`` has the same structure in a size that runs in milliseconds, for tests.
+    ``ARCHITECTURES["demo"]`` is the shipped model; ``ARCHITECTURES["tiny"]`` has the same structure at a size
+    that runs in milliseconds, for tests.
 
     Example:
         >>> ARCHITECTURES["demo"].num_layers, ARCHITECTURES["demo"].dim

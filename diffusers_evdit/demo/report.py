@@ -23,7 +23,8 @@ def timing_notes(rows: list[dict]) -> list[str]:
     """Sentences on the timings of ``rows`` (``evdit demo`` report rows): where VAE decoding dominates a row.
 
     Example:
-        >>> timing_notes([{"name": "fast", "denoise_seconds": 0.2, "decode_seconds": 0.5, "seconds_per_video": 0.8}])[0][:33]
+        >>> row = {"name": "fast", "denoise_seconds": 0.2, "decode_seconds": 0.5, "seconds_per_video": 0.8}
+        >>> timing_notes([row])[0][:33]
         'fast: VAE decoding takes 0.50 s o'
     """
     notes = []

@@ -172,7 +172,7 @@ def motion_smoothness(traj: np.ndarray, height: int, width: int, config: MetricC
     ``config.smooth_tolerance_px`` absorbs the rasterisation jitter of hard
     edges, ``eps = config.smooth_eps * min(H, W)`` is a speed floor. Uniform
     motion gives 1, a reflection at a wall costs at most one or two terms,
-    randomly ordered frames give large accelerations (score ~0.3).
+    randomly ordered frames give large accelerations (a low score).
     """
     if len(traj) < 3:
         return 1.0
