@@ -171,7 +171,12 @@ def evaluate_pipeline(
 
 
 def strip_private(result: dict) -> dict:
-    """``result`` without the in-memory ``_videos`` / ``_real`` entries (JSON-ready)."""
+    """``result`` without the in-memory ``_videos`` / ``_real`` entries (JSON-ready).
+
+    Example:
+        >>> strip_private({"final_score": 0.5, "_videos": []})
+        {'final_score': 0.5}
+    """
     return {k: v for k, v in result.items() if not k.startswith("_")}
 
 
