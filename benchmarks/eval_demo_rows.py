@@ -30,6 +30,9 @@ def parse_args(argv=None):
     p.add_argument("--mlcd", default=None, help="MLCD row folder (default: MODEL/mlcd)")
     p.add_argument("--evdit", default=None, help="Efficient-vDiT row folder (default: MODEL/evdit)")
     p.add_argument("--rows", default="Base,MLCD,Efficient-vDiT", help="comma-separated rows to run")
+    p.add_argument("--extra-row", action="append", default=[], metavar="NAME=FOLDER[:PLAN]",
+                   help="another 4-step student row without CFG (e.g. a uniform plan + KD, to compare with the searched "
+                        "plan at equal sparsity); PLAN: saved (default), dense, uniform:K or a plan file; repeatable")
     p.add_argument("--prompts", type=int, default=64, help="test prompts (default 64)")
     p.add_argument("--seeds", type=int, default=3, help="seed rounds per prompt (default 3)")
     p.add_argument("--base-seed", type=int, default=0)
@@ -65,6 +68,13 @@ def _rows(args):
         r = known[name]
         folder = folders.get(name)
         rows.append(DemoRow(r.name, os.path.abspath(folder) if folder else r.folder, r.steps, r.guidance_scale, r.plan))
+    for spec in args.extra_row:
+        name, sep, rest = spec.partition("=")
+        folder, _, plan = rest.partition(":")
+        if not sep or not name or not folder:
+            raise SystemExit(f"--extra-row {spec!r}: use NAME=FOLDER or NAME=FOLDER:PLAN")
+        plan = plan or "saved"
+        rows.append(DemoRow(name, os.path.abspath(folder), 4, 1.0, None if plan == "dense" else plan))
     return rows
 
 
@@ -86,6 +96,7 @@ def evaluate_rows(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    rows = _rows(args)  # bad row specs fail before anything is loaded
     path = resolve_model(args.model)
     base, gen = load_pipeline(path, device=args.device)
     where = str(base._execution_device)
@@ -95,7 +106,7 @@ def evaluate_rows(args) -> dict:
     real = [render(s, gen.num_frames, gen.height, gen.width) for _, s in pairs]
     warm_up(base, gen, decode=True)
     out_rows = []
-    for row in _rows(args):
+    for row in rows:
         pipe = load_row(base, path, row, seed=args.base_seed)
         row_gen = row.generation(gen)
         print(f"{row.name}: {row_gen.num_inference_steps} steps, guidance {row_gen.guidance_scale}", flush=True)

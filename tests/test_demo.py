@@ -155,6 +155,27 @@ def test_eval_demo_rows_script_on_cpu(tmp_path):
     assert data["rows"][2]["plan"]["layers"] == [1, 1]
 
 
+def test_eval_demo_rows_script_with_row_folders(tmp_path):
+    sys.path.insert(0, str(EXAMPLES.parent / "benchmarks"))
+    import eval_demo_rows
+
+    base_dir = tmp_path / "model"
+    build_demo_pipeline("tiny").save_pretrained(base_dir)
+    GenerationConfig.tiny().save(base_dir)
+    _save_row(tmp_path / "kd", seed=4, plan=1)
+    _save_row(tmp_path / "uniform", seed=5)
+    res = eval_demo_rows.main(["--model", str(base_dir), "--evdit", str(tmp_path / "kd"), "--rows",
+                               "Base,Efficient-vDiT", "--extra-row", f"Uniform 2:2+KD={tmp_path / 'uniform'}:uniform:2",
+                               "--device", "cpu", "--prompts", "1", "--seeds", "1", "--timing-videos", "1",
+                               "--out", str(tmp_path / "rows.json")])
+    rows = {r["name"]: r for r in res["rows"]}
+    assert list(rows) == ["Base", "Efficient-vDiT", "Uniform 2:2+KD"]
+    assert rows["Efficient-vDiT"]["plan"]["layers"] == [1, 1] and rows["Uniform 2:2+KD"]["plan"]["layers"] == [2, 2]
+    assert rows["Efficient-vDiT"]["folder"] == str(tmp_path / "kd") and rows["Uniform 2:2+KD"]["steps"] == 4
+    with pytest.raises(SystemExit):
+        eval_demo_rows.main(["--model", "tiny", "--extra-row", "nofolder", "--out", str(tmp_path / "x.json")])
+
+
 def test_eval_cli_json_keys(tmp_path, capsys):
     path = tmp_path / "eval.json"
     assert main(["eval", "--model", "tiny", "--prompts", "2", "--steps", "2", "--plan", "uniform:1",
