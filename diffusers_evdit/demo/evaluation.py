@@ -42,9 +42,9 @@ def score_videos(
     """The ``evdit eval`` metrics of a video set: ``(summary, per_video_rows)``.
 
     ``summary`` has every key of :data:`EVAL_KEYS` (``frechet`` between :func:`video_features` of ``videos`` and
-    of ``real``, ``None`` without ``real`` or with fewer than two videos), plus ``dynamic_agreement`` and
-    ``num_videos``. ``workers > 1`` scores in a new process pool; ``workers`` may also be a
-    ``multiprocessing.Pool`` to reuse (create it before CUDA is initialised).
+    of ``real``, ``None`` without ``real`` or with fewer than two videos), plus ``dynamic_agreement``,
+    ``prompt_alignment``, ``temporal_quality`` and ``num_videos``. ``workers > 1`` scores in a new process pool;
+    ``workers`` may also be a ``multiprocessing.Pool`` to reuse (create it before CUDA is initialised).
 
     Example:
         >>> pairs = eval_prompts(2)
@@ -72,7 +72,8 @@ def score_videos(
     for key, src in EVAL_KEYS.items():
         if src is not None:
             summary[key] = float(np.mean([r[src] for r in rows]))
-    summary["dynamic_agreement"] = float(np.mean([r["dynamic_agreement"] for r in rows]))
+    for key in ("dynamic_agreement", "prompt_alignment", "temporal_quality"):  # the final score's factors
+        summary[key] = float(np.mean([r[key] for r in rows]))
     summary["frechet"] = None
     if real is not None and len(videos) >= 2:
         if len(real) != len(videos):
