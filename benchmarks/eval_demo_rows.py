@@ -8,7 +8,8 @@ Every row generates the same test prompts (``diffusers_evdit.data.eval_prompts(n
 noise seeds: seed round ``s`` gives prompt ``i`` the seed ``base_seed + 1000 * s + i``. Per row the JSON holds the
 final score (and every ``evdit eval`` metric) as ``mean`` / ``std`` over seed rounds with ``n`` rounds and
 ``n_videos``, the per-round means, and the denoising wall-clock (all transformer calls and scheduler steps of one
-video, batch 1, after a warm-up) with the speedup over Base. Validation prompts (``--split validation``) are for
+video, batch 1, after a warm-up) with the speedup over Base, and the paired per-video difference of the final
+score from Base (same prompt and seed: mean, std, n, stderr), the tighter comparison. Validation prompts (``--split validation``) are for
 choices only; report test numbers.
 """
 
@@ -144,6 +145,11 @@ def evaluate_rows(args) -> dict:
         ok = ref["denoise_seconds"] and r["denoise_seconds"]
         r["wallclock_speedup"] = ref["denoise_seconds"] / r["denoise_seconds"] if ok else None
         r["final_score_minus_first_row"] = r["final_score"]["mean"] - ref["final_score"]["mean"]
+        diffs = [a - b for ra, rb in zip(r["rounds"], ref["rounds"])
+                 for a, b in zip(ra["per_video_final"], rb["per_video_final"])]
+        paired = _stats(diffs)  # same prompt, same seed: the row's video minus the first row's
+        paired["stderr"] = paired["std"] / np.sqrt(paired["n"])
+        r["paired_difference_vs_first_row"] = paired
     return {
         "model": path, "device": where, "device_name": torch.cuda.get_device_name() if where.startswith("cuda")
         else platform.processor() or platform.machine(), "torch": torch.__version__,

@@ -153,6 +153,11 @@ def test_eval_demo_rows_script_on_cpu(tmp_path):
         assert r["denoise_seconds"] > 0
         assert r["wallclock_speedup"] == pytest.approx(data["rows"][0]["denoise_seconds"] / r["denoise_seconds"])
     assert data["rows"][2]["plan"]["layers"] == [1, 1]
+    base_videos = [v for rnd in data["rows"][0]["rounds"] for v in rnd["per_video_final"]]
+    for r in data["rows"]:
+        mine = [v for rnd in r["rounds"] for v in rnd["per_video_final"]]
+        paired = r["paired_difference_vs_first_row"]
+        assert paired["n"] == 4 and paired["mean"] == pytest.approx(np.mean(mine) - np.mean(base_videos))
 
 
 def test_eval_demo_rows_script_with_row_folders(tmp_path):
