@@ -312,3 +312,35 @@ def test_save_gif_and_grid(tmp_path):
     except ImportError:
         with pytest.raises(RuntimeError):
             save_video(frames, tmp_path / "clip.mp4")
+
+
+# ---------------------------------------------------------------------------
+# evaluation splits: validation for choices, test for reported numbers
+# ---------------------------------------------------------------------------
+
+
+def test_validation_and_test_prompts_never_overlap():
+    from diffusers_evdit.data import SPLITS, eval_prompts, prompt_split
+
+    test, val = eval_prompts(96), eval_prompts(96, split="validation")
+    test_caps, val_caps = [c for c, _ in test], [c for c, _ in val]
+    assert len(set(test_caps)) == len(set(val_caps)) == 96  # distinct prompts
+    assert not set(test_caps) & set(val_caps)
+    assert all(prompt_split(c) == "test" for c in test_caps) and all(prompt_split(c) == "validation" for c in val_caps)
+    assert all(s.is_heldout and s.caption() == c for c, s in test + val)
+    # another seed gives other scenes but never crosses the split
+    other = eval_prompts(32, split="validation", seed=7)
+    assert other != val[:32] and not set(c for c, _ in other) & set(test_caps)
+    # seeded and prefix-stable
+    assert eval_prompts(10) == test[:10]
+    assert sorted(SPLITS) == ["test", "validation"]
+    with pytest.raises(ValueError, match="split"):
+        eval_prompts(2, split="train")
+
+
+def test_prompt_split_partitions_heldout_captions_evenly():
+    from diffusers_evdit.data import prompt_split
+
+    caps = {sample_scene(np.random.default_rng([3, i]), split="heldout").caption() for i in range(400)}
+    share = sum(prompt_split(c) == "test" for c in caps) / len(caps)
+    assert 0.35 < share < 0.65

@@ -19,6 +19,7 @@ from diffusers_evdit.demo import (
     DemoModelMissingError,
     GenerationConfig,
     build_demo_pipeline,
+    build_transformer,
     caption_tokenizer,
     eval_prompts,
     load_pipeline,
@@ -55,23 +56,129 @@ def test_tokenizer_covers_every_caption():
         assert tok.decode(ids, skip_special_tokens=True) == caption
 
 
-def test_shortened_demo_writes_video_sheet_and_report(tmp_path):
+def test_shortened_demo_writes_rows_video_sheet_and_report(tmp_path):
     out = tmp_path / "demo"
-    rep = run_demo(out, model="tiny", num_prompts=2, steps=2, plan="uniform:1", progress=False, log=lambda s: None)
+    rep = run_demo(out, model="tiny", num_prompts=2, steps=2, progress=False, log=lambda s: None)
     gif = Image.open(out / "side_by_side.gif")
     assert gif.n_frames == GenerationConfig.tiny().num_frames
-    assert gif.size[0] > 3 * 64  # real | dense | sparse
-    assert Image.open(out / "contact_sheet.png").size[1] > 2 * 3 * 64
+    assert gif.size[0] > 4 * 64  # real | Base | MLCD | Efficient-vDiT
+    assert Image.open(out / "contact_sheet.png").size[1] > 2 * 4 * 64
     data = json.loads((out / "report.json").read_text())
-    assert data["plan"]["layers"] == [1, 1] and data["plan"]["sparsity"] == pytest.approx(0.375)
-    for run in ("dense", "sparse"):
-        assert set(EVAL_KEYS) <= set(data[run]["metrics"])
-        assert data[run]["timing"]["step_ms"] > 0 and len(data[run]["per_video"]) == 2
-    assert data["speedup"]["step"] > 0 and data["fidelity"]["psnr"] > 0
-    assert data["reference"]["color_accuracy"] == 1.0
+    rows = data["rows"]
+    assert [r["name"] for r in rows] == ["Base", "MLCD", "Efficient-vDiT"]
+    assert [r["steps"] for r in rows] == [2, 4, 4] and [r["guidance_scale"] for r in rows] == [2.0, 1.0, 1.0]
+    assert [r["plan"]["sparsity"] for r in rows] == [0.0, 0.0, pytest.approx(0.375)]
+    assert rows[2]["plan"]["layers"] == [1, 1]
+    base = rows[0]
+    for r in rows:
+        assert 0 < r["denoise_seconds"] < r["seconds_per_video"]
+        assert r["wallclock_speedup"] == pytest.approx(base["denoise_seconds"] / r["denoise_seconds"])
+        assert r["video_speedup"] == pytest.approx(base["seconds_per_video"] / r["seconds_per_video"])
+        assert 0.0 <= r["final_score"] <= 1.0 and set(EVAL_KEYS) <= set(r["metrics"])
+        assert len(r["per_video"]) == 2 and r["timing"]["steps"] == 2 * r["steps"]
+    assert base["wallclock_speedup"] == base["video_speedup"] == 1.0
+    assert data["reference"]["color_accuracy"] == 1.0 and data["split"] == "test" and data["missing_rows"] == []
+    assert data["prompts"] == [c for c, _ in eval_prompts(2, split="test")]
     md = (out / "report.md").read_text()
-    assert "speedup" in md.lower() and "contact_sheet.png" in md and "random-weight" in md
+    assert "denoising speedup" in md and "contact_sheet.png" in md and "random-weight" in md
     assert rep["files"]["video"] == "side_by_side.gif"
+
+
+def _save_row(folder, seed, plan=None):
+    from diffusers_evdit import MaskPlan
+    from diffusers_evdit.schedulers import mlcd_scheduler_from
+
+    student = build_transformer("tiny", seed=seed, zero_init_output=False).to(torch.float16)
+    student.save_pretrained(folder / "transformer")
+    base_sched = build_demo_pipeline("tiny").scheduler
+    mlcd_scheduler_from(base_sched, [999, 750, 500, 250], sigmas=[1.0, 0.75, 0.5, 0.25]).save_pretrained(
+        folder / "scheduler")
+    if plan is not None:
+        MaskPlan.uniform(2, k=plan).save(folder / "mask_plan.json")
+
+
+def test_row_folder_loads_student_with_base_components(tmp_path):
+    from diffusers_evdit.demo import DEFAULT_ROWS, DemoRowMissingError, load_row
+
+    base_dir = tmp_path / "model"
+    build_demo_pipeline("tiny").save_pretrained(base_dir)
+    GenerationConfig.tiny().save(base_dir)
+    _save_row(base_dir / "evdit", seed=7, plan=1)
+    base, gen = load_pipeline(str(base_dir), device="cpu")
+    evdit = DEFAULT_ROWS[2]
+    pipe = load_row(base, str(base_dir), evdit)
+    ref = build_transformer("tiny", seed=7, zero_init_output=False).to(torch.float16).float()
+    for (name, p), (_, q) in zip(pipe.transformer.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(p, q), name
+    assert pipe.transformer.dtype == torch.float32 and pipe.transformer is not base.transformer
+    assert pipe.vae is base.vae and pipe.text_encoder is base.text_encoder and pipe.tokenizer is base.tokenizer
+    assert type(pipe.scheduler).__name__ == "MLCDFlowMatchEulerScheduler"
+    assert pipe.mask_plan.layers == [1, 1] and base.mask_plan is None
+    gen4 = evdit.generation(gen)
+    assert (gen4.num_inference_steps, gen4.guidance_scale) == (4, 1.0)
+    with pytest.raises(DemoRowMissingError, match="mlcd.*transformer/config.json.*--model tiny"):
+        load_row(base, str(base_dir), DEFAULT_ROWS[1])
+    (base_dir / "evdit" / "mask_plan.json").unlink()
+    with pytest.raises(DemoRowMissingError, match="mask_plan.json"):
+        load_row(base, str(base_dir), evdit)
+
+
+def test_demo_skips_a_missing_row_with_the_reason(tmp_path):
+    base_dir = tmp_path / "model"
+    build_demo_pipeline("tiny").save_pretrained(base_dir)
+    GenerationConfig.tiny().save(base_dir)
+    _save_row(base_dir / "evdit", seed=3, plan=1)
+    rep = run_demo(tmp_path / "out", model=str(base_dir), num_prompts=1, steps=2, progress=False, log=lambda s: None)
+    assert [r["name"] for r in rep["rows"]] == ["Base", "Efficient-vDiT"]
+    assert rep["rows"][1]["steps"] == 4 and rep["rows"][1]["plan"]["layers"] == [1, 1]
+    assert [m["name"] for m in rep["missing_rows"]] == ["MLCD"] and "mlcd" in rep["missing_rows"][0]["reason"]
+    assert "Not run" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_eval_demo_rows_script_on_cpu(tmp_path):
+    sys.path.insert(0, str(EXAMPLES.parent / "benchmarks"))
+    import eval_demo_rows
+
+    out = tmp_path / "rows.json"
+    res = eval_demo_rows.main(["--model", "tiny", "--device", "cpu", "--prompts", "2", "--seeds", "2",
+                               "--timing-videos", "1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data == json.loads(json.dumps(res)) and data["split"] == "test" and data["prompts"] == 2
+    assert [r["name"] for r in data["rows"]] == ["Base", "MLCD", "Efficient-vDiT"]
+    for r in data["rows"]:
+        fs = r["final_score"]
+        assert fs["n"] == 2 and r["n_videos"] == 4 and len(r["rounds"]) == 2
+        assert fs["mean"] == pytest.approx(np.mean([x["final_score"] for x in r["rounds"]]))
+        assert fs["std"] == pytest.approx(np.std([x["final_score"] for x in r["rounds"]], ddof=1))
+        assert r["denoise_seconds"] > 0
+        assert r["wallclock_speedup"] == pytest.approx(data["rows"][0]["denoise_seconds"] / r["denoise_seconds"])
+    assert data["rows"][2]["plan"]["layers"] == [1, 1]
+    base_videos = [v for rnd in data["rows"][0]["rounds"] for v in rnd["per_video_final"]]
+    for r in data["rows"]:
+        mine = [v for rnd in r["rounds"] for v in rnd["per_video_final"]]
+        paired = r["paired_difference_vs_first_row"]
+        assert paired["n"] == 4 and paired["mean"] == pytest.approx(np.mean(mine) - np.mean(base_videos))
+
+
+def test_eval_demo_rows_script_with_row_folders(tmp_path):
+    sys.path.insert(0, str(EXAMPLES.parent / "benchmarks"))
+    import eval_demo_rows
+
+    base_dir = tmp_path / "model"
+    build_demo_pipeline("tiny").save_pretrained(base_dir)
+    GenerationConfig.tiny().save(base_dir)
+    _save_row(tmp_path / "kd", seed=4, plan=1)
+    _save_row(tmp_path / "uniform", seed=5)
+    res = eval_demo_rows.main(["--model", str(base_dir), "--evdit", str(tmp_path / "kd"), "--rows",
+                               "Base,Efficient-vDiT", "--extra-row", f"Uniform 2:2+KD={tmp_path / 'uniform'}:uniform:2",
+                               "--device", "cpu", "--prompts", "1", "--seeds", "1", "--timing-videos", "1",
+                               "--out", str(tmp_path / "rows.json")])
+    rows = {r["name"]: r for r in res["rows"]}
+    assert list(rows) == ["Base", "Efficient-vDiT", "Uniform 2:2+KD"]
+    assert rows["Efficient-vDiT"]["plan"]["layers"] == [1, 1] and rows["Uniform 2:2+KD"]["plan"]["layers"] == [2, 2]
+    assert rows["Efficient-vDiT"]["folder"] == str(tmp_path / "kd") and rows["Uniform 2:2+KD"]["steps"] == 4
+    with pytest.raises(SystemExit):
+        eval_demo_rows.main(["--model", "tiny", "--extra-row", "nofolder", "--out", str(tmp_path / "x.json")])
 
 
 def test_eval_cli_json_keys(tmp_path, capsys):

@@ -1,0 +1,181 @@
+"""Score the demo rows (Base, MLCD, Efficient-vDiT) on held-out test prompts x seeds, and time their denoising.
+
+    python benchmarks/eval_demo_rows.py --device cuda --prompts 64 --seeds 3 --out benchmarks/results/demo_rows.json
+    python benchmarks/eval_demo_rows.py --mlcd runs/mlcd-s4/pipe --evdit runs/kd/pipe --device cuda --out rows.json
+    python benchmarks/eval_demo_rows.py --model tiny --device cpu --prompts 2 --seeds 1 --out /tmp/rows.json  # plumbing
+
+Every row generates the same test prompts (``diffusers_evdit.data.eval_prompts(n, split="test")``) with the same
+noise seeds: seed round ``s`` gives prompt ``i`` the seed ``base_seed + 1000 * s + i``. Per row the JSON holds the
+final score (and every ``evdit eval`` metric) as ``mean`` / ``std`` over seed rounds with ``n`` rounds and
+``n_videos``, the per-round means, and the denoising wall-clock (all transformer calls and scheduler steps of one
+video, batch 1, after a warm-up) with the speedup over Base, and the paired per-video difference of the final
+score from Base (same prompt and seed: mean, std, n, stderr), the tighter comparison. Validation prompts (``--split validation``) are for
+choices only; report test numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="base pipeline folder (default: the shipped demo model), or 'tiny'")
+    p.add_argument("--mlcd", default=None, help="MLCD row folder (default: MODEL/mlcd)")
+    p.add_argument("--evdit", default=None, help="Efficient-vDiT row folder (default: MODEL/evdit)")
+    p.add_argument("--rows", default="Base,MLCD,Efficient-vDiT", help="comma-separated rows to run")
+    p.add_argument("--extra-row", action="append", default=[], metavar="NAME=FOLDER[:PLAN]",
+                   help="another 4-step student row without CFG (e.g. a uniform plan + KD, to compare with the searched "
+                        "plan at equal sparsity); PLAN: saved (default), dense, uniform:K or a plan file; repeatable")
+    p.add_argument("--prompts", type=int, default=64, help="test prompts (default 64)")
+    p.add_argument("--seeds", type=int, default=3, help="seed rounds per prompt (default 3)")
+    p.add_argument("--base-seed", type=int, default=0)
+    p.add_argument("--split", default="test", choices=["test", "validation"])
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--batch-size", type=int, default=None, help="videos per call when scoring (default 16 CUDA, 1 CPU)")
+    p.add_argument("--timing-videos", type=int, default=4, help="videos timed one at a time per row (default 4)")
+    p.add_argument("--workers", type=int, default=1, help="processes for the metrics")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", required=True, help="output JSON")
+    args = p.parse_args(argv)
+    if args.prompts < 1 or args.seeds < 1 or args.timing_videos < 0:
+        p.error("--prompts and --seeds must be >= 1, --timing-videos >= 0")
+    return args
+
+
+def _stats(values) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0, "n": int(len(v))}
+
+
+def _rows(args):
+    from diffusers_evdit.demo import DEFAULT_ROWS, DemoRow
+
+    folders = {"MLCD": args.mlcd, "Efficient-vDiT": args.evdit}
+    wanted = [n.strip() for n in args.rows.split(",") if n.strip()]
+    known = {r.name: r for r in DEFAULT_ROWS}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown rows {unknown}; choose from {', '.join(known)}")
+    rows = []
+    for name in wanted:
+        r = known[name]
+        folder = folders.get(name)
+        rows.append(DemoRow(r.name, os.path.abspath(folder) if folder else r.folder, r.steps, r.guidance_scale, r.plan))
+    for spec in args.extra_row:
+        name, sep, rest = spec.partition("=")
+        folder, _, plan = rest.partition(":")
+        if not sep or not name or not folder:
+            raise SystemExit(f"--extra-row {spec!r}: use NAME=FOLDER or NAME=FOLDER:PLAN")
+        plan = plan or "saved"
+        rows.append(DemoRow(name, os.path.abspath(folder), 4, 1.0, None if plan == "dense" else plan))
+    return rows
+
+
+def evaluate_rows(args) -> dict:
+    import torch
+
+    from diffusers_evdit.data import eval_prompts, render
+    from diffusers_evdit.demo import (
+        EVAL_KEYS,
+        generate_videos,
+        load_pipeline,
+        load_row,
+        plan_summary,
+        resolve_model,
+        score_videos,
+        warm_up,
+    )
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    rows = _rows(args)  # bad row specs fail before anything is loaded
+    path = resolve_model(args.model)
+    base, gen = load_pipeline(path, device=args.device)
+    where = str(base._execution_device)
+    batch = args.batch_size or (16 if where.startswith("cuda") else 1)
+    pairs = eval_prompts(args.prompts, split=args.split)
+    captions = [c for c, _ in pairs]
+    real = [render(s, gen.num_frames, gen.height, gen.width) for _, s in pairs]
+    warm_up(base, gen, decode=True)
+    out_rows = []
+    for row in rows:
+        pipe = load_row(base, path, row, seed=args.base_seed)
+        row_gen = row.generation(gen)
+        print(f"{row.name}: {row_gen.num_inference_steps} steps, guidance {row_gen.guidance_scale}", flush=True)
+        warm_up(pipe, row_gen)
+        rounds, per_key = [], {k: [] for k in EVAL_KEYS}
+        for s in range(args.seeds):
+            seeds = [args.base_seed + 1000 * s + i for i in range(len(captions))]
+            videos, _ = generate_videos(pipe, captions, row_gen, seeds, batch_size=batch, progress=False)
+            summary, per_video = score_videos(videos, captions, real=real, workers=args.workers)
+            for k in EVAL_KEYS:
+                if summary.get(k) is not None:
+                    per_key[k].append(summary[k])
+            rounds.append({"seeds": [seeds[0], seeds[-1]], "final_score": summary["final_score"],
+                           "per_video_final": [r["final_score"] for r in per_video]})
+            print(f"  seed round {s}: final score {summary['final_score']:.4f}", flush=True)
+        timing = None
+        if args.timing_videos:
+            k = min(args.timing_videos, len(captions))
+            _, timing = generate_videos(pipe, captions[:k], row_gen, list(range(k)), batch_size=1, progress=False)
+        out_rows.append({
+            "name": row.name, "folder": row.folder, "steps": row_gen.num_inference_steps,
+            "guidance_scale": row_gen.guidance_scale, "plan": plan_summary(pipe, row_gen, (timing or {}).get("layout")),
+            "final_score": _stats(per_key["final_score"]),
+            "metrics": {k: _stats(v) for k, v in per_key.items() if v},
+            "n_videos": len(captions) * args.seeds, "rounds": rounds,
+            "denoise_seconds": None if timing is None else timing["denoise_s"],
+            "seconds_per_video": None if timing is None else timing["video_s"],
+            "decode_seconds": None if timing is None else timing["decode_s"],
+        })
+        if pipe is base:
+            base.set_mask_plan(None)
+        del pipe
+    ref = out_rows[0]
+    for r in out_rows:
+        ok = ref["denoise_seconds"] and r["denoise_seconds"]
+        r["wallclock_speedup"] = ref["denoise_seconds"] / r["denoise_seconds"] if ok else None
+        r["final_score_minus_first_row"] = r["final_score"]["mean"] - ref["final_score"]["mean"]
+        diffs = [a - b for ra, rb in zip(r["rounds"], ref["rounds"])
+                 for a, b in zip(ra["per_video_final"], rb["per_video_final"])]
+        paired = _stats(diffs)  # same prompt, same seed: the row's video minus the first row's
+        paired["stderr"] = paired["std"] / np.sqrt(paired["n"])
+        r["paired_difference_vs_first_row"] = paired
+    return {
+        "model": path, "device": where, "device_name": torch.cuda.get_device_name() if where.startswith("cuda")
+        else platform.processor() or platform.machine(), "torch": torch.__version__,
+        "dtype": str(base.transformer.dtype).replace("torch.", ""), "split": args.split, "prompts": len(captions),
+        "seed_rounds": args.seeds, "base_seed": args.base_seed, "batch_size": batch,
+        "timing_videos": args.timing_videos, "generation": gen.to_dict(), "rows": out_rows,
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"), "total_s": time.perf_counter() - t0,
+    }
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    result = evaluate_rows(args)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    print(f"{'row':<16} {'final score':>18} {'denoise s':>10} {'speedup':>8}")
+    for r in result["rows"]:
+        fs = r["final_score"]
+        sp = "n/a" if r["wallclock_speedup"] is None else f"{r['wallclock_speedup']:.2f}x"
+        den = "n/a" if r["denoise_seconds"] is None else f"{r['denoise_seconds']:.3f}"
+        print(f"{r['name']:<16} {fs['mean']:.4f} +- {fs['std']:.4f} {den:>10} {sp:>8}")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

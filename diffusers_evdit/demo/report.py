@@ -1,0 +1,109 @@
+"""The Markdown report of ``evdit demo`` and the notes on what its timings mean."""
+
+from __future__ import annotations
+
+import math
+
+from .evaluation import EVAL_KEYS
+
+
+def fmt(value, spec: str = ".3f") -> str:
+    """``format(value, spec)``, or ``"n/a"`` for ``None`` / NaN.
+
+    Example:
+        >>> fmt(0.51234), fmt(None), fmt(2.0, ".1f")
+        ('0.512', 'n/a', '2.0')
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return format(value, spec)
+
+
+def timing_notes(rows: list[dict]) -> list[str]:
+    """Sentences on the timings of ``rows`` (``evdit demo`` report rows): where VAE decoding dominates a row.
+
+    Example:
+        >>> row = {"name": "fast", "denoise_seconds": 0.2, "decode_seconds": 0.5, "seconds_per_video": 0.8}
+        >>> timing_notes([row])[0][:33]
+        'fast: VAE decoding takes 0.50 s o'
+    """
+    notes = []
+    for r in rows:
+        dec, den, total = r.get("decode_seconds"), r["denoise_seconds"], r["seconds_per_video"]
+        if dec is not None and den and dec > den:
+            notes.append(
+                f"{r['name']}: VAE decoding takes {dec:.2f} s of its {total:.2f} s per video, more than denoising "
+                f"({den:.2f} s), so decoding dominates this row: its whole-video speedup (video_speedup) is bounded "
+                "by the decoder, not by the transformer."
+            )
+    return notes
+
+
+def markdown_report(report: dict) -> str:
+    """``report.md`` of an ``evdit demo`` report dict.
+
+    Example:
+        >>> rep = {"model": "m", "pipeline_class": "P", "device": "cpu", "dtype": "float32", "prompts": ["p"],
+        ...        "generation": {"num_frames": 9, "height": 32, "width": 32}, "total_s": 1.0, "notes": [],
+        ...        "missing_rows": [], "reference": {}, "files": {"video": "v.gif"},
+        ...        "rows": [{"name": "Base", "steps": 2, "guidance_scale": 1.0, "plan": {"sparsity": 0.0},
+        ...                  "denoise_seconds": 1.0, "decode_seconds": 0.1, "seconds_per_video": 1.5,
+        ...                  "wallclock_speedup": 1.0, "video_speedup": 1.0, "final_score": 0.5, "metrics": {},
+        ...                  "per_video": [{"final_score": 0.5}]}]}
+        >>> markdown_report(rep).splitlines()[0]
+        '# Efficient-vDiT demo'
+    """
+    gen, rows = report["generation"], report["rows"]
+    lines = [
+        "# Efficient-vDiT demo",
+        "",
+        f"Model: `{report['model']}` ({report['pipeline_class']}) on {report['device']} ({report['dtype']}); "
+        f"{len(report['prompts'])} test prompts, {gen['num_frames']} frames {gen['height']}x{gen['width']}. Every "
+        f"row ran in this run on this machine, same prompts and seeds. Total {report['total_s']:.1f} s.",
+        "",
+        "![contact sheet](contact_sheet.png)",
+        "",
+        f"Side by side (real synthetic | {' | '.join(r['name'] for r in rows)}): "
+        f"[{report['files']['video']}]({report['files']['video']})",
+        "",
+        "## Speed and quality",
+        "",
+        "| row | steps | guidance | attention sparsity | denoising s / video | decoding s | s / video | "
+        "denoising speedup | video speedup | final score |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['steps']} | {r['guidance_scale']} | {r['plan']['sparsity']:.1%} | "
+            f"{fmt(r['denoise_seconds'], '.3f')} | {fmt(r['decode_seconds'], '.3f')} | "
+            f"{fmt(r['seconds_per_video'], '.3f')} | {fmt(r['wallclock_speedup'], '.2f')}x | "
+            f"{fmt(r['video_speedup'], '.2f')}x | {fmt(r['final_score'])} |"
+        )
+    lines += [
+        "",
+        "Denoising = every transformer call (two a step with classifier-free guidance) and scheduler step of one "
+        "video; s / video adds text encoding and VAE decoding. Speedups are the first row's time over each row's.",
+    ]
+    for note in report.get("notes", []):
+        lines += ["", f"**Note:** {note}"]
+    for m in report.get("missing_rows", []):
+        lines += ["", f"**Not run:** {m['reason']}"]
+    lines += ["", "## Metrics", "", "| metric | real videos | " + " | ".join(r["name"] for r in rows) + " |",
+              "| --- | --- |" + " --- |" * len(rows)]
+    for key in EVAL_KEYS:
+        lines.append(f"| {key} | {fmt(report['reference'].get(key))} | "
+                     + " | ".join(fmt(r["metrics"].get(key)) for r in rows) + " |")
+    lines += [
+        "",
+        "Scores are 0-1 (higher is better) except `frechet` (lower is better; only indicative with a few videos). "
+        "The final score is prompt alignment x temporal quality (`diffusers_evdit.metrics`): a frozen, reversed, "
+        "shuffled, noisy or blank clip scores far below a real one. Real videos are rendered from the prompts' scenes.",
+        "",
+        "## Prompts (final score per row)",
+        "",
+        "| # | prompt | " + " | ".join(r["name"] for r in rows) + " |",
+        "| --- | --- |" + " --- |" * len(rows),
+    ]
+    for i, p in enumerate(report["prompts"]):
+        lines.append(f"| {i} | {p} | " + " | ".join(f"{r['per_video'][i]['final_score']:.3f}" for r in rows) + " |")
+    return "\n".join(lines) + "\n"
