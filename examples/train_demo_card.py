@@ -4,7 +4,7 @@
 Stage 3 of ``examples/train_demo.sh``. On the pipeline folder written by ``train_demo_t2v.py``:
 
 1. picks the classifier-free guidance scale with the best final score on a validation set of held-out scenes
-   (``eval_prompts(n, seed=...)``, disjoint from the evaluation prompts) and writes it to ``evdit_demo.json``;
+   (``eval_prompts(n, split="validation")``, disjoint from the test prompts) and writes it to ``evdit_demo.json``;
 2. evaluates the dense model on ``--eval_prompts`` held-out prompts (the ``evdit eval`` table, with the real
    synthetic videos of the same scenes as reference) and, time permitting, a uniform tile plan (``--sparse_plan``)
    on the same seeds with PSNR/SSIM against dense;
@@ -242,8 +242,7 @@ def model_card(info: dict) -> str:
     if dense:
         n = dense.get("num_videos")
         L += [
-            f"{n} held-out prompts (`diffusers_evdit.demo.eval_prompts({n})`: the 24 of `data.heldout_prompts()` then "
-            f"seeded held-out scenes), seed `i` for prompt `i`, {gen['num_inference_steps']} steps, guidance "
+            f"{n} held-out test prompts (`diffusers_evdit.demo.eval_prompts({n}, split='test')`), seed `i` for prompt `i`, {gen['num_inference_steps']} steps, guidance "
             f"{gen['guidance_scale']}. `real` scores the rendered ground-truth clips of the same scenes (the ceiling "
             "of each metric). Scores are 0-1, higher is better, except `frechet` (Frechet distance of analytic video "
             "features to the real clips, lower is better).",
@@ -353,7 +352,7 @@ def _main(args, workers) -> dict:
     if len(scales) > 1:
         search = []
         try:
-            val = eval_prompts(args.select_prompts, seed=4242)
+            val = eval_prompts(args.select_prompts, split="validation", seed=4242)
             for g in scales:
                 if time_left() < est(args.select_prompts) + est(args.eval_prompts) + 10:
                     errors.append(f"guidance search stopped early at {g} (time)")

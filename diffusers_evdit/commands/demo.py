@@ -1,13 +1,13 @@
-"""``evdit demo``: the shipped demo model, dense vs an Attention Tile plan, side by side, with a report.
+"""``evdit demo``: the shipped demo model's Base, MLCD and Efficient-vDiT rows side by side, with a report.
 
-    evdit demo --out demo/                                  # shipped model, 2 held-out prompts, uniform:2 plan
-    evdit demo --out demo/ --plan plan.json --prompts 4 --steps 12
-    evdit demo --out demo/ --model tiny                     # random tiny pipeline: plumbing only
+    evdit demo --out demo/                                  # shipped model and students, 2 held-out test prompts
+    evdit demo --out demo/ --plan uniform:2 --prompts 4     # another plan on the Efficient-vDiT row
+    evdit demo --out demo/ --model tiny                     # random tiny pipeline and stand-in students: plumbing only
 
-Writes ``side_by_side.gif`` (rows: prompts; columns: real synthetic | dense | sparse), ``contact_sheet.png``,
-``report.md`` and ``report.json`` (per-step time, attention sparsity, speedup, metrics, PSNR/SSIM of sparse vs
-dense). Uses CUDA when present. On a 2-core CPU the defaults take one to two minutes with the shipped model. Clip
-size, steps and guidance come from the model folder's ``generation_defaults.json`` (or legacy ``evdit_demo.json``).
+Writes ``side_by_side.gif`` (rows: prompts; columns: real synthetic | one per row), ``contact_sheet.png``,
+``report.md`` and ``report.json`` (per row: denoising and whole-video seconds measured in this run, wall-clock
+speedups over Base, metrics). Uses CUDA when present. Clip size, steps and guidance of the Base row come from the
+model folder's ``generation_defaults.json`` (or legacy ``evdit_demo.json``); the students' from their own folders.
 Progress: diffusers' bars on a terminal, one line a phase in a log.
 """
 
@@ -53,15 +53,18 @@ def _cmd_demo(args) -> int:
 def register(sub) -> None:
     demo = sub.add_parser(
         "demo",
-        help="generate held-out prompts with the shipped demo model, dense and with a tile plan; video, sheet, report",
+        help="Base, MLCD and Efficient-vDiT rows of the shipped demo model on held-out test prompts: video, sheet, "
+             "report with measured wall-clock speedups",
     )
     demo.add_argument("--out", required=True, help="output folder")
     demo.add_argument("--model", default=None,
                       help="pipeline folder (default: the shipped diffusers_evdit/demo_model), or 'tiny'")
     demo.add_argument("--prompts", type=int, default=2, help="held-out prompts (default 2)")
-    demo.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    demo.add_argument("--plan", default="uniform:2", help="uniform:K or a plan JSON file (default uniform:2)")
-    demo.add_argument("--guidance-scale", type=float, default=None, help="default: the model's")
+    demo.add_argument("--steps", type=int, default=None, help="the Base row's denoising steps (default: the model's)")
+    demo.add_argument("--plan", default=None,
+                      help="override the Efficient-vDiT row's plan: uniform:K or a plan JSON file (default: its searched "
+                           "plan, mask_plan.json in the row folder)")
+    demo.add_argument("--guidance-scale", type=float, default=None, help="the Base row's guidance (default: the model's)")
     demo.add_argument("--seed", type=int, default=0, help="prompt i uses seed SEED + i")
     demo.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     demo.add_argument("--video-format", default="gif", choices=["gif", "mp4"],

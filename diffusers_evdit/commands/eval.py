@@ -25,7 +25,7 @@ import os
 def eval_model(model: str | None = None, plan: str | None = None, steps: int | None = None,
                guidance_scale: float | None = None, prompts: int = 64, seed: int = 0, batch_size: int | None = None,
                workers: int = 1, device: str | None = None, progress: bool = True, quiet: bool = False,
-               verbose: bool = False) -> dict:
+               verbose: bool = False, split: str = "test") -> dict:
     """The ``evdit eval`` JSON of one pipeline folder (``model``; None: the shipped demo model; ``"tiny"``).
 
     ``plan`` is ``uniform:K``, a plan JSON file, ``"saved"`` (the folder's ``mask_plan.json``) or None (dense);
@@ -68,7 +68,7 @@ def eval_model(model: str | None = None, plan: str | None = None, steps: int | N
     total = -(-prompts // batch) * work.transformer_calls
     with Progress(total, f"eval: {prompts} videos", unit="transformer call", mode=mode) as bar, \
             count_transformer_calls(pipe, bar):
-        result = evaluate_pipeline(pipe, gen, num_prompts=prompts, seed=seed, batch_size=batch, workers=workers,
+        result = evaluate_pipeline(pipe, gen, num_prompts=prompts, split=split, seed=seed, batch_size=batch, workers=workers,
                                    progress=mode == "bar" and verbose)
     out = {k: result[k] for k in EVAL_KEYS}
     out.update({k: v for k, v in strip_private(result).items() if k not in out})
@@ -86,7 +86,7 @@ def _cmd_eval(args) -> int:
         torch.set_num_threads(args.threads)
     out = eval_model(args.model, args.plan, args.steps, args.guidance_scale, args.prompts, args.seed,
                      args.batch_size, args.workers, args.device, progress=not args.no_progress, quiet=args.quiet,
-                     verbose=args.verbose)
+                     verbose=args.verbose, split=args.split)
     directory = os.path.dirname(os.path.abspath(args.json))
     os.makedirs(directory, exist_ok=True)
     with open(args.json, "w", encoding="utf-8") as f:
@@ -109,7 +109,9 @@ def register(sub) -> None:
     ev.add_argument("--plan", default=None,
                     help="uniform:K, a plan JSON file, or 'saved' (the folder's mask_plan.json); default: dense")
     ev.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    ev.add_argument("--prompts", type=int, required=True, help="held-out prompts (the first 24 are fixed)")
+    ev.add_argument("--prompts", type=int, required=True, help="prompts of the chosen split (default split: the held-out test prompts)")
+    ev.add_argument("--split", choices=("test", "validation"), default="test",
+                    help="test prompts for numbers you report (default), validation prompts for choices you make")
     ev.add_argument("--json", required=True, help="output JSON file")
     ev.add_argument("--guidance-scale", type=float, default=None)
     ev.add_argument("--seed", type=int, default=0, help="prompt i uses seed SEED + i")

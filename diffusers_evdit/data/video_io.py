@@ -9,28 +9,17 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..video_io import to_uint8_frames, write_video
+
 # ---------------------------------------------------------------------------
 # Saving and tiling
 # ---------------------------------------------------------------------------
 
 
-def _to_uint8_frames(frames: Any) -> np.ndarray:
-    """(T, H, W, 3) uint8 or float in [0, 1] (numpy or torch) -> uint8 numpy."""
-    if isinstance(frames, torch.Tensor):
-        frames = frames.detach().cpu().numpy()
-    arr = np.asarray(frames)
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"expected frames of shape (T, H, W, 3), got {arr.shape}")
-    if arr.dtype == np.uint8:
-        return arr
-    return (np.clip(arr.astype(np.float32), 0.0, 1.0) * 255.0).round().astype(np.uint8)
-
-
 def save_video(frames: Any, path: str | os.PathLike, fps: int = 8) -> None:
     """Write frames ``(T, H, W, 3)`` (uint8, or float in [0, 1]) to ``.gif`` or ``.mp4``.
 
-    GIF uses Pillow. MP4 needs the optional ``imageio`` + ``imageio-ffmpeg``
-    packages and raises ``RuntimeError`` if they are missing. For a dataset
+    The package's one writer (:func:`diffusers_evdit.video_io.write_video`) under its dataset name. For a dataset
     tensor ``(3, T, H, W)`` in [-1, 1] call :func:`tensor_to_frames` first.
 
     Example::
@@ -38,29 +27,7 @@ def save_video(frames: Any, path: str | os.PathLike, fps: int = 8) -> None:
         >>> from diffusers_evdit.data import render, sample_scene
         >>> save_video(render(sample_scene(0)), "/tmp/clip.gif", fps=8)
     """
-    arr = _to_uint8_frames(frames)
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext == ".gif":
-        from PIL import Image
-
-        images = [Image.fromarray(f) for f in arr]
-        images[0].save(
-            path, save_all=True, append_images=images[1:], duration=max(1, round(1000 / fps)), loop=0,
-            optimize=False,
-        )
-    elif ext == ".mp4":
-        try:
-            import imageio.v2 as imageio  # type: ignore[import-not-found]
-            import imageio_ffmpeg  # type: ignore[import-not-found]  # noqa: F401
-        except ImportError as exc:  # pragma: no cover - depends on optional deps
-            raise RuntimeError(
-                "writing .mp4 needs the optional packages 'imageio' and 'imageio-ffmpeg'; "
-                "install them or save as .gif"
-            ) from exc
-        imageio.mimwrite(path, list(arr), fps=fps, macro_block_size=1)  # pragma: no cover
-    else:
-        raise ValueError(f"unsupported video extension {ext!r}; use .gif or .mp4")
+    write_video(frames, path, fps=fps)
 
 
 def video_grid(videos: Sequence[Any], ncols: int | None = None, pad: int = 2, pad_value: int = 255) -> np.ndarray:
@@ -73,7 +40,7 @@ def video_grid(videos: Sequence[Any], ncols: int | None = None, pad: int = 2, pa
         >>> grid.shape
         (9, 70, 70, 3)
     """
-    arrs = [_to_uint8_frames(v) for v in videos]
+    arrs = [to_uint8_frames(v) for v in videos]
     if not arrs:
         raise ValueError("no videos to tile")
     shape = arrs[0].shape

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data import save_video, video_grid
+from ..data import video_grid
+from ..video_io import write_video  # noqa: F401  (the demo's writer: the package's one)
 
 def _font():
     from PIL import ImageFont
@@ -80,21 +81,5 @@ def labeled_video_grid(videos: Sequence[np.ndarray], ncols: int, labels: Sequenc
     head = np.broadcast_to(np.asarray(header, dtype=np.uint8)[None], (t, 14, gw, 3))
     return np.concatenate([head, grid], axis=1)
 
-
-def write_video(frames: np.ndarray, path: str, fps: int) -> str:
-    """Write ``uint8 (T, H, W, 3)`` frames to ``path`` (``.gif`` or ``.mp4``); returns ``path``.
-
-    Example:
-        >>> import os, tempfile
-        >>> from diffusers_evdit.data import render, sample_scene
-        >>> path = os.path.join(tempfile.mkdtemp(), "a.gif")
-        >>> os.path.isfile(write_video(render(sample_scene(0), 5, 32, 32), path, 8))
-        True
-    """
-    try:
-        save_video(frames, path, fps=fps)
-    except RuntimeError as err:  # .mp4 without imageio-ffmpeg
-        raise ValueError(f"{err} (or run with --video-format gif)") from None
-    return path
 
 

@@ -3,7 +3,8 @@
 A student row ships as a small folder inside the base model folder (``demo_model/mlcd/``, ``demo_model/evdit/``)::
 
     evdit/
-      transformer/        config.json + weights (float16)
+      transformer_delta.safetensors   the student's weights as a 4-bit delta from the base transformer
+                          (:mod:`diffusers_evdit.distill.weight_delta`), or transformer/ (config.json + weights)
       scheduler/          scheduler_config.json (the few-step MLCD scheduler)
       mask_plan.json      the searched plan (Efficient-vDiT row only)
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 
 
 from .loading import parse_plan
+from ..distill.weight_delta import DELTA_FILE, load_delta
 from .model import GenerationConfig, build_transformer
 
 
@@ -100,14 +102,16 @@ def check_row_folder(folder: str, row: DemoRow) -> None:
         ...     print(str(err).split(":")[0])
         The Efficient-vDiT row is missing
     """
-    need = ["transformer/config.json", "scheduler/scheduler_config.json"]
+    need = ["scheduler/scheduler_config.json"]
+    if not os.path.isfile(os.path.join(folder, DELTA_FILE)):
+        need.insert(0, "transformer/config.json")
     if row.plan == "saved":
         need.append("mask_plan.json")
     missing = [p for p in need if not os.path.isfile(os.path.join(folder, p))]
     if missing:
         raise DemoRowMissingError(
             f"The {row.name} row is missing: {folder} lacks {', '.join(missing)}. Ship the distilled student there "
-            "(transformer/ in float16, scheduler/, and mask_plan.json for a searched plan; the base folder's VAE and "
+            "(transformer_delta.safetensors or transformer/, scheduler/, and mask_plan.json for a searched plan; the base folder's VAE and "
             "text encoder are reused), pass another folder, or run with --model tiny for random stand-ins."
         )
 
@@ -154,8 +158,12 @@ def load_row(base_pipe, base_path: str, row: DemoRow, kernel: str = "auto", seed
     else:
         folder = row_folder(base_path, row)
         check_row_folder(folder, row)
-        transformer = type(base_pipe.transformer).from_pretrained(folder, subfolder="transformer",
-                                                                  torch_dtype=dtype).eval()
+        if os.path.isfile(os.path.join(folder, DELTA_FILE)):  # the base transformer + the student's delta
+            transformer = type(base_pipe.transformer).from_pretrained(base_path, subfolder="transformer")
+            transformer = load_delta(transformer, folder).eval()
+        else:
+            transformer = type(base_pipe.transformer).from_pretrained(folder, subfolder="transformer",
+                                                                      torch_dtype=dtype).eval()
         with open(os.path.join(folder, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
             sched_name = json.load(f).get("_class_name", "")
         scheduler = _scheduler_class(sched_name).from_pretrained(folder, subfolder="scheduler")
