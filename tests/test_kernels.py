@@ -102,7 +102,7 @@ def test_flex_block_mask_index_tensors_are_dense_row_major():
         assert t.is_contiguous() and t.dtype == torch.int32
 
 
-@pytest.mark.parametrize("kernel", ["auto", "gathered"])  # FlexAttention has no CPU backward
+@pytest.mark.parametrize("kernel", ["auto", "split", "gathered"])  # FlexAttention has no CPU backward
 def test_gradients_match_the_masked_reference(kernel):
     layout = TileLayout(5, 6, 3, "first")
     q, k, v = (x.double().requires_grad_() for x in _inputs(layout, 1, 2, 8, 7))
@@ -115,14 +115,13 @@ def test_gradients_match_the_masked_reference(kernel):
         assert (a - b).abs().max() < 1e-9
 
 
-def test_split_refuses_to_train():
+def test_auto_picks_split_with_and_without_gradients():
     layout = TileLayout(5, 6, 3, "first")
     q, k, v = (x.requires_grad_() for x in _inputs(layout, 1, 2, 8, 7))
-    with pytest.raises(RuntimeError, match="inference-only"):
-        tile_attention(q, k, v, layout, 2, kernel="split")
     with torch.no_grad():
         assert TileAttention().choose(layout, 2, q.device) == "split"
-    assert TileAttention().choose(layout, 2, q.device) == "gathered"
+    assert TileAttention().choose(layout, 2, q.device) == "split"  # exact backward: tests/test_backward.py
+    assert tile_attention(q, k, v, layout, 2, kernel="split").requires_grad
 
 
 def test_split_refuses_padding_on_video_tokens_and_auto_falls_back():

@@ -176,17 +176,14 @@ class TileAttention:
         """The kernel this call will use.
 
         ``auto``: dense for dense entries; otherwise ``split``, the fastest exact kernel on every shape measured
-        (H100, bf16: 1.03x-9.9x over cuDNN dense, see BENCHMARKS.md), or ``gathered`` when gradients are needed
-        (the fused kernels behind ``split`` give no gradient through their log-sum-exp) or a key-padding mask
-        covers video tokens (``split`` handles padded text only). ``fastest``: the same, then a ``split`` call may
+        (BENCHMARKS.md), with or without gradients (its backward reuses the dense backward kernels), or
+        ``gathered`` when a key-padding mask covers video tokens (``split`` handles padded text only). ``fastest``: the same, then a ``split`` call may
         still run dense attention (see the class docs).
         """
         if is_dense(layout.num_frames, k_ref):
             return "dense"
         if self.kernel not in ("auto", "fastest"):
             return self.kernel
-        if torch.is_grad_enabled():
-            return "gathered"
         if key_padding_mask is not None and not bool(key_padding_mask[:, layout.video_slice].all()):
             return "gathered"
         return "split"
@@ -234,11 +231,6 @@ class TileAttention:
         if kernel == "gathered":
             return gathered_tile_attention(q, k, v, layout, self.indices(layout, k_ref, q.device), key_padding_mask, scale)
         if kernel == "split":
-            if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-                raise RuntimeError(
-                    "The split tile kernel is inference-only (its fused log-sum-exp has no gradient); train with "
-                    "kernel='gathered' (or 'auto', which picks it when gradients are enabled)."
-                )
             idx = self.indices(layout, k_ref, q.device)
             return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, self.merge_fn(q),
                                         self.global_chunks, self.side_stream(q))
