@@ -47,9 +47,9 @@ MERGES = ("auto", "eager", "compiled", "triton")
 # (on the CPU only for masks that skip at most SMALL_MASKED_MAX_SPARSITY of the pairs; split wins above). Chosen by
 # timing dense SDPA, split, gathered and the masked call against each other in alternating rounds on a 2-core CPU,
 # on the demo model's layout (8 frames x 64 tokens, batch 1 and 2, every k) and longer ones (8 x 128 up to 16 x 256,
-# where split wins from 8 x 128 on). CUDA: every call is a kernel launch, so the limit is higher (a gpu-marked test
-# checks auto against dense on the demo layout).
-SMALL_SEQ_LEN = {"cpu": 512, "cuda": 4096}
+# where split wins from 8 x 128 on). CUDA: every call is a kernel launch, so the limit is higher; not yet timed on
+# a GPU (a gpu-marked test checks auto against dense on the demo layout; the bench's small shapes place the limit).
+SMALL_SEQ_LEN = {"cpu": 512, "cuda": 2048}
 SMALL_MASKED_MAX_SPARSITY = 0.4
 
 
@@ -96,17 +96,17 @@ class TileAttention:
     """Runs exact ``k:F-k`` attention, choosing a kernel per call; holds the kernels' caches.
 
     Args:
-        kernel: ``"auto"`` (default), ``"fastest"``, ``"dense"``, ``"gathered"``, ``"split"``, ``"flex"`` or
-            ``"walk"``.
+        kernel: ``"auto"`` (default), ``"fastest"``, or a kernel of :data:`TILE_KERNELS`: ``"dense"``,
+            ``"gathered"``, ``"split"``, ``"flex"``, ``"walk"`` or ``"masked"``.
         merge: how the ``split`` kernel merges its two partial results: ``"eager"`` (PyTorch), ``"compiled"``
-            (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA; as fast as ``"compiled"`` on
-            an H100, within noise) or ``"auto"`` (default: compiled on CUDA for large inputs, else eager).
+            (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA) or ``"auto"`` (default:
+            compiled on CUDA for large inputs, else eager). BENCHMARKS.md compares them.
         global_chunks: the split kernel's global queries (reference frames + text) run against this many equal key
-            chunks in one batched call (see :func:`.split.global_attention`); default 1 (2 and 4 were slower on
-            an H100 on 22 of 23 benchmark cases).
+            chunks in one batched call (see :func:`.split.global_attention`); default 1 (more chunks were slower
+            on almost every benchmark case, BENCHMARKS.md).
         overlap: run the split kernel's global call on a second CUDA stream, concurrently with the non-reference
             frames' calls and merges (fills the last, partial wave of each call; exact either way). Default False:
-            within noise of one stream on an H100 (BENCHMARKS.md).
+            no faster than one stream (BENCHMARKS.md).
         walk_block_m: query rows per program of the ``walk`` kernel (its key-range tables are built for it).
         walk_global: who computes the rows that see every key (text, reference frames) under the ``walk`` kernel:
             ``"sdpa"`` (default: one dense SDPA call, cuDNN on CUDA, at its best on long rows) or ``"walk"`` (the
@@ -119,10 +119,10 @@ class TileAttention:
     ``kernel="fastest"`` is ``"auto"`` that is never slower than dense attention: on CUDA it times auto's kernel
     against the model's dense attention once per call signature (layout, plan entry, input shape and dtype; a
     one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs the faster, keeping auto's kernel unless dense
-    is faster by more than 2%. The walk kernel is not a candidate: on an H100 it was 4-31% slower than split on all 23
-    benchmark cases, and its first call per head size compiles and tunes four launch settings (BENCHMARKS.md). An
+    is faster by more than :data:`FASTEST_MARGIN`. The walk kernel is not a candidate: it was slower than split on
+    every benchmark case, and its first call per head size compiles and tunes four launch settings (BENCHMARKS.md). An
     entry that picks dense attention then computes full attention, not its tile mask: the plan becomes a licence to
-    skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and the split
+    skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and auto's
     kernel runs. ``"auto"`` always applies the plan's masks (exact kernels only).
 
     Example:

@@ -21,13 +21,26 @@ PADDING = ("any", "text", "none")
 
 class UnsupportedKernelError(ValueError, RuntimeError):
     """A kernel was asked for a call it does not support (a ``ValueError``; also a ``RuntimeError``, which the
-    kernels raised for a missing Triton or backward before the registry checked them)."""
+    kernels raised for a missing Triton or backward before the registry checked them).
+
+    Example:
+        >>> issubclass(UnsupportedKernelError, ValueError) and issubclass(UnsupportedKernelError, RuntimeError)
+        True
+    """
   # which key-padding masks a kernel takes: any, text tokens only, none
 
 
 @dataclass
 class TileCall:
-    """One tile-attention call: ``[B, H, N, D]`` inputs, the layout, the plan entry and the options."""
+    """One tile-attention call: ``[B, H, N, D]`` inputs, the layout, the plan entry and the options.
+
+    Example:
+        >>> layout = TileLayout(num_frames=4, tokens_per_frame=8)
+        >>> q = torch.randn(1, 2, layout.seq_len, 16, requires_grad=True)
+        >>> call = TileCall(q, q, q, layout, k_ref=1)
+        >>> call.needs_grad, call.pads_video()
+        (True, False)
+    """
 
     q: torch.Tensor
     k: torch.Tensor
@@ -66,6 +79,12 @@ class KernelSpec:
         backward: whether it has an exact backward pass, and on which devices (``True``: all, a tuple: those).
         needs_triton: whether it runs only where Triton kernels run (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
         fix: what to do instead, appended to every refusal.
+
+    Example:
+        >>> spec = KernelSpec("cuda_only", fn=None, devices=("cuda",), fix="use kernel='split'")
+        >>> q = torch.randn(1, 1, 8, 4)
+        >>> spec.refusal(TileCall(q, q, q, TileLayout(num_frames=2, tokens_per_frame=4), k_ref=1))
+        'runs on cuda tensors, got cpu'
     """
 
     name: str
