@@ -59,7 +59,8 @@ def _backward_one(grad_out, q, k, v, out, lse, layout: TileLayout, idx: TileIndi
     _add_at(dk, all_keys, g[1])
     _add_at(dv, all_keys, g[2])
 
-    k_shared, v_shared = _take(k, shared_keys), _take(v, shared_keys)
+    # every run's shared-context call reads the same keys: one dense copy (the fused kernels want dense inputs)
+    k_shared, v_shared = _take(k, shared_keys).contiguous(), _take(v, shared_keys).contiguous()
     tpf = layout.tokens_per_frame
     views = [frames_view(x, layout) for x in (grad_out, q, k, v, out)]
     dqv, dkv, dvv = (frames_view(x, layout) for x in (dq, dk, dv))
