@@ -231,3 +231,22 @@ def test_split_backward_compiles_with_inductor_on_cuda():
     ref = _grads(lambda *x: attention_f64(*x, paper_mask(5, 64, 16, False, 2).cuda()), q, k, v, g)
     for a, b in zip(got, ref):
         assert ((a.double() - b).norm() / b.norm()).item() < 3e-2
+
+
+def test_peft_lora_gradients_with_split_match_float64_masked_reference():
+    from peft import LoraConfig
+
+    model = tiny_transformer("wan", num_layers=2).double()
+    model.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                 target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    inputs = _double(tiny_inputs(model, VIDEO))
+    with masked_sdpa(_tile_mask(model, 2)):
+        ref = _model_grads(model, inputs)
+    apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 2), kernel="split")
+    try:
+        got = _model_grads(model, inputs)
+    finally:
+        remove_mask_plan(model)
+    trained = [name for name, p in model.named_parameters() if p.grad is not None]
+    assert len(got) == len(ref) == len(trained) + 1 > 3 and all("lora_" in name for name in trained)
+    assert max((a - b).abs().max().item() for a, b in zip(got, ref)) < TOL
