@@ -141,17 +141,22 @@ def _double(inputs):
     return {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
 
 
+def _reference_and_split_grads(model, inputs, k_ref=2):
+    """Gradients of the stock model with the tile mask given to float64 attention, then with a plan on split."""
+    with masked_sdpa(_tile_mask(model, k_ref)):
+        ref = _model_grads(model, inputs)
+    apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), k_ref), kernel="split")
+    try:
+        return ref, _model_grads(model, inputs)
+    finally:
+        remove_mask_plan(model)
+
+
 @pytest.mark.parametrize("family", ["wan", "cogvideox", "hunyuan_video"])
 def test_transformer_gradients_with_split_match_float64_masked_reference(family):
     model = tiny_transformer(family, num_layers=2).double().train()
     inputs = _double(tiny_inputs(model, VIDEO))  # HunyuanVideo: the last sample pads two text tokens
-    with masked_sdpa(_tile_mask(model, 2)):
-        ref = _model_grads(model, inputs)
-    apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 2), kernel="split")
-    try:
-        got = _model_grads(model, inputs)
-    finally:
-        remove_mask_plan(model)
+    ref, got = _reference_and_split_grads(model, inputs)
     assert len(got) == len(ref) > 2
     assert max((a - b).abs().max().item() for a, b in zip(got, ref)) < TOL
     dense = _model_grads(model, inputs)
@@ -240,13 +245,7 @@ def test_peft_lora_gradients_with_split_match_float64_masked_reference():
     model.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
                                  target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
     inputs = _double(tiny_inputs(model, VIDEO))
-    with masked_sdpa(_tile_mask(model, 2)):
-        ref = _model_grads(model, inputs)
-    apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 2), kernel="split")
-    try:
-        got = _model_grads(model, inputs)
-    finally:
-        remove_mask_plan(model)
+    ref, got = _reference_and_split_grads(model, inputs)
     trained = [name for name, p in model.named_parameters() if p.grad is not None]
     assert len(got) == len(ref) == len(trained) + 1 > 3 and all("lora_" in name for name in trained)
     assert max((a - b).abs().max().item() for a, b in zip(got, ref)) < TOL
