@@ -208,7 +208,7 @@ def test_split_backward_compiles():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype, head_dim, tol", [(torch.bfloat16, 64, 3e-2), (torch.float16, 128, 5e-3),
-                                                  (torch.float32, 64, 1e-4), (torch.float32, 12, 1e-4)])
+                                                  (torch.float32, 64, 2e-3), (torch.float32, 12, 2e-3)])
 @pytest.mark.parametrize("case", [(6, 130, 17, "first"), (7, 96, 0, "none"), (5, 64, 30, "last")])
 def test_split_gradients_on_cuda_match_float64_reference(case, dtype, head_dim, tol):
     frames, tpf, nt, pos = case

@@ -100,8 +100,11 @@ def attention_backward(grad_out, q, k, v, out, lse, scale: float | None = None):
                 scale=scale,
             )
         seed = offset = q.new_empty((), dtype=torch.int64)
+        rows = lse.shape[-1]  # laid out like the forward's: rows padded to a multiple of 32
+        padded = lse.new_zeros(*lse.shape[:-1], -(-rows // 32) * 32)
+        padded[..., :rows] = lse
         return torch.ops.aten._scaled_dot_product_efficient_attention_backward(
-            grad_out, q, k, v, None, out, lse, seed, offset, 0.0, [True, True, True, False], False, scale=scale
+            grad_out, q, k, v, None, out, padded, seed, offset, 0.0, [True, True, True, False], False, scale=scale
         )[:3]
     return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
         grad_out, q, k, v, out, lse.to(lse_dtype(q)), 0.0, False, scale=scale
