@@ -102,7 +102,7 @@ def test_flex_block_mask_index_tensors_are_dense_row_major():
         assert t.is_contiguous() and t.dtype == torch.int32
 
 
-@pytest.mark.parametrize("kernel", ["auto", "gathered"])  # FlexAttention has no CPU backward
+@pytest.mark.parametrize("kernel", ["auto", "split", "gathered"])  # FlexAttention has no CPU backward
 def test_gradients_match_the_masked_reference(kernel):
     layout = TileLayout(5, 6, 3, "first")
     q, k, v = (x.double().requires_grad_() for x in _inputs(layout, 1, 2, 8, 7))
@@ -115,14 +115,13 @@ def test_gradients_match_the_masked_reference(kernel):
         assert (a - b).abs().max() < 1e-9
 
 
-def test_split_refuses_to_train():
+def test_auto_picks_split_with_and_without_gradients():
     layout = TileLayout(5, 6, 3, "first")
     q, k, v = (x.requires_grad_() for x in _inputs(layout, 1, 2, 8, 7))
-    with pytest.raises(RuntimeError, match="inference-only"):
-        tile_attention(q, k, v, layout, 2, kernel="split")
     with torch.no_grad():
-        assert TileAttention().choose(layout, 2, q.device) == "split"
-    assert TileAttention().choose(layout, 2, q.device) == "gathered"
+        assert TileAttention(small_seq_len=0).choose(layout, 2, q.device) == "split"
+    assert TileAttention(small_seq_len=0).choose(layout, 2, q.device) == "split"  # exact backward: test_backward.py
+    assert tile_attention(q, k, v, layout, 2, kernel="split").requires_grad
 
 
 def test_split_refuses_padding_on_video_tokens_and_auto_falls_back():
@@ -133,7 +132,7 @@ def test_split_refuses_padding_on_video_tokens_and_auto_falls_back():
     with pytest.raises(ValueError, match="text tokens only"):
         tile_attention(q, k, v, layout, 1, key_padding_mask=keep, kernel="split")
     with torch.no_grad():
-        assert TileAttention().choose(layout, 1, q.device, keep) == "gathered"
+        assert TileAttention(small_seq_len=0).choose(layout, 1, q.device, keep) == "gathered"
         out = tile_attention(q, k, v, layout, 1, key_padding_mask=keep)
     mask = paper_mask(4, 6, 3, False, 1)[None, None] & keep[:, None, None, :]
     assert (out.double() - attention_f64(q, k, v, mask)).abs().max() < 2e-6
@@ -156,7 +155,7 @@ def test_attention_with_lse_math_matches_float64(head_dim):
         torch.testing.assert_close(lse.double(), lse_ref, atol=1e-5, rtol=1e-5)
 
 
-@torch.no_grad()  # the split kernel runs only for inference
+@torch.no_grad()
 @pytest.mark.parametrize("faster", ["dense", "split"])
 def test_fastest_times_split_against_dense_once_per_signature(monkeypatch, faster):
     """kernel='fastest' with a tuner: split and dense are timed once per call signature, the faster one runs, and
@@ -174,7 +173,7 @@ def test_fastest_times_split_against_dense_once_per_signature(monkeypatch, faste
         fn()
         return seconds[ran[n]]
 
-    att = TileAttention("fastest", tuner=kernels.KernelTuner(reps=2, warmup=1, timer=timer))
+    att = TileAttention("fastest", small_seq_len=0, tuner=kernels.KernelTuner(reps=2, warmup=1, timer=timer))
     layout = TileLayout(5, 12, 7, "first")
     q, k, v = _inputs(layout, 1, 2, 16, 0)
     masked = attention_f64(q, k, v, paper_mask(5, 12, 7, True, 2))
@@ -189,7 +188,7 @@ def test_fastest_times_split_against_dense_once_per_signature(monkeypatch, faste
     att(q, k, v, layout, 1)  # another plan entry: timed again
     assert len(ran) == 1 + 7 and len(att.tuner.choices) == 2
     for other in ("auto", "split"):
-        forced = TileAttention(other, tuner=kernels.KernelTuner(timer=timer))
+        forced = TileAttention(other, small_seq_len=0, tuner=kernels.KernelTuner(timer=timer))
         ran.clear()
         forced(q, k, v, layout, 2)
         assert ran == ["split"] and not forced.tuner.choices

@@ -8,9 +8,12 @@ Kernels (all exact for the ``k:F-k`` mask, inputs ``[B, H, N, D]``):
   log-sum-exp (:mod:`.split`);
 * ``"flex"``: FlexAttention with a tile block mask (:mod:`.flex`);
 * ``"walk"``: one Triton launch that walks only the kept tiles, per query block a short list of key ranges
-  (:mod:`.walk`; CUDA, inference only).
+  (:mod:`.walk`; CUDA, inference only);
+* ``"masked"``: one SDPA call with the explicit boolean tile mask (cached per layout), for short sequences.
 
-``"auto"`` picks dense for dense entries and, otherwise, the kernel expected to be fastest on the device.
+Each kernel is registered in :data:`TILE_KERNELS` (:mod:`.registry`) with its constraints (devices, dtypes, head
+sizes, key-padding masks, backward), checked in one place. ``"auto"`` picks dense where the mask keeps every pair
+and, otherwise, the first kernel of its preference order that supports the call (:meth:`TileAttention.choose`).
 """
 
 from __future__ import annotations
@@ -21,22 +24,33 @@ from typing import Callable
 import torch
 
 from ..layout import TileLayout
-from ..masks import is_dense
+from ..masks import element_sparsity, is_dense, non_reference_frames, tile_mask
 from .dense import dense_attention
 from .flex import FlexTileKernel, tile_block_mask
 from .gathered import gathered_tile_attention
 from .indices import TileIndices, tile_indices
 from .compiled import CompiledFn
+from .registry import KernelRegistry, KernelSpec, TileCall, UnsupportedKernelError
 from .split import merge_partial_attention, split_tile_attention
 from .triton_merge import triton_merge_available, triton_merge_partial_attention
 from .tuning import KernelTuner
 from .walk import BLOCK_M as WALK_BLOCK_M
 from .walk import GLOBAL_ROWS, WalkTables, walk_segments, walk_tile_attention
 
-KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk")
-# "fastest" runs dense attention for a sparse entry only when split is slower by more than this share
+KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk")  # the names the CLI offers
+# "fastest" runs dense attention for a sparse entry only when auto's kernel is slower by more than this share
 FASTEST_MARGIN = 0.02
 MERGES = ("auto", "eager", "compiled", "triton")
+
+# Sequences up to this many tokens are "small": there the split kernel's two calls and merge per run of
+# non-reference frames cost more than a light mask skips, and "auto" runs one SDPA call with the explicit tile mask
+# (on the CPU only for masks that skip at most SMALL_MASKED_MAX_SPARSITY of the pairs; split wins above). Chosen by
+# timing dense SDPA, split, gathered and the masked call against each other in alternating rounds on a 2-core CPU,
+# on the demo model's layout (8 frames x 64 tokens, batch 1 and 2, every k) and longer ones (8 x 128 up to 16 x 256,
+# where split wins from 8 x 128 on). CUDA: every call is a kernel launch, so the limit is higher; not yet timed on
+# a GPU (a gpu-marked test checks auto against dense on the demo layout; the bench's small shapes place the limit).
+SMALL_SEQ_LEN = {"cpu": 512, "cuda": 2048}
+SMALL_MASKED_MAX_SPARSITY = 0.4
 
 
 # The merge is compiled (one fused pass) only for inputs this large: each distinct run length compiles once (seconds),
@@ -55,8 +69,9 @@ def check_kernel(kernel: str) -> str:
             ...
         ValueError: Unknown tile-attention kernel 'fast'; choose one of auto, fastest, dense, gathered, split, ...
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"Unknown tile-attention kernel {kernel!r}; choose one of {', '.join(KERNELS)}.")
+    if kernel not in KERNELS and kernel not in TILE_KERNELS:
+        names = ("auto", "fastest", *TILE_KERNELS.names())
+        raise ValueError(f"Unknown tile-attention kernel {kernel!r}; choose one of {', '.join(names)}.")
     return kernel
 
 
@@ -81,31 +96,33 @@ class TileAttention:
     """Runs exact ``k:F-k`` attention, choosing a kernel per call; holds the kernels' caches.
 
     Args:
-        kernel: ``"auto"`` (default), ``"fastest"``, ``"dense"``, ``"gathered"``, ``"split"``, ``"flex"`` or
-            ``"walk"``.
+        kernel: ``"auto"`` (default), ``"fastest"``, or a kernel of :data:`TILE_KERNELS`: ``"dense"``,
+            ``"gathered"``, ``"split"``, ``"flex"``, ``"walk"`` or ``"masked"``.
         merge: how the ``split`` kernel merges its two partial results: ``"eager"`` (PyTorch), ``"compiled"``
-            (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA; as fast as ``"compiled"`` on
-            an H100, within noise) or ``"auto"`` (default: compiled on CUDA for large inputs, else eager).
+            (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA) or ``"auto"`` (default:
+            compiled on CUDA for large inputs, else eager). BENCHMARKS.md compares them.
         global_chunks: the split kernel's global queries (reference frames + text) run against this many equal key
-            chunks in one batched call (see :func:`.split.global_attention`); default 1 (2 and 4 were slower on
-            an H100 on 22 of 23 benchmark cases).
+            chunks in one batched call (see :func:`.split.global_attention`); default 1 (more chunks were slower
+            on almost every benchmark case, BENCHMARKS.md).
         overlap: run the split kernel's global call on a second CUDA stream, concurrently with the non-reference
             frames' calls and merges (fills the last, partial wave of each call; exact either way). Default False:
-            within noise of one stream on an H100 (BENCHMARKS.md).
+            no faster than one stream (BENCHMARKS.md).
         walk_block_m: query rows per program of the ``walk`` kernel (its key-range tables are built for it).
         walk_global: who computes the rows that see every key (text, reference frames) under the ``walk`` kernel:
             ``"sdpa"`` (default: one dense SDPA call, cuDNN on CUDA, at its best on long rows) or ``"walk"`` (the
             same Triton launch as the other rows).
         tuner: the micro-benchmark of ``kernel="fastest"`` and its cache (``tuner.choices``, ``tuner.timings``); one
             given with a ``timer`` also runs on the CPU.
+        small_seq_len: sequences up to this length take ``auto``'s small-shape kernels; default per device
+            (:data:`SMALL_SEQ_LEN`), 0 turns them off.
 
-    ``kernel="fastest"`` is ``"auto"`` that is never slower than dense attention: on CUDA it times the split kernel
+    ``kernel="fastest"`` is ``"auto"`` that is never slower than dense attention: on CUDA it times auto's kernel
     against the model's dense attention once per call signature (layout, plan entry, input shape and dtype; a
-    one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs the faster, keeping split unless dense is
-    faster by more than 2%. The walk kernel is not a candidate: on an H100 it was 4-31% slower than split on all 23
-    benchmark cases, and its first call per head size compiles and tunes four launch settings (BENCHMARKS.md). An
+    one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs the faster, keeping auto's kernel unless dense
+    is faster by more than :data:`FASTEST_MARGIN`. The walk kernel is not a candidate: it was slower than split on
+    every benchmark case, and its first call per head size compiles and tunes four launch settings (BENCHMARKS.md). An
     entry that picks dense attention then computes full attention, not its tile mask: the plan becomes a licence to
-    skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and the split
+    skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and auto's
     kernel runs. ``"auto"`` always applies the plan's masks (exact kernels only).
 
     Example:
@@ -123,12 +140,14 @@ class TileAttention:
     overlap: bool = False
     walk_block_m: int = WALK_BLOCK_M
     walk_global: str = "sdpa"
+    small_seq_len: int | None = None
     tuner: KernelTuner = field(default_factory=KernelTuner)
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
     fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": False}))
     _indices: dict = field(default_factory=dict, repr=False)
     _walk_tables: dict = field(default_factory=dict, repr=False)
     _side_streams: dict = field(default_factory=dict, repr=False)
+    _masks: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         check_kernel(self.kernel)
@@ -172,24 +191,57 @@ class TileAttention:
             self._walk_tables[key] = walk_segments(layout, k_ref, self.walk_block_m).to(device)
         return self._walk_tables[key]
 
-    def choose(self, layout: TileLayout, k_ref: int | None, device: torch.device, key_padding_mask=None) -> str:
-        """The kernel this call will use.
+    def tile_bias(self, layout: TileLayout, k_ref: int, q: torch.Tensor) -> torch.Tensor:
+        """The cached ``[N, N]`` additive tile mask of a sparse entry (0 kept, -inf dropped; ``q``'s dtype and
+        device), the ``masked`` kernel's (SDPA adds it as it is, where a boolean mask is converted every call)."""
+        key = (layout, k_ref, str(q.device), q.dtype)
+        if key not in self._masks:
+            keep = tile_mask(layout, k_ref, q.device)
+            self._masks[key] = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, -torch.inf)
+        return self._masks[key]
 
-        ``auto``: dense for dense entries; otherwise ``split``, the fastest exact kernel on every shape measured
-        (H100, bf16: 1.03x-9.9x over cuDNN dense, see BENCHMARKS.md), or ``gathered`` when gradients are needed
-        (the fused kernels behind ``split`` give no gradient through their log-sum-exp) or a key-padding mask
-        covers video tokens (``split`` handles padded text only). ``fastest``: the same, then a ``split`` call may
-        still run dense attention (see the class docs).
+    def is_small(self, call: TileCall) -> bool:
+        """Whether ``call``'s sequence is short enough for ``auto``'s small-shape kernels."""
+        limit = self.small_seq_len
+        if limit is None:
+            limit = SMALL_SEQ_LEN.get(call.q.device.type, 0)
+        return call.layout.seq_len <= limit
+
+    def preference(self, call: TileCall) -> tuple[str, ...]:
+        """``auto``'s kernels for a sparse entry, fastest first; it runs the first that supports the call."""
+        if self.is_small(call) and (call.q.device.type != "cpu"
+                                    or element_sparsity(call.layout, call.k_ref) <= SMALL_MASKED_MAX_SPARSITY):
+            return ("masked", "gathered")
+        return ("split", "gathered")
+
+    def choose(self, layout: TileLayout, k_ref: int | None, device: torch.device, key_padding_mask=None,
+               call: TileCall | None = None) -> str:
+        """The kernel this call will use (``call`` holds the inputs; without it, zero-size placeholders on
+        ``device`` stand for them).
+
+        ``auto``: dense where the mask keeps every pair (a dense entry, or ``k = F - 1``: the one non-reference
+        frame sees every frame); otherwise the first kernel of :meth:`preference` whose declared constraints hold
+        (:data:`TILE_KERNELS`): ``split`` (the fastest exact kernel on the shapes measured, BENCHMARKS.md; exact
+        backward too), ``gathered`` where a key-padding mask covers video tokens (``split`` handles padded text
+        only; under ``torch.compile`` any key-padding mask takes a kernel that handles every mask, so the check
+        adds no graph break), and on short sequences one masked SDPA call. ``fastest``: the same, then a call may
+        still run dense attention (see the class docs). A named kernel runs as named.
         """
-        if is_dense(layout.num_frames, k_ref):
+        if is_dense(layout.num_frames, k_ref) or len(non_reference_frames(layout.num_frames, k_ref)) <= 1:
             return "dense"
         if self.kernel not in ("auto", "fastest"):
             return self.kernel
-        if torch.is_grad_enabled():
-            return "gathered"
-        if key_padding_mask is not None and not bool(key_padding_mask[:, layout.video_slice].all()):
-            return "gathered"
-        return "split"
+        if call is None:
+            placeholder = torch.empty(1, 1, layout.seq_len, 0, device=device)
+            call = TileCall(placeholder, placeholder, placeholder, layout, k_ref, key_padding_mask)
+        compiling = torch.compiler.is_compiling()
+        for name in self.preference(call):
+            spec = TILE_KERNELS[name]
+            if compiling and spec.padding != "any" and key_padding_mask is not None:
+                continue  # which tokens the mask pads is data-dependent: finding out would break the graph
+            if spec.supports(call):
+                return name
+        return "gathered"
 
     def __call__(
         self,
@@ -208,14 +260,14 @@ class TileAttention:
         replaces plain SDPA on the dense path, so a processor keeps its model's own attention backend there.
         """
         _check_inputs(q, k, v, layout, key_padding_mask)
-        kernel = self.choose(layout, k_ref, q.device, key_padding_mask)
-        if kernel == "split" and self._tunes(q):
+        call = TileCall(q, k, v, layout, k_ref, key_padding_mask, scale, dense_fn)
+        kernel = self.choose(layout, k_ref, q.device, key_padding_mask, call)
+        if kernel != "dense" and self._tunes(q):
             signature = (str(q.device), layout, k_ref, tuple(q.shape), tuple(q.stride()), q.dtype, scale,
                          key_padding_mask is not None, dense_fn is not None)  # processors pass a new dense_fn a call
-            candidates = {name: (lambda name=name: self._run(name, q, k, v, layout, k_ref, key_padding_mask, scale,
-                                                             dense_fn)) for name in ("split", "dense")}
-            kernel = self.tuner.pick(signature, candidates, prefer="split", margin=FASTEST_MARGIN)
-        return self._run(kernel, q, k, v, layout, k_ref, key_padding_mask, scale, dense_fn)
+            candidates = {name: (lambda name=name: self._run(name, call)) for name in (kernel, "dense")}
+            kernel = self.tuner.pick(signature, candidates, prefer=kernel, margin=FASTEST_MARGIN)
+        return self._run(kernel, call)
 
     def _tunes(self, q: torch.Tensor) -> bool:
         """Whether this call may time kernels: ``fastest``, on CUDA (or a tuner with its own timer), outside
@@ -226,28 +278,57 @@ class TileAttention:
             return not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
         return self.tuner.timer is not None and not torch.compiler.is_compiling()
 
-    def _run(self, kernel, q, k, v, layout, k_ref, key_padding_mask, scale, dense_fn) -> torch.Tensor:
-        if kernel == "dense":
-            if dense_fn is not None:
-                return dense_fn(q, k, v)
-            return dense_attention(q, k, v, key_padding_mask, scale)
-        if kernel == "gathered":
-            return gathered_tile_attention(q, k, v, layout, self.indices(layout, k_ref, q.device), key_padding_mask, scale)
-        if kernel == "split":
-            if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-                raise RuntimeError(
-                    "The split tile kernel is inference-only (its fused log-sum-exp has no gradient); train with "
-                    "kernel='gathered' (or 'auto', which picks it when gradients are enabled)."
-                )
-            idx = self.indices(layout, k_ref, q.device)
-            return split_tile_attention(q, k, v, layout, idx, key_padding_mask, scale, self.merge_fn(q),
-                                        self.global_chunks, self.side_stream(q))
-        if kernel == "walk":
-            tokens = self.indices(layout, k_ref, q.device).global_tokens if self.walk_global == "sdpa" else None
-            return walk_tile_attention(q, k, v, self.walk_tables(layout, k_ref, q.device), scale,
-                                       global_rows=self.walk_global, global_tokens=tokens,
-                                       key_padding_mask=key_padding_mask)
-        return self.flex(q, k, v, layout, k_ref, key_padding_mask, scale)
+    def _run(self, kernel: str, call: TileCall) -> torch.Tensor:
+        spec = TILE_KERNELS[kernel]
+        if kernel != "dense":  # dense attention runs anything (it is also the dense entries' path)
+            spec.check(call)
+        return spec.fn(self, call)
+
+
+TILE_KERNELS = KernelRegistry()
+"""The tile kernels by name, with their declared constraints (see :class:`.registry.KernelSpec`)."""
+
+
+@TILE_KERNELS.register("dense")
+def _dense(attention: TileAttention, c: TileCall) -> torch.Tensor:
+    if c.dense_fn is not None:
+        return c.dense_fn(c.q, c.k, c.v)
+    return dense_attention(c.q, c.k, c.v, c.key_padding_mask, c.scale)
+
+
+@TILE_KERNELS.register("gathered")
+def _gathered(attention: TileAttention, c: TileCall) -> torch.Tensor:
+    idx = attention.indices(c.layout, c.k_ref, c.q.device)
+    return gathered_tile_attention(c.q, c.k, c.v, c.layout, idx, c.key_padding_mask, c.scale)
+
+
+@TILE_KERNELS.register("split", padding="text", fix="use kernel='gathered'")
+def _split(attention: TileAttention, c: TileCall) -> torch.Tensor:
+    idx = attention.indices(c.layout, c.k_ref, c.q.device)
+    return split_tile_attention(c.q, c.k, c.v, c.layout, idx, c.key_padding_mask, c.scale, attention.merge_fn(c.q),
+                                attention.global_chunks, attention.side_stream(c.q))
+
+
+@TILE_KERNELS.register("flex", head_dim_multiple=16, head_dim_devices=("cuda",), backward=("cuda",),
+                       fix="use kernel='split'")
+def _flex(attention: TileAttention, c: TileCall) -> torch.Tensor:
+    return attention.flex(c.q, c.k, c.v, c.layout, c.k_ref, c.key_padding_mask, c.scale)
+
+
+@TILE_KERNELS.register("walk", needs_triton=True, backward=False, fix="use kernel='split'")
+def _walk(attention: TileAttention, c: TileCall) -> torch.Tensor:
+    tokens = attention.indices(c.layout, c.k_ref, c.q.device).global_tokens if attention.walk_global == "sdpa" else None
+    return walk_tile_attention(c.q, c.k, c.v, attention.walk_tables(c.layout, c.k_ref, c.q.device), c.scale,
+                               global_rows=attention.walk_global, global_tokens=tokens,
+                               key_padding_mask=c.key_padding_mask)
+
+
+@TILE_KERNELS.register("masked")
+def _masked(attention: TileAttention, c: TileCall) -> torch.Tensor:
+    mask = attention.tile_bias(c.layout, c.k_ref, c.q)
+    if c.key_padding_mask is not None:
+        mask = mask.masked_fill(~c.key_padding_mask[:, None, None, :], -torch.inf)
+    return torch.nn.functional.scaled_dot_product_attention(c.q, c.k, c.v, attn_mask=mask, scale=c.scale)
 
 
 def tile_attention(q, k, v, layout: TileLayout, k_ref: int | None, key_padding_mask=None, kernel="auto", scale=None):
@@ -266,10 +347,15 @@ def tile_attention(q, k, v, layout: TileLayout, k_ref: int | None, key_padding_m
 
 __all__ = [
     "KERNELS",
+    "KernelRegistry",
+    "KernelSpec",
     "KernelTuner",
     "MERGES",
     "FlexTileKernel",
+    "TILE_KERNELS",
     "TileAttention",
+    "TileCall",
+    "UnsupportedKernelError",
     "check_kernel",
     "dense_attention",
     "gathered_tile_attention",

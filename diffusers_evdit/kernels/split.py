@@ -20,48 +20,8 @@ import torch.nn.functional as F
 from ..layout import TileLayout
 from .gathered import frames_view
 from .indices import TileIndices
-
-
-def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None):
-    """Dense attention of ``[B, H, L, D]`` inputs that also returns the row log-sum-exp ``[B, H, L]`` (float32).
-
-    Uses cuDNN (bf16/fp16) or memory-efficient attention (fp32) on CUDA, the fused CPU kernel elsewhere. The fused
-    CUDA kernels need a head dimension that is a multiple of 8; other head dimensions (tiny test models) take
-    :func:`attention_with_lse_math`.
-
-    Example:
-        >>> q = k = v = torch.randn(1, 2, 5, 8)
-        >>> out, lse = attention_with_lse(q, k, v)
-        >>> out.shape, lse.shape
-        (torch.Size([1, 2, 5, 8]), torch.Size([1, 2, 5]))
-    """
-    if q.device.type == "cuda":
-        if q.shape[-1] % 8:
-            return attention_with_lse_math(q, k, v, scale)
-        if q.dtype in (torch.bfloat16, torch.float16):
-            out, lse = torch.ops.aten._scaled_dot_product_cudnn_attention(q, k, v, None, True, scale=scale)[:2]
-        else:  # memory-efficient attention pads the LSE rows to a multiple of 32
-            out, lse = torch.ops.aten._scaled_dot_product_efficient_attention(q, k, v, None, True, scale=scale)[:2]
-    else:
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, scale=scale)
-    return out, lse.reshape(*q.shape[:2], -1)[..., : q.shape[2]].float()
-
-
-def attention_with_lse_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None):
-    """:func:`attention_with_lse` from explicit scores in float32 (any device and head dimension; memory grows with
-    ``L x S``, so it is only the fallback where no fused kernel applies).
-
-    Example:
-        >>> q = k = v = torch.randn(1, 2, 5, 3)
-        >>> out, lse = attention_with_lse_math(q, k, v)
-        >>> torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, k, v), atol=1e-5)
-        True
-    """
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
-    lse = torch.logsumexp(scores, dim=-1)
-    out = torch.matmul(torch.exp(scores - lse.unsqueeze(-1)), v.float())
-    return out.to(q.dtype), lse
+from .lse import attention_with_lse, attention_with_lse_math, lse_dtype  # noqa: F401 (old import path)
+from .split_backward import frames_lse, split_backward
 
 
 def merge_weight(out: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor) -> torch.Tensor:
@@ -78,17 +38,18 @@ def merge_weight(out: torch.Tensor, lse1: torch.Tensor, lse2: torch.Tensor) -> t
 def merge_partial_attention(out, o1, o2, lse1, lse2) -> None:
     """Write into ``out`` the exact softmax attention over the union of two disjoint key sets, from the partial
     results ``o1, o2`` (``[..., D]``) and their row log-sum-exps ``lse1, lse2`` (``[...]``, float32):
-    ``o1 + (o2 - o1) * sigmoid(lse2 - lse1)``, computed in float32."""
+    ``o1 + (o2 - o1) * sigmoid(lse2 - lse1)``, computed in float32 (float64 for float64 inputs)."""
     weight = merge_weight(out, lse1, lse2)
-    out.copy_(torch.lerp(o1.float(), o2.float(), weight.unsqueeze(-1)))
+    acc = lse_dtype(o1)
+    out.copy_(torch.lerp(o1.to(acc), o2.to(acc), weight.unsqueeze(-1).to(acc)))
 
 
-def global_attention(q, k, v, scale=None, chunks: int = 1) -> torch.Tensor:
+def global_attention(q, k, v, scale=None, chunks: int = 1, return_lse: bool = False):
     """Dense attention of the few global queries (reference frames + text, ``[1, H, L, D]``) against all keys.
 
     With ``chunks > 1`` (and a key count divisible by it) the keys split into equal chunks that run as one batched
     call, merged exactly by their log-sum-exps: ``chunks`` times the thread blocks of a single call, for GPUs that a
-    short query sequence would leave partly idle.
+    short query sequence would leave partly idle. ``return_lse``: also return the rows' log-sum-exp ``[1, H, L]``.
 
     Example:
         >>> q, k, v = torch.randn(3, 1, 2, 6, 8).unbind(0)
@@ -98,6 +59,8 @@ def global_attention(q, k, v, scale=None, chunks: int = 1) -> torch.Tensor:
     """
     n = k.shape[2]
     if chunks <= 1 or n % chunks:
+        if return_lse:
+            return attention_with_lse(q, k, v, scale)
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
 
     def as_batch(x):  # [1, H, n, D] -> [chunks, H, n / chunks, D], a view
@@ -105,18 +68,20 @@ def global_attention(q, k, v, scale=None, chunks: int = 1) -> torch.Tensor:
 
     o, lse = attention_with_lse(q.expand(chunks, *q.shape[1:]).contiguous(), as_batch(k), as_batch(v), scale)
     weight = torch.softmax(lse, dim=0).unsqueeze(-1)  # each chunk's share of the softmax mass, [chunks, H, L, 1]
-    return (o.float() * weight).sum(0, keepdim=True).to(q.dtype)
+    out = (o.to(lse.dtype) * weight).sum(0, keepdim=True).to(q.dtype)
+    return (out, torch.logsumexp(lse, dim=0, keepdim=True)) if return_lse else out
 
 
 def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep, scale, merge, out,
-                        global_chunks: int = 1, side_stream=None):
+                        global_chunks: int = 1, side_stream=None, lse=None):
     """Split attention of one sample (``[1, H, N, D]``) into ``out``; ``text_keep`` selects the valid text keys.
 
     Non-reference frames are processed run by run (consecutive frames between two reference frames), so every
     query, key and value tensor of the two partial calls is a view of the input: nothing is gathered or copied, and
     each run's merge writes straight into the output. With a ``side_stream`` (CUDA), the global call runs on it,
     concurrently with the non-reference frames' calls and merges on the current stream (disjoint rows of ``out``);
-    the current stream waits for it before returning.
+    the current stream waits for it before returning. With ``lse`` (``[1, H, N]``), the rows' final log-sum-exp is
+    written into it too (for the backward, :mod:`.split_backward`).
     """
     tpf = layout.tokens_per_frame
     qv, kv, vv = (frames_view(x, layout) for x in (q, k, v))
@@ -131,7 +96,12 @@ def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep
         k_all, v_all = torch.cat([k[:, :, vs], k_text], dim=2), torch.cat([v[:, :, vs], v_text], dim=2)
 
     def global_part():  # reference frames and text, against every (valid) key
-        out[:, :, idx.global_tokens] = global_attention(q[:, :, idx.global_tokens], k_all, v_all, scale, global_chunks)
+        rows = idx.global_tokens
+        if lse is None:
+            out[:, :, rows] = global_attention(q[:, :, rows], k_all, v_all, scale, global_chunks)
+        else:
+            out[:, :, rows], lse[:, :, rows] = global_attention(q[:, :, rows], k_all, v_all, scale, global_chunks,
+                                                                return_lse=True)
 
     if side_stream is None:
         global_part()
@@ -147,10 +117,21 @@ def _tile_attention_one(q, k, v, layout: TileLayout, idx: TileIndices, text_keep
         # own frame: the run's frames as a batch [m, H, T, D]; shared context: the run as one query sequence
         o_own, lse_own = attention_with_lse(qr[0].transpose(0, 1), kr[0].transpose(0, 1), vr[0].transpose(0, 1), scale)
         o_sh, lse_sh = attention_with_lse(qr.flatten(2, 3), k_shared, v_shared, scale)
-        merge(out_frames[:, :, run], o_own.transpose(0, 1)[None], o_sh.unflatten(2, (m, tpf)),
-              lse_own.transpose(0, 1)[None], lse_sh.unflatten(2, (m, tpf)))
+        lse_own, lse_sh = lse_own.transpose(0, 1)[None], lse_sh.unflatten(2, (m, tpf))
+        merge(out_frames[:, :, run], o_own.transpose(0, 1)[None], o_sh.unflatten(2, (m, tpf)), lse_own, lse_sh)
+        if lse is not None:
+            frames_lse(lse, layout)[:, :, run] = torch.logaddexp(lse_own, lse_sh)
     if side_stream is not None:
         main_stream.wait_stream(side_stream)
+
+
+def text_keep_of(key_padding_mask, layout: TileLayout):
+    """The text part of a key-padding mask, after checking that it pads text tokens only (``None`` stays ``None``)."""
+    if key_padding_mask is None:
+        return None
+    if not bool(key_padding_mask[:, layout.video_slice].all()):
+        raise ValueError("The split kernel supports key-padding masks on text tokens only; use kernel='gathered'.")
+    return key_padding_mask[:, layout.text_slice]
 
 
 def split_tile_attention(
@@ -166,6 +147,9 @@ def split_tile_attention(
     :func:`global_attention`. ``side_stream`` (a ``torch.cuda.Stream``, CUDA inputs only): the global queries' call
     runs on it, overlapping the other calls (exact either way).
 
+    Differentiable: where gradients are needed it runs :class:`SplitTileAttentionFunction`, whose backward reuses
+    each key set's dense backward with the rows' final output and log-sum-exp (:mod:`.split_backward`).
+
     Example:
         >>> from diffusers_evdit.masks import tile_mask
         >>> from diffusers_evdit.kernels.indices import tile_indices
@@ -176,15 +160,45 @@ def split_tile_attention(
         >>> torch.allclose(out, ref, atol=1e-5)
         True
     """
-    text_keep = None
-    if key_padding_mask is not None:
-        if not bool(key_padding_mask[:, layout.video_slice].all()):
-            raise ValueError("The split kernel supports key-padding masks on text tokens only; use kernel='gathered'.")
-        text_keep = key_padding_mask[:, layout.text_slice]
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+        return SplitTileAttentionFunction.apply(q, k, v, layout, idx, key_padding_mask, scale, merge, global_chunks,
+                                                side_stream)
+    return split_forward(q, k, v, layout, idx, key_padding_mask, scale, merge, global_chunks, side_stream)[0]
+
+
+def split_forward(q, k, v, layout: TileLayout, idx: TileIndices, key_padding_mask=None, scale=None,
+                  merge=merge_partial_attention, global_chunks: int = 1, side_stream=None, return_lse: bool = False):
+    """The split kernel's forward (no autograd): ``(out, lse)``, ``lse`` the rows' final log-sum-exp ``[B, H, N]``
+    with ``return_lse``, else None."""
+    text_keep = text_keep_of(key_padding_mask, layout)
     out = torch.empty_like(q)
+    lse = q.new_empty(q.shape[:3], dtype=lse_dtype(q)) if return_lse else None
     for i in range(q.shape[0]):
         sample = slice(i, i + 1)
         keep = None if text_keep is None else text_keep[i]
         _tile_attention_one(q[sample], k[sample], v[sample], layout, idx, keep, scale, merge, out[sample],
-                            global_chunks, side_stream)
-    return out
+                            global_chunks, side_stream, None if lse is None else lse[sample])
+    return out, lse
+
+
+class SplitTileAttentionFunction(torch.autograd.Function):
+    """The split kernel as an autograd function: forward :func:`split_forward` (also keeping the rows' log-sum-exp),
+    backward :func:`.split_backward.split_backward`.
+
+    ``apply(q, k, v, layout, idx, key_padding_mask, scale, merge, global_chunks, side_stream)``.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, layout, idx, key_padding_mask, scale, merge, global_chunks, side_stream):
+        out, lse = split_forward(q, k, v, layout, idx, key_padding_mask, scale, merge, global_chunks, side_stream,
+                                 return_lse=True)
+        text_keep = None if key_padding_mask is None else key_padding_mask[:, layout.text_slice]
+        ctx.save_for_backward(q, k, v, out, lse, text_keep)
+        ctx.layout, ctx.idx, ctx.scale = layout, idx, scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse, text_keep = ctx.saved_tensors
+        grads = split_backward(grad_out, q, k, v, out, lse, ctx.layout, ctx.idx, text_keep, ctx.scale)
+        return (*grads, None, None, None, None, None, None, None)
