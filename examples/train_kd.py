@@ -94,7 +94,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--plan", default=None,
                    help="the student's plan: a plan JSON (evdit search), uniform:K, or 'saved' (the --student folder's "
                         "plan; the default with --student)")
-    g.add_argument("--kernel", choices=("auto", "gathered", "flex"), default="auto",
+    g.add_argument("--kernel", choices=("auto", "split", "gathered", "flex"), default="auto",
                    help="tile kernel of the sparse layers during training, one with exact gradients (auto: picks "
                         "one under autograd; flex needs CUDA)")
     g.add_argument("--kd_weight", type=float, default=1.0,

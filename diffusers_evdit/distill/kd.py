@@ -25,7 +25,8 @@ mean over all elements of its tensors.
   projection); MLP = ``act_mlp(proj_mlp(x))``, the MLP branch before the ``proj_out`` it shares with attention.
 
 **Kernels.** The student trains with a kernel whose backward pass is exact: ``"auto"`` (default; under autograd
-it picks an exact-backward kernel), ``"gathered"`` or ``"flex"`` (CUDA); :func:`check_trainable_kernel` refuses the
+it picks ``split``, whose backward reuses each key set's dense backward), ``"split"``, ``"gathered"`` or ``"flex"``
+(CUDA); :func:`check_trainable_kernel` refuses the
 others. A saved plan carries no kernel: the trained student runs with ``"auto"`` at inference.
 
 Example (tiny random models; weights say nothing about quality):
@@ -74,7 +75,7 @@ __all__ = [
 
 #: Tile kernels whose backward pass is exact (``"dense"`` too, but it ignores the plan's sparse entries); ``"auto"``
 #: picks one of them whenever gradients are enabled.
-TRAINABLE_KERNELS = ("auto", "gathered", "flex")
+TRAINABLE_KERNELS = ("auto", "split", "gathered", "flex")
 
 
 # ------------------------------------------------------------------------------------------------------ the loss
@@ -181,7 +182,7 @@ def check_trainable_kernel(transformer: nn.Module) -> None:
     """Raise ``ValueError`` when ``transformer`` has a plan whose sparse layers run a kernel with a wrong backward.
 
     Trainable kernels are :data:`TRAINABLE_KERNELS`: ``"auto"`` (it picks an exact-backward kernel under autograd),
-    ``"gathered"`` and ``"flex"`` (CUDA). Dense plans and no plan pass.
+    ``"split"``, ``"gathered"`` and ``"flex"`` (CUDA). Dense plans and no plan pass.
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_transformer
