@@ -40,7 +40,7 @@ def _cases(rank: int) -> dict:
     from diffusers_evdit.parallel import enable_tile_parallelism
     from diffusers_evdit.tiny import TinyVideo, tiny_inputs, tiny_transformer
 
-    import diffusers_evdit.parallel as parallel
+    import diffusers_evdit.processors.ulysses as parallel
 
     results: dict = {}
     calls = {"n": 0}
