@@ -11,6 +11,7 @@ from .kernels import TileAttention, tile_attention
 from .layout import TileLayout, layout_from_latents
 from .masks import element_sparsity, format_mask, reference_frames, tile_mask
 from .plan import MaskPlan, apply_mask_plan, get_mask_plan, num_plan_layers, remove_mask_plan
+from .processors import TileAttentionConfig, refused_models
 from .pipeline import EfficientVDiTPipeline, mask_plan_model_card
 from .processors import (
     CogVideoXTileSparseAttnProcessor,
@@ -39,6 +40,7 @@ __all__ = [
     "HunyuanVideoTileSparseAttnProcessor",
     "MaskPlan",
     "TileAttention",
+    "TileAttentionConfig",
     "TileLayout",
     "TileSparseAttnProcessor",
     "WanTileSparseAttnProcessor",
@@ -49,6 +51,7 @@ __all__ = [
     "layout_from_latents",
     "num_plan_layers",
     "reference_frames",
+    "refused_models",
     "remove_mask_plan",
     "supported_models",
     "tile_attention",

@@ -63,6 +63,7 @@ class TileState:
     ``parallel_config`` is the transformer's diffusers ``ParallelConfig`` when ``enable_parallelism`` ran on it.
 
     Example:
+        >>> import torch
         >>> from diffusers_evdit import MaskPlan, apply_mask_plan
         >>> from diffusers_evdit.tiny import tiny_transformer, tiny_inputs
         >>> t = apply_mask_plan(tiny_transformer("wan"), MaskPlan.uniform(2, k=1))
