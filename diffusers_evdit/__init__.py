@@ -11,7 +11,7 @@ from .kernels import TileAttention, tile_attention
 from .layout import TileLayout, layout_from_latents
 from .masks import element_sparsity, format_mask, reference_frames, tile_mask
 from .plan import MaskPlan, apply_mask_plan, get_mask_plan, num_plan_layers, remove_mask_plan
-from .processors import TileAttentionConfig, refused_models
+from .processors import TileAttentionConfig, refused_models  # noqa: F401  (public; listed in __all__ with docs/api.md)
 from .pipeline import EfficientVDiTPipeline, mask_plan_model_card
 from .processors import (
     CogVideoXTileSparseAttnProcessor,
@@ -40,7 +40,6 @@ __all__ = [
     "HunyuanVideoTileSparseAttnProcessor",
     "MaskPlan",
     "TileAttention",
-    "TileAttentionConfig",
     "TileLayout",
     "TileSparseAttnProcessor",
     "WanTileSparseAttnProcessor",
@@ -51,7 +50,6 @@ __all__ = [
     "layout_from_latents",
     "num_plan_layers",
     "reference_frames",
-    "refused_models",
     "remove_mask_plan",
     "supported_models",
     "tile_attention",

@@ -37,7 +37,12 @@ def refused_models() -> dict[str, str]:
 
 
 def is_supported_class(class_name: str) -> bool:
-    """Whether ``class_name`` is in :func:`supported_models`."""
+    """Whether ``class_name`` is in :func:`supported_models`.
+
+    Example:
+        >>> is_supported_class("LTXVideoTransformer3DModel"), is_supported_class("LatteTransformer3DModel")
+        (True, False)
+    """
     return any(class_name in family.class_names for family in FAMILIES)
 
 

@@ -76,6 +76,9 @@ def intercepting_call(processor, dispatch: Callable, sdpa: Callable) -> Callable
             "F.scaled_dot_product_attention, so its attention product cannot be replaced by tile-sparse attention."
         )
     scope = dict(func.__globals__)
+    # Without ``__name__`` torch.compile guards these globals as this dict (not as the model file's module); relative
+    # imports inside the processor resolve through ``__package__``.
+    scope.pop("__name__", None)
     if uses_dispatch:
         scope[DISPATCH_NAME] = dispatch
     if uses_sdpa:

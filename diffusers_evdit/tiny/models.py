@@ -36,7 +36,12 @@ class TinyVideo:
 @dataclass(frozen=True)
 class TinyModel:
     """A tiny configuration: the diffusers class, its config (``num_layers`` filled in by ``layers``), the patch
-    size ``(t, h, w)`` the tests check layouts against, and the extra tokens self-attention sees."""
+    size ``(t, h, w)`` the tests check layouts against, and the extra tokens self-attention sees.
+
+    Example:
+        >>> TINY_MODELS["ltx_video"].class_name, TINY_MODELS["ltx_video"].patch
+        ('LTXVideoTransformer3DModel', (1, 1, 1))
+    """
 
     class_name: str
     config: Callable[[int], dict]
@@ -271,7 +276,12 @@ def tiny_transformer(family: str, num_layers: int = 2, seed: int = 0) -> torch.n
 
 
 def tiny_name(model: torch.nn.Module) -> str:
-    """The :data:`TINY_MODELS` key of a model built by :func:`tiny_transformer` (else the first key of its class)."""
+    """The :data:`TINY_MODELS` key of a model built by :func:`tiny_transformer` (else the first key of its class).
+
+    Example:
+        >>> tiny_name(tiny_transformer("hunyuan_video_i2v"))
+        'hunyuan_video_i2v'
+    """
     name = getattr(model, "_evdit_tiny_name", None)
     if name is not None:
         return name
