@@ -158,3 +158,17 @@ def test_drop_in_processor_equals_uniform_plan(case):
     finally:
         remove_mask_plan(model)
     assert {name: type(m.processor) for name, m in _modules(model)} == stock_classes
+
+
+def test_readme_table_is_generated_from_the_registry():
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("supported_models_doc", root / "docs" / "supported_models.py")
+    doc = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(doc)
+    text = (root / "README.md").read_text(encoding="utf-8")
+    assert doc.updated_readme(text) == text, "run python docs/supported_models.py"
+    for name in supported_models():
+        assert f"`{name}`" in doc.render()

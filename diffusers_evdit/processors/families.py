@@ -99,7 +99,7 @@ def _refuse_causal_anyflow(transformer, args, kwargs) -> None:
 ANYFLOW = ModelFamily(
     "anyflow", ("AnyFlowTransformer3DModel",), WAN_BLOCKS, latent_layout(),
     stock_processors=(("*.attn2", "diffusers.models.transformers.transformer_anyflow.AnyFlowCrossAttnProcessor"),),
-    check_call=_refuse_causal_anyflow,
+    check_call=_refuse_causal_anyflow, mask="bidirectional model only: causal (is_causal) blocks are refused",
 )
 COSMOS = ModelFamily(
     "cosmos", ("CosmosTransformer3DModel",), attention_blocks("transformer_blocks.*.attn1"), latent_layout(),
@@ -147,6 +147,7 @@ LTX2_VIDEO = ModelFamily(
 KANDINSKY5 = ModelFamily(
     "kandinsky5", ("Kandinsky5Transformer3DModel",), attention_blocks("visual_transformer_blocks.*.self_attention"),
     latent_layout("BFHWC", patch_t=None), check_call=_refuse_kandinsky_sparse,
+    mask="dense mode only: calls with sparse_params (NABLA) are refused",
 )
 
 FAMILIES: tuple[ModelFamily, ...] = (
