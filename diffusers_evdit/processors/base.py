@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ..layout import TEXT_NONE, TileLayout
 from ..masks import check_k, is_dense
 from . import ulysses
+from .install import bind_on_first_use
 from .intercept import intercepting_call
 from .state import TileState
 
@@ -56,6 +57,7 @@ class TileSparseAttnProcessor:
     """
 
     family_name: str | None = None  # per-family subclasses accept only their family
+    is_tile_processor = True
     _attention_backend = None
     _parallel_config = None
 
@@ -89,8 +91,6 @@ class TileSparseAttnProcessor:
         # image_rotary_emb and temb are named because diffusers' ``Attention.forward`` passes only the keyword
         # arguments that appear in the processor's signature; they reach the stock processor if its signature has them.
         if self.state is None:
-            from .install import bind_on_first_use
-
             processor = bind_on_first_use(self, attn)
             stock, call, names = processor, type(processor).__call__, None
         else:

@@ -2,7 +2,22 @@
 
 from __future__ import annotations
 
-from .families import COGVIDEOX, CogVideoXTileSparseAttnProcessor
+from .base import TileSparseAttnProcessor
+from .families import COGVIDEOX
+
+
+class CogVideoXTileSparseAttnProcessor(TileSparseAttnProcessor):
+    """:class:`TileSparseAttnProcessor` for CogVideoX (text first, then video, in ``attn1`` of every block).
+
+    Example:
+        >>> from diffusers_evdit import MaskPlan, apply_mask_plan
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> t = apply_mask_plan(tiny_transformer("cogvideox"), MaskPlan([2, None]))
+        >>> t.transformer_blocks[0].attn1.processor
+        CogVideoXTileSparseAttnProcessor(layer=0, k=2)
+    """
+
+    family_name = "cogvideox"
 
 
 def cogvideox_rotary_emb(transformer, latent_frames: int, latent_height: int, latent_width: int, device=None):

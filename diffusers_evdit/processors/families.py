@@ -5,52 +5,7 @@ from __future__ import annotations
 from diffusers.models import attention_processor as ap
 
 from ..layout import TEXT_FIRST, TEXT_LAST
-from .base import TileSparseAttnProcessor
 from .family import ModelFamily, attention_blocks, latent_layout, packed_layout, tokens_of
-
-
-class CogVideoXTileSparseAttnProcessor(TileSparseAttnProcessor):
-    """:class:`TileSparseAttnProcessor` for CogVideoX (text first, then video, in ``attn1`` of every block).
-
-    Example:
-        >>> from diffusers_evdit import MaskPlan, apply_mask_plan
-        >>> from diffusers_evdit.tiny import tiny_transformer
-        >>> t = apply_mask_plan(tiny_transformer("cogvideox"), MaskPlan([2, None]))
-        >>> t.transformer_blocks[0].attn1.processor
-        CogVideoXTileSparseAttnProcessor(layer=0, k=2)
-    """
-
-    family_name = "cogvideox"
-
-
-class WanTileSparseAttnProcessor(TileSparseAttnProcessor):
-    """:class:`TileSparseAttnProcessor` for Wan 2.x (video-only self-attention ``attn1``; ``attn2`` stays stock).
-
-    Example:
-        >>> from diffusers_evdit import MaskPlan, apply_mask_plan
-        >>> from diffusers_evdit.tiny import tiny_transformer
-        >>> t = apply_mask_plan(tiny_transformer("wan"), MaskPlan.uniform(2, k=1))
-        >>> t.blocks[0].attn1.processor, type(t.blocks[0].attn2.processor).__name__
-        (WanTileSparseAttnProcessor(layer=0, k=1), 'WanAttnProcessor')
-    """
-
-    family_name = "wan"
-
-
-class HunyuanVideoTileSparseAttnProcessor(TileSparseAttnProcessor):
-    """:class:`TileSparseAttnProcessor` for HunyuanVideo (video, then text with its padding mask; double-stream
-    blocks, then single-stream blocks).
-
-    Example:
-        >>> from diffusers_evdit import MaskPlan, apply_mask_plan, num_plan_layers
-        >>> from diffusers_evdit.tiny import tiny_transformer
-        >>> t = tiny_transformer("hunyuan_video")            # 2 double-stream + 2 single-stream blocks
-        >>> t = apply_mask_plan(t, MaskPlan.uniform(num_plan_layers(t), k=1))
-        >>> t.single_transformer_blocks[1].attn.processor
-        HunyuanVideoTileSparseAttnProcessor(layer=3, k=1)
-    """
-
-    family_name = "hunyuan_video"
 
 
 def _refuse_kandinsky_sparse(transformer, args, kwargs) -> None:
@@ -61,12 +16,13 @@ def _refuse_kandinsky_sparse(transformer, args, kwargs) -> None:
         )
 
 
+_PACKAGE = "diffusers_evdit.processors."
 WAN_BLOCKS = attention_blocks("blocks.*.attn1")
 
 COGVIDEOX = ModelFamily(
     "cogvideox", ("CogVideoXTransformer3DModel",), attention_blocks("transformer_blocks.*.attn1"),
     latent_layout("BFCHW"), TEXT_FIRST, (("*", ap.CogVideoXAttnProcessor2_0),),
-    extra_tokens=tokens_of("encoder_hidden_states"), processor_cls=CogVideoXTileSparseAttnProcessor,
+    extra_tokens=tokens_of("encoder_hidden_states"), processor=_PACKAGE + "cogvideox.CogVideoXTileSparseAttnProcessor",
 )
 CONSISID = ModelFamily(
     "consisid", ("ConsisIDTransformer3DModel",), attention_blocks("transformer_blocks.*.attn1"),
@@ -79,7 +35,7 @@ EASYANIMATE = ModelFamily(
                                         "EasyAnimateAttnProcessor2_0"),),
 )
 WAN = ModelFamily("wan", ("WanTransformer3DModel",), WAN_BLOCKS, latent_layout(),
-                  processor_cls=WanTileSparseAttnProcessor)
+                  processor=_PACKAGE + "wan.WanTileSparseAttnProcessor")
 CHRONOEDIT = ModelFamily("chronoedit", ("ChronoEditTransformer3DModel",), WAN_BLOCKS, latent_layout())
 SKYREELS_V2 = ModelFamily(
     "skyreels_v2", ("SkyReelsV2Transformer3DModel",), WAN_BLOCKS, latent_layout(),
@@ -115,7 +71,7 @@ HUNYUAN_VIDEO = ModelFamily(
                                     "HunyuanVideoAttnProcessor2_0"),),
     extra_tokens=tokens_of("encoder_hidden_states", 2),
     mask="text key padding ([B, 1, 1, N]) on top of the tile mask",
-    processor_cls=HunyuanVideoTileSparseAttnProcessor,
+    processor=_PACKAGE + "hunyuan_video.HunyuanVideoTileSparseAttnProcessor",
 )
 HUNYUAN_VIDEO15 = ModelFamily(
     "hunyuan_video15", ("HunyuanVideo15Transformer3DModel",), attention_blocks("transformer_blocks.*.attn"),

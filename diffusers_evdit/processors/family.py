@@ -4,7 +4,7 @@ the extra (text, image, reference) tokens sit, and the model's own processors.""
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
@@ -134,7 +134,8 @@ class ModelFamily:
         extra_tokens: ``(transformer, args, kwargs) -> int | None``: how many extra tokens self-attention will see
             (checked per call when known; otherwise every token beyond the video is taken as extra).
         mask: how the model's own self-attention mask combines with the tile mask, in words (for the docs).
-        processor_cls: the :class:`~diffusers_evdit.TileSparseAttnProcessor` class installed by plans.
+        processor: dotted path of the :class:`~diffusers_evdit.TileSparseAttnProcessor` class plans install
+            (``processor_cls`` resolves it).
 
     Example:
         >>> from diffusers_evdit.processors import family_for
@@ -153,15 +154,16 @@ class ModelFamily:
     check_call: Callable = no_check
     extra_tokens: Callable = unknown_extra_tokens
     mask: str = "none"
-    processor_cls: type = field(default=None)
+    processor: str = "diffusers_evdit.processors.base.TileSparseAttnProcessor"
 
     def __post_init__(self):
         if self.text_position not in (TEXT_FIRST, TEXT_LAST, TEXT_NONE):
             raise ValueError(f"text_position must be 'first', 'last' or 'none', got {self.text_position!r}.")
-        if self.processor_cls is None:
-            from .base import TileSparseAttnProcessor
 
-            object.__setattr__(self, "processor_cls", TileSparseAttnProcessor)
+    @property
+    def processor_cls(self) -> type:
+        """The :class:`~diffusers_evdit.TileSparseAttnProcessor` class plans install (named by ``processor``)."""
+        return _resolve(self.processor)
 
     def stock_processor(self, name: str, module: nn.Module):
         """A new instance of the model's own processor for attention module ``name``."""

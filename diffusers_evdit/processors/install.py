@@ -8,7 +8,7 @@ import threading
 import torch
 from torch import nn
 
-from .base import TileSparseAttnProcessor
+from .registry import family_for, is_supported_class
 from .state import LayoutHook, TileAttentionConfig, TileState
 
 STATE_ATTR = "_evdit_tile_state"
@@ -28,9 +28,14 @@ def attention_modules_with_processors(transformer: nn.Module) -> list[tuple[str,
     return [(n, m) for n, m in transformer.named_modules() if n and hasattr(m, "processor")]
 
 
+def is_tile_processor(processor) -> bool:
+    """Whether ``processor`` is a :class:`~diffusers_evdit.TileSparseAttnProcessor` (bound or drop-in)."""
+    return getattr(type(processor), "is_tile_processor", False)
+
+
 def _stock(family, name: str, module: nn.Module):
     current = module.processor
-    return family.stock_processor(name, module) if isinstance(current, TileSparseAttnProcessor) else current
+    return family.stock_processor(name, module) if is_tile_processor(current) else current
 
 
 def install_plan(transformer: nn.Module, family, layers: list, config: TileAttentionConfig, metadata: dict) -> TileState:
@@ -39,7 +44,7 @@ def install_plan(transformer: nn.Module, family, layers: list, config: TileAtten
     modules = family.attention_modules(transformer)
     planned = {name for name, _ in modules}
     for name, module in attention_modules_with_processors(transformer):
-        if name not in planned and isinstance(module.processor, TileSparseAttnProcessor):
+        if name not in planned and is_tile_processor(module.processor):
             set_module_processor(module, family.stock_processor(name, module))  # a drop-in left on a non-video module
     previous = getattr(transformer, STATE_ATTR, None)
     originals = previous.original_processors if previous is not None else {n: _stock(family, n, m) for n, m in modules}
@@ -74,8 +79,6 @@ def uninstall_plan(transformer: nn.Module, family) -> None:
 def calling_transformer(attn: nn.Module):
     """``(transformer, args, kwargs)`` of the supported transformer call that is running ``attn``, found on the
     Python stack (torch's ``Module._call_impl`` frame keeps the call's own arguments); ``None`` if there is none."""
-    from . import is_supported_class
-
     frame = sys._getframe(1)
     while frame is not None:
         local = frame.f_locals
@@ -93,11 +96,9 @@ def calling_transformer(attn: nn.Module):
     return None
 
 
-def bind_on_first_use(processor: TileSparseAttnProcessor, attn: nn.Module):
+def bind_on_first_use(processor, attn: nn.Module):
     """Turn a drop-in ``TileSparseAttnProcessor(k)`` into the plan ``MaskPlan.uniform(L, k)`` on the transformer that
     calls it (once; later calls find the installed processors) and return ``attn``'s processor for this call."""
-    from . import family_for
-
     line = "apply_mask_plan(transformer, MaskPlan.uniform(num_plan_layers(transformer), k))"
     if torch.compiler.is_compiling():
         raise RuntimeError(
