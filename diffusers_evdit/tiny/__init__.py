@@ -2,6 +2,7 @@
 
 from .models import TINY_FAMILIES, TINY_MODELS, TinyModel, TinyVideo, tiny_inputs, tiny_name, tiny_transformer
 from .pipelines import (
+    TINY_PIPELINES,
     TINY_TEXT_VOCAB_SIZE,
     TINY_VOCAB,
     tiny_demo_pipeline,
@@ -14,6 +15,7 @@ from .pipelines import (
 __all__ = [
     "TINY_FAMILIES",
     "TINY_MODELS",
+    "TINY_PIPELINES",
     "TINY_TEXT_VOCAB_SIZE",
     "TINY_VOCAB",
     "TinyModel",

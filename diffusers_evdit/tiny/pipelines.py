@@ -7,6 +7,8 @@ import torch
 
 from .models import TINY_FAMILIES, tiny_transformer
 
+TINY_PIPELINES = TINY_FAMILIES + ("ltx_video",)  # families with a tiny pipeline (LTX-Video: 4x spatial VAE)
+
 TINY_VOCAB = (
     "a an the of and in on with to is are at by from it this that dog cat panda fox bird fish horse monkey red blue "
     "green yellow white black small big eating walking running dancing flying swimming sitting bamboo tree forest "
@@ -54,7 +56,7 @@ def tiny_vae(family: str, seed: int = 0) -> torch.nn.Module:
         >>> type(tiny_vae("wan")).__name__
         'AutoencoderKLWan'
     """
-    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLHunyuanVideo, AutoencoderKLWan
+    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLHunyuanVideo, AutoencoderKLLTXVideo, AutoencoderKLWan
 
     torch.manual_seed(seed)
     if family == "cogvideox":
@@ -95,8 +97,16 @@ def tiny_vae(family: str, seed: int = 0) -> torch.nn.Module:
             temporal_compression_ratio=4,
             mid_block_add_attention=True,
         )
+    elif family == "ltx_video":
+        vae = AutoencoderKLLTXVideo(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * 4,
+            decoder_block_out_channels=(8,) * 4, layers_per_block=(1,) * 5, decoder_layers_per_block=(1,) * 5,
+            spatio_temporal_scaling=(True, True, False, False), decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4, upsample_factor=(1,) * 4,
+            timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+        )
     else:
-        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_FAMILIES)}.")
+        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_PIPELINES)}.")
     return vae.eval()
 
 
@@ -107,7 +117,7 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
     (UMT5 encoder, ``FlowMatchEulerDiscreteScheduler``), with ``two_transformers=True`` a Wan 2.2 A14B-style pipeline
     with ``transformer_2`` (seed ``seed + 1``) and ``boundary_ratio=0.875`` (so with 2 steps, step 0 runs
     ``transformer`` and step 1 ``transformer_2``); ``"hunyuan_video"``: ``HunyuanVideoPipeline`` (Llama + CLIP
-    encoders). The transformers are :func:`tiny_transformer` (float32, eval). Call it with
+    encoders); ``"ltx_video"``: ``LTXPipeline`` (T5 encoder, 4x spatial / 4x temporal VAE, unpatched latents). The transformers are :func:`tiny_transformer` (float32, eval). Call it with
     :func:`tiny_pipeline_inputs`.
 
     Example:
@@ -120,6 +130,7 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
         CogVideoXPipeline,
         FlowMatchEulerDiscreteScheduler,
         HunyuanVideoPipeline,
+        LTXPipeline,
         WanPipeline,
     )
     from transformers import (
@@ -133,8 +144,8 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
         UMT5EncoderModel,
     )
 
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_FAMILIES)}.")
+    if family not in TINY_PIPELINES:
+        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_PIPELINES)}.")
     if two_transformers and family != "wan":
         raise ValueError("two_transformers=True is the Wan 2.2 layout; use family='wan'.")
     transformer = tiny_transformer(family, num_layers=num_layers, seed=seed)
@@ -149,6 +160,14 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
             vae=vae,
             transformer=transformer,
             scheduler=CogVideoXDDIMScheduler(timestep_spacing="trailing"),
+        )
+    elif family == "ltx_video":
+        pipe = LTXPipeline(
+            tokenizer=tiny_tokenizer(),
+            text_encoder=T5EncoderModel(T5Config(**t5)).eval(),
+            vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            transformer=transformer,
         )
     elif family == "wan":
         pipe = WanPipeline(
