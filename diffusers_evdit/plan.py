@@ -11,8 +11,8 @@ from torch import nn
 from .kernels import check_kernel
 from .layout import TileLayout
 from .masks import check_k, element_sparsity, format_mask
-from .processors import TileAttentionConfig, family_for
-from .processors.install import STATE_ATTR, install_plan, uninstall_plan
+from .processors import TileAttentionConfig, TileSparseAttnProcessor, family_for
+from .processors.install import STATE_ATTR, attention_modules_with_processors, install_plan, uninstall_plan
 
 PLAN_VERSION = 1
 
@@ -212,6 +212,36 @@ def apply_mask_plan(
         )
     install_plan(transformer, family, plan.layers, config, plan.metadata)
     return transformer
+
+
+def mask_plan_processors(transformer: nn.Module, plan: MaskPlan, config: TileAttentionConfig | None = None) -> dict:
+    """A per-layer plan as processors for ``transformer.set_attn_processor(...)`` (a dict over every attention module).
+
+    The video self-attentions get one drop-in :class:`~diffusers_evdit.TileSparseAttnProcessor` carrying the plan,
+    which binds it on the first forward exactly as :func:`apply_mask_plan` would; every other attention module keeps
+    its current processor.
+
+    Example:
+        >>> import torch
+        >>> from diffusers_evdit.tiny import tiny_inputs, tiny_transformer
+        >>> t = tiny_transformer("wan")
+        >>> t.set_attn_processor(mask_plan_processors(t, MaskPlan([1, None])))
+        >>> with torch.no_grad():
+        ...     _ = t(**tiny_inputs(t))
+        >>> get_mask_plan(t).layers
+        [1, None]
+    """
+    family = family_for(transformer)
+    modules = family.attention_modules(transformer)
+    if plan.num_layers != len(modules):
+        raise ValueError(
+            f"The mask plan has {plan.num_layers} layers but {type(transformer).__name__} has {len(modules)} "
+            f"self-attention layers; make a plan with one entry per layer (MaskPlan.uniform({len(modules)}, k))."
+        )
+    video = {name for name, _ in modules}
+    processor = TileSparseAttnProcessor(plan_layers=plan.layers, config=config)
+    return {f"{name}.processor": processor if name in video else module.processor
+            for name, module in attention_modules_with_processors(transformer)}
 
 
 def remove_mask_plan(transformer: nn.Module) -> nn.Module:

@@ -166,3 +166,18 @@ def test_remove_uses_the_hook_handle_and_leaves_other_hooks():
     assert len(model._forward_pre_hooks) == 2
     remove_mask_plan(model)
     assert list(model._forward_pre_hooks) == [other.id]
+
+
+def test_a_per_layer_plan_as_a_processor_dict():
+    from diffusers_evdit.plan import mask_plan_processors
+
+    model = tiny_transformer("hunyuan_video")
+    plan = MaskPlan([1, None, 2, None])
+    expected = _run(apply_mask_plan(tiny_transformer("hunyuan_video"), plan), tiny_inputs(model, LARGE))
+    model.set_attn_processor(mask_plan_processors(model, plan))
+    assert torch.equal(_run(model, tiny_inputs(model, LARGE)), expected)
+    from diffusers_evdit import get_mask_plan
+
+    assert get_mask_plan(model).layers == plan.layers
+    with pytest.raises(ValueError, match="3 layers but HunyuanVideoTransformer3DModel has 4"):
+        mask_plan_processors(model, MaskPlan([1, 1, 1]))

@@ -44,6 +44,8 @@ class TileSparseAttnProcessor:
         state: the transformer's shared :class:`TileState` (set by ``apply_mask_plan``; ``None`` for drop-in use).
         layer_index: position of the layer in the mask plan.
         config: for drop-in use, how the plan runs (:class:`~diffusers_evdit.TileAttentionConfig`).
+        plan_layers: for drop-in use, the entries of a per-layer plan to bind instead of ``k`` on every layer (see
+            :func:`~diffusers_evdit.plan.mask_plan_processors`).
 
     Attributes:
         num_reference_frames: ``k`` of this layer (``None``: dense); ``processor.k`` is the same value.
@@ -61,12 +63,14 @@ class TileSparseAttnProcessor:
     _attention_backend = None
     _parallel_config = None
 
-    def __init__(self, k: int | None = None, state: TileState | None = None, layer_index: int = 0, *, config=None):
+    def __init__(self, k: int | None = None, state: TileState | None = None, layer_index: int = 0, *, config=None,
+                 plan_layers: list | None = None):
         check_k(k)
         self.num_reference_frames = k
         self.state = state
         self.layer_index = layer_index
         self.config = config
+        self.plan_layers = None if plan_layers is None else list(plan_layers)  # drop-in: a per-layer plan to bind
         self.stock = None  # the model's own processor of this layer (else taken from the state)
         self._call = None  # (stock processor, its intercepting __call__)
 

@@ -119,7 +119,11 @@ def bind_on_first_use(processor, attn: nn.Module):
     with _BIND_LOCK:
         if attn.processor is processor:
             config = processor.config if processor.config is not None else TileAttentionConfig()
-            layers = [processor.k] * len(family.attention_modules(transformer))
+            num_layers = len(family.attention_modules(transformer))
+            layers = processor.plan_layers if processor.plan_layers is not None else [processor.k] * num_layers
+            if len(layers) != num_layers:
+                raise ValueError(f"The processor's plan has {len(layers)} layers but {type(transformer).__name__} "
+                                 f"has {num_layers} self-attention layers.")
             install_plan(transformer, family, layers, config, {})
     state = getattr(transformer, STATE_ATTR)
     family.check_call(transformer, args, kwargs)
