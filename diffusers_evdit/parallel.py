@@ -1,4 +1,7 @@
-"""Tile-sparse attention under diffusers' context parallelism (Ulysses sequence parallelism), for all three families.
+"""Tile-sparse attention under diffusers' context parallelism (Ulysses sequence parallelism).
+
+CogVideoX and HunyuanVideo run with the plans below; classes whose diffusers model defines ``_cp_plan`` (Wan,
+ChronoEdit, LTX-Video, LTX-2) run with that plan; other supported classes have no context-parallel plan.
 
 Why diffusers' engine
 ---------------------
@@ -8,13 +11,14 @@ gather the sequence at the module boundaries a declarative ``_cp_plan`` names; t
 all-to-all (``TemplatedUlyssesAttention``) or ring attention. This module adds exactly what the tile mask needs on top
 of that engine and nothing else:
 
-* **Plans** (:data:`COGVIDEOX_CP_PLAN`, :func:`hunyuan_video_cp_plan`; Wan uses diffusers' own
-  ``WanTransformer3DModel._cp_plan``) in diffusers' ``ContextParallelInput`` / ``ContextParallelOutput`` format,
+* **Plans** (:data:`COGVIDEOX_CP_PLAN`, :func:`hunyuan_video_cp_plan`; Wan, LTX-Video and the others use
+  diffusers' own ``_cp_plan``) in diffusers' ``ContextParallelInput`` / ``ContextParallelOutput`` format,
   passed to ``enable_parallelism(cp_plan=...)``. The video tokens are sharded after patch embedding (first block)
   and gathered before ``proj_out``; RoPE tables are sharded alike. **Text tokens are not sharded**: every rank keeps
   the whole (short) text stream, which keeps the tile layout exact, works for any text length (CogVideoX's 226 tokens
   do not divide by 4) and keeps HunyuanVideo's text padding mask whole.
-* **Attention**: :func:`ulysses_tile_attention` (:mod:`diffusers_evdit.processors.ulysses`) is the Ulysses step with diffusers' all-to-all helper
+* **Attention**: :func:`ulysses_tile_attention` (in :mod:`diffusers_evdit.processors.ulysses`) is the Ulysses step
+  with diffusers' all-to-all helper
   (``attention_dispatch._all_to_all_single``) and its mesh/process groups: each rank sends its video shard of every
   head and receives the whole video sequence of its ``H / N`` heads; it takes its heads of the (local, whole) text;
   so it holds the *global* sequence in the model's order (text first for CogVideoX, last for HunyuanVideo) and the
@@ -124,7 +128,7 @@ HUNYUAN_VIDEO_CP_PLAN = hunyuan_video_cp_plan()
 
 def cp_plan_for(transformer: nn.Module) -> dict:
     """The context-parallel plan used for ``transformer``: the plugin's for CogVideoX and HunyuanVideo, diffusers' own
-    ``_cp_plan`` for Wan.
+    ``_cp_plan`` for the others that define one (Wan, ChronoEdit, LTX-Video, LTX-2).
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_transformer
@@ -140,7 +144,10 @@ def cp_plan_for(transformer: nn.Module) -> dict:
         return hunyuan_video_cp_plan(transformer)
     plan = getattr(type(transformer), "_cp_plan", None)
     if plan is None:
-        raise TypeError(f"{type(transformer).__name__} has no diffusers context-parallel plan (_cp_plan).")
+        raise TypeError(
+            f"{type(transformer).__name__} has no diffusers context-parallel plan (_cp_plan); tile-sparse context "
+            "parallelism runs on CogVideoX, HunyuanVideo and the classes that define one (Wan, ChronoEdit, LTX)."
+        )
     return plan
 
 

@@ -41,7 +41,6 @@ BENCHMARKS = {
     "WanTransformer3DModel": "Wan2.1-14B 81f 480p kernels 1.71-6.06x; Wan2.1-1.3B step 1.79x at `1:20`",
     "HunyuanVideoTransformer3DModel": "129f 720p: kernels 2.14-9.86x, step 3.47x at `1:32`",
 }
-POSITION = {"first": "first", "last": "last", "none": "none"}
 
 
 def render() -> str:
@@ -57,8 +56,9 @@ def render() -> str:
         for name in family.class_names:
             tiny = ", ".join(f"`{key}`" for key, spec in TINY_MODELS.items() if spec.class_name == name)
             tested = tiny + (f"; {MORE_TESTS[name]}" if name in MORE_TESTS else "")
-            lines.append(f"| `{name}` | `{family.name}` | {POSITION[family.text_position]} | {family.mask} | {tested} | "
-                         f"{BENCHMARKS.get(name, '-')} |")
+            cells = [f"`{name}`", f"`{family.name}`", family.text_position, family.mask, tested,
+                     BENCHMARKS.get(name, "-")]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Refused, with the reason (`refused_models()`):", ""]
     lines += [f"* `{name}`: {reason}." for name, reason in refused_models().items()]
     return "\n".join(lines)

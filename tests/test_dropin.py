@@ -181,3 +181,34 @@ def test_a_per_layer_plan_as_a_processor_dict():
     assert get_mask_plan(model).layers == plan.layers
     with pytest.raises(ValueError, match="3 layers but HunyuanVideoTransformer3DModel has 4"):
         mask_plan_processors(model, MaskPlan([1, 1, 1]))
+
+
+def test_a_deep_copy_made_after_a_forward_runs_its_own_processors():
+    import copy
+
+    model = apply_mask_plan(tiny_transformer("wan"), MaskPlan.uniform(2, 1))
+    _run(model, tiny_inputs(model, LARGE))  # caches the intercepting calls
+    twin = copy.deepcopy(model)
+    apply_mask_plan(model, MaskPlan.uniform(2, 2))
+    _run(model, tiny_inputs(model, LARGE))
+    assert torch.equal(_run(twin, tiny_inputs(twin, SMALL)), _fresh_output("wan", SMALL, k=1))
+
+
+def test_each_intercepting_call_has_code_objects_of_its_own():
+    """torch.compile caches compiled frames per code object: copies must not share one (nor a nested def's) with
+    the stock processor or with each other (regional compilation of one model, then another, relies on it)."""
+    import types
+
+    from diffusers.models.transformers.transformer_wan import WanAttnProcessor
+
+    def codes(code):
+        yield code
+        for const in code.co_consts:
+            if isinstance(const, types.CodeType):
+                yield from codes(const)
+
+    stock = list(codes(WanAttnProcessor.__call__.__code__))
+    assert len(stock) > 1  # Wan's processor defines apply_rotary_emb inside __call__
+    first, second = (list(codes(intercepting_call(WanAttnProcessor(), None, None).__code__)) for _ in range(2))
+    assert not {id(c) for c in first} & ({id(c) for c in stock} | {id(c) for c in second})
+    assert [c.co_code for c in first] == [c.co_code for c in stock]

@@ -84,6 +84,10 @@ class TileSparseAttnProcessor:
         check_k(value)
         self.num_reference_frames = value
 
+    def __getstate__(self) -> dict:
+        # the cached intercepting call is bound to this instance: a copy (copy.deepcopy, pickle) builds its own
+        return {**self.__dict__, "_call": None}
+
     def __repr__(self) -> str:
         if self.state is None:
             return f"{type(self).__name__}(k={self.k})"
@@ -95,20 +99,26 @@ class TileSparseAttnProcessor:
         # image_rotary_emb and temb are named because diffusers' ``Attention.forward`` passes only the keyword
         # arguments that appear in the processor's signature; they reach the stock processor if its signature has them.
         if self.state is None:
-            processor = bind_on_first_use(self, attn)
-            stock, call, names = processor, type(processor).__call__, None
+            processor = bind_on_first_use(self, attn)  # a bound tile processor, or the module's stock one
+            names = None if getattr(type(processor), "is_tile_processor", False) else parameter_names(processor)
+            stock, call = processor, type(processor).__call__
         else:
-            stock = self.stock if self.stock is not None else self.state.stock_processors[self.layer_index]
-            cached = self._call
-            if cached is None or cached[0] is not stock:
-                cached = (stock, intercepting_call(stock, self._dispatch, self._sdpa), parameter_names(stock))
-                self._call = cached
-            _, call, names = cached
+            stock, call, names = self.prepare()
         if image_rotary_emb is not _UNSET and (names is None or "image_rotary_emb" in names):
             kwargs["image_rotary_emb"] = image_rotary_emb
         if temb is not _UNSET and (names is None or "temb" in names):
             kwargs["temb"] = temb
         return call(stock, attn, hidden_states, *args, **kwargs)
+
+    def prepare(self) -> tuple:
+        """``(stock processor, its intercepting __call__, its parameter names)``, built once (at install, so that
+        ``torch.compile`` finds it ready) and again only when the stock processor changes."""
+        stock = self.stock if self.stock is not None else self.state.stock_processors[self.layer_index]
+        cached = self._call
+        if cached is None or cached[0] is not stock:
+            cached = (stock, intercepting_call(stock, self._dispatch, self._sdpa), parameter_names(stock))
+            self._call = cached
+        return cached
 
     def _dispatch(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None,
                   enable_gqa=False, attention_kwargs=None, *, backend=None, parallel_config=None, **extra):
@@ -249,7 +259,8 @@ def model_mask_parts(mask, batch: int, seq_len: int, state: TileState | None = N
     if cache is not None and cache[0] is mask:
         return cache[1]
     padding = mask[:, 0, 0] if mask.dim() == 4 and mask.shape[1] == 1 and mask.shape[2] == 1 else mask
-    if mask.dtype == torch.bool and padding.dim() == 2 and padding.shape[1] == seq_len and padding.shape[0] in (1, batch):
+    is_padding = padding.dim() == 2 and padding.shape[1] == seq_len and padding.shape[0] in (1, batch)
+    if mask.dtype == torch.bool and is_padding:
         result = (padding.expand(batch, seq_len), None)
     else:
         result = (None, mask)

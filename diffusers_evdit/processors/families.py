@@ -11,8 +11,8 @@ from .family import ModelFamily, attention_blocks, latent_layout, packed_layout,
 def _refuse_kandinsky_sparse(transformer, args, kwargs) -> None:
     if kwargs.get("sparse_params") is not None:
         raise NotImplementedError(
-            "Kandinsky5 with sparse_params runs its own NABLA block-sparse attention (a flex BlockMask), which does not "
-            "combine with a k:F-k plan; call it without sparse_params (dense mode) or remove the mask plan."
+            "Kandinsky5 with sparse_params runs its own NABLA block-sparse attention (a flex BlockMask), which does "
+            "not combine with a k:F-k plan; call it without sparse_params (dense mode) or remove the mask plan."
         )
 
 

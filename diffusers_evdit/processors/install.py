@@ -38,7 +38,9 @@ def _stock(family, name: str, module: nn.Module):
     return family.stock_processor(name, module) if is_tile_processor(current) else current
 
 
-def install_plan(transformer: nn.Module, family, layers: list, config: TileAttentionConfig, metadata: dict) -> TileState:
+def install_plan(
+    transformer: nn.Module, family, layers: list, config: TileAttentionConfig, metadata: dict
+) -> TileState:
     """Install tile processors with entries ``layers`` on ``family.attention_modules(transformer)`` (checked by the
     caller), keeping the stock processors for :func:`uninstall_plan`; returns the new shared state."""
     modules = family.attention_modules(transformer)
@@ -59,6 +61,7 @@ def install_plan(transformer: nn.Module, family, layers: list, config: TileAtten
         for attr in ("_attention_backend", "_parallel_config"):  # settings diffusers put on the stock processor
             if getattr(originals[name], attr, None) is not None:
                 setattr(processor, attr, getattr(originals[name], attr))
+        processor.prepare()
         set_module_processor(module, processor)
     setattr(transformer, STATE_ATTR, state)
     return state
@@ -128,7 +131,8 @@ def bind_on_first_use(processor, attn: nn.Module):
     state = getattr(transformer, STATE_ATTR)
     family.check_call(transformer, args, kwargs)
     # the hook came too late for this call
-    state.set_video_layout(family.video_layout(transformer, args, kwargs), family.extra_tokens(transformer, args, kwargs))
+    layout = family.video_layout(transformer, args, kwargs)
+    state.set_video_layout(layout, family.extra_tokens(transformer, args, kwargs))
     if attn.processor is processor:
         raise RuntimeError(f"{type(attn).__name__} is not an attention module of {type(transformer).__name__}.")
     return attn.processor

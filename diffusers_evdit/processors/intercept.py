@@ -47,6 +47,17 @@ def processor_function(processor) -> Callable:
     return func
 
 
+def own_code(code: types.CodeType) -> types.CodeType:
+    """A copy of ``code`` and of every function code nested in it (new objects, same bytecode).
+
+    torch.compile keeps its compiled frames per code object and looks their helpers up in the globals of the frame
+    it compiled; a copy that shared a code object (or a nested ``def``'s) with the stock processor or another copy
+    would run those frames with the wrong globals.
+    """
+    consts = tuple(own_code(c) if isinstance(c, types.CodeType) else c for c in code.co_consts)
+    return code.replace(co_consts=consts)
+
+
 def intercepting_call(processor, dispatch: Callable, sdpa: Callable) -> Callable:
     """A copy of ``type(processor).__call__`` whose attention calls go to ``dispatch`` / ``sdpa``.
 
@@ -88,7 +99,7 @@ def intercepting_call(processor, dispatch: Callable, sdpa: Callable) -> Callable
         for name, value in func.__globals__.items():
             if value is F:
                 scope[name] = functional
-    call = types.FunctionType(func.__code__, scope, func.__name__, func.__defaults__, func.__closure__)
+    call = types.FunctionType(own_code(func.__code__), scope, func.__name__, func.__defaults__, func.__closure__)
     call.__kwdefaults__ = func.__kwdefaults__
     call.__qualname__ = func.__qualname__
     return call

@@ -110,13 +110,15 @@ def _skyreels_df_inputs(model, v, randn, padded):
 
 
 def _vace_inputs(model, v, randn, padded):
-    return dict(_wan_inputs(model, v, randn, padded), control_hidden_states=randn(v.batch, 6, v.frames, v.height, v.width),
+    control = randn(v.batch, 6, v.frames, v.height, v.width)
+    return dict(_wan_inputs(model, v, randn, padded), control_hidden_states=control,
                 control_hidden_states_scale=torch.ones(len(model.config.vace_layers)))
 
 
 def _animate_inputs(model, v, randn, padded):
     return dict(hidden_states=randn(v.batch, 12, v.frames, v.height, v.width), timestep=_timestep(v),
-                encoder_hidden_states=randn(v.batch, v.text_tokens, 16), encoder_hidden_states_image=randn(v.batch, 3, 8),
+                encoder_hidden_states=randn(v.batch, v.text_tokens, 16),
+                encoder_hidden_states_image=randn(v.batch, 3, 8),
                 pose_hidden_states=randn(v.batch, 4, v.frames - 1, v.height, v.width),
                 face_pixel_values=randn(v.batch, 3, 4 * (v.frames - 1) - 3, 16, 16))
 
@@ -134,7 +136,8 @@ def _ltx_inputs(model, v, randn, padded):
 
 
 def _ltx2_inputs(model, v, randn, padded):
-    return dict(hidden_states=randn(v.batch, v.frames * v.height * v.width, 4), audio_hidden_states=randn(v.batch, 6, 4),
+    return dict(hidden_states=randn(v.batch, v.frames * v.height * v.width, 4),
+                audio_hidden_states=randn(v.batch, 6, 4),
                 encoder_hidden_states=randn(v.batch, v.text_tokens, 16),
                 audio_encoder_hidden_states=randn(v.batch, v.text_tokens, 16), timestep=_timestep(v),
                 num_frames=v.frames, height=v.height, width=v.width, audio_num_frames=6)
@@ -172,7 +175,8 @@ def _motif_inputs(model, v, randn, padded):
 
 
 def _kandinsky_inputs(model, v, randn, padded):
-    return dict(hidden_states=randn(1, v.frames, v.height, v.width, 4), encoder_hidden_states=randn(1, v.text_tokens, 16),
+    return dict(hidden_states=randn(1, v.frames, v.height, v.width, 4),
+                encoder_hidden_states=randn(1, v.text_tokens, 16),
                 timestep=torch.tensor([500.0]), pooled_projections=randn(1, 8),
                 visual_rope_pos=[torch.arange(v.frames), torch.arange(v.height // 2), torch.arange(v.width // 2)],
                 text_rope_pos=torch.arange(v.text_tokens))

@@ -101,7 +101,8 @@ def tiny_vae(family: str, seed: int = 0) -> torch.nn.Module:
         vae = AutoencoderKLLTXVideo(
             in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * 4,
             decoder_block_out_channels=(8,) * 4, layers_per_block=(1,) * 5, decoder_layers_per_block=(1,) * 5,
-            spatio_temporal_scaling=(True, True, False, False), decoder_spatio_temporal_scaling=(True, True, False, False),
+            spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False),
             decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4, upsample_factor=(1,) * 4,
             timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
         )
@@ -117,8 +118,8 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
     (UMT5 encoder, ``FlowMatchEulerDiscreteScheduler``), with ``two_transformers=True`` a Wan 2.2 A14B-style pipeline
     with ``transformer_2`` (seed ``seed + 1``) and ``boundary_ratio=0.875`` (so with 2 steps, step 0 runs
     ``transformer`` and step 1 ``transformer_2``); ``"hunyuan_video"``: ``HunyuanVideoPipeline`` (Llama + CLIP
-    encoders); ``"ltx_video"``: ``LTXPipeline`` (T5 encoder, 4x spatial / 4x temporal VAE, unpatched latents). The transformers are :func:`tiny_transformer` (float32, eval). Call it with
-    :func:`tiny_pipeline_inputs`.
+    encoders); ``"ltx_video"``: ``LTXPipeline`` (T5 encoder, 4x spatial / 4x temporal VAE, unpatched latents). The
+    transformers are :func:`tiny_transformer` (float32, eval). Call it with :func:`tiny_pipeline_inputs`.
 
     Example:
         >>> pipe = tiny_pipeline("wan", two_transformers=True)
