@@ -32,7 +32,7 @@ MORE_TESTS = {
     "HunyuanVideoTransformer3DModel": "every kernel incl. the padding mask, pipeline, search, analysis, MLCD, KD, "
     "Ulysses, CUDA; I2V `token_replace` config",
     "SkyReelsV2Transformer3DModel": "diffusion forcing (block-causal mask AND tile mask)",
-    "HunyuanVideo15Transformer3DModel": "padded text (outer-product mask AND tile mask)",
+    "HunyuanVideo15Transformer3DModel": "padded text (outer-product mask as key padding, `test_dropin.py`)",
     "LTXVideoTransformer3DModel": "`torch.compile(fullgraph=True)`",
     "MochiTransformer3DModel": "per-sample valid text (padded batch)",
 }

@@ -212,3 +212,26 @@ def test_each_intercepting_call_has_code_objects_of_its_own():
     first, second = (list(codes(intercepting_call(WanAttnProcessor(), None, None).__code__)) for _ in range(2))
     assert not {id(c) for c in first} & ({id(c) for c in stock} | {id(c) for c in second})
     assert [c.co_code for c in first] == [c.co_code for c in stock]
+
+
+def test_hunyuan_video15_padding_outer_product_runs_the_tile_kernels():
+    """HunyuanVideo 1.5 builds a [B, 1, N, N] outer product of its text padding: it is recognised as key padding, so
+    the tile kernels run (the float64 comparison in test_families.py checks the values, padded rows included)."""
+    from diffusers_evdit.processors.base import outer_product_padding
+
+    keep = torch.tensor([[True, True, True], [True, False, True]])
+    assert torch.equal(outer_product_padding((keep[:, :, None] & keep[:, None, :])[:, None]), keep)
+    causal = torch.ones(3, 3, dtype=torch.bool).tril()[None, None]
+    assert outer_product_padding(causal) is None
+    model = tiny_transformer("hunyuan_video15")
+    apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1))
+    state = model._evdit_tile_state
+    calls, kernel = [], state.attention
+
+    def counted(q, k, v, layout, k_ref, key_padding_mask=None, **kwargs):
+        calls.append(key_padding_mask is not None and not bool(key_padding_mask.all()))
+        return kernel(q, k, v, layout, k_ref, key_padding_mask=key_padding_mask, **kwargs)
+
+    state.attention = counted
+    _run(model, tiny_inputs(model, TinyVideo(frames=4, height=4, width=4, text_tokens=5, batch=2), padded_text=2))
+    assert calls == [True] * num_plan_layers(model)

@@ -169,10 +169,22 @@ class TileSparseAttnProcessor:
             if config is not None:
                 raise NotImplementedError(f"{where}: the model's own attention mask is not supported under context "
                                           "parallelism with tile-sparse attention.")
-            return attend(q, k, v, combine_masks(explicit, self.state.tile_mask(layout, self.k, q.device)))
+            if key_padding is None:
+                return attend(q, k, v, combine_masks(explicit, self.state.tile_mask(layout, self.k, q.device)))
 
         def dense_fn(q_, k_, v_):
             return attend(q_, k_, v_, attn_mask)
+
+        if explicit is not None and not dense:
+            # an outer product of key padding (HunyuanVideo 1.5): the tile kernels with the padding give every valid
+            # query row; the padded query rows (every key masked) come from the model's own call on those rows
+            out = self.tile_attention(q, k, v, layout, key_padding, dense_fn)
+            for b, rows in enumerate(~key_padding):
+                rows = rows.nonzero().squeeze(1)
+                if rows.numel():
+                    out[b : b + 1, :, rows] = attend(q[b : b + 1, :, rows], k[b : b + 1], v[b : b + 1],
+                                                     explicit[b : b + 1, :, rows])
+            return out
 
         if config is not None:
 
@@ -244,8 +256,9 @@ def model_mask_parts(mask, batch: int, seq_len: int, state: TileState | None = N
 
     Boolean key-padding masks (``[B, N]``, ``[B, 1, 1, N]``) combine with every tile kernel; an all-True mask is
     dropped (checked once per mask tensor, outside ``torch.compile`` graphs, where the check would need the values).
-    Any other mask (``[B, 1, N, N]`` outer products, block-causal masks, additive biases) is returned as explicit,
-    to be AND-ed with the tile mask.
+    A boolean ``[B, 1, N, N]`` mask that is the outer product ``keep_i & keep_j`` of a key padding (HunyuanVideo 1.5)
+    gives both: ``(keep, mask)``. Any other mask (block-causal masks, additive biases; any mask inside a
+    ``torch.compile`` graph) is returned as explicit only, to be AND-ed with the tile mask.
 
     Example:
         >>> keep = torch.tensor([[True, True, False]])
@@ -262,6 +275,8 @@ def model_mask_parts(mask, batch: int, seq_len: int, state: TileState | None = N
     is_padding = padding.dim() == 2 and padding.shape[1] == seq_len and padding.shape[0] in (1, batch)
     if mask.dtype == torch.bool and is_padding:
         result = (padding.expand(batch, seq_len), None)
+    elif not compiling and (keep := outer_product_padding(mask)) is not None:
+        result = (keep, mask)
     else:
         result = (None, mask)
     if not compiling and mask.dtype == torch.bool and bool(mask.all()):
@@ -269,6 +284,22 @@ def model_mask_parts(mask, batch: int, seq_len: int, state: TileState | None = N
     if state is not None and not compiling:
         state.padding_cache = (mask, result)
     return result
+
+
+def outer_product_padding(mask: torch.Tensor) -> torch.Tensor | None:
+    """``keep [B, N]`` when the boolean ``[B, 1, N, N]`` mask is ``keep_i & keep_j``, else ``None``.
+
+    Example:
+        >>> keep = torch.tensor([[True, True, False]])
+        >>> outer_product_padding((keep[:, :, None] & keep[:, None, :])[:, None]).tolist()
+        [[True, True, False]]
+    """
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != mask.shape[3]:
+        return None
+    keep = mask[:, 0].any(dim=1)
+    if not keep.any(dim=1).all() or not torch.equal(mask[:, 0], keep[:, :, None] & keep[:, None, :]):
+        return None
+    return keep
 
 
 def combine_masks(model_mask: torch.Tensor, tile: torch.Tensor) -> torch.Tensor:

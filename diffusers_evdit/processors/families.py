@@ -78,7 +78,8 @@ HUNYUAN_VIDEO15 = ModelFamily(
     latent_layout(), TEXT_LAST,
     (("transformer_blocks.*.attn", "diffusers.models.transformers.transformer_hunyuan_video15."
                                    "HunyuanVideo15AttnProcessor2_0"),),
-    mask="[B, 1, N, N] padding outer product AND the tile mask (explicit mask, dense cost, when text is padded)",
+    mask="[B, 1, N, N] outer product of the text padding: key padding for the tile kernels, padded query rows from "
+    "the model's own call (inside torch.compile graphs: AND-ed explicit mask, dense cost)",
 )
 MOTIF_VIDEO = ModelFamily(
     "motif_video", ("MotifVideoTransformer3DModel",),
