@@ -57,7 +57,7 @@ def tile_masked_sdpa(name: str, video: TinyVideo, k: int):
         n = query.shape[-2]
         if n == key.shape[-2] and n >= frames * tokens:
             calls.append(n)
-            tile = paper_mask(frames, tokens, n - frames * tokens, spec.text_first, k)
+            tile = paper_mask(frames, tokens, n - frames * tokens, spec.text_first, k).to(query.device)
             if attn_mask is None:
                 attn_mask = tile
             elif attn_mask.dtype == torch.bool:
@@ -172,3 +172,21 @@ def test_readme_table_is_generated_from_the_registry():
     assert doc.updated_readme(text) == text, "run python docs/supported_models.py"
     for name in supported_models():
         assert f"`{name}`" in doc.render()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["split", "flex", "gathered"])
+@pytest.mark.parametrize("name", CASES)
+def test_every_family_on_cuda(name, kernel):
+    """The same comparison on CUDA with each fast kernel (float32; float64 reference)."""
+    model = tiny_transformer(name, num_layers=2).cuda()
+    inputs = {key: value.cuda() if torch.is_tensor(value) else value
+              for key, value in tiny_inputs(model, _video(name)).items()}
+    if isinstance(inputs.get("image_rotary_emb"), tuple):
+        inputs["image_rotary_emb"] = tuple(t.cuda() for t in inputs["image_rotary_emb"])
+    if isinstance(inputs.get("visual_rope_pos"), list):
+        inputs["visual_rope_pos"] = [t.cuda() for t in inputs["visual_rope_pos"]]
+    with tile_masked_sdpa(name, _video(name), 1):
+        reference = _run(model, inputs)
+    apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1), kernel=kernel)
+    assert (_run(model, inputs) - reference).abs().max().item() <= 1e-4
