@@ -11,6 +11,7 @@ from .kernels import TileAttention, tile_attention
 from .layout import TileLayout, layout_from_latents
 from .masks import element_sparsity, format_mask, reference_frames, tile_mask
 from .plan import MaskPlan, apply_mask_plan, get_mask_plan, num_plan_layers, remove_mask_plan
+from .processors import TileAttentionConfig, refused_models  # noqa: F401  (public; listed in __all__ with docs/api.md)
 from .pipeline import EfficientVDiTPipeline, mask_plan_model_card
 from .processors import (
     CogVideoXTileSparseAttnProcessor,

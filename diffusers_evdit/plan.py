@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from .kernels import TileAttention, check_kernel
+from .kernels import check_kernel
 from .layout import TileLayout
 from .masks import check_k, element_sparsity, format_mask
-from .processors import TileState, family_for
-from .processors.base import LayoutHook
+from .processors import TileAttentionConfig, TileSparseAttnProcessor, family_for
+from .processors.install import STATE_ATTR, attention_modules_with_processors, install_plan, uninstall_plan
 
 PLAN_VERSION = 1
-_STATE_ATTR = "_evdit_tile_state"
 
 
 @dataclass
@@ -157,15 +156,17 @@ def get_mask_plan(transformer: nn.Module) -> MaskPlan | None:
         >>> get_mask_plan(apply_mask_plan(t, MaskPlan([1, None]))).layers
         [1, None]
     """
-    state = getattr(transformer, _STATE_ATTR, None)
+    state = getattr(transformer, STATE_ATTR, None)
     if state is None:
         return None
     family = family_for(transformer)
-    layers = [module.processor.k for _, module in family.attention_modules(transformer)]
+    layers = [module.processor.num_reference_frames for _, module in family.attention_modules(transformer)]
     return MaskPlan(layers, type(transformer).__name__, dict(state.metadata))
 
 
-def apply_mask_plan(transformer: nn.Module, plan: MaskPlan, kernel: str = "auto") -> nn.Module:
+def apply_mask_plan(
+    transformer: nn.Module, plan: MaskPlan, kernel: str | None = None, *, config: TileAttentionConfig | None = None
+) -> nn.Module:
     """Install tile-sparse processors following ``plan`` on ``transformer`` and return it.
 
     The transformer keeps its stock processors' math; only the attention product of each planned layer becomes the
@@ -173,25 +174,30 @@ def apply_mask_plan(transformer: nn.Module, plan: MaskPlan, kernel: str = "auto"
     does not fit (wrong layer count, other model class, unsupported transformer).
 
     Args:
-        transformer: a supported diffusers transformer (``pipe.transformer``).
+        transformer: a supported diffusers transformer (``pipe.transformer``), see
+            :func:`~diffusers_evdit.supported_models`.
         plan: the :class:`MaskPlan`, one entry per video self-attention layer.
-        kernel: for every sparse layer: ``"auto"`` (default: the fastest exact kernel for the plan's masks),
-            ``"fastest"`` (also dense attention where the split kernel would be slower, timed once on CUDA; see
-            :class:`~diffusers_evdit.kernels.TileAttention`), ``"dense"``, ``"gathered"``, ``"split"``, ``"flex"`` or
-            ``"walk"``.
+        kernel: shortcut for ``config=TileAttentionConfig(kernel=...)``: ``"auto"`` (default: the fastest exact kernel
+            for the plan's masks), ``"fastest"``, ``"dense"``, ``"gathered"``, ``"split"``, ``"flex"`` or ``"walk"``.
+        config: how the sparse layers run (kernel and its options), a :class:`TileAttentionConfig`.
 
     Example:
         >>> from diffusers import WanTransformer3DModel
-        >>> from diffusers_evdit import MaskPlan, apply_mask_plan, remove_mask_plan
+        >>> from diffusers_evdit import MaskPlan, TileAttentionConfig, apply_mask_plan, remove_mask_plan
         >>> t = WanTransformer3DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
         ...     text_dim=16, freq_dim=16, ffn_dim=32, num_layers=2, rope_max_seq_len=32)
-        >>> t = apply_mask_plan(t, MaskPlan.uniform(2, k=1))
+        >>> t = apply_mask_plan(t, MaskPlan.uniform(2, k=1), config=TileAttentionConfig(kernel="split"))
         >>> t = remove_mask_plan(t)
     """
     family = family_for(transformer)
     if not isinstance(plan, MaskPlan):
         raise TypeError(f"plan must be a MaskPlan, got {type(plan).__name__}; load files with MaskPlan.load(path).")
-    check_kernel(kernel)
+    if config is None:
+        config = TileAttentionConfig(check_kernel(kernel or "auto"))
+    elif not isinstance(config, TileAttentionConfig):
+        raise TypeError(f"config must be a TileAttentionConfig, got {type(config).__name__}.")
+    elif kernel is not None and kernel != config.kernel:
+        raise ValueError(f"kernel={kernel!r} contradicts config.kernel={config.kernel!r}; pass one of them.")
     modules = family.attention_modules(transformer)
     if plan.num_layers != len(modules):
         raise ValueError(
@@ -204,20 +210,38 @@ def apply_mask_plan(transformer: nn.Module, plan: MaskPlan, kernel: str = "auto"
             f"The mask plan was made for {plan.model_class}, not {type(transformer).__name__}; set "
             "plan.model_class = None to apply it anyway."
         )
-
-    previous = getattr(transformer, _STATE_ATTR, None)
-    state = TileState(attention=TileAttention(kernel), metadata=dict(plan.metadata))
-    state.original_processors = (
-        previous.original_processors if previous is not None else {name: m.processor for name, m in modules}
-    )
-    if previous is not None:
-        _remove_hook(transformer, previous.hook_id)
-    handle = transformer.register_forward_pre_hook(LayoutHook(family, state), with_kwargs=True)
-    state.hook_id = handle.id
-    for i, ((_, module), k) in enumerate(zip(modules, plan.layers)):
-        module.set_processor(family.processor_cls(k, state, layer_index=i))
-    setattr(transformer, _STATE_ATTR, state)
+    install_plan(transformer, family, plan.layers, config, plan.metadata)
     return transformer
+
+
+def mask_plan_processors(transformer: nn.Module, plan: MaskPlan, config: TileAttentionConfig | None = None) -> dict:
+    """A per-layer plan as processors for ``transformer.set_attn_processor(...)`` (a dict over every attention module).
+
+    The video self-attentions get one drop-in :class:`~diffusers_evdit.TileSparseAttnProcessor` carrying the plan,
+    which binds it on the first forward exactly as :func:`apply_mask_plan` would; every other attention module keeps
+    its current processor.
+
+    Example:
+        >>> import torch
+        >>> from diffusers_evdit.tiny import tiny_inputs, tiny_transformer
+        >>> t = tiny_transformer("wan")
+        >>> t.set_attn_processor(mask_plan_processors(t, MaskPlan([1, None])))
+        >>> with torch.no_grad():
+        ...     _ = t(**tiny_inputs(t))
+        >>> get_mask_plan(t).layers
+        [1, None]
+    """
+    family = family_for(transformer)
+    modules = family.attention_modules(transformer)
+    if plan.num_layers != len(modules):
+        raise ValueError(
+            f"The mask plan has {plan.num_layers} layers but {type(transformer).__name__} has {len(modules)} "
+            f"self-attention layers; make a plan with one entry per layer (MaskPlan.uniform({len(modules)}, k))."
+        )
+    video = {name for name, _ in modules}
+    processor = TileSparseAttnProcessor(plan_layers=plan.layers, config=config)
+    return {f"{name}.processor": processor if name in video else module.processor
+            for name, module in attention_modules_with_processors(transformer)}
 
 
 def remove_mask_plan(transformer: nn.Module) -> nn.Module:
@@ -229,18 +253,6 @@ def remove_mask_plan(transformer: nn.Module) -> nn.Module:
         >>> type(remove_mask_plan(t).blocks[0].attn1.processor).__name__, get_mask_plan(t)
         ('WanAttnProcessor', None)
     """
-    state = getattr(transformer, _STATE_ATTR, None)
-    if state is None:
-        return transformer
-    family = family_for(transformer)
-    for name, module in family.attention_modules(transformer):
-        module.set_processor(state.original_processors[name])
-    _remove_hook(transformer, state.hook_id)
-    delattr(transformer, _STATE_ATTR)
+    if getattr(transformer, STATE_ATTR, None) is not None:
+        uninstall_plan(transformer, family_for(transformer))
     return transformer
-
-
-def _remove_hook(transformer: nn.Module, hook_id: int) -> None:
-    """Remove the layout hook by id (a handle object would not follow ``copy.deepcopy`` of the transformer)."""
-    transformer._forward_pre_hooks.pop(hook_id, None)
-    transformer._forward_pre_hooks_with_kwargs.pop(hook_id, None)

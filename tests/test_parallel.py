@@ -40,7 +40,7 @@ def _cases(rank: int) -> dict:
     from diffusers_evdit.parallel import enable_tile_parallelism
     from diffusers_evdit.tiny import TinyVideo, tiny_inputs, tiny_transformer
 
-    import diffusers_evdit.parallel as parallel
+    import diffusers_evdit.processors.ulysses as parallel
 
     results: dict = {}
     calls = {"n": 0}
@@ -104,6 +104,16 @@ def _cases(rank: int) -> dict:
         model = apply_mask_plan(tiny_transformer("wan"), MaskPlan([1, None]))
         single = copy.deepcopy(model)
         inputs = tiny_inputs(model, TinyVideo(frames=6, height=8, width=8, text_tokens=7, batch=1))
+        enable_tile_parallelism(model, ulysses_degree=WORLD)
+        return {"plan [1, None]": _compare(model, single, inputs)}
+
+    @case("ltx_video")  # packed latents, diffusers' own LTX plan (video only), a new family through the generic path
+    def _():
+        model = apply_mask_plan(tiny_transformer("ltx_video"), MaskPlan([1, None]))
+        single = copy.deepcopy(model)
+        inputs = tiny_inputs(model, TinyVideo(frames=4, height=4, width=4, text_tokens=8, batch=1))  # LTX shards text
+        # diffusers 0.42's Ulysses attention fails on LTX's per-head cross-attention mask (stock processors too)
+        inputs["encoder_attention_mask"] = None
         enable_tile_parallelism(model, ulysses_degree=WORLD)
         return {"plan [1, None]": _compare(model, single, inputs)}
 
@@ -191,7 +201,7 @@ def _diffs(results, name):
     return per_rank
 
 
-@pytest.mark.parametrize("name", ["cogvideox", "hunyuan_video", "wan", "uneven_attention"])
+@pytest.mark.parametrize("name", ["cogvideox", "hunyuan_video", "wan", "ltx_video", "uneven_attention"])
 def test_ulysses_tile_attention_equals_single_process(results, name):
     for rank, diffs in enumerate(_diffs(results, name)):
         for what, diff in diffs.items():

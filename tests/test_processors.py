@@ -106,10 +106,10 @@ def test_unexplained_sequence_length_is_refused(model):
     apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1))
     state = model._evdit_tile_state
     try:
-        model._forward_pre_hooks.clear()  # simulate a layout from another input
+        state.hook_handle.remove()  # simulate a layout from another input
         from diffusers_evdit.layout import TileLayout
 
-        state.video_layout = TileLayout(3, 16)
+        state.set_video_layout(TileLayout(3, 16), family_for(model).extra_tokens(model, (), inputs))
         with pytest.raises(ValueError, match="tokens, but the tile layout explains"):
             _run(model, inputs)
     finally:
@@ -128,11 +128,23 @@ def test_hunyuan_padding_mask_still_applies():
 
 
 def test_unsupported_transformer_lists_supported_ones():
-    from diffusers import LTXVideoTransformer3DModel
+    from diffusers import SD3Transformer2DModel
 
-    other = LTXVideoTransformer3DModel(num_attention_heads=2, attention_head_dim=8, cross_attention_dim=16, num_layers=1)
-    with pytest.raises(TypeError, match="LTXVideoTransformer3DModel is not supported.*CogVideoXTransformer3DModel"):
+    other = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8,
+                                  num_attention_heads=2, joint_attention_dim=16, caption_projection_dim=16,
+                                  pooled_projection_dim=8, out_channels=4)
+    with pytest.raises(TypeError, match="SD3Transformer2DModel is not supported.*CogVideoXTransformer3DModel"):
         apply_mask_plan(other, MaskPlan.uniform(1, 1))
+
+
+def test_refused_video_transformer_names_the_reason():
+    from diffusers import LatteTransformer3DModel
+
+    latte = LatteTransformer3DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
+                                    num_layers=1, sample_size=8, patch_size=2, caption_channels=16,
+                                    cross_attention_dim=16)
+    with pytest.raises(TypeError, match="LatteTransformer3DModel is not supported by diffusers-evdit: factorised"):
+        apply_mask_plan(latte, MaskPlan.uniform(1, 1))
 
 
 def test_deepcopy_keeps_an_independent_working_plan():

@@ -1,148 +1,13 @@
-"""Tiny random configurations of the supported diffusers transformers, and matching inputs.
-
-Used by the tests and by ``evdit smoke``: the real model classes, shrunk so that a forward takes milliseconds on a
-CPU. Random weights say nothing about quality; they only check that the plumbing computes the right function.
-"""
+"""Tiny random diffusers *pipelines*: every component (VAE, text encoders, offline tokenizers, scheduler) in a tiny
+config, built in code (no download). Random weights: plumbing only."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
-from diffusers import CogVideoXTransformer3DModel, HunyuanVideoTransformer3DModel, WanTransformer3DModel
 
-from .processors.cogvideox import cogvideox_rotary_emb
+from .models import TINY_FAMILIES, tiny_transformer
 
-TINY_FAMILIES = ("cogvideox", "wan", "hunyuan_video")
-
-
-@dataclass(frozen=True)
-class TinyVideo:
-    """Latent video size of a tiny input: ``frames`` latent frames of ``height x width`` latent pixels.
-
-    Example:
-        >>> t = tiny_transformer("cogvideox")
-        >>> tiny_inputs(t, TinyVideo(frames=4, batch=2))["hidden_states"].shape   # CogVideoX: (B, F, C, H, W)
-        torch.Size([2, 4, 4, 8, 8])
-    """
-
-    frames: int = 6
-    height: int = 8
-    width: int = 8
-    text_tokens: int = 7
-    batch: int = 1
-
-
-def tiny_transformer(family: str, num_layers: int = 2, seed: int = 0) -> torch.nn.Module:
-    """A tiny random transformer of ``family`` (``"cogvideox"``, ``"wan"`` or ``"hunyuan_video"``), float32, eval.
-
-    Example:
-        >>> t = tiny_transformer("wan")
-        >>> type(t).__name__
-        'WanTransformer3DModel'
-    """
-    torch.manual_seed(seed)
-    if family == "cogvideox":
-        model = CogVideoXTransformer3DModel(
-            num_attention_heads=2,
-            attention_head_dim=16,
-            in_channels=4,
-            out_channels=4,
-            time_embed_dim=8,
-            text_embed_dim=16,
-            num_layers=num_layers,
-            sample_width=8,
-            sample_height=8,
-            sample_frames=21,
-            patch_size=2,
-            temporal_compression_ratio=4,
-            max_text_seq_length=7,
-            use_rotary_positional_embeddings=True,
-        )
-    elif family == "wan":
-        model = WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=12,
-            in_channels=4,
-            out_channels=4,
-            text_dim=16,
-            freq_dim=16,
-            ffn_dim=32,
-            num_layers=num_layers,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=32,
-        )
-    elif family == "hunyuan_video":
-        model = HunyuanVideoTransformer3DModel(
-            in_channels=4,
-            out_channels=4,
-            num_attention_heads=2,
-            attention_head_dim=16,
-            num_layers=num_layers,
-            num_single_layers=num_layers,
-            num_refiner_layers=1,
-            patch_size=2,
-            patch_size_t=1,
-            guidance_embeds=True,
-            text_embed_dim=16,
-            pooled_projection_dim=8,
-            rope_axes_dim=(4, 6, 6),
-        )
-    else:
-        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_FAMILIES)}.")
-    return model.eval()
-
-
-def tiny_inputs(model: torch.nn.Module, video: TinyVideo = TinyVideo(), seed: int = 0, padded_text: int = 2) -> dict:
-    """Forward keyword arguments for ``model`` (from :func:`tiny_transformer`) on a random latent ``video``.
-
-    For HunyuanVideo the last ``padded_text`` text tokens of the last batch element are padding (masked out).
-
-    Example:
-        >>> t = tiny_transformer("hunyuan_video")
-        >>> x = tiny_inputs(t, TinyVideo(batch=2))
-        >>> x["hidden_states"].shape, x["encoder_attention_mask"][-1].tolist()
-        (torch.Size([2, 4, 6, 8, 8]), [1, 1, 1, 1, 1, 0, 0])
-    """
-    g = torch.Generator().manual_seed(seed)
-    b, c = video.batch, model.config.in_channels
-    name = type(model).__name__
-
-    def randn(*shape):
-        return torch.randn(*shape, generator=g)
-
-    if name == "CogVideoXTransformer3DModel":
-        return dict(
-            hidden_states=randn(b, video.frames, c, video.height, video.width),
-            encoder_hidden_states=randn(b, video.text_tokens, model.config.text_embed_dim),
-            timestep=torch.full((b,), 500, dtype=torch.long),
-            image_rotary_emb=cogvideox_rotary_emb(model, video.frames, video.height, video.width, "cpu"),
-        )
-    if name == "WanTransformer3DModel":
-        return dict(
-            hidden_states=randn(b, c, video.frames, video.height, video.width),
-            encoder_hidden_states=randn(b, video.text_tokens, model.config.text_dim),
-            timestep=torch.full((b,), 500, dtype=torch.long),
-        )
-    if name == "HunyuanVideoTransformer3DModel":
-        mask = torch.ones(b, video.text_tokens, dtype=torch.long)
-        if padded_text:
-            mask[-1, -padded_text:] = 0
-        return dict(
-            hidden_states=randn(b, c, video.frames, video.height, video.width),
-            encoder_hidden_states=randn(b, video.text_tokens, model.config.text_embed_dim),
-            encoder_attention_mask=mask,
-            pooled_projections=randn(b, model.config.pooled_projection_dim),
-            timestep=torch.full((b,), 500, dtype=torch.long),
-            guidance=torch.full((b,), 3500.0),
-        )
-    raise ValueError(f"No tiny inputs for {name}.")
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Tiny random *pipelines*: every component (VAE, text encoders, offline tokenizers, scheduler) in a tiny config.
+TINY_PIPELINES = TINY_FAMILIES + ("ltx_video",)  # families with a tiny pipeline (LTX-Video: 4x spatial VAE)
 
 TINY_VOCAB = (
     "a an the of and in on with to is are at by from it this that dog cat panda fox bird fish horse monkey red blue "
@@ -191,7 +56,7 @@ def tiny_vae(family: str, seed: int = 0) -> torch.nn.Module:
         >>> type(tiny_vae("wan")).__name__
         'AutoencoderKLWan'
     """
-    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLHunyuanVideo, AutoencoderKLWan
+    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLHunyuanVideo, AutoencoderKLLTXVideo, AutoencoderKLWan
 
     torch.manual_seed(seed)
     if family == "cogvideox":
@@ -232,8 +97,17 @@ def tiny_vae(family: str, seed: int = 0) -> torch.nn.Module:
             temporal_compression_ratio=4,
             mid_block_add_attention=True,
         )
+    elif family == "ltx_video":
+        vae = AutoencoderKLLTXVideo(
+            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,) * 4,
+            decoder_block_out_channels=(8,) * 4, layers_per_block=(1,) * 5, decoder_layers_per_block=(1,) * 5,
+            spatio_temporal_scaling=(True, True, False, False),
+            decoder_spatio_temporal_scaling=(True, True, False, False),
+            decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4, upsample_factor=(1,) * 4,
+            timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
+        )
     else:
-        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_FAMILIES)}.")
+        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_PIPELINES)}.")
     return vae.eval()
 
 
@@ -244,8 +118,8 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
     (UMT5 encoder, ``FlowMatchEulerDiscreteScheduler``), with ``two_transformers=True`` a Wan 2.2 A14B-style pipeline
     with ``transformer_2`` (seed ``seed + 1``) and ``boundary_ratio=0.875`` (so with 2 steps, step 0 runs
     ``transformer`` and step 1 ``transformer_2``); ``"hunyuan_video"``: ``HunyuanVideoPipeline`` (Llama + CLIP
-    encoders). The transformers are :func:`tiny_transformer` (float32, eval). Call it with
-    :func:`tiny_pipeline_inputs`.
+    encoders); ``"ltx_video"``: ``LTXPipeline`` (T5 encoder, 4x spatial / 4x temporal VAE, unpatched latents). The
+    transformers are :func:`tiny_transformer` (float32, eval). Call it with :func:`tiny_pipeline_inputs`.
 
     Example:
         >>> pipe = tiny_pipeline("wan", two_transformers=True)
@@ -257,6 +131,7 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
         CogVideoXPipeline,
         FlowMatchEulerDiscreteScheduler,
         HunyuanVideoPipeline,
+        LTXPipeline,
         WanPipeline,
     )
     from transformers import (
@@ -270,8 +145,8 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
         UMT5EncoderModel,
     )
 
-    if family not in TINY_FAMILIES:
-        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_FAMILIES)}.")
+    if family not in TINY_PIPELINES:
+        raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_PIPELINES)}.")
     if two_transformers and family != "wan":
         raise ValueError("two_transformers=True is the Wan 2.2 layout; use family='wan'.")
     transformer = tiny_transformer(family, num_layers=num_layers, seed=seed)
@@ -286,6 +161,14 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
             vae=vae,
             transformer=transformer,
             scheduler=CogVideoXDDIMScheduler(timestep_spacing="trailing"),
+        )
+    elif family == "ltx_video":
+        pipe = LTXPipeline(
+            tokenizer=tiny_tokenizer(),
+            text_encoder=T5EncoderModel(T5Config(**t5)).eval(),
+            vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(),
+            transformer=transformer,
         )
     elif family == "wan":
         pipe = WanPipeline(
@@ -356,7 +239,7 @@ def tiny_demo_pipeline(seed: int = 0):
         >>> type(pipe).__name__, pipe.transformer.config.num_layers
         ('WanPipeline', 2)
     """
-    from .demo import build_demo_pipeline
+    from ..demo import build_demo_pipeline
 
     pipe = build_demo_pipeline("tiny", seed=seed)
     pipe.set_progress_bar_config(disable=True)

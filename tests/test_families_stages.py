@@ -1,0 +1,57 @@
+"""The other stages on new families: greedy search (LTX-Video, HunyuanVideo 1.5) and the pipeline's save / load round
+trip (LTX-Video) on tiny random models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffusers_evdit import EfficientVDiTPipeline, MaskPlan, apply_mask_plan, greedy_search, num_plan_layers
+from diffusers_evdit.tiny import TinyVideo, tiny_inputs, tiny_pipeline, tiny_pipeline_inputs, tiny_transformer
+
+VIDEO = TinyVideo(frames=4, height=4, width=4, text_tokens=5, batch=1)
+
+
+def _mse_to_dense(model, plan, inputs) -> float:
+    with torch.no_grad():
+        dense = [model(**x, return_dict=False)[0] for x in inputs]
+        apply_mask_plan(model, plan)
+        try:
+            sparse = [model(**x, return_dict=False)[0] for x in inputs]
+        finally:
+            from diffusers_evdit import remove_mask_plan
+
+            remove_mask_plan(model)
+    return max(float(((a - b) ** 2).mean()) for a, b in zip(dense, sparse))
+
+
+@pytest.mark.parametrize("name", ["ltx_video", "hunyuan_video15"])
+def test_greedy_search_on_new_families(name):
+    model = tiny_transformer(name, num_layers=2)
+    inputs = [tiny_inputs(model, VIDEO, seed=s) for s in range(2)]
+    n = num_plan_layers(model)
+    assert greedy_search(model, inputs, threshold=1e-30, progress=False).layers == [None] * n
+    assert greedy_search(model, inputs, threshold=1e9, progress=False).layers == [1] * n
+    sparsest = _mse_to_dense(model, MaskPlan.uniform(n, 1), inputs)
+    threshold = sparsest * 0.5  # between "all dense" and "all 1:F-1": the search must stop somewhere in between
+    cached = greedy_search(model, inputs, threshold=threshold, progress=False)
+    full = greedy_search(model, inputs, threshold=threshold, progress=False, prefix_cache=False)
+    assert cached.layers == full.layers
+    assert _mse_to_dense(model, cached, inputs) < threshold
+
+
+def test_ltx_video_pipeline_save_load_round_trip(tmp_path):
+    base = tiny_pipeline("ltx_video")
+    n = num_plan_layers(base.transformer)
+    plan = MaskPlan([1] * (n - 1) + [None], metadata={"source": "test"})
+    dense = base(**tiny_pipeline_inputs(base)).frames
+    pipe = EfficientVDiTPipeline.from_pipe(base, mask_plan=plan)  # shares base's transformer
+    out = pipe(**tiny_pipeline_inputs(pipe)).frames
+    pipe.save_pretrained(tmp_path)
+    loaded = EfficientVDiTPipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    assert type(loaded.transformer).__name__ == "LTXVideoTransformer3DModel"
+    assert loaded.mask_plan == plan
+    again = loaded(**tiny_pipeline_inputs(loaded)).frames
+    assert torch.allclose(again, out, atol=1e-4, rtol=1e-4)  # weights re-read from safetensors: ~1e-6 rounding
+    assert (out - dense).abs().max() > 1e-4  # the plan changed the output
