@@ -10,8 +10,9 @@ from . import schedulers  # registers the few-step MLCD schedulers so saved stud
 from .kernels import TileAttention, tile_attention
 from .layout import TileLayout, layout_from_latents
 from .masks import element_sparsity, format_mask, reference_frames, tile_mask
-from .plan import MaskPlan, apply_mask_plan, get_mask_plan, num_plan_layers, remove_mask_plan
-from .processors import TileAttentionConfig, refused_models  # noqa: F401  (public; listed in __all__ with docs/api.md)
+from .plan import MaskPlan, apply_mask_plan, get_mask_plan, mask_plan_processors, num_plan_layers, remove_mask_plan
+from .processors import TileAttentionConfig, refused_models
+from .generation import GenerationDefaults
 from .pipeline import EfficientVDiTPipeline, mask_plan_model_card
 from .processors import (
     CogVideoXTileSparseAttnProcessor,
@@ -26,6 +27,10 @@ from .search import budget_search, greedy_search, solve_budget_exact, solve_budg
 __version__ = "0.1.0"
 
 __all__ = [
+    "GenerationDefaults",
+    "TileAttentionConfig",
+    "mask_plan_processors",
+    "refused_models",
     "AttentionProfile",
     "budget_search",
     "greedy_search",

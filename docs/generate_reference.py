@@ -28,13 +28,15 @@ from diffusers_evdit.cli import build_parser  # noqa: E402
 
 # Top-level names by topic (a name missing here lands in "Other"; tests/test_docs.py checks that every name is listed).
 SECTIONS = {
-    "Mask plans": ["MaskPlan", "apply_mask_plan", "remove_mask_plan", "get_mask_plan", "num_plan_layers"],
-    "Pipeline": ["EfficientVDiTPipeline", "mask_plan_model_card"],
+    "Mask plans": ["MaskPlan", "apply_mask_plan", "TileAttentionConfig", "remove_mask_plan", "get_mask_plan",
+                   "num_plan_layers", "mask_plan_processors"],
+    "Pipeline": ["EfficientVDiTPipeline", "mask_plan_model_card", "GenerationDefaults"],
     "Layout and masks": ["TileLayout", "layout_from_latents", "reference_frames", "element_sparsity", "format_mask",
                          "tile_mask"],
     "Kernels": ["TileAttention", "tile_attention"],
     "Attention processors": ["TileSparseAttnProcessor", "CogVideoXTileSparseAttnProcessor",
-                             "WanTileSparseAttnProcessor", "HunyuanVideoTileSparseAttnProcessor", "supported_models"],
+                             "WanTileSparseAttnProcessor", "HunyuanVideoTileSparseAttnProcessor", "supported_models",
+                             "refused_models"],
     "Attention diagnostics": ["profile_attention", "AttentionProfile", "tile_statistics", "record_transformer_inputs"],
     "Mask search": ["greedy_search", "budget_search", "solve_budget_lagrangian", "solve_budget_exact"],
 }
@@ -58,6 +60,7 @@ SUBMODULES = [
     ("diffusers_evdit.metrics", "the analytic video metrics of `evdit eval`"),
     ("diffusers_evdit.tiny", "tiny random transformers and pipelines for tests and CPU dry runs"),
     ("diffusers_evdit.kernels", "the exact tile-attention kernels"),
+    ("diffusers_evdit.distill", "the distillation stages and the training utilities the examples share"),
     ("diffusers_evdit.processors", "the per-family processors and their registry"),
 ]
 

@@ -20,49 +20,22 @@ MAX_RESULTS = 60
 
 # Modules over MAX_LINES that another change in flight splits (issue 22). Shrinking list: the coordinator removes an
 # entry once its split is merged; the test fails on an entry whose file is gone or has shrunk, so it cannot go stale.
-OVERSIZED_PENDING_SPLIT = {
-    "diffusers_evdit/data.py",  # -> demo/ (data)
-    "diffusers_evdit/demo.py",  # -> demo/ (model, report)
-    "diffusers_evdit/metrics.py",  # -> demo/ (metrics)
-    "diffusers_evdit/mlcd.py",  # -> distill/ (mlcd)
-    "diffusers_evdit/kd.py",  # -> distill/ (kd)
-    "diffusers_evdit/pipeline.py",  # split of pipeline.py
-}
+OVERSIZED_PENDING_SPLIT = set()
 
 # Imports inside functions that close a cycle today (the processors -> parallel -> plan -> processors cycle of issue
 # 22, held together by function-level imports). Shrinking list, as above: an entry that no longer closes a cycle fails.
-LAZY_CYCLE_EDGES_PENDING = {
-    ("diffusers_evdit.processors.base", "diffusers_evdit.parallel"),
-}
+LAZY_CYCLE_EDGES_PENDING = set()
 
 # Private names imported from another module today (owned by changes in flight). Shrinking list, as above.
 PRIVATE_IMPORTS_PENDING = {
     ("diffusers_evdit.kernels.walk", "diffusers_evdit.kernels.indices", "_merge_ranges"),
-    ("diffusers_evdit.kd", "diffusers_evdit.mlcd", "_bcast"),
-    ("diffusers_evdit.kd", "diffusers_evdit.mlcd", "_check_prediction_type"),
     ("diffusers_evdit.commands.search", "diffusers_evdit.commands.profile", "_int_list"),
 }
 
 # Modules docs/architecture.md names for the target layout that other changes in flight create, and modules of today
 # that those changes move (so the map does not name them). Shrinking lists: stale entries fail.
-PLANNED_MODULES = {
-    "diffusers_evdit.kernels.registry",
-    "diffusers_evdit.distill",
-    "diffusers_evdit.distill.mlcd",
-    "diffusers_evdit.distill.kd",
-    "diffusers_evdit.distill.schedulers",
-    "diffusers_evdit.demo.model",
-    "diffusers_evdit.demo.data",
-    "diffusers_evdit.demo.metrics",
-    "diffusers_evdit.demo.report",
-}
-MODULES_BEING_MOVED = {
-    "diffusers_evdit.data",
-    "diffusers_evdit.metrics",
-    "diffusers_evdit.mlcd",
-    "diffusers_evdit.kd",
-    "diffusers_evdit.schedulers",
-}
+PLANNED_MODULES = set()
+MODULES_BEING_MOVED = set()
 
 
 # ----------------------------------------------------------------------------------------------------------- modules

@@ -134,9 +134,7 @@ def test_named_kernels_compile_without_graph_breaks(kernel):
 
 @pytest.mark.parametrize("family", [
     "cogvideox",
-    pytest.param("hunyuan_video", marks=pytest.mark.xfail(
-        strict=True, reason="processors/base.py: key_padding_from_attention_mask's bool(mask.all()) breaks the graph; "
-        "returning the mask while torch.compiler.is_compiling() fixes it (the kernels take any padding mask)")),
+    "hunyuan_video",
 ])
 def test_planned_tiny_transformer_compiles_without_graph_breaks(family):
     from diffusers_evdit import MaskPlan, apply_mask_plan, num_plan_layers

@@ -327,7 +327,6 @@ RECOMPILES = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=COMPILE_BREAKS)
 @pytest.mark.parametrize("family", ["wan", "cogvideox", "hunyuan_video"])
 def test_compile_fullgraph_of_planned_transformer(family):
     """torch.compile(fullgraph=True) of a planned tiny transformer (first call traced, no eager warm-up) compiles
@@ -352,7 +351,6 @@ class GraphCounter:
         return gm.forward
 
 
-@pytest.mark.xfail(strict=True, reason=RECOMPILES)
 def test_compiled_planned_transformer_recompiles_only_on_a_new_shape():
     torch._dynamo.reset()
     model = tiny_transformer("wan", num_layers=1)

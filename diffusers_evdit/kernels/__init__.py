@@ -179,26 +179,21 @@ class TileAttention:
 
     def indices(self, layout: TileLayout, k_ref: int, device: torch.device) -> TileIndices:
         """The cached :class:`TileIndices` of a sparse entry on ``layout``."""
-        key = (layout, k_ref, str(device))
-        if key not in self._indices:
-            self._indices[key] = tile_indices(layout, k_ref, device)
-        return self._indices[key]
+        return _cached(self._indices, (layout, k_ref, str(device)), lambda: tile_indices(layout, k_ref, device))
 
     def walk_tables(self, layout: TileLayout, k_ref: int, device: torch.device) -> WalkTables:
         """The cached key-range tables of the ``walk`` kernel for a sparse entry on ``layout``."""
-        key = (layout, k_ref, str(device), self.walk_block_m)
-        if key not in self._walk_tables:
-            self._walk_tables[key] = walk_segments(layout, k_ref, self.walk_block_m).to(device)
-        return self._walk_tables[key]
+        return _cached(self._walk_tables, (layout, k_ref, str(device), self.walk_block_m),
+                       lambda: walk_segments(layout, k_ref, self.walk_block_m).to(device))
 
     def tile_bias(self, layout: TileLayout, k_ref: int, q: torch.Tensor) -> torch.Tensor:
         """The cached ``[N, N]`` additive tile mask of a sparse entry (0 kept, -inf dropped; ``q``'s dtype and
         device), the ``masked`` kernel's (SDPA adds it as it is, where a boolean mask is converted every call)."""
-        key = (layout, k_ref, str(q.device), q.dtype)
-        if key not in self._masks:
+        def build():
             keep = tile_mask(layout, k_ref, q.device)
-            self._masks[key] = torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, -torch.inf)
-        return self._masks[key]
+            return torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, -torch.inf)
+
+        return _cached(self._masks, (layout, k_ref, str(q.device), q.dtype), build)
 
     def is_small(self, call: TileCall) -> bool:
         """Whether ``call``'s sequence is short enough for ``auto``'s small-shape kernels."""
@@ -321,6 +316,16 @@ def _walk(attention: TileAttention, c: TileCall) -> torch.Tensor:
     return walk_tile_attention(c.q, c.k, c.v, attention.walk_tables(c.layout, c.k_ref, c.q.device), c.scale,
                                global_rows=attention.walk_global, global_tokens=tokens,
                                key_padding_mask=c.key_padding_mask)
+
+
+def _cached(store: dict, key, build):
+    """``store[key]``, built once; inside a torch.compile trace built inline instead (a dict keyed by layout objects
+    made in the trace would break the graph, and the compiled graph holds the result as a constant anyway)."""
+    if torch.compiler.is_compiling():
+        return build()
+    if key not in store:
+        store[key] = build()
+    return store[key]
 
 
 @TILE_KERNELS.register("masked")

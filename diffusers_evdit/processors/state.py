@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+
+import torch
 from dataclasses import dataclass, field
 
 from ..kernels import TileAttention, check_kernel
@@ -46,10 +48,24 @@ class TileAttentionConfig:
 
 
 class _CallLayouts(threading.local):
-    """The video layout (and the expected extra-token count, if known) of the transformer call in this thread."""
+    """The video layout (and the expected extra-token count, if known) of the transformer call in this thread.
 
-    video_layout: TileLayout | None = None
-    extra_tokens: int | None = None
+    The layout is kept as its plain fields (:func:`_fields`): torch.compile can carry ints and strings out of a
+    compiled forward, not a layout object created inside it."""
+
+    def __init__(self):  # runs once per thread: both names are always in the thread's own __dict__
+        self.video_layout: tuple | None = None
+        self.extra_tokens: int | None = None
+
+
+def _fields(layout: TileLayout | None) -> tuple | None:
+    if layout is None:
+        return None
+    return (layout.num_frames, layout.tokens_per_frame, layout.num_text_tokens, layout.text_position)
+
+
+def _layout(fields: tuple | None) -> TileLayout | None:
+    return None if fields is None else TileLayout(*fields)
 
 
 @dataclass
@@ -82,7 +98,7 @@ class TileState:
     stock_processors: list = field(default_factory=list)  # the model's own processor of every plan layer
     hook_handle: object = None
     metadata: dict = field(default_factory=dict)
-    last_layout: TileLayout | None = None
+    last_layout_fields: tuple | None = None  # the last call's layout of any thread, as :func:`_fields`
     last_extra_tokens: int | None = None
     _calls: _CallLayouts = field(default_factory=_CallLayouts, repr=False)
     _tile_masks: dict = field(default_factory=dict, repr=False)
@@ -113,8 +129,8 @@ class TileState:
     @property
     def video_layout(self) -> TileLayout | None:
         """The video layout of this thread's current transformer call (else the last one recorded)."""
-        layout = self._calls.video_layout
-        return layout if layout is not None else self.last_layout
+        fields = self._calls.video_layout
+        return _layout(fields if fields is not None else self.last_layout_fields)
 
     @property
     def extra_tokens(self) -> int | None:
@@ -125,8 +141,9 @@ class TileState:
 
     def set_video_layout(self, layout: TileLayout, extra_tokens: int | None = None) -> None:
         """Record the layout of the transformer call running in this thread."""
-        self._calls.video_layout, self._calls.extra_tokens = layout, extra_tokens
-        self.last_layout, self.last_extra_tokens = layout, extra_tokens
+        fields = _fields(layout)
+        self._calls.video_layout, self._calls.extra_tokens = fields, extra_tokens
+        self.last_layout_fields, self.last_extra_tokens = fields, extra_tokens
 
     def require_video_layout(self, where: str) -> TileLayout:
         layout = self.video_layout
@@ -147,6 +164,8 @@ class TileState:
         """The cached explicit ``[N, N]`` tile mask (for model masks that are not key padding)."""
         from ..masks import tile_mask
 
+        if torch.compiler.is_compiling():  # no dict keyed by a layout made inside a compiled trace
+            return tile_mask(layout, k_ref, device)
         key = (layout, k_ref, str(device))
         if key not in self._tile_masks:
             self._tile_masks[key] = tile_mask(layout, k_ref, device)
