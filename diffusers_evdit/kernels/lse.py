@@ -41,6 +41,8 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
         >>> out.shape, lse.shape
         (torch.Size([1, 2, 5, 8]), torch.Size([1, 2, 5]))
     """
+    # the fused ops read an input whose last dimension is strided (x[..., ::2]) as if it were contiguous
+    q, k, v = (x if x.stride(-1) == 1 else x.contiguous() for x in (q, k, v))
     if q.device.type == "cuda":
         if not _fused_cuda(q):
             return attention_with_lse_math(q, k, v, scale)
