@@ -7,8 +7,8 @@ non-contiguous / strided inputs. Each case runs every kernel of :data:`diffusers
 the CPU (flex, slower there, on every fourth case); the Triton ``walk`` kernel runs in a child process under the
 Triton interpreter (no bfloat16 there), and every kernel on CUDA in a ``gpu`` test.
 
-The default budget runs in CI; ``pytest -m slow tests/test_fuzz_exactness.py`` runs a long sweep
-(``EVDIT_FUZZ_CASES`` cases, default 2000; ``EVDIT_FUZZ_SEED`` picks the first seed). A failure prints its seed and
+The default budget runs in CI; ``EVDIT_FUZZ_CASES=2000 pytest tests/test_fuzz_exactness.py -k long`` runs a long sweep
+(``EVDIT_FUZZ_CASES`` cases; ``EVDIT_FUZZ_SEED`` picks the first seed). A failure prints its seed and
 case; ``pytest "tests/test_fuzz_exactness.py::test_generated_case[<seed>]"`` replays it.
 """
 
