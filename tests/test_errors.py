@@ -20,7 +20,8 @@ import pytest
 import torch
 from diffusers import CogVideoXDDIMScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
-from diffusers_evdit import EfficientVDiTPipeline, MaskPlan, TileLayout, apply_mask_plan, get_mask_plan
+from diffusers_evdit import (EfficientVDiTPipeline, MaskPlan, TileLayout, apply_mask_plan, get_mask_plan,
+                             supported_models)
 from diffusers_evdit.distill import checkpoints, training
 from diffusers_evdit.distill.grid import DiffusionGrid, predicted_x0_and_noise
 from diffusers_evdit.distill.kd import kd_loss, make_sparse_student
@@ -310,15 +311,15 @@ def _loss_type(tmp):
     mlcd_loss(model, model, model, torch.zeros(1, 4, 2, 4, 4), None, _flow_schedule(), loss_type="l1")
 
 
-def _split_student(tmp):
+def _walk_student(tmp):
     teacher = tiny_transformer("wan")
     with unchanged(teacher):
-        make_sparse_student(teacher, MaskPlan.uniform(2, k=1), kernel="split")
+        make_sparse_student(teacher, MaskPlan.uniform(2, k=1), kernel="walk")
 
 
-def _split_kernel_training(tmp):
+def _walk_kernel_training(tmp):
     teacher = tiny_transformer("wan")
-    student = apply_mask_plan(tiny_transformer("wan"), MaskPlan.uniform(2, k=1), kernel="split")
+    student = apply_mask_plan(tiny_transformer("wan"), MaskPlan.uniform(2, k=1), kernel="walk")
     with unchanged(student, teacher):
         kd_loss(student, teacher, tiny_inputs(teacher))
 
@@ -382,7 +383,7 @@ def _cli_ema(tmp):
 
 
 def _cli_kd_kernel(tmp):
-    _cli("train_kd", ["--teacher", "tiny:wan", "--plan", "uniform:1", "--output_dir", str(tmp), "--kernel", "split"])
+    _cli("train_kd", ["--teacher", "tiny:wan", "--plan", "uniform:1", "--output_dir", str(tmp), "--kernel", "walk"])
 
 
 def _cli_kd_weights(tmp):
@@ -400,18 +401,17 @@ CASES = [
             "plan.model_class = None to apply it anyway.", "set plan.model_class = None"),
     Refusal("unsupported-class", "mask plans", "`apply_mask_plan` on a model that is not a supported transformer",
             _unsupported_class, TypeError,
-            "Linear is not supported by diffusers-evdit. Supported transformers: CogVideoXTransformer3DModel, "
-            "WanTransformer3DModel, HunyuanVideoTransformer3DModel. Pass the pipeline's transformer "
-            "(pipe.transformer), not the pipeline.", "Pass the pipeline's transformer"),
+            f"Linear is not supported by diffusers-evdit. Supported transformers: {', '.join(supported_models())}. "
+            "Pass the pipeline's transformer (pipe.transformer), not the pipeline.", "Pass the pipeline's transformer"),
     Refusal("pipeline-not-transformer", "mask plans", "`apply_mask_plan(pipe, plan)` (the pipeline, not its "
             "transformer)", _pipeline_not_transformer, TypeError,
-            "WanPipeline is not supported by diffusers-evdit. Supported transformers: CogVideoXTransformer3DModel, "
-            "WanTransformer3DModel, HunyuanVideoTransformer3DModel. Pass the pipeline's transformer "
-            "(pipe.transformer), not the pipeline.", "Pass the pipeline's transformer"),
+            f"WanPipeline is not supported by diffusers-evdit. Supported transformers: {', '.join(supported_models())}. "
+            "Pass the pipeline's transformer (pipe.transformer), not the pipeline.", "Pass the pipeline's transformer"),
     Refusal("plan-type", "mask plans", "a list `[1, 1]` instead of a `MaskPlan`", _plan_not_a_maskplan, TypeError,
             "plan must be a MaskPlan, got list; load files with MaskPlan.load(path).", "MaskPlan.load(path)"),
     Refusal("kernel-name", "mask plans", "`kernel=\"fast\"`", _unknown_kernel, ValueError,
-            "Unknown tile-attention kernel 'fast'; choose one of auto, fastest, dense, gathered, split, flex, walk.",
+            "Unknown tile-attention kernel 'fast'; choose one of auto, fastest, dense, gathered, split, flex, walk, "
+            "masked.",
             "choose one of"),
     Refusal("k-zero", "mask plans", "`k = 0` in a plan entry", _k_zero, ValueError,
             "MaskPlan layer 1: A mask needs k >= 1 reference frames (frame 0 is always one), got k=0. Use None for "
@@ -478,7 +478,7 @@ CASES = [
             "Latent of 6 frames x 8 x 7 does not divide into patches of 1 x 2 x 2.", None),
     Refusal("attention-alone", "transformer calls", "an attention module called on its own after `apply_mask_plan`",
             _attention_called_alone, RuntimeError,
-            "Wan layer 0: no tile layout is known. Tile-sparse processors get the layout from the transformer's "
+            "wan layer 0: no tile layout is known. Tile-sparse processors get the layout from the transformer's "
             "forward; call the transformer (not an attention module alone), after apply_mask_plan().",
             "call the transformer"),
     Refusal("grid-steps", "distillation", "`DiffusionGrid.from_scheduler(sched, 0)`", _grid_steps, ValueError,
@@ -497,12 +497,12 @@ CASES = [
             "must be one of"),
     Refusal("loss-type", "distillation", "`mlcd_loss(..., loss_type=\"l1\")`", _loss_type, ValueError,
             "loss_type must be 'l2' or 'huber', got 'l1'.", "must be 'l2' or 'huber'"),
-    Refusal("split-student", "distillation", "`make_sparse_student(..., kernel=\"split\")`", _split_student,
-            ValueError, "kernel must be one of ('auto', 'gathered', 'flex') for training (exact gradients), got "
-            "'split'.", "must be one of"),
-    Refusal("split-training", "distillation", "`kd_loss` with gradients on a student running the split kernel",
-            _split_kernel_training, ValueError,
-            "The student's tile kernel is 'split', whose backward pass is not exact. Train with "
+    Refusal("walk-student", "distillation", "`make_sparse_student(..., kernel=\"walk\")` (inference only)",
+            _walk_student, ValueError, "kernel must be one of ('auto', 'split', 'gathered', 'flex') for training "
+            "(exact gradients), got 'walk'.", "must be one of"),
+    Refusal("walk-training", "distillation", "`kd_loss` with gradients on a student running the walk kernel",
+            _walk_kernel_training, ValueError,
+            "The student's tile kernel is 'walk', whose backward pass is not exact. Train with "
             "apply_mask_plan(student, plan) (kernel='auto' picks an exact one) or kernel='gathered' (or 'flex' on "
             "CUDA); the saved plan runs with the fast kernel at inference.", "Train with"),
     Refusal("video-frames", "distillation", "8-frame videos for a video VAE", _video_frames, ValueError,
@@ -545,8 +545,9 @@ CASES = [
             "a non-increasing list such as 16,8,4"),
     Refusal("cli-ema", "training scripts", "`train_mlcd.py --ema_decay 1`", _cli_ema, UsageError,
             "--ema_decay must be in [0, 1)", "must be in [0, 1)"),
-    Refusal("cli-kd-kernel", "training scripts", "`train_kd.py --kernel split`", _cli_kd_kernel, UsageError,
-            "argument --kernel: invalid choice: 'split' (choose from 'auto', 'gathered', 'flex')", "choose from"),
+    Refusal("cli-kd-kernel", "training scripts", "`train_kd.py --kernel walk`", _cli_kd_kernel, UsageError,
+            "argument --kernel: invalid choice: 'walk' (choose from 'auto', 'split', 'gathered', 'flex')",
+            "choose from"),
     Refusal("cli-kd-weights", "training scripts", "`train_kd.py --kd_weight -1`", _cli_kd_weights, UsageError,
             "--kd_weight and --task_weight must be >= 0", "must be >= 0"),
 ]
