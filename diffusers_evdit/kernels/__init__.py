@@ -179,11 +179,12 @@ class TileAttention:
 
     def indices(self, layout: TileLayout, k_ref: int, device: torch.device) -> TileIndices:
         """The cached :class:`TileIndices` of a sparse entry on ``layout``."""
-        return _cached(self._indices, (layout, k_ref, str(device)), lambda: tile_indices(layout, k_ref, device))
+        return cached_outside_trace(self._indices, (layout, k_ref, str(device)),
+                                    lambda: tile_indices(layout, k_ref, device))
 
     def walk_tables(self, layout: TileLayout, k_ref: int, device: torch.device) -> WalkTables:
         """The cached key-range tables of the ``walk`` kernel for a sparse entry on ``layout``."""
-        return _cached(self._walk_tables, (layout, k_ref, str(device), self.walk_block_m),
+        return cached_outside_trace(self._walk_tables, (layout, k_ref, str(device), self.walk_block_m),
                        lambda: walk_segments(layout, k_ref, self.walk_block_m).to(device))
 
     def tile_bias(self, layout: TileLayout, k_ref: int, q: torch.Tensor) -> torch.Tensor:
@@ -193,7 +194,7 @@ class TileAttention:
             keep = tile_mask(layout, k_ref, q.device)
             return torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, -torch.inf)
 
-        return _cached(self._masks, (layout, k_ref, str(q.device), q.dtype), build)
+        return cached_outside_trace(self._masks, (layout, k_ref, str(q.device), q.dtype), build)
 
     def is_small(self, call: TileCall) -> bool:
         """Whether ``call``'s sequence is short enough for ``auto``'s small-shape kernels."""
@@ -318,7 +319,7 @@ def _walk(attention: TileAttention, c: TileCall) -> torch.Tensor:
                                key_padding_mask=c.key_padding_mask)
 
 
-def _cached(store: dict, key, build):
+def cached_outside_trace(store: dict, key, build):
     """``store[key]``, built once; inside a torch.compile trace built inline instead (a dict keyed by layout objects
     made in the trace would break the graph, and the compiled graph holds the result as a constant anyway)."""
     if torch.compiler.is_compiling():

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import threading
-
-import torch
 from dataclasses import dataclass, field
 
-from ..kernels import TileAttention, check_kernel
+from ..kernels import TileAttention, cached_outside_trace, check_kernel
 from ..layout import TileLayout
 
 
@@ -164,12 +162,8 @@ class TileState:
         """The cached explicit ``[N, N]`` tile mask (for model masks that are not key padding)."""
         from ..masks import tile_mask
 
-        if torch.compiler.is_compiling():  # no dict keyed by a layout made inside a compiled trace
-            return tile_mask(layout, k_ref, device)
-        key = (layout, k_ref, str(device))
-        if key not in self._tile_masks:
-            self._tile_masks[key] = tile_mask(layout, k_ref, device)
-        return self._tile_masks[key]
+        return cached_outside_trace(self._tile_masks, (layout, k_ref, str(device)),
+                                    lambda: tile_mask(layout, k_ref, device))
 
 
 @dataclass
