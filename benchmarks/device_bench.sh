@@ -14,6 +14,9 @@
 #   3. `evdit bench kernels --backward` on the five full-size shapes (1 round)      -> kernels-bwd-<gpu>.json
 #   4. `evdit bench train-step` on Wan2.1-1.3B 81f 480p, dense vs 1:20 student        -> train-step-<gpu>.json
 #      (DEVICE_BENCH_TRAIN_MODELS="wan2.1-1.3b_81f_480p cogvideox-5b_49f_480p" adds CogVideoX-5B)
+#   6. (demo-eval, not in the default parts) the demo rows on >= 64 held-out test prompts x 3 seeds with their
+#      denoising wall-clock (Base, MLCD, Efficient-vDiT), then the curve of quality against speedup: Base at fewer
+#      steps, the MLCD student under the searched and uniform plans without KD (issue 21)  -> demo-rows-<gpu>.json
 #   5. FlashAttention-4 rows (forward, its tile kernel beside split; only where `flash_attn.cute` imports on this
 #      GPU: its CUTLASS DSL wheels must be installed)                                 -> kernels-fa4-<gpu>.json
 # Results land in $OUT (at most 5 files; JSON written after every shape/model, so a part cut by its cap keeps what
@@ -33,6 +36,8 @@ if [ "${DEVICE_BENCH_CPU:-0}" = 1 ]; then  # CPU-sized equivalents, to check thi
     full=(--shapes quick --device cpu --backward --kernels auto split gathered)
     train=(--models tiny_wan --device cpu --reps 1)
     fa4=(--shapes quick --device cpu --kernels split fa4)  # fa4 does not run on a CPU: skipped with a note
+    demo=(--model tiny --device cpu --prompts 2 --seeds 1 --timing-videos 1 --base-steps 2
+          --extra-row "MLCD + uniform 1:7, no KD=mlcd:uniform:1")
     tests=(-m "not gpu" tests/test_fa4_blocks.py)
     RESULTS=$(mktemp -d)
 else
@@ -41,13 +46,18 @@ else
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
     PY=python3
     gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())" 2>/dev/null || echo gpu)
-    small=(--shapes small --kernels auto split gathered flex --rounds 3 --rep-ms 50)
+    small=(--shapes small --kernels auto masked split gathered flex --rounds 3 --rep-ms 50)
     # the five full-size shapes, smallest first (a part cut by its cap keeps the shapes it finished)
     full=(--shapes cogvideox5b_49f_480p osp_29f_720p wan2.1-14b_81f_480p osp_93f_720p hunyuan_129f_720p
           --backward --kernels auto split gathered flex --rounds 1 --rep-ms 50)
     # shellcheck disable=SC2206
     train=(--models ${DEVICE_BENCH_TRAIN_MODELS:-wan2.1-1.3b_81f_480p} --reps 2)
     fa4=(--shapes full --kernels split fa4 fa4_kv64 --rounds 1 --rep-ms 50)
+    plan=diffusers_evdit/demo_model/evdit/mask_plan.json
+    demo=(--device cuda --prompts 64 --seeds 3 --workers 12 --base-steps 10 4
+          --extra-row "MLCD + searched plan, no KD=mlcd:$PWD/$plan"
+          --extra-row "MLCD + uniform 4:4, no KD=mlcd:uniform:4" --extra-row "MLCD + uniform 3:5, no KD=mlcd:uniform:3"
+          --extra-row "MLCD + uniform 2:6, no KD=mlcd:uniform:2" --extra-row "MLCD + uniform 1:7, no KD=mlcd:uniform:1")
     tests=(-m gpu)
     for f in tests/test_kernels.py tests/test_backward.py tests/test_fa4_blocks.py; do
         [ -f "$f" ] && tests+=("$f")
@@ -94,6 +104,10 @@ tail -n 15 "$LOG"
 
 r=$RESULTS/kernels-small-$gpu.json
 part kernels-small 100 $PY -m diffusers_evdit.cli bench kernels "${small[@]}" --out "$r"
+keep "$r"
+
+r=$RESULTS/demo-rows-$gpu.json
+part demo-eval "${DEVICE_BENCH_DEMO_CAP:-400}" $PY benchmarks/eval_demo_rows.py "${demo[@]}" --out "$r"
 keep "$r"
 
 r=$RESULTS/kernels-bwd-$gpu.json

@@ -34,6 +34,8 @@ def parse_args(argv=None):
     p.add_argument("--extra-row", action="append", default=[], metavar="NAME=FOLDER[:PLAN]",
                    help="another 4-step student row without CFG (e.g. a uniform plan + KD, to compare with the searched "
                         "plan at equal sparsity); PLAN: saved (default), dense, uniform:K or a plan file; repeatable")
+    p.add_argument("--base-steps", type=int, nargs="*", default=[], metavar="N",
+                   help="more Base rows at N steps (the model's CFG, dense): the few-step curve without distillation")
     p.add_argument("--prompts", type=int, default=64, help="test prompts (default 64)")
     p.add_argument("--seeds", type=int, default=3, help="seed rounds per prompt (default 3)")
     p.add_argument("--base-seed", type=int, default=0)
@@ -69,17 +71,21 @@ def _rows(args):
         r = known[name]
         folder = folders.get(name)
         rows.append(DemoRow(r.name, os.path.abspath(folder) if folder else r.folder, r.steps, r.guidance_scale, r.plan))
+    for n in args.base_steps:
+        rows.append(DemoRow(f"Base-{n}", None, n, None, None))
     for spec in args.extra_row:
         name, sep, rest = spec.partition("=")
         folder, _, plan = rest.partition(":")
         if not sep or not name or not folder:
             raise SystemExit(f"--extra-row {spec!r}: use NAME=FOLDER or NAME=FOLDER:PLAN")
         plan = plan or "saved"
-        rows.append(DemoRow(name, os.path.abspath(folder), 4, 1.0, None if plan == "dense" else plan))
+        folder = os.path.abspath(folder) if os.path.isdir(folder) else folder  # else: a subfolder of the model
+        rows.append(DemoRow(name, folder, 4, 1.0, None if plan == "dense" else plan))
     return rows
 
 
-def evaluate_rows(args) -> dict:
+def evaluate_rows(args, on_row=None) -> dict:
+    """Every row of ``args``; ``on_row(result)`` gets the result so far after each row (rows finished so far)."""
     import torch
 
     from diffusers_evdit.data import eval_prompts, render
@@ -98,6 +104,12 @@ def evaluate_rows(args) -> dict:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows = _rows(args)  # bad row specs fail before anything is loaded
+    workers = args.workers
+    if workers > 1:  # one pool for every round, forked before CUDA is initialised
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        workers = ctx.Pool(workers)
     path = resolve_model(args.model)
     base, gen = load_pipeline(path, device=args.device)
     where = str(base._execution_device)
@@ -116,7 +128,7 @@ def evaluate_rows(args) -> dict:
         for s in range(args.seeds):
             seeds = [args.base_seed + 1000 * s + i for i in range(len(captions))]
             videos, _ = generate_videos(pipe, captions, row_gen, seeds, batch_size=batch, progress=False)
-            summary, per_video = score_videos(videos, captions, real=real, workers=args.workers)
+            summary, per_video = score_videos(videos, captions, real=real, workers=workers)
             for k in EVAL_KEYS:
                 if summary.get(k) is not None:
                     per_key[k].append(summary[k])
@@ -140,6 +152,15 @@ def evaluate_rows(args) -> dict:
         if pipe is base:
             base.set_mask_plan(None)
         del pipe
+        if on_row is not None:
+            on_row(_result(args, path, where, base, captions, batch, gen, out_rows, t0))
+    return _result(args, path, where, base, captions, batch, gen, out_rows, t0)
+
+
+def _result(args, path, where, base, captions, batch, gen, out_rows, t0) -> dict:
+    """The JSON of the rows so far: speedups and paired differences against the first row."""
+    import torch
+
     ref = out_rows[0]
     for r in out_rows:
         ok = ref["denoise_seconds"] and r["denoise_seconds"]
@@ -161,12 +182,17 @@ def evaluate_rows(args) -> dict:
     }
 
 
+def _write(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = evaluate_rows(args)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+    result = evaluate_rows(args, on_row=lambda partial: _write(args.out, partial))  # a run cut short keeps its rows
+    _write(args.out, result)
     print(f"{'row':<16} {'final score':>18} {'denoise s':>10} {'speedup':>8}")
     for r in result["rows"]:
         fs = r["final_score"]
