@@ -4,6 +4,8 @@
 #   bash benchmarks/device_ship.sh mlcd    # S=8 student (2 min), then the S=4 student from it (4 min): runs/mlcd-s4
 #   bash benchmarks/device_ship.sh all     # both in one call, shorter budgets (what shipped)
 #   bash benchmarks/device_ship.sh kd      # on the still-warm machine: search (r = 0.005, 0.05) + KD, and uniform 4:4 + KD
+#   bash benchmarks/device_ship.sh compare # searched vs uniform plans of equal sparsity, both with KD from the shipped
+#                                          # MLCD student, 3 training seeds each, scored on the test prompts (< 10 min)
 #
 # Each call packs the trained transformers in float16 (transformer/ + scheduler/ + plan + training configs) as
 # $OUT/<row>.tar, ready to unpack under diffusers_evdit/demo_model/<row>/.
@@ -31,7 +33,54 @@ PY
     tar cf - -C /tmp/export "$name" | split -b 15M - "$OUT/$name.tar.part-"
 }
 
+materialize() {  # ROW DIR: the shipped student row (a 4-bit delta) as a full pipeline folder to train from
+    python - "$teacher" "$1" "$2" <<'PY'
+import json, os, shutil, sys
+from diffusers import WanTransformer3DModel
+from diffusers_evdit.distill.weight_delta import load_delta
+base, row, dst = sys.argv[1:]
+shutil.copytree(base, dst, ignore=shutil.ignore_patterns("mlcd", "evdit", "transformer", "scheduler"), dirs_exist_ok=True)
+t = load_delta(WanTransformer3DModel.from_pretrained(base, subfolder="transformer"), os.path.join(base, row))
+t.save_pretrained(os.path.join(dst, "transformer"))
+shutil.copytree(os.path.join(base, row, "scheduler"), os.path.join(dst, "scheduler"), dirs_exist_ok=True)
+shutil.copy(os.path.join(base, row, "generation_defaults.json"), dst)
+with open(os.path.join(base, row, "training.json")) as f:
+    json.dump(json.load(f)["mlcd"], open(os.path.join(dst, "mlcd_config.json"), "w"), indent=2)
+print("materialised", row, "->", dst)
+PY
+}
+
 case $phase in
+compare)
+    # Issue 21: does the search beat a uniform plan at equal sparsity, both after KD? Plans: uniform 3:5 and the
+    # latency-budget plan with exactly its kept pairs (benchmarks/equal_sparsity_plan.py, searched on training
+    # prompts). KD as shipped (lr 3e-5, batch 32, task loss MLCD x 100), the same number of steps for every run,
+    # seeds 0-2, all six side by side on the one GPU; then every student on the 64 test prompts x 3 seeds.
+    steps=${COMPARE_STEPS:-120}
+    materialize mlcd runs/mlcd-s4 || exit 1
+    mkdir -p runs/cmp
+    kd() {  # NAME PLAN SEED
+        python examples/train_kd.py --teacher runs/mlcd-s4 --student runs/mlcd-s4 --plan "$2" \
+            --output_dir "runs/cmp/$1-s$3" --train_batch_size 32 --learning_rate 3e-5 --task_weight 100 --kd_weight 1 \
+            --no_final_validation --report_to none --checkpointing_steps 0 --validation_steps 0 --mixed_precision no \
+            --seed "$3" --dataloader_num_workers 2 --allow_tf32 --latent_cache runs/cmp/latents.pt \
+            --synthetic_num_samples 2048 --max_train_steps "$steps" --max_minutes "${COMPARE_KD_MINUTES:-5}" \
+            --time_reserve_s 6 >"runs/cmp/$1-s$3.log" 2>&1
+    }
+    searched=benchmarks/results/plans/searched-budget-3of8.json
+    kd searched "$searched" 0 &
+    while [ ! -f runs/cmp/latents.pt ] && jobs %1 >/dev/null 2>&1; do sleep 2; done  # the first run fills the cache
+    kd searched "$searched" 1 & kd searched "$searched" 2 &
+    for s in 0 1 2; do kd uniform uniform:3 "$s" & done
+    wait
+    echo "KD done at ${SECONDS}s"; grep -h '"steps"' runs/cmp/*/kd_config.json | head -n 6
+    rows=()
+    for d in runs/cmp/*-s?; do [ -f "$d/mask_plan.json" ] && rows+=(--extra-row "$(basename "$d")=$PWD/$d:saved"); done
+    timeout $((585 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows MLCD --prompts 64 --seeds 3 \
+        --workers 12 --timing-videos 2 "${rows[@]}" --out "$OUT/compare-rows.json" 2>&1 | grep -v '%|' | tail -n 12
+    tar czf "$OUT/compare-runs.tar.gz" runs/cmp/*.log runs/cmp/*/kd_config.json runs/cmp/*/losses.jsonl \
+        runs/cmp/*/mask_plan.json 2>/dev/null
+    ;;
 mlcd)
     bash benchmarks/device_stages.sh s4-student
     export_row runs/mlcd-s4 mlcd

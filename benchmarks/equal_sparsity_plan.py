@@ -1,0 +1,75 @@
+"""A searched mask plan with exactly the pair budget of a uniform plan, for the searched-vs-uniform comparison.
+
+    python benchmarks/equal_sparsity_plan.py --uniform 3 --out benchmarks/results/plans/budget-like-3of8.json
+
+Stage 2's latency-budget search (paper, Appendix A) on the shipped MLCD student (``demo_model/mlcd``), with each
+mask's "runtime" set to the share of (query, key) pairs it keeps, so the budget is the uniform ``k:F-k`` plan's kept
+pairs: the searched plan skips at least as many pairs as the uniform one and spends them where its layers lose least.
+The inputs are the student's own transformer calls while sampling training prompts (never test or validation
+prompts), as the greedy search of ``reproduce_tables.py`` records them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=None, help="base pipeline folder (default: the shipped demo model)")
+    p.add_argument("--row", default="mlcd", help="student subfolder of the model whose calls are searched")
+    p.add_argument("--uniform", type=int, required=True, help="k of the uniform plan whose sparsity is the budget")
+    p.add_argument("--search-prompts", type=int, default=2, help="training prompts whose sampling feeds the search")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", required=True)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from diffusers_evdit.analysis import record_transformer_inputs
+    from diffusers_evdit.data import SyntheticVideoDataset
+    from diffusers_evdit import TileLayout
+    from diffusers_evdit.demo import DemoRow, load_pipeline, load_row, plan_summary, resolve_model
+    from diffusers_evdit.masks import element_sparsity, format_mask
+    from diffusers_evdit.search import budget_search
+    from diffusers_evdit.search.options import default_masks
+
+    path = resolve_model(args.model)
+    base, gen = load_pipeline(path, device=args.device)
+    row = DemoRow(args.row, args.row, steps=4, guidance_scale=1.0)
+    pipe = load_row(base, path, row, seed=args.seed)
+    pipe.set_mask_plan(None)
+    row_gen = row.generation(gen)
+    ds = SyntheticVideoDataset(num_samples=1000, seed=args.seed + 7, split="train")
+    prompts = [ds.scene(i).caption() for i in range(args.search_prompts)]
+    with record_transformer_inputs(pipe.transformer, device=None) as calls, torch.no_grad():
+        pipe(prompt=prompts, generator=torch.Generator("cpu").manual_seed(args.seed), output_type="latent",
+             **row_gen.call_kwargs())
+    info = plan_summary(pipe, row_gen)  # the layout of the demo's generation settings
+    layout = TileLayout(info["latent_frames"], info["tokens_per_frame"])
+    masks = default_masks(layout.num_frames)
+    kept = {k: 1.0 - element_sparsity(layout, k) for k in masks}
+    kept["dense"] = 1.0
+    num_layers = len(pipe.transformer.blocks)
+    budget = num_layers * kept[args.uniform]
+    plan = budget_search(pipe.transformer, calls, budget_s=budget, masks=masks, runtimes=kept, solver="exact",
+                         progress=True)
+    plan.metadata.update(source=f"{args.row} of {os.path.relpath(path)}", search_prompts=prompts,
+                         inputs="recorded sampling calls of the student (training prompts)",
+                         budget="kept (query, key) pairs of the uniform plan " + format_mask(layout.num_frames,
+                                                                                              args.uniform),
+                         uniform_k=args.uniform)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    plan.save(args.out)
+    sparsity = sum(1.0 - kept.get(k, 1.0) if k is not None else 0.0 for k in plan.layers) / num_layers
+    print(f"k per layer {plan.layers}; mean sparsity {sparsity:.4f} vs uniform {1 - kept[args.uniform]:.4f}")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
