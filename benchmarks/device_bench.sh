@@ -17,6 +17,8 @@
 #   6. (demo-eval, not in the default parts) the demo rows on >= 64 held-out test prompts x 3 seeds with their
 #      denoising wall-clock (Base, MLCD, Efficient-vDiT), then the curve of quality against speedup: Base at fewer
 #      steps, the MLCD student under the searched and uniform plans without KD (issue 21)  -> demo-rows-<gpu>.json
+#   7. (quality-wallclock, not in the default parts) every row of the committed quality tables timed on the demo
+#      model with its own steps, guidance and plan (benchmarks/quality_wallclock.py)   -> quality*.json, updated
 #   5. FlashAttention-4 rows (forward, its tile kernel beside split; only where `flash_attn.cute` imports on this
 #      GPU: its CUTLASS DSL wheels must be installed)                                 -> kernels-fa4-<gpu>.json
 # Results land in $OUT (at most 5 files; JSON written after every shape/model, so a part cut by its cap keeps what
@@ -105,6 +107,16 @@ tail -n 15 "$LOG"
 r=$RESULTS/kernels-small-$gpu.json
 part kernels-small 100 $PY -m diffusers_evdit.cli bench kernels "${small[@]}" --out "$r"
 keep "$r"
+
+if [[ $PARTS == *" quality-wallclock "* ]]; then  # the quality tables' rows timed on the demo model (issue 21)
+    tables=(benchmarks/results/quality.json benchmarks/results/quality-shipped/quality.json)
+    wall=(--device cuda --rounds 5)
+    if [ "${DEVICE_BENCH_CPU:-0}" = 1 ]; then  # a copy of the small table, one round
+        cp "${tables[1]}" "$RESULTS/q.json" && tables=("$RESULTS/q.json") && wall=(--rounds 1)
+    fi
+    part quality-wallclock 90 $PY benchmarks/quality_wallclock.py "${wall[@]}" "${tables[@]}"
+    for t in "${tables[@]}"; do cp "$t" "$OUT/$(echo "${t#benchmarks/results/}" | tr / -)" 2>/dev/null; done
+fi
 
 r=$RESULTS/demo-rows-$gpu.json
 part demo-eval "${DEVICE_BENCH_DEMO_CAP:-400}" $PY benchmarks/eval_demo_rows.py "${demo[@]}" --out "$r"
