@@ -35,12 +35,13 @@ def contact_sheet(
     from PIL import Image, ImageDraw
 
     font = _font()
-    label_w, text_h = 60, 16
+    text_h = 16
     first = rows[0][1][0][1]
     t, h, w, _ = first.shape
     cols = min(num_columns, t)
     idx = np.linspace(0, t - 1, cols).round().astype(int)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max([60] + [int(probe.textlength(label, font=font)) + 10 for _, vids in rows for label, _ in vids])
     text_w = max(int(probe.textlength(caption, font=font)) for caption, _ in rows) + 8
     width = max(label_w + cols * (w + pad) + pad, text_w)
     height = sum(text_h + len(vids) * (h + pad) + pad for _, vids in rows)
