@@ -283,6 +283,9 @@ NON_FINITE = [  # tensor, token, value
 KNOWN_NON_FINITE = {
     ("split", "q", "video"): "a NaN query of a non-reference frame gives a finite row (silently dropped)",
     ("split", "v", "reference"): "-inf in a shared value becomes NaN in the LSE merge (lerp of -inf)",
+    # regrouped merges the same two partial results by their log-sum-exps as split (found here too, same cases)
+    ("regrouped", "q", "video"): "a NaN query of a non-reference frame gives a finite row (silently dropped)",
+    ("regrouped", "v", "reference"): "-inf in a shared value becomes NaN in the LSE merge (lerp of -inf)",
     ("flex", "v", "video"): "a NaN value of an excluded key reaches rows in the same 128-token block (0 * nan)",
     # "auto" runs "masked" (one SDPA call with an additive tile mask) on this short layout: like any masked SDPA, a
     # NaN / -inf in a key or value the mask excludes reaches the rows that exclude it (0 * nan; -inf - -inf)

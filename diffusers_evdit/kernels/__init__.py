@@ -52,9 +52,10 @@ MERGES = ("auto", "eager", "compiled", "triton")
 # under autograd or with a key-padding mask (regrouped has neither) split, then gathered. The crossover comes from
 # timing dense SDPA, masked, regrouped and split in alternating rounds (medians) on the development machine's 2-core
 # shared CPU, on the demo model's layout (8 frames x 64 tokens, 4 heads of 64, batch 1 and 2, 1 and 2 threads,
-# 2026-12-05; BENCHMARKS.md "Short sequences on the CPU"): regrouped was faster than masked at k <= 4 (sparsity
-# >= 0.19: e.g. k=4 1.05x dense vs 0.94x at 1 thread), level at k = 5 (0.09) and slower at k = 6 (0.03), where
-# masked costs only its mask overhead (~5%). Longer CPU layouts (8 x 128 up to 16 x 256) take split. CUDA: every call
+# 2026-12-05; BENCHMARKS.md "Short sequences on the CPU"): at 1 thread regrouped was faster than masked at k <= 4
+# (sparsity >= 0.19: k=4 1.01x dense vs 0.94x), level at k = 5 (0.09) and slower at k = 6 (0.03), where masked
+# costs only its mask overhead (~6%). At 2 threads masked was faster from k = 3 on (the rule is not thread-aware
+# yet). Longer CPU layouts (8 x 128 up to 16 x 256) take split (earlier timings). CUDA: every call
 # is a kernel launch, so the limit is higher; not yet timed on a GPU, so CUDA keeps masked for every small sequence
 # (regrouped, masked and split not compared there: a gpu-marked test checks auto against dense on the demo layout;
 # the bench's small shapes place the limit).
