@@ -63,7 +63,7 @@ def test_a_registry_checks_padding_names():
 
 def test_auto_on_the_demo_layout():
     """Dense where the mask keeps every pair (k = F - 1), one masked SDPA call for light masks on this short
-    sequence, split for heavier ones; on a long sequence split for every sparse k."""
+    sequence, regrouped for heavier ones (no gradients here); on a long sequence split for every sparse k."""
     att = TileAttention()
     q = torch.empty(2, 4, DEMO.seq_len, 64)
     for k_ref in range(1, 9):
@@ -74,8 +74,8 @@ def test_auto_on_the_demo_layout():
         elif element_sparsity(DEMO, k_ref) <= SMALL_MASKED_MAX_SPARSITY:
             assert got == "masked", k_ref
         else:
-            assert got == "split", k_ref
-    assert [att.choose(DEMO, k, q.device) for k in (1, 4)] == ["split", "masked"]
+            assert got == "regrouped", k_ref
+    assert [att.choose(DEMO, k, q.device) for k in (1, 5)] == ["regrouped", "masked"]
     assert {TileAttention(small_seq_len=0).choose(DEMO, k, q.device) for k in range(1, 7)} == {"split"}
     long = TileLayout(8, 128)
     assert TileAttention().choose(long, 4, q.device) == "split"
@@ -120,7 +120,7 @@ def test_tile_attention_compiles_without_graph_breaks(small_seq_len, padded):
     assert (out.double() - ref).abs().max().item() < 2e-6
 
 
-@pytest.mark.parametrize("kernel", ["split", "gathered", "masked"])
+@pytest.mark.parametrize("kernel", ["split", "gathered", "masked", "regrouped"])
 def test_named_kernels_compile_without_graph_breaks(kernel):
     layout = TileLayout(6, 10, 0, "none")
     q, k, v = _inputs(layout, seed=5)

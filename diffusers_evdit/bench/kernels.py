@@ -50,6 +50,9 @@ EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"},
                  "split_overlap": {"kernel": "split", "overlap": True},
                  "walk": {"kernel": "walk"},
                  "walk_all": {"kernel": "walk", "walk_global": "walk"}}
+# The short-sequence kernels auto picks on small shapes (one SDPA call with the tile mask; three dense calls merged
+# by log-sum-exp), timed when named
+SHORT_KERNELS = ("masked", "regrouped")
 # FlashAttention-4 with the tile mask as block-sparsity tensors (kernels/fa4.py; CUDA, Hopper or Blackwell): its
 # default blocks, and 128 x 64 blocks (Hopper; less waste where frames straddle a block, see block_structure)
 FA4_KERNEL = "fa4"
@@ -106,7 +109,7 @@ SHAPES = (
 # Small shapes, from the demo model (diffusers_evdit/demo_model: Wan-style, 8 latent frames x 64 tokens, 4 heads of
 # 64, no text) up towards CogVideoX-5B: where launch overheads, not FLOPs, decide which kernel is fastest.
 SMALL_SHAPES = (
-    KernelShape("demo_8f_64t", 8, 64, 4, 64, 0, "none", (4, 2, 1)),
+    KernelShape("demo_8f_64t", 8, 64, 4, 64, 0, "none", (6, 5, 4, 3, 2, 1)),
     KernelShape("demo_8f_256t", 8, 256, 4, 64, 0, "none", (4, 2, 1)),
     KernelShape("wan2.1-1.3b_33f_240p", 9, 390, 12, 128, 0, "none", (4, 2, 1)),
     KernelShape("cogvideox5b_49f_240p", 13, 330, 48, 64, 226, "first", (6, 3, 1)),
@@ -352,6 +355,7 @@ def run_kernel_benchmark(out: str | None, shapes=SHAPES, device: str | None = No
         if out:  # after every shape, so that a run stopped part-way keeps what it measured
             data = write_results(out, "kernels", rows, dev, dtype=str(dtype).replace("torch.", ""),
                                  kernels=list(kernels), rounds=rounds, mode="fwd+bwd" if backward else "fwd",
+                                 threads=torch.get_num_threads() if dev.type == "cpu" else None,
                                  complete=i == len(shapes) - 1, **package_versions())
     print_table(rows, ["shape", "mask", "seq_len", "element_sparsity", "best_dense_ms", "sparse_ms", "kernel",
                        "speedup", "ideal", "pct_of_ideal"])

@@ -7,6 +7,10 @@ def _cmd_kernels(args) -> int:
     from ..bench.kernels import run_kernel_benchmark, select_shapes
 
     shapes = select_shapes(args.shapes or (["quick"] if args.quick else ["full"]))
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     run_kernel_benchmark(args.out, shapes, args.device, args.kernels or None, rep_ms=args.rep_ms, rounds=args.rounds,
                          backward=args.backward)
     return 0
@@ -31,7 +35,8 @@ def _cmd_train_step(args) -> int:
 
 
 def register(sub) -> None:
-    from ..bench.kernels import AUTO_KERNEL, EXTRA_KERNELS, FA4_KERNELS, SPARSE_KERNELS  # torch is imported already
+    # torch is imported already
+    from ..bench.kernels import AUTO_KERNEL, EXTRA_KERNELS, FA4_KERNELS, SHORT_KERNELS, SPARSE_KERNELS
 
     bench = sub.add_parser("bench", help="benchmarks: attention kernels, denoising steps, KD training steps")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -40,14 +45,16 @@ def register(sub) -> None:
                          help="shape groups (small: the demo model's shape and three up to CogVideoX's; full: the "
                               "five model shapes; all: both) and/or shape names (default: full)")
     kernels.add_argument("--kernels", nargs="*",
-                         choices=[*SPARSE_KERNELS, *EXTRA_KERNELS, *FA4_KERNELS, AUTO_KERNEL],
+                         choices=[*SPARSE_KERNELS, *SHORT_KERNELS, *EXTRA_KERNELS, *FA4_KERNELS, AUTO_KERNEL],
                          help="sparse kernels to time (default: split, gathered, flex, walk on CUDA with Triton, fa4 "
                               "where FlashAttention-4 runs; split_triton = split with its Triton merge, "
                               "split_triton_c2 = the same with the global queries in 2 key chunks, split_overlap = "
                               "split with its global call on a second stream, walk = a Triton launch over the kept "
                               "tiles of the partial rows + cuDNN for the global rows, walk_all = the Triton launch for "
                               "all rows, fa4 = FlashAttention-4 block sparsity, fa4_kv64 = the same with 64-token key "
-                              "blocks; CUDA only; auto = the dispatcher's choice, rows then carry auto_vs_dense)")
+                              "blocks; CUDA only; masked = one SDPA call with the tile mask, regrouped = three dense "
+                              "calls merged by log-sum-exp (the short-sequence kernels); auto = the dispatcher's "
+                              "choice, rows then carry auto_vs_dense)")
     kernels.add_argument("--backward", action="store_true",
                          help="time forward+backward (rows with mode fwd+bwd; kernels without a backward are skipped)")
     kernels.add_argument("--quick", action="store_true",
@@ -56,6 +63,8 @@ def register(sub) -> None:
     kernels.add_argument("--rep-ms", type=float, default=300, help="timing budget per measurement (ms)")
     kernels.add_argument("--rounds", type=int, default=3,
                          help="alternating rounds of each mask's dense and sparse timings (medians reported)")
+    kernels.add_argument("--threads", type=int, default=None,
+                         help="CPU threads for torch (default: torch's own; recorded in the JSON on the CPU)")
     kernels.add_argument("--out", default=None, help="JSON result path, e.g. benchmarks/results/kernels-h100.json")
     kernels.set_defaults(func=_cmd_kernels)
     step = bench_sub.add_parser("step", help="per-step time of full-size transformers (random weights), dense vs plans")

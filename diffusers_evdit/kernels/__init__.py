@@ -9,7 +9,9 @@ Kernels (all exact for the ``k:F-k`` mask, inputs ``[B, H, N, D]``):
 * ``"flex"``: FlexAttention with a tile block mask (:mod:`.flex`);
 * ``"walk"``: one Triton launch that walks only the kept tiles, per query block a short list of key ranges
   (:mod:`.walk`; CUDA, inference only);
-* ``"masked"``: one SDPA call with the explicit boolean tile mask (cached per layout), for short sequences.
+* ``"masked"``: one SDPA call with the explicit boolean tile mask (cached per layout), for short sequences;
+* ``"regrouped"``: three dense calls (global rows; the other rows against the global keys and against their own
+  frame, merged by log-sum-exp), for short sequences with sparser masks (:mod:`.regrouped`; inference only).
 
 Each kernel is registered in :data:`TILE_KERNELS` (:mod:`.registry`) with its constraints (devices, dtypes, head
 sizes, key-padding masks, backward), checked in one place. ``"auto"`` picks dense where the mask keeps every pair
@@ -31,26 +33,34 @@ from .gathered import gathered_tile_attention
 from .indices import TileIndices, tile_indices
 from .compiled import CompiledFn
 from .registry import KernelRegistry, KernelSpec, TileCall, UnsupportedKernelError
+from .regrouped import regrouped_tile_attention
 from .split import merge_partial_attention, split_tile_attention
 from .triton_merge import triton_merge_available, triton_merge_partial_attention
 from .tuning import KernelTuner
 from .walk import BLOCK_M as WALK_BLOCK_M
 from .walk import GLOBAL_ROWS, WalkTables, walk_segments, walk_tile_attention
 
-KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk")  # the names the CLI offers
+# the names the CLI offers
+KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk", "masked", "regrouped")
 # "fastest" runs dense attention for a sparse entry only when auto's kernel is slower by more than this share
 FASTEST_MARGIN = 0.02
 MERGES = ("auto", "eager", "compiled", "triton")
 
-# Sequences up to this many tokens are "small": there the split kernel's two calls and merge per run of
-# non-reference frames cost more than a light mask skips, and "auto" runs one SDPA call with the explicit tile mask
-# (on the CPU only for masks that skip at most SMALL_MASKED_MAX_SPARSITY of the pairs; split wins above). Chosen by
-# timing dense SDPA, split, gathered and the masked call against each other in alternating rounds on a 2-core CPU,
-# on the demo model's layout (8 frames x 64 tokens, batch 1 and 2, every k) and longer ones (8 x 128 up to 16 x 256,
-# where split wins from 8 x 128 on). CUDA: every call is a kernel launch, so the limit is higher; not yet timed on
-# a GPU (a gpu-marked test checks auto against dense on the demo layout; the bench's small shapes place the limit).
+# Sequences up to this many tokens are "small": there a kernel's number of calls, not the pairs it skips, decides
+# its time. On the CPU "auto" runs the regrouped kernel (three dense calls, no mask) for masks that skip more than
+# SMALL_MASKED_MAX_SPARSITY of the pairs and one SDPA call with the explicit tile mask (masked) for lighter ones;
+# under autograd or with a key-padding mask (regrouped has neither) split, then gathered. The crossover comes from
+# timing dense SDPA, masked, regrouped and split in alternating rounds (medians) on the development machine's 2-core
+# shared CPU, on the demo model's layout (8 frames x 64 tokens, 4 heads of 64, batch 1 and 2, 1 and 2 threads,
+# 2026-12-05; BENCHMARKS.md "Short sequences on the CPU"): at 1 thread regrouped was faster than masked at k <= 4
+# (sparsity >= 0.19: k=4 1.01x dense vs 0.94x), level at k = 5 (0.09) and slower at k = 6 (0.03), where masked
+# costs only its mask overhead (~6%). At 2 threads masked was faster from k = 3 on (the rule is not thread-aware
+# yet). Longer CPU layouts (8 x 128 up to 16 x 256) take split (earlier timings). CUDA: every call
+# is a kernel launch, so the limit is higher; not yet timed on a GPU, so CUDA keeps masked for every small sequence
+# (regrouped, masked and split not compared there: a gpu-marked test checks auto against dense on the demo layout;
+# the bench's small shapes place the limit).
 SMALL_SEQ_LEN = {"cpu": 512, "cuda": 2048}
-SMALL_MASKED_MAX_SPARSITY = 0.4
+SMALL_MASKED_MAX_SPARSITY = 0.15
 
 
 # The merge is compiled (one fused pass) only for inputs this large: each distinct run length compiles once (seconds),
@@ -97,7 +107,7 @@ class TileAttention:
 
     Args:
         kernel: ``"auto"`` (default), ``"fastest"``, or a kernel of :data:`TILE_KERNELS`: ``"dense"``,
-            ``"gathered"``, ``"split"``, ``"flex"``, ``"walk"`` or ``"masked"``.
+            ``"gathered"``, ``"split"``, ``"flex"``, ``"walk"``, ``"masked"`` or ``"regrouped"``.
         merge: how the ``split`` kernel merges its two partial results: ``"eager"`` (PyTorch), ``"compiled"``
             (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA) or ``"auto"`` (default:
             compiled on CUDA for large inputs, else eager). BENCHMARKS.md compares them.
@@ -205,10 +215,11 @@ class TileAttention:
 
     def preference(self, call: TileCall) -> tuple[str, ...]:
         """``auto``'s kernels for a sparse entry, fastest first; it runs the first that supports the call."""
-        if self.is_small(call) and (call.q.device.type != "cpu"
-                                    or element_sparsity(call.layout, call.k_ref) <= SMALL_MASKED_MAX_SPARSITY):
+        if not self.is_small(call):
+            return ("split", "gathered")
+        if call.q.device.type != "cpu" or element_sparsity(call.layout, call.k_ref) <= SMALL_MASKED_MAX_SPARSITY:
             return ("masked", "gathered")
-        return ("split", "gathered")
+        return ("regrouped", "split", "gathered")  # regrouped: inference without padding; split trains
 
     def choose(self, layout: TileLayout, k_ref: int | None, device: torch.device, key_padding_mask=None,
                call: TileCall | None = None) -> str:
@@ -220,7 +231,9 @@ class TileAttention:
         (:data:`TILE_KERNELS`): ``split`` (the fastest exact kernel on the shapes measured, BENCHMARKS.md; exact
         backward too), ``gathered`` where a key-padding mask covers video tokens (``split`` handles padded text
         only; under ``torch.compile`` any key-padding mask takes a kernel that handles every mask, so the check
-        adds no graph break), and on short sequences one masked SDPA call. ``fastest``: the same, then a call may
+        adds no graph break), and on short sequences (:data:`SMALL_SEQ_LEN`) one masked SDPA call or, on the CPU
+        for masks that skip more than :data:`SMALL_MASKED_MAX_SPARSITY` of the pairs, ``regrouped`` (inference
+        without a key-padding mask; ``split`` otherwise). ``fastest``: the same, then a call may
         still run dense attention (see the class docs). A named kernel runs as named.
         """
         if is_dense(layout.num_frames, k_ref) or len(non_reference_frames(layout.num_frames, k_ref)) <= 1:
@@ -337,6 +350,12 @@ def _masked(attention: TileAttention, c: TileCall) -> torch.Tensor:
     return torch.nn.functional.scaled_dot_product_attention(c.q, c.k, c.v, attn_mask=mask, scale=c.scale)
 
 
+@TILE_KERNELS.register("regrouped", padding="none", backward=False, fix="use kernel='split' or kernel='auto'")
+def _regrouped(attention: TileAttention, c: TileCall) -> torch.Tensor:
+    idx = attention.indices(c.layout, c.k_ref, c.q.device)
+    return regrouped_tile_attention(c.q, c.k, c.v, c.layout, idx, c.scale)
+
+
 def tile_attention(q, k, v, layout: TileLayout, k_ref: int | None, key_padding_mask=None, kernel="auto", scale=None):
     """One-off exact tile attention (see :class:`TileAttention`; reuse an instance to keep its caches).
 
@@ -365,6 +384,7 @@ __all__ = [
     "check_kernel",
     "dense_attention",
     "gathered_tile_attention",
+    "regrouped_tile_attention",
     "split_tile_attention",
     "tile_attention",
     "tile_block_mask",

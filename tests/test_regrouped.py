@@ -1,0 +1,155 @@
+"""The regrouped kernel (three dense calls merged by log-sum-exp) against the float64 masked reference, auto's choice
+of it on short CPU sequences, and its refusals."""
+
+import pytest
+import torch
+from reference import attention_f64, paper_mask
+
+from diffusers_evdit.kernels import SMALL_MASKED_MAX_SPARSITY, TileAttention, UnsupportedKernelError, tile_attention
+from diffusers_evdit.layout import TileLayout
+from diffusers_evdit.masks import element_sparsity
+
+DEMO = TileLayout(8, 64)  # the demo model's self-attention: 8 latent frames x 64 tokens, no text
+
+LAYOUTS = [  # frames, tokens a frame, text tokens, text position
+    (5, 12, 7, "first"),
+    (6, 10, 5, "last"),
+    (7, 5, 0, "none"),
+    (9, 4, 3, "first"),
+    (11, 3, 13, "last"),
+]
+
+
+def _inputs(layout, batch, heads, dim, seed, stride="contiguous", dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    if stride == "transposed":  # [B, N, H, D] memory seen as [B, H, N, D], as the diffusers processors pass it
+        return [torch.randn(batch, layout.seq_len, heads, dim, generator=g, dtype=dtype).transpose(1, 2)
+                for _ in range(3)]
+    if stride == "sliced":  # every second element of the last dimension
+        return [torch.randn(batch, heads, layout.seq_len, 2 * dim, generator=g, dtype=dtype)[..., ::2]
+                for _ in range(3)]
+    return [torch.randn(batch, heads, layout.seq_len, dim, generator=g, dtype=dtype) for _ in range(3)]
+
+
+@pytest.mark.parametrize("stride", ["contiguous", "transposed", "sliced"])
+@pytest.mark.parametrize("case", LAYOUTS)
+def test_regrouped_matches_float64_reference_for_every_k(case, stride):
+    frames, tpf, nt, pos = case
+    layout = TileLayout(frames, tpf, nt, pos)
+    att = TileAttention("regrouped")
+    for k_ref in range(1, frames):
+        for batch in (1, 3):
+            q, k, v = _inputs(layout, batch, 3, 16, seed=k_ref + 10 * batch, stride=stride)
+            mask = paper_mask(frames, tpf, nt, pos == "first", k_ref)
+            with torch.no_grad():
+                out = att(q, k, v, layout, k_ref)
+            assert out.shape == q.shape and out.dtype == torch.float32
+            assert (out.double() - attention_f64(q, k, v, mask)).abs().max().item() < 2e-6, (k_ref, batch)
+
+
+@pytest.mark.parametrize("case", LAYOUTS[:3])
+def test_regrouped_in_float64_with_a_scale(case):
+    frames, tpf, nt, pos = case
+    layout = TileLayout(frames, tpf, nt, pos)
+    for k_ref in range(1, frames):
+        q, k, v = _inputs(layout, 2, 2, 8, seed=k_ref, dtype=torch.float64)
+        out = tile_attention(q, k, v, layout, k_ref, kernel="regrouped", scale=0.3)
+        ref = attention_f64(q, k, v, paper_mask(frames, tpf, nt, pos == "first", k_ref), scale=0.3)
+        assert out.dtype == torch.float64 and (out - ref).abs().max().item() < 1e-10, k_ref
+
+
+def test_regrouped_on_the_demo_layout_is_exact():
+    q, k, v = _inputs(DEMO, 2, 4, 64, seed=3)
+    att = TileAttention("regrouped")
+    for k_ref in range(1, 7):
+        mask = paper_mask(8, 64, 0, False, k_ref)
+        assert (att(q, k, v, DEMO, k_ref).double() - attention_f64(q, k, v, mask)).abs().max().item() < 2e-6
+
+
+def test_auto_on_the_demo_layout_picks_by_sparsity_and_falls_back():
+    """CPU, no gradients: regrouped for the sparser masks, masked for the light ones, dense where k = F - 1 keeps
+    every pair; under autograd split (regrouped has no backward); with a key-padding mask a kernel that takes it."""
+    q, k, v = _inputs(DEMO, 1, 2, 8, seed=1)
+    att = TileAttention()
+    seen = set()
+    for k_ref in range(1, 9):
+        with torch.no_grad():
+            got = att.choose(DEMO, k_ref, q.device)
+        if k_ref >= 7:
+            expected = "dense"
+        elif element_sparsity(DEMO, k_ref) > SMALL_MASKED_MAX_SPARSITY:
+            expected = "regrouped"
+        else:
+            expected = "masked"
+        assert got == expected, k_ref
+        seen.add(got)
+    assert seen == {"dense", "regrouped", "masked"}
+    assert [att.choose(DEMO, k_ref, q.device) for k_ref in (1, 4, 5, 6)] == ["regrouped"] * 2 + ["masked"] * 2
+
+    qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
+    from diffusers_evdit.kernels import TileCall
+
+    for k_ref in (1, 2, 3, 4):
+        assert att.choose(DEMO, k_ref, q.device, call=TileCall(qg, kg, vg, DEMO, k_ref)) == "split", k_ref
+        out = att(qg, kg, vg, DEMO, k_ref)
+        assert out.requires_grad
+        assert (out.double() - attention_f64(q, k, v, paper_mask(8, 64, 0, False, k_ref))).abs().max() < 2e-6
+
+    keep = torch.ones(1, DEMO.seq_len, dtype=torch.bool)
+    keep[0, 5] = False  # a video token: split refuses it too
+    with torch.no_grad():
+        assert att.choose(DEMO, 2, q.device, keep) == "gathered"
+        out = att(q, k, v, DEMO, 2, key_padding_mask=keep)
+    mask = paper_mask(8, 64, 0, False, 2)[None, None] & keep[:, None, None, :]
+    assert (out.double() - attention_f64(q, k, v, mask)).abs().max() < 2e-6
+
+
+def test_auto_with_padded_text_on_a_short_sequence_takes_split():
+    layout = TileLayout(8, 6, 5, "last")
+    q, k, v = _inputs(layout, 2, 2, 8, seed=2)
+    keep = torch.ones(2, layout.seq_len, dtype=torch.bool)
+    keep[1, -2:] = False
+    att = TileAttention()
+    assert element_sparsity(layout, 1) > SMALL_MASKED_MAX_SPARSITY
+    with torch.no_grad():
+        assert att.choose(layout, 1, q.device) == "regrouped"
+        assert att.choose(layout, 1, q.device, keep) == "split"
+        out = att(q, k, v, layout, 1, key_padding_mask=keep)
+    mask = paper_mask(8, 6, 5, False, 1)[None, None] & keep[:, None, None, :]
+    assert (out.double() - attention_f64(q, k, v, mask)).abs().max() < 2e-6
+
+
+def test_auto_keeps_masked_off_the_cpu_and_split_on_long_sequences():
+    """Off the CPU (CUDA not timed against regrouped yet; a meta tensor stands for it here) short sequences keep the
+    masked kernel for every sparse k; long sequences and small_seq_len=0 take split."""
+    meta = torch.device("meta")
+    assert {TileAttention(small_seq_len=4096).choose(DEMO, k_ref, meta) for k_ref in range(1, 7)} == {"masked"}
+    assert {TileAttention(small_seq_len=0).choose(DEMO, k_ref, "cpu") for k_ref in range(1, 7)} == {"split"}
+    assert TileAttention().choose(TileLayout(8, 128), 1, torch.device("cpu")) == "split"
+
+
+def test_regrouped_refuses_padding_and_gradients_with_the_fix():
+    layout = TileLayout(5, 6, 3, "first")
+    q, k, v = _inputs(layout, 1, 2, 8, seed=4)
+    keep = torch.ones(1, layout.seq_len, dtype=torch.bool)
+    keep[0, 0] = False  # a text token
+    with pytest.raises(UnsupportedKernelError,
+                       match="'regrouped' tile kernel takes no key-padding mask; use kernel='split' or kernel='auto'"):
+        tile_attention(q, k, v, layout, 1, key_padding_mask=keep, kernel="regrouped")
+    qg = q.clone().requires_grad_()
+    with pytest.raises(UnsupportedKernelError, match="no exact backward pass on cpu \\(inference only\\); use kernel="):
+        tile_attention(qg, k, v, layout, 1, kernel="regrouped")
+    with torch.no_grad():  # the same inputs run without gradients
+        out = tile_attention(qg, k, v, layout, 1, kernel="regrouped")
+    assert (out.double() - attention_f64(q, k, v, paper_mask(5, 6, 3, True, 1))).abs().max() < 2e-6
+
+
+def test_regrouped_compiles_without_graph_breaks():
+    layout = TileLayout(6, 10, 4, "last")
+    q, k, v = _inputs(layout, 2, 2, 8, seed=5)
+    att = TileAttention("regrouped")
+    torch._dynamo.reset()
+    run = torch.compile(lambda q, k, v: att(q, k, v, layout, 2), backend="eager", fullgraph=True)
+    with torch.no_grad():
+        out = run(q, k, v)
+    assert (out.double() - attention_f64(q, k, v, paper_mask(6, 10, 4, False, 2))).abs().max().item() < 2e-6
