@@ -786,10 +786,15 @@ def markdown(data: dict) -> str:
         "`final_score`: analytic metric, 0-1, higher is better; `frechet`: Frechet distance of analytic video "
         "features to real videos of the same prompts, lower is better. `sparsity`: mean attention element sparsity "
         "of the plan on the demo layout. `speedup` = step ratio (Base steps / steps) x per-step speedup of the same "
-        "plan on the full-size architecture; `incl. CFG` also counts Base's two transformer passes per step.", "",
-        "| name | steps | sparsity | final_score | frechet | per-step speedup (source) | speedup | incl. CFG | "
-        "train steps |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "plan on the full-size architecture (a projection); `incl. CFG` also counts Base's two transformer passes "
+        "per step. `demo CPU` / `demo GPU`: measured denoising wall-clock of one video on the demo model itself with "
+        "the row's steps, guidance and plan, Base / row (`benchmarks/quality_wallclock.py`)"
+        + "".join(f"; {tag.upper()}: {w['device']}, {w['threads']} threads, median of {w['rounds']} rounds, "
+                  f"{w['date']}" for tag, w in ((t, data.get(f"wallclock_{t}")) for t in ("cpu", "gpu")) if w)
+        + ".", "",
+        "| name | steps | sparsity | final_score | frechet | per-step speedup (source) | projected speedup | "
+        "incl. CFG | demo CPU | demo GPU | train steps |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
 
     def line(r):
@@ -798,8 +803,8 @@ def markdown(data: dict) -> str:
         name = r["name"] + (f" (= {r['same_plan_as']})" if r.get("same_plan_as") else "")
         return (f"| {name} | {r['steps']} | {r['sparsity']:.1%} | {fmt(r['final_score'])} | "
                 f"{fmt(r['frechet'], '.3f')} | {fx(r.get('step_speedup'))} ({src or 'pending'}) | "
-                f"{fx(r.get('speedup'))} | {fx(r.get('speedup_incl_cfg'))} | "
-                f"{train.get('steps', '')} |")
+                f"{fx(r.get('speedup'))} | {fx(r.get('speedup_incl_cfg'))} | {fx(r.get('wallclock_speedup_cpu'))} | "
+                f"{fx(r.get('wallclock_speedup_gpu'))} | {train.get('steps', '')} |")
 
     lines += [line(r) for r in data["rows"]]
     if data["order_ablation"]:
