@@ -56,7 +56,7 @@ compare)
     # latency-budget plan with exactly its kept pairs (benchmarks/equal_sparsity_plan.py, searched on training
     # prompts). KD as shipped (lr 3e-5, batch 32, task loss MLCD x 100), the same number of steps for every run,
     # seeds 0-2, all six side by side on the one GPU; then every student on the 64 test prompts x 3 seeds.
-    steps=${COMPARE_STEPS:-120}
+    steps=${COMPARE_STEPS:-100}
     materialize mlcd runs/mlcd-s4 || exit 1
     mkdir -p runs/cmp
     kd() {  # NAME PLAN SEED
@@ -64,7 +64,7 @@ compare)
             --output_dir "runs/cmp/$1-s$3" --train_batch_size 32 --learning_rate 3e-5 --task_weight 100 --kd_weight 1 \
             --no_final_validation --report_to none --checkpointing_steps 0 --validation_steps 0 --mixed_precision no \
             --seed "$3" --dataloader_num_workers 2 --allow_tf32 --latent_cache runs/cmp/latents.pt \
-            --synthetic_num_samples 2048 --max_train_steps "$steps" --max_minutes "${COMPARE_KD_MINUTES:-5}" \
+            --synthetic_num_samples 2048 --max_train_steps "$steps" --max_minutes "${COMPARE_KD_MINUTES:-4}" \
             --time_reserve_s 6 >"runs/cmp/$1-s$3.log" 2>&1
     }
     searched=benchmarks/results/plans/searched-budget-3of8.json
@@ -74,10 +74,13 @@ compare)
     for s in 0 1 2; do kd uniform uniform:3 "$s" & done
     wait
     echo "KD done at ${SECONDS}s"; grep -h '"steps"' runs/cmp/*/kd_config.json | head -n 6
-    rows=()
-    for d in runs/cmp/*-s?; do [ -f "$d/mask_plan.json" ] && rows+=(--extra-row "$(basename "$d")=$PWD/$d:saved"); done
-    timeout $((585 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows MLCD --prompts 64 --seeds 3 \
-        --workers 12 --timing-videos 2 "${rows[@]}" --out "$OUT/compare-rows.json" 2>&1 | grep -v '%|' | tail -n 12
+    rows=()  # Base first (the paired reference), the six students in turn, then the shipped rows
+    for s in 0 1 2; do for p in searched uniform; do
+        d=runs/cmp/$p-s$s && [ -f "$d/mask_plan.json" ] && rows+=(--extra-row "$p-s$s=$PWD/$d:saved")
+    done; done
+    timeout $((590 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base --prompts 64 --seeds 3 \
+        --workers 12 --timing-videos 3 "${rows[@]}" --extra-row "MLCD=mlcd:dense" \
+        --extra-row "Efficient-vDiT=evdit:saved" --out "$OUT/compare-rows.json" 2>&1 | grep -v '%|' | tail -n 14
     tar czf "$OUT/compare-runs.tar.gz" runs/cmp/*.log runs/cmp/*/kd_config.json runs/cmp/*/losses.jsonl \
         runs/cmp/*/mask_plan.json 2>/dev/null
     ;;
