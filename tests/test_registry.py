@@ -1,17 +1,19 @@
 """The kernel registry (declared constraints, checked in one place), auto's choice on short sequences, and
 torch.compile(fullgraph=True) of tile attention."""
 
+import contextlib
+
 import pytest
 import torch
 from reference import attention_f64, paper_mask
 
 from diffusers_evdit.kernels import (
     KERNELS,
-    SMALL_MASKED_MAX_SPARSITY,
     TILE_KERNELS,
     TileAttention,
     TileCall,
     UnsupportedKernelError,
+    masked_max_sparsity,
     tile_attention,
 )
 from diffusers_evdit.kernels.registry import KernelRegistry
@@ -61,6 +63,16 @@ def test_a_registry_checks_padding_names():
         registry.register("x", padding="video")
 
 
+@contextlib.contextmanager
+def torch_threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_auto_on_the_demo_layout():
     """Dense where the mask keeps every pair (k = F - 1), one masked SDPA call for light masks on this short
     sequence, regrouped for heavier ones (no gradients here); on a long sequence split for every sparse k."""
@@ -71,11 +83,15 @@ def test_auto_on_the_demo_layout():
         got = att.choose(DEMO, k_ref, q.device, call=call)
         if k_ref >= 7:
             assert got == "dense", k_ref
-        elif element_sparsity(DEMO, k_ref) <= SMALL_MASKED_MAX_SPARSITY:
+        elif element_sparsity(DEMO, k_ref) <= masked_max_sparsity(torch.get_num_threads()):
             assert got == "masked", k_ref
         else:
             assert got == "regrouped", k_ref
     assert [att.choose(DEMO, k, q.device) for k in (1, 5)] == ["regrouped", "masked"]
+    with torch_threads(1):  # one thread: regrouped down to k = 4 (sparsity 0.19); more threads: masked from k = 3
+        assert [att.choose(DEMO, k, q.device) for k in (3, 4, 5)] == ["regrouped", "regrouped", "masked"]
+    with torch_threads(2):
+        assert [att.choose(DEMO, k, q.device) for k in (2, 3, 4)] == ["regrouped", "masked", "masked"]
     assert {TileAttention(small_seq_len=0).choose(DEMO, k, q.device) for k in range(1, 7)} == {"split"}
     long = TileLayout(8, 128)
     assert TileAttention().choose(long, 4, q.device) == "split"

@@ -48,19 +48,40 @@ MERGES = ("auto", "eager", "compiled", "triton")
 
 # Sequences up to this many tokens are "small": there a kernel's number of calls, not the pairs it skips, decides
 # its time. On the CPU "auto" runs the regrouped kernel (three dense calls, no mask) for masks that skip more than
-# SMALL_MASKED_MAX_SPARSITY of the pairs and one SDPA call with the explicit tile mask (masked) for lighter ones;
-# under autograd or with a key-padding mask (regrouped has neither) split, then gathered. The crossover comes from
-# timing dense SDPA, masked, regrouped and split in alternating rounds (medians) on the development machine's 2-core
-# shared CPU, on the demo model's layout (8 frames x 64 tokens, 4 heads of 64, batch 1 and 2, 1 and 2 threads,
-# 2026-12-05; BENCHMARKS.md "Short sequences on the CPU"): at 1 thread regrouped was faster than masked at k <= 4
-# (sparsity >= 0.19: k=4 1.01x dense vs 0.94x), level at k = 5 (0.09) and slower at k = 6 (0.03), where masked
-# costs only its mask overhead (~6%). At 2 threads masked was faster from k = 3 on (the rule is not thread-aware
-# yet). Longer CPU layouts (8 x 128 up to 16 x 256) take split (earlier timings). CUDA: every call
-# is a kernel launch, so the limit is higher; not yet timed on a GPU, so CUDA keeps masked for every small sequence
-# (regrouped, masked and split not compared there: a gpu-marked test checks auto against dense on the demo layout;
-# the bench's small shapes place the limit).
+# masked_max_sparsity(threads) of the pairs and one SDPA call with the explicit tile mask (masked) for lighter ones;
+# under autograd (regrouped has no backward) split above SMALL_SPLIT_MIN_SPARSITY, masked below; with a key-padding
+# mask a kernel that takes it. The crossovers come from timing dense SDPA, masked, regrouped and split in
+# alternating rounds (medians) on the development machine's 2-core shared CPU, on the demo model's layout (8 frames
+# x 64 tokens, 4 heads of 64, 2026-12-05; BENCHMARKS.md "Short sequences on the CPU"): at 1 thread regrouped was
+# faster than masked for k <= 4 (sparsity >= 0.19: k=4 1.01x dense vs 0.94x), level at k = 5 (0.09) and slower at
+# k = 6 (0.03), where masked costs only its mask overhead (~6%); at 2 threads its smaller calls parallelise worse and
+# masked won from k = 3 (0.31) on, so with more threads regrouped only takes masks skipping more than 40%. Forward +
+# backward (earlier rows): split beat masked at k = 1, 2 (0.66, 0.47), masked at k = 4. Longer CPU layouts (8 x 128
+# up to 16 x 256) take split. CUDA: every call is a kernel launch, so the limit is higher; CUDA keeps masked for
+# every small sequence (a gpu-marked test checks auto against dense on the demo layout; the bench's small shapes
+# place the limit).
 SMALL_SEQ_LEN = {"cpu": 512, "cuda": 2048}
-SMALL_MASKED_MAX_SPARSITY = 0.15
+SMALL_MASKED_MAX_SPARSITY = 0.15  # one CPU thread
+SMALL_MASKED_MAX_SPARSITY_THREADED = 0.4  # several CPU threads
+SMALL_SPLIT_MIN_SPARSITY = 0.4  # under autograd
+
+
+@torch.compiler.assume_constant_result
+def cpu_threads() -> int:
+    """torch's CPU thread count, read as a constant under ``torch.compile`` (no graph break; a compiled graph keeps
+    the kernel chosen when it was traced)."""
+    return torch.get_num_threads()
+
+
+def masked_max_sparsity(threads: int) -> float:
+    """The sparsity up to which ``auto`` runs ``masked`` rather than ``regrouped`` on a short CPU sequence, for
+    ``threads`` torch CPU threads (measured crossovers above).
+
+    Example:
+        >>> masked_max_sparsity(1), masked_max_sparsity(2)
+        (0.15, 0.4)
+    """
+    return SMALL_MASKED_MAX_SPARSITY if threads <= 1 else SMALL_MASKED_MAX_SPARSITY_THREADED
 
 
 # The merge is compiled (one fused pass) only for inputs this large: each distinct run length compiles once (seconds),
@@ -217,9 +238,13 @@ class TileAttention:
         """``auto``'s kernels for a sparse entry, fastest first; it runs the first that supports the call."""
         if not self.is_small(call):
             return ("split", "gathered")
-        if call.q.device.type != "cpu" or element_sparsity(call.layout, call.k_ref) <= SMALL_MASKED_MAX_SPARSITY:
+        if call.q.device.type != "cpu":
             return ("masked", "gathered")
-        return ("regrouped", "split", "gathered")  # regrouped: inference without padding; split trains
+        sparsity = element_sparsity(call.layout, call.k_ref)
+        trains = "split" if sparsity > SMALL_SPLIT_MIN_SPARSITY else "masked"  # regrouped has no backward
+        if sparsity > masked_max_sparsity(cpu_threads()):
+            return ("regrouped", trains, "gathered")
+        return ("masked", "gathered")
 
     def choose(self, layout: TileLayout, k_ref: int | None, device: torch.device, key_padding_mask=None,
                call: TileCall | None = None) -> str:
@@ -232,8 +257,9 @@ class TileAttention:
         backward too), ``gathered`` where a key-padding mask covers video tokens (``split`` handles padded text
         only; under ``torch.compile`` any key-padding mask takes a kernel that handles every mask, so the check
         adds no graph break), and on short sequences (:data:`SMALL_SEQ_LEN`) one masked SDPA call or, on the CPU
-        for masks that skip more than :data:`SMALL_MASKED_MAX_SPARSITY` of the pairs, ``regrouped`` (inference
-        without a key-padding mask; ``split`` otherwise). ``fastest``: the same, then a call may
+        for masks that skip more than :func:`masked_max_sparsity` of the pairs (it depends on the thread count),
+        ``regrouped`` (inference without a key-padding mask; under autograd ``split`` for masks skipping more than
+        :data:`SMALL_SPLIT_MIN_SPARSITY`, else ``masked``). ``fastest``: the same, then a call may
         still run dense attention (see the class docs). A named kernel runs as named.
         """
         if is_dense(layout.num_frames, k_ref) or len(non_reference_frames(layout.num_frames, k_ref)) <= 1:
