@@ -119,8 +119,10 @@ if [[ $PARTS == *" quality-wallclock "* ]]; then  # the quality tables' rows tim
 fi
 
 r=$RESULTS/demo-rows-$gpu.json
-part demo-eval "${DEVICE_BENCH_DEMO_CAP:-400}" $PY benchmarks/eval_demo_rows.py "${demo[@]}" --out "$r"
+part demo-eval "${DEVICE_BENCH_DEMO_CAP:-400}" $PY benchmarks/eval_demo_rows.py "${demo[@]}" --out "$r" \
+    --plot "${r%.json}.png"
 keep "$r"
+keep "${r%.json}.png"
 
 r=$RESULTS/kernels-bwd-$gpu.json
 part kernels-bwd 190 $PY -m diffusers_evdit.cli bench kernels "${full[@]}" --out "$r"

@@ -46,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=1, help="processes for the metrics")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="output JSON")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="also draw final score against denoising speedup (mean +- s.e. of the paired difference)")
     args = p.parse_args(argv)
     if args.prompts < 1 or args.seeds < 1 or args.timing_videos < 0:
         p.error("--prompts and --seeds must be >= 1, --timing-videos >= 0")
@@ -189,10 +191,40 @@ def _write(path: str, result: dict) -> None:
     os.replace(path + ".tmp", path)
 
 
+def plot_curve(result: dict, path: str) -> str:
+    """Final score against measured denoising speedup over the first row, one labelled point per row, with the
+    standard error of each row's paired difference from the first row as its error bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    for r in result["rows"]:
+        if r["wallclock_speedup"] is None:
+            continue
+        x, y, err = r["wallclock_speedup"], r["final_score"]["mean"], r["paired_difference_vs_first_row"]["stderr"]
+        sparse = r["plan"]["sparsity"] > 0
+        ax.errorbar(x, y, yerr=err, fmt="s" if sparse else "o", capsize=3, color="tab:orange" if sparse else "tab:blue")
+        ax.annotate(r["name"], (x, y), textcoords="offset points", xytext=(5, 3), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"denoising wall-clock speedup over {result['rows'][0]['name']} ({result['device_name']})")
+    ax.set_ylabel("final score (new metric)")
+    ax.set_title(f"{result['prompts']} {result['split']} prompts x {result['seed_rounds']} seed(s); "
+                 "bars: s.e. of the paired difference; squares: sparse plans", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     result = evaluate_rows(args, on_row=lambda partial: _write(args.out, partial))  # a run cut short keeps its rows
     _write(args.out, result)
+    if args.plot:
+        print(f"drew {plot_curve(result, args.plot)}")
     print(f"{'row':<16} {'final score':>18} {'denoise s':>10} {'speedup':>8}")
     for r in result["rows"]:
         fs = r["final_score"]
