@@ -123,7 +123,8 @@ def test_hunyuan_padding_mask_still_applies():
     unpadded = tiny_inputs(model, video, padded_text=0)
     apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1))
     out_p, out_u = _run(model, padded), _run(model, unpadded)
-    assert torch.equal(out_p[0], out_u[0])  # sample 0 has no padding in either
+    # sample 0 has no padding in either (equal up to rounding: auto may pick another exact kernel for a padded batch)
+    assert torch.allclose(out_p[0], out_u[0], atol=1e-5, rtol=1e-5)
     assert (out_p[1] - out_u[1]).abs().max() > 1e-4
 
 
