@@ -1,6 +1,6 @@
 """A searched mask plan with exactly the pair budget of a uniform plan, for the searched-vs-uniform comparison.
 
-    python benchmarks/equal_sparsity_plan.py --uniform 3 --out benchmarks/results/plans/budget-like-3of8.json
+    python benchmarks/equal_sparsity_plan.py --uniform 3 --out benchmarks/results/plans/searched-budget-3of8.json
 
 Stage 2's latency-budget search (paper, Appendix A) on the shipped MLCD student (``demo_model/mlcd``), with each
 mask's "runtime" set to the share of (query, key) pairs it keeps, so the budget is the uniform ``k:F-k`` plan's kept
@@ -66,8 +66,8 @@ def main(argv=None):
                          uniform_k=args.uniform)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plan.save(args.out)
-    sparsity = sum(1.0 - kept.get(k, 1.0) if k is not None else 0.0 for k in plan.layers) / num_layers
-    print(f"k per layer {plan.layers}; mean sparsity {sparsity:.4f} vs uniform {1 - kept[args.uniform]:.4f}")
+    print(f"k per layer {plan.layers}; mean sparsity {plan.sparsity(layout):.4f} vs uniform "
+          f"{element_sparsity(layout, args.uniform):.4f}")
     print(f"wrote {args.out}")
 
 

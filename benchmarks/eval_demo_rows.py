@@ -88,6 +88,16 @@ def _rows(args):
 
 def evaluate_rows(args, on_row=None) -> dict:
     """Every row of ``args``; ``on_row(result)`` gets the result so far after each row (rows finished so far)."""
+    if args.workers <= 1:
+        return _evaluate_rows(args, 1, on_row)
+    from diffusers_evdit.demo import metrics_pool
+
+    _rows(args)  # bad row specs fail before a pool is started
+    with metrics_pool(args.workers) as pool:  # one pool for every round, forked before CUDA is initialised
+        return _evaluate_rows(args, pool, on_row)
+
+
+def _evaluate_rows(args, workers, on_row) -> dict:
     import torch
 
     from diffusers_evdit.data import eval_prompts, render
@@ -106,12 +116,6 @@ def evaluate_rows(args, on_row=None) -> dict:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows = _rows(args)  # bad row specs fail before anything is loaded
-    workers = args.workers
-    if workers > 1:  # one pool for every round, forked before CUDA is initialised
-        import multiprocessing as mp
-
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        workers = ctx.Pool(workers)
     path = resolve_model(args.model)
     base, gen = load_pipeline(path, device=args.device)
     where = str(base._execution_device)

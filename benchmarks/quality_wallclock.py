@@ -1,6 +1,6 @@
 """Add the measured denoising wall-clock speedup on the demo model itself to the rows of a quality table.
 
-    python benchmarks/quality_wallclock.py benchmarks/results/quality.json benchmarks/results/quality-shipped/quality.json
+    python benchmarks/quality_wallclock.py --rounds 5 benchmarks/results/quality.json ...   # on this CPU
     python benchmarks/quality_wallclock.py --device cuda --rounds 5 TABLE.json ...   # on the device machine
 
 A row's denoising time depends on its steps, its classifier-free guidance and its mask plan, not on its weights, so
@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 
@@ -94,8 +95,8 @@ def main(argv=None):
             "what": "denoising wall-clock of one video (batch 1) on the demo model with each row's steps, guidance and "
                     "plan; Base / row. Medians of alternating rounds.",
             "device": name, "torch": torch.__version__, "threads": torch.get_num_threads(), "rounds": args.rounds,
-            "date": time.strftime("%Y-%m-%d"), "command": "python benchmarks/quality_wallclock.py " + " ".join(
-                a for a in (argv if argv is not None else __import__("sys").argv[1:])),
+            "date": time.strftime("%Y-%m-%d"),
+            "command": "python benchmarks/quality_wallclock.py " + " ".join(sys.argv[1:] if argv is None else argv),
         }
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(table, f, indent=2)

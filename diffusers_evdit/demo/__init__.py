@@ -23,7 +23,7 @@ Example::
 """
 
 from ..data import eval_prompts
-from .evaluation import EVAL_KEYS, evaluate_pipeline, plan_summary, score_videos, strip_private
+from .evaluation import EVAL_KEYS, evaluate_pipeline, metrics_pool, plan_summary, score_videos, strip_private
 from .generation import decode_latents, generate_videos, warm_up
 from .loading import DemoModelMissingError, load_pipeline, parse_plan, resolve_model
 from .model import (
@@ -63,6 +63,7 @@ __all__ = [
     "eval_prompts",
     "decode_latents",
     "generate_videos",
+    "metrics_pool",
     "score_videos",
     "evaluate_pipeline",
     "plan_summary",

@@ -35,6 +35,22 @@ def _score_one(args) -> dict:
     return row
 
 
+def metrics_pool(workers: int):
+    """A process pool for :func:`score_videos` (``fork`` where the platform has it): create it before CUDA is
+    initialised and pass it as ``workers`` to reuse it across calls; it is a context manager.
+
+    Example:
+        >>> with metrics_pool(2) as pool:
+        ...     score_videos([render(s, 13, 64, 64) for _, s in eval_prompts(2)],
+        ...                  [c for c, _ in eval_prompts(2)], workers=pool)[0]["num_videos"]
+        2
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    return ctx.Pool(workers)
+
+
 def score_videos(
     videos: Sequence[np.ndarray], captions: Sequence[str], real: Sequence[np.ndarray] | None = None,
     workers: Any = 1,
@@ -61,10 +77,7 @@ def score_videos(
     if hasattr(workers, "map"):
         rows = workers.map(_score_one, jobs)
     elif workers > 1 and len(jobs) > 1:
-        import multiprocessing as mp
-
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        with ctx.Pool(min(workers, len(jobs))) as pool:
+        with metrics_pool(min(workers, len(jobs))) as pool:
             rows = pool.map(_score_one, jobs)
     else:
         rows = [_score_one(j) for j in jobs]

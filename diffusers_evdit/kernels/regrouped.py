@@ -88,7 +88,7 @@ def regrouped_tile_attention(q, k, v, layout: TileLayout, idx: TileIndices, scal
 
     # the non-reference frames of every sample, [B, H, M, T, D]; a view where they are consecutive frames
     qn, kn, vn = (_take(frames_view(x, layout), 2, idx.nonref_frames) for x in (q, k, v))
-    b, h, m, t, d = qn.shape
+    m, t = qn.shape[2:4]
 
     # (2) all non-reference rows against the global keys, one query sequence per sample and head
     o_shared, lse_shared = attention_with_lse(qn.flatten(2, 3), _take(k, 2, g), _take(v, 2, g), scale)
