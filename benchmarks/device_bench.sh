@@ -58,6 +58,7 @@ else
     plan=diffusers_evdit/demo_model/evdit/mask_plan.json
     demo=(--device cuda --prompts 64 --seeds 3 --workers 12 --base-steps 10 4
           --extra-row "MLCD + searched plan, no KD=mlcd:$PWD/$plan"
+          --extra-row "MLCD + searched plan at 3:5's budget, no KD=mlcd:$PWD/benchmarks/results/plans/searched-budget-3of8.json"
           --extra-row "MLCD + uniform 4:4, no KD=mlcd:uniform:4" --extra-row "MLCD + uniform 3:5, no KD=mlcd:uniform:3"
           --extra-row "MLCD + uniform 2:6, no KD=mlcd:uniform:2" --extra-row "MLCD + uniform 1:7, no KD=mlcd:uniform:1")
     tests=(-m gpu)

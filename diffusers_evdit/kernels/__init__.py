@@ -57,10 +57,15 @@ MERGES = ("auto", "eager", "compiled", "triton")
 # k = 6 (0.03), where masked costs only its mask overhead (~6%); at 2 threads its smaller calls parallelise worse and
 # masked won from k = 3 (0.31) on, so with more threads regrouped only takes masks skipping more than 40%. Forward +
 # backward (earlier rows): split beat masked at k = 1, 2 (0.66, 0.47), masked at k = 4. Longer CPU layouts (8 x 128
-# up to 16 x 256) take split. CUDA: every call is a kernel launch, so the limit is higher; CUDA keeps masked for
-# every small sequence (a gpu-marked test checks auto against dense on the demo layout; the bench's small shapes
-# place the limit).
-SMALL_SEQ_LEN = {"cpu": 512, "cuda": 2048}
+# up to 16 x 256) take split. CUDA (H100, `evdit bench kernels --shapes small`, kernels-small-h100.json): every call
+# is a kernel launch, so one masked SDPA call is the fastest exact kernel up to 2048 tokens (demo 8 x 64 and 8 x 256,
+# every k); from there to 4516 tokens (Wan2.1-1.3B 33 frames and CogVideoX-5B 49 frames at 240p) masked still leads
+# for masks skipping up to ~half the pairs (0.30 ms against split's 1.4-3.1 ms), and gathered for the sparsest ones
+# (sparsity ~0.7: 0.18 ms against masked's 0.30 on Wan; 0.44 against split's 0.40 on CogVideoX). Longer sequences
+# take split (the full-size tables).
+SMALL_SEQ_LEN = {"cpu": 512, "cuda": 4608}
+CUDA_MASKED_SEQ_LEN = 2048  # CUDA sequences up to this length run masked for every mask
+CUDA_GATHERED_MIN_SPARSITY = 0.6  # longer small CUDA sequences run gathered above this sparsity
 SMALL_MASKED_MAX_SPARSITY = 0.15  # one CPU thread
 SMALL_MASKED_MAX_SPARSITY_THREADED = 0.4  # several CPU threads
 SMALL_SPLIT_MIN_SPARSITY = 0.4  # under autograd
@@ -179,6 +184,7 @@ class TileAttention:
     _walk_tables: dict = field(default_factory=dict, repr=False)
     _side_streams: dict = field(default_factory=dict, repr=False)
     _masks: dict = field(default_factory=dict, repr=False)
+    _chosen: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         check_kernel(self.kernel)
@@ -225,7 +231,7 @@ class TileAttention:
             keep = tile_mask(layout, k_ref, q.device)
             return torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, -torch.inf)
 
-        return cached_outside_trace(self._masks, (layout, k_ref, str(q.device), q.dtype), build)
+        return cached_outside_trace(self._masks, (layout, k_ref, q.device, q.dtype), build)
 
     def is_small(self, call: TileCall) -> bool:
         """Whether ``call``'s sequence is short enough for ``auto``'s small-shape kernels."""
@@ -238,9 +244,11 @@ class TileAttention:
         """``auto``'s kernels for a sparse entry, fastest first; it runs the first that supports the call."""
         if not self.is_small(call):
             return ("split", "gathered")
-        if call.q.device.type != "cpu":
-            return ("masked", "gathered")
         sparsity = element_sparsity(call.layout, call.k_ref)
+        if call.q.device.type != "cpu":
+            if call.layout.seq_len > CUDA_MASKED_SEQ_LEN and sparsity > CUDA_GATHERED_MIN_SPARSITY:
+                return ("gathered", "split")
+            return ("masked", "gathered")
         trains = "split" if sparsity > SMALL_SPLIT_MIN_SPARSITY else "masked"  # regrouped has no backward
         if sparsity > masked_max_sparsity(cpu_threads()):
             return ("regrouped", trains, "gathered")
@@ -294,15 +302,35 @@ class TileAttention:
         ``key_padding_mask`` (``[B, N]`` bool, True = keep) is applied on top of the tile mask. ``dense_fn(q, k, v)``
         replaces plain SDPA on the dense path, so a processor keeps its model's own attention backend there.
         """
-        _check_inputs(q, k, v, layout, key_padding_mask)
         call = TileCall(q, k, v, layout, k_ref, key_padding_mask, scale, dense_fn)
+        signature = self._signature(call)
+        kernel = self._chosen.get(signature) if signature is not None else None
+        if kernel is not None:  # this signature was checked and its kernel chosen before: skip straight to it
+            return TILE_KERNELS[kernel].fn(self, call)
+        _check_inputs(q, k, v, layout, key_padding_mask)
         kernel = self.choose(layout, k_ref, q.device, key_padding_mask, call)
         if kernel != "dense" and self._tunes(q):
-            signature = (str(q.device), layout, k_ref, tuple(q.shape), tuple(q.stride()), q.dtype, scale,
-                         key_padding_mask is not None, dense_fn is not None)  # processors pass a new dense_fn a call
+            timed = (str(q.device), layout, k_ref, tuple(q.shape), tuple(q.stride()), q.dtype, scale,
+                     key_padding_mask is not None, dense_fn is not None)  # processors pass a new dense_fn a call
             candidates = {name: (lambda name=name: self._run(name, call)) for name in (kernel, "dense")}
-            kernel = self.tuner.pick(signature, candidates, prefer=kernel, margin=FASTEST_MARGIN)
-        return self._run(kernel, call)
+            kernel = self.tuner.pick(timed, candidates, prefer=kernel, margin=FASTEST_MARGIN)
+        if kernel != "dense":  # dense attention runs anything (it is also the dense entries' path)
+            TILE_KERNELS[kernel].check(call)
+        if signature is not None:  # only a call that passed its checks is remembered
+            self._chosen[signature] = kernel
+        return TILE_KERNELS[kernel].fn(self, call)
+
+    def _signature(self, c: TileCall):
+        """What decides a call's checks and kernel, as a key of the per-instance choice cache; None where the choice
+        must be made afresh (``fastest``, which times kernels; a key-padding mask, whose padded tokens are data;
+        ``torch.compile`` tracing). On short sequences a call costs a few microseconds, so the Python of checking
+        and choosing is a measurable share of it (BENCHMARKS.md, "Short sequences on a GPU")."""
+        if self.kernel == "fastest" or c.key_padding_mask is not None or torch.compiler.is_compiling():
+            return None
+        q = c.q
+        threads = torch.get_num_threads() if q.device.type == "cpu" else 0
+        return (c.layout, c.k_ref, q.shape, c.k.shape, c.v.shape, q.dtype, q.device, c.needs_grad, threads,
+                c.dense_fn is None)
 
     def _tunes(self, q: torch.Tensor) -> bool:
         """Whether this call may time kernels: ``fastest``, on CUDA (or a tuner with its own timer), outside

@@ -1,0 +1,126 @@
+"""Which single SDPA call runs an exact tile mask fastest on a GPU at small shapes (issue 21: `auto` >= 0.95x dense)?
+
+For each small shape of `evdit bench kernels --shapes small` and each of its masks, times dense SDPA (PyTorch's
+default backend) against one masked SDPA call under every backend that takes an additive mask (default dispatch,
+cuDNN, memory-efficient), with the mask stored as it is built ([N, N]) or in a row-aligned buffer (rows padded to a
+multiple of 16 elements and sliced back, so a backend needs no per-call padding copy), and a boolean mask. Each
+variant is checked against masked SDPA in float64 before it is timed (max abs error). Timing: CUDA events over
+``--iters`` calls, median of ``--rounds`` rounds, variants interleaved within a round.
+
+    python benchmarks/gpu_masked_study.py --out benchmarks/results/gpu-masked-study-h100.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from diffusers_evdit.bench.kernels import SMALL_SHAPES
+from diffusers_evdit.masks import element_sparsity, tile_mask
+
+BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
+
+
+def aligned_bias(keep: torch.Tensor, dtype) -> torch.Tensor:
+    """The additive mask (0 kept, -inf dropped) in a buffer whose rows are padded to a multiple of 16 elements."""
+    n_q, n_k = keep.shape
+    padded = -(-n_k // 16) * 16
+    buf = torch.zeros(n_q, padded, dtype=dtype, device=keep.device)
+    bias = buf[:, :n_k]
+    bias.masked_fill_(~keep, -torch.inf)
+    return bias
+
+
+def variants(keep: torch.Tensor, dtype):
+    plain = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, -torch.inf)
+    aligned = aligned_bias(keep, dtype)
+    out = {}
+    for backend in BACKENDS:
+        out[f"{backend}/bias"] = (backend, plain)
+        out[f"{backend}/bias-aligned"] = (backend, aligned)
+    out["default/bool"] = ("default", keep)
+    return out
+
+
+def call(q, k, v, backend, mask):
+    if BACKENDS[backend] is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    with sdpa_kernel([BACKENDS[backend]]):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def time_ms(fn, iters: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--iters", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    rows = []
+    for shape in SMALL_SHAPES:
+        layout = shape.layout
+        n = layout.seq_len
+        g = torch.Generator(device=dev).manual_seed(0)
+        q, k, v = (torch.randn(1, shape.heads, n, shape.head_dim, device=dev, dtype=dtype, generator=g)
+                   for _ in range(3))
+        for k_ref in shape.masks:
+            keep = tile_mask(layout, k_ref, dev)
+            ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=keep)
+            fns = {"dense": lambda: F.scaled_dot_product_attention(q, k, v)}
+            errors = {}
+            for name, (backend, mask) in variants(keep, dtype).items():
+                try:
+                    out = call(q, k, v, backend, mask)
+                    errors[name] = (out.double() - ref).abs().max().item()
+                    fns[name] = (lambda b=backend, m=mask: call(q, k, v, b, m))
+                except RuntimeError as err:  # a backend that refuses this input
+                    errors[name] = f"refused: {str(err).splitlines()[0][:120]}"
+            for fn in fns.values():  # warm-up
+                fn()
+            torch.cuda.synchronize()
+            samples = {name: [] for name in fns}
+            for _ in range(args.rounds):
+                for name, fn in fns.items():
+                    samples[name].append(time_ms(fn, args.iters))
+            ms = {name: statistics.median(s) for name, s in samples.items()}
+            row = {"shape": shape.name, "mask": f"{k_ref}:{layout.num_frames - k_ref}", "seq_len": n,
+                   "heads": shape.heads, "head_dim": shape.head_dim,
+                   "element_sparsity": round(element_sparsity(layout, k_ref), 4),
+                   "ms": {k_: round(v_, 5) for k_, v_ in ms.items()},
+                   "spread_ms": {k_: [round(min(s), 5), round(max(s), 5)] for k_, s in samples.items()},
+                   "vs_dense": {k_: round(ms["dense"] / v_, 3) for k_, v_ in ms.items() if k_ != "dense"},
+                   "max_abs_err": errors}
+            rows.append(row)
+            best = max(row["vs_dense"], key=row["vs_dense"].get)
+            print(f"{shape.name:22s} {row['mask']:5s} n={n:5d} dense {ms['dense']:.4f} ms | "
+                  + " ".join(f"{k_}={v_:.2f}x" for k_, v_ in row["vs_dense"].items()) + f" | best {best}", flush=True)
+            refused = {k_: e for k_, e in errors.items() if isinstance(e, str)}
+            if refused:
+                print("   refused:", refused)
+    result = {"benchmark": "gpu-masked-study", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+              "cudnn": torch.backends.cudnn.version(), "date": datetime.date.today().isoformat(), "dtype": "bfloat16",
+              "iters": args.iters, "rounds": args.rounds, "rows": rows}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
