@@ -60,7 +60,7 @@ MERGES = ("auto", "eager", "compiled", "triton")
 # up to 16 x 256) take split. CUDA (H100, `evdit bench kernels --shapes small`, kernels-small-h100.json): every call
 # is a kernel launch, so one masked SDPA call is the fastest exact kernel up to 2048 tokens (demo 8 x 64 and 8 x 256,
 # every k); from there to 4516 tokens (Wan2.1-1.3B 33 frames and CogVideoX-5B 49 frames at 240p) masked still leads
-# for masks skipping up to ~half the pairs (0.30 ms against split's 1.4-3.1 ms), and gathered for the sparsest ones
+# for masks skipping up to ~half the pairs (Wan: 0.30 ms against split's 1.4-2.0 ms), and gathered for the sparsest ones
 # (sparsity ~0.7: 0.18 ms against masked's 0.30 on Wan; 0.44 against split's 0.40 on CogVideoX). Longer sequences
 # take split (the full-size tables).
 SMALL_SEQ_LEN = {"cpu": 512, "cuda": 4608}
@@ -264,7 +264,9 @@ class TileAttention:
         (:data:`TILE_KERNELS`): ``split`` (the fastest exact kernel on the shapes measured, BENCHMARKS.md; exact
         backward too), ``gathered`` where a key-padding mask covers video tokens (``split`` handles padded text
         only; under ``torch.compile`` any key-padding mask takes a kernel that handles every mask, so the check
-        adds no graph break), and on short sequences (:data:`SMALL_SEQ_LEN`) one masked SDPA call or, on the CPU
+        adds no graph break), and on short sequences (:data:`SMALL_SEQ_LEN`) one masked SDPA call (on CUDA above
+        :data:`CUDA_MASKED_SEQ_LEN` tokens ``gathered`` for masks skipping more than
+        :data:`CUDA_GATHERED_MIN_SPARSITY`) or, on the CPU
         for masks that skip more than :func:`masked_max_sparsity` of the pairs (it depends on the thread count),
         ``regrouped`` (inference without a key-padding mask; under autograd ``split`` for masks skipping more than
         :data:`SMALL_SPLIT_MIN_SPARSITY`, else ``masked``). ``fastest``: the same, then a call may
