@@ -48,7 +48,7 @@ else
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
     PY=python3
     gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())" 2>/dev/null || echo gpu)
-    small=(--shapes small --kernels auto masked regrouped split gathered flex --rounds 3 --rep-ms 50)
+    small=(--shapes small --kernels auto masked keysets split gathered flex --rounds 3 --rep-ms 50)
     # the five full-size shapes, smallest first (a part cut by its cap keeps the shapes it finished)
     full=(--shapes cogvideox5b_49f_480p osp_29f_720p wan2.1-14b_81f_480p osp_93f_720p hunyuan_129f_720p
           --backward --kernels auto split gathered flex --rounds 1 --rep-ms 50)

@@ -144,8 +144,8 @@ def expected_error(kernel: str, case: Case, keep) -> type | None:
     video_padded = keep is not None and not bool(keep[:, case.layout.video_slice].all())
     if kernel == "split" and sparse and video_padded:
         return ValueError  # split drops padded text keys only; auto picks gathered there
-    if kernel == "regrouped" and sparse and keep is not None:
-        return ValueError  # regrouped takes no key-padding mask; auto picks split or gathered there
+    if kernel == "keysets" and sparse and keep is not None:
+        return ValueError  # keysets takes no key-padding mask; auto picks split or gathered there
     return None
 
 
@@ -283,9 +283,6 @@ NON_FINITE = [  # tensor, token, value
 KNOWN_NON_FINITE = {
     ("split", "q", "video"): "a NaN query of a non-reference frame gives a finite row (silently dropped)",
     ("split", "v", "reference"): "-inf in a shared value becomes NaN in the LSE merge (lerp of -inf)",
-    # regrouped merges the same two partial results by their log-sum-exps as split (found here too, same cases)
-    ("regrouped", "q", "video"): "a NaN query of a non-reference frame gives a finite row (silently dropped)",
-    ("regrouped", "v", "reference"): "-inf in a shared value becomes NaN in the LSE merge (lerp of -inf)",
     ("flex", "v", "video"): "a NaN value of an excluded key reaches rows in the same 128-token block (0 * nan)",
     # "auto" runs "masked" (one SDPA call with an additive tile mask) on this short layout: like any masked SDPA, a
     # NaN / -inf in a key or value the mask excludes reaches the rows that exclude it (0 * nan; -inf - -inf)
@@ -294,7 +291,7 @@ KNOWN_NON_FINITE = {
 }
 #: what "auto" / "fastest" run on the short layout of the non-finite cases (TileAttention's short-sequence rule: the
 #: mask skips 26% of the pairs, more than SMALL_MASKED_MAX_SPARSITY)
-AUTO_ON_SHORT_LAYOUT = "regrouped"
+AUTO_ON_SHORT_LAYOUT = "keysets"
 
 
 def _non_finite_params():

@@ -32,8 +32,8 @@ def _inputs(layout, batch=1, heads=2, dim=8, seed=0, requires_grad=False):
 
 def test_every_named_kernel_is_registered_in_order():
     assert TILE_KERNELS.names()[: len(KERNELS) - 2] == KERNELS[2:]
-    assert set(TILE_KERNELS.trainable("cpu")) == {"dense", "gathered", "split", "masked"}
-    assert set(TILE_KERNELS.trainable("cuda")) == {"dense", "gathered", "split", "masked", "flex"}
+    assert set(TILE_KERNELS.trainable("cpu")) == {"dense", "gathered", "split", "masked", "keysets"}
+    assert set(TILE_KERNELS.trainable("cuda")) == {"dense", "gathered", "split", "masked", "flex", "keysets"}
 
 
 def test_declared_constraints_refuse_with_the_fix():
@@ -75,7 +75,7 @@ def torch_threads(n: int):
 
 def test_auto_on_the_demo_layout():
     """Dense where the mask keeps every pair (k = F - 1), one masked SDPA call for light masks on this short
-    sequence, regrouped for heavier ones (no gradients here); on a long sequence split for every sparse k."""
+    sequence, keysets for heavier ones (no gradients here); on a long sequence split for every sparse k."""
     att = TileAttention()
     q = torch.empty(2, 4, DEMO.seq_len, 64)
     for k_ref in range(1, 9):
@@ -86,12 +86,12 @@ def test_auto_on_the_demo_layout():
         elif element_sparsity(DEMO, k_ref) <= masked_max_sparsity(torch.get_num_threads()):
             assert got == "masked", k_ref
         else:
-            assert got == "regrouped", k_ref
-    assert [att.choose(DEMO, k, q.device) for k in (1, 5)] == ["regrouped", "masked"]
-    with torch_threads(1):  # one thread: regrouped down to k = 4 (sparsity 0.19); more threads: masked from k = 3
-        assert [att.choose(DEMO, k, q.device) for k in (3, 4, 5)] == ["regrouped", "regrouped", "masked"]
+            assert got == "keysets", k_ref
+    assert [att.choose(DEMO, k, q.device) for k in (1, 6)] == ["keysets", "masked"]
+    with torch_threads(1):  # one thread: keysets down to k = 5 (sparsity 0.09); more threads: masked from k = 2
+        assert [att.choose(DEMO, k, q.device) for k in (4, 5, 6)] == ["keysets", "keysets", "masked"]
     with torch_threads(2):
-        assert [att.choose(DEMO, k, q.device) for k in (2, 3, 4)] == ["regrouped", "masked", "masked"]
+        assert [att.choose(DEMO, k, q.device) for k in (1, 2, 5)] == ["keysets", "masked", "masked"]
     assert {TileAttention(small_seq_len=0).choose(DEMO, k, q.device) for k in range(1, 7)} == {"split"}
     long = TileLayout(8, 128)
     assert TileAttention().choose(long, 4, q.device) == "split"
@@ -119,21 +119,21 @@ def test_the_choice_cache_follows_grad_mode_threads_and_checks():
     count: each case gets its own entry, outputs stay exact, and a refusal is raised on every call."""
     att = TileAttention()
     q, k, v = _inputs(DEMO, seed=3)
-    ref = attention_f64(q, k, v, paper_mask(8, 64, 0, False, 4))
+    ref = attention_f64(q, k, v, paper_mask(8, 64, 0, False, 5))
     with torch_threads(1):
         with torch.no_grad():
-            outs = [att(q, k, v, DEMO, 4) for _ in range(2)]  # k = 4 at one thread: regrouped
+            outs = [att(q, k, v, DEMO, 5) for _ in range(2)]  # k = 5 at one thread: keysets
         qg = q.clone().requires_grad_()
-        outs.append(att(qg, k, v, DEMO, 4))  # under autograd: masked (regrouped has no backward)
+        outs.append(att(qg, k, v, DEMO, 5))  # under autograd: masked (keysets' backward is not timed yet)
     with torch_threads(2), torch.no_grad():
-        outs.append(att(q, k, v, DEMO, 4))  # more threads: masked
-    assert sorted(att._chosen.values()) == ["masked", "masked", "regrouped"]
+        outs.append(att(q, k, v, DEMO, 5))  # more threads: masked
+    assert sorted(att._chosen.values()) == ["keysets", "masked", "masked"]
     for out in outs:
         assert (out.double() - ref).abs().max().item() < 1e-5
-    named = TileAttention("regrouped")
+    named = TileAttention("walk")  # refused on the CPU (it needs Triton and CUDA), on every call
     for _ in range(2):
-        with pytest.raises(UnsupportedKernelError, match="no exact backward"):
-            named(qg, k, v, DEMO, 4)
+        with pytest.raises(UnsupportedKernelError, match="needs Triton"):
+            named(q, k, v, DEMO, 5)
 
 
 @pytest.mark.parametrize("k_ref", [1, 3, 4, 7])
@@ -175,7 +175,7 @@ def test_tile_attention_compiles_without_graph_breaks(small_seq_len, padded):
     assert (out.double() - ref).abs().max().item() < 2e-6
 
 
-@pytest.mark.parametrize("kernel", ["split", "gathered", "masked", "regrouped"])
+@pytest.mark.parametrize("kernel", ["split", "gathered", "masked", "keysets"])
 def test_named_kernels_compile_without_graph_breaks(kernel):
     layout = TileLayout(6, 10, 0, "none")
     q, k, v = _inputs(layout, seed=5)

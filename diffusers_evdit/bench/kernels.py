@@ -52,7 +52,7 @@ EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"},
                  "walk_all": {"kernel": "walk", "walk_global": "walk"}}
 # The short-sequence kernels auto picks on small shapes (one SDPA call with the tile mask; three dense calls merged
 # by log-sum-exp), timed when named
-SHORT_KERNELS = ("masked", "regrouped")
+SHORT_KERNELS = ("masked", "keysets")
 # FlashAttention-4 with the tile mask as block-sparsity tensors (kernels/fa4.py; CUDA, Hopper or Blackwell): its
 # default blocks, and 128 x 64 blocks (Hopper; less waste where frames straddle a block, see block_structure)
 FA4_KERNEL = "fa4"

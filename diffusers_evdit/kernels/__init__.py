@@ -10,8 +10,8 @@ Kernels (all exact for the ``k:F-k`` mask, inputs ``[B, H, N, D]``):
 * ``"walk"``: one Triton launch that walks only the kept tiles, per query block a short list of key ranges
   (:mod:`.walk`; CUDA, inference only);
 * ``"masked"``: one SDPA call with the explicit boolean tile mask (cached per layout), for short sequences;
-* ``"regrouped"``: three dense calls (global rows; the other rows against the global keys and against their own
-  frame, merged by log-sum-exp), for short sequences with sparser masks (:mod:`.regrouped`; inference only).
+* ``"keysets"``: two dense calls, no mask and no merge (global rows against every key; the non-reference frames,
+  batched, against their gathered key sets), for short sequences (:mod:`.keysets`; no key-padding mask).
 
 Each kernel is registered in :data:`TILE_KERNELS` (:mod:`.registry`) with its constraints (devices, dtypes, head
 sizes, key-padding masks, backward), checked in one place. ``"auto"`` picks dense where the mask keeps every pair
@@ -31,9 +31,9 @@ from .dense import dense_attention
 from .flex import FlexTileKernel, tile_block_mask
 from .gathered import gathered_tile_attention
 from .indices import TileIndices, tile_indices
+from .keysets import keyset_plan, keyset_tile_attention
 from .compiled import CompiledFn
 from .registry import KernelRegistry, KernelSpec, TileCall, UnsupportedKernelError
-from .regrouped import regrouped_tile_attention
 from .split import merge_partial_attention, split_tile_attention
 from .triton_merge import triton_merge_available, triton_merge_partial_attention
 from .tuning import KernelTuner
@@ -41,33 +41,37 @@ from .walk import BLOCK_M as WALK_BLOCK_M
 from .walk import GLOBAL_ROWS, WalkTables, walk_segments, walk_tile_attention
 
 # the names the CLI offers
-KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk", "masked", "regrouped")
+KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk", "masked", "keysets")
 # "fastest" runs dense attention for a sparse entry only when auto's kernel is slower by more than this share
 FASTEST_MARGIN = 0.02
 MERGES = ("auto", "eager", "compiled", "triton")
 
 # Sequences up to this many tokens are "small": there a kernel's number of calls, not the pairs it skips, decides
-# its time. On the CPU "auto" runs the regrouped kernel (three dense calls, no mask) for masks that skip more than
-# masked_max_sparsity(threads) of the pairs and one SDPA call with the explicit tile mask (masked) for lighter ones;
-# under autograd (regrouped has no backward) split above SMALL_SPLIT_MIN_SPARSITY, masked below; with a key-padding
-# mask a kernel that takes it. The crossovers come from timing dense SDPA, masked, regrouped and split in
-# alternating rounds (medians) on the development machine's 2-core shared CPU, on the demo model's layout (8 frames
-# x 64 tokens, 4 heads of 64, 2026-12-05; BENCHMARKS.md "Short sequences on the CPU"): at 1 thread regrouped was
-# faster than masked for k <= 4 (sparsity >= 0.19: k=4 1.01x dense vs 0.94x), level at k = 5 (0.09) and slower at
-# k = 6 (0.03), where masked costs only its mask overhead (~6%); at 2 threads its smaller calls parallelise worse and
-# masked won from k = 3 (0.31) on, so with more threads regrouped only takes masks skipping more than 40%. Forward +
-# backward (earlier rows): split beat masked at k = 1, 2 (0.66, 0.47), masked at k = 4. Longer CPU layouts (8 x 128
-# up to 16 x 256) take split. CUDA (H100, `evdit bench kernels --shapes small`, kernels-small-h100.json): every call
-# is a kernel launch, so one masked SDPA call is the fastest exact kernel up to 2048 tokens (demo 8 x 64 and 8 x 256,
-# every k); from there to 4516 tokens (Wan2.1-1.3B 33 frames and CogVideoX-5B 49 frames at 240p) masked still leads
-# for masks skipping up to ~half the pairs (Wan: 0.30 ms against split's 1.4-2.0 ms), and gathered for the sparsest ones
-# (sparsity ~0.7: 0.18 ms against masked's 0.30 on Wan; 0.44 against split's 0.40 on CogVideoX). Longer sequences
-# take split (the full-size tables).
+# its time. On the CPU "auto" runs the keysets kernel (two dense calls, no mask, no merge) for masks that skip more
+# than masked_max_sparsity(threads) of the pairs and one SDPA call with the explicit tile mask (masked) for lighter
+# ones; under autograd split above SMALL_SPLIT_MIN_SPARSITY, masked below (keysets' backward is exact but untimed);
+# with a key-padding mask a kernel that takes it. The crossovers come from timing dense SDPA, masked, keysets and the
+# three-call kernel it replaced (regrouped: LSE-merged) in alternating rounds (medians of 15-25) on the development
+# machine's 2-core shared CPU, on the demo model's layout (8 frames x 64 tokens, 4 heads of 64, 2026-12-05;
+# BENCHMARKS.md "Short sequences on the CPU", keyset-study-cpu.json): at 1 thread keysets beat dense for k <= 4
+# (1.10-2.34x) and beat masked at k = 5 (sparsity 0.09: 0.98x against 0.95x), tying it at k = 6 (0.03); at 2 threads
+# its smaller calls parallelise worse: 1.00-1.95x for k <= 4 (sparsity >= 0.19), 0.93x against masked's 0.95x at
+# k = 5, and in the machine's intermittent slow mode (dense 2.15 ms instead of 1.76; page faults from freed gather
+# buffers, gone with MALLOC_ARENA_MAX=1) keysets fell to 0.70-0.88x at k = 2..4 while masked held 0.94-0.95x
+# (kernels-cpu-demo-keysets-t2-first.json), so with more than one thread keysets only takes masks skipping more
+# than 60% (k = 1 here: 1.30-1.95x). Forward + backward (earlier rows): split beat masked at k = 1, 2 (0.66, 0.47),
+# masked at k = 4. Longer CPU layouts (8 x 128 up to 16 x 256) take split.
+# CUDA (H100, `evdit bench kernels --shapes small`, kernels-small-h100.json): every call is a kernel launch, so one
+# masked SDPA call is the fastest exact kernel up to 2048 tokens (demo 8 x 64 and 8 x 256, every k); from there to
+# 4516 tokens (Wan2.1-1.3B 33 frames and CogVideoX-5B 49 frames at 240p) masked still leads for masks skipping up to
+# ~half the pairs (Wan: 0.30 ms against split's 1.4-2.0 ms), and gathered for the sparsest ones (sparsity ~0.7:
+# 0.18 ms against masked's 0.30 on Wan; 0.44 against split's 0.40 on CogVideoX). Longer sequences take split (the
+# full-size tables).
 SMALL_SEQ_LEN = {"cpu": 512, "cuda": 4608}
 CUDA_MASKED_SEQ_LEN = 2048  # CUDA sequences up to this length run masked for every mask
 CUDA_GATHERED_MIN_SPARSITY = 0.6  # longer small CUDA sequences run gathered above this sparsity
-SMALL_MASKED_MAX_SPARSITY = 0.15  # one CPU thread
-SMALL_MASKED_MAX_SPARSITY_THREADED = 0.4  # several CPU threads
+SMALL_MASKED_MAX_SPARSITY = 0.05  # one CPU thread
+SMALL_MASKED_MAX_SPARSITY_THREADED = 0.6  # several CPU threads
 SMALL_SPLIT_MIN_SPARSITY = 0.4  # under autograd
 
 
@@ -79,12 +83,12 @@ def cpu_threads() -> int:
 
 
 def masked_max_sparsity(threads: int) -> float:
-    """The sparsity up to which ``auto`` runs ``masked`` rather than ``regrouped`` on a short CPU sequence, for
+    """The sparsity up to which ``auto`` runs ``masked`` rather than ``keysets`` on a short CPU sequence, for
     ``threads`` torch CPU threads (measured crossovers above).
 
     Example:
         >>> masked_max_sparsity(1), masked_max_sparsity(2)
-        (0.15, 0.4)
+        (0.05, 0.6)
     """
     return SMALL_MASKED_MAX_SPARSITY if threads <= 1 else SMALL_MASKED_MAX_SPARSITY_THREADED
 
@@ -133,7 +137,7 @@ class TileAttention:
 
     Args:
         kernel: ``"auto"`` (default), ``"fastest"``, or a kernel of :data:`TILE_KERNELS`: ``"dense"``,
-            ``"gathered"``, ``"split"``, ``"flex"``, ``"walk"``, ``"masked"`` or ``"regrouped"``.
+            ``"gathered"``, ``"split"``, ``"flex"``, ``"walk"``, ``"masked"`` or ``"keysets"``.
         merge: how the ``split`` kernel merges its two partial results: ``"eager"`` (PyTorch), ``"compiled"``
             (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA) or ``"auto"`` (default:
             compiled on CUDA for large inputs, else eager). BENCHMARKS.md compares them.
@@ -185,6 +189,7 @@ class TileAttention:
     _side_streams: dict = field(default_factory=dict, repr=False)
     _masks: dict = field(default_factory=dict, repr=False)
     _chosen: dict = field(default_factory=dict, repr=False)
+    _keyset_plans: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         check_kernel(self.kernel)
@@ -249,9 +254,11 @@ class TileAttention:
             if call.layout.seq_len > CUDA_MASKED_SEQ_LEN and sparsity > CUDA_GATHERED_MIN_SPARSITY:
                 return ("gathered", "split")
             return ("masked", "gathered")
-        trains = "split" if sparsity > SMALL_SPLIT_MIN_SPARSITY else "masked"  # regrouped has no backward
+        trains = "split" if sparsity > SMALL_SPLIT_MIN_SPARSITY else "masked"
+        if call.needs_grad:  # keysets' backward is exact (autograd through its calls) but not timed yet
+            return (trains, "gathered")
         if sparsity > masked_max_sparsity(cpu_threads()):
-            return ("regrouped", trains, "gathered")
+            return ("keysets", trains, "gathered")
         return ("masked", "gathered")
 
     def choose(self, layout: TileLayout, k_ref: int | None, device: torch.device, key_padding_mask=None,
@@ -268,7 +275,7 @@ class TileAttention:
         :data:`CUDA_MASKED_SEQ_LEN` tokens ``gathered`` for masks skipping more than
         :data:`CUDA_GATHERED_MIN_SPARSITY`) or, on the CPU
         for masks that skip more than :func:`masked_max_sparsity` of the pairs (it depends on the thread count),
-        ``regrouped`` (inference without a key-padding mask; under autograd ``split`` for masks skipping more than
+        ``keysets`` (without a key-padding mask; under autograd ``split`` for masks skipping more than
         :data:`SMALL_SPLIT_MIN_SPARSITY`, else ``masked``). ``fastest``: the same, then a call may
         still run dense attention (see the class docs). A named kernel runs as named.
         """
@@ -406,10 +413,11 @@ def _masked(attention: TileAttention, c: TileCall) -> torch.Tensor:
     return torch.nn.functional.scaled_dot_product_attention(c.q, c.k, c.v, attn_mask=mask, scale=c.scale)
 
 
-@TILE_KERNELS.register("regrouped", padding="none", backward=False, fix="use kernel='split' or kernel='auto'")
-def _regrouped(attention: TileAttention, c: TileCall) -> torch.Tensor:
-    idx = attention.indices(c.layout, c.k_ref, c.q.device)
-    return regrouped_tile_attention(c.q, c.k, c.v, c.layout, idx, c.scale)
+@TILE_KERNELS.register("keysets", padding="none", fix="use kernel='split' or kernel='auto'")
+def _keysets(attention: TileAttention, c: TileCall) -> torch.Tensor:
+    plan = cached_outside_trace(attention._keyset_plans, (c.layout, c.k_ref, c.q.device),
+                                lambda: keyset_plan(c.layout, c.k_ref, c.q.device))
+    return keyset_tile_attention(c.q, c.k, c.v, plan, c.scale)
 
 
 def tile_attention(q, k, v, layout: TileLayout, k_ref: int | None, key_padding_mask=None, kernel="auto", scale=None):
@@ -440,7 +448,7 @@ __all__ = [
     "check_kernel",
     "dense_attention",
     "gathered_tile_attention",
-    "regrouped_tile_attention",
+    "keyset_tile_attention",
     "split_tile_attention",
     "tile_attention",
     "tile_block_mask",

@@ -1,8 +1,9 @@
-"""The regrouped kernel (three dense calls merged by log-sum-exp) against the float64 masked reference, auto's choice
-of it on short CPU sequences, and its refusals."""
+"""The key-set kernel (global rows dense; non-reference frames batched over their gathered key sets) against float64
+masked SDPA, for several layouts, every k, batch sizes, memory layouts and a scale."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 from reference import attention_f64, paper_mask
 
 from diffusers_evdit.kernels import (
@@ -12,12 +13,14 @@ from diffusers_evdit.kernels import (
     masked_max_sparsity,
     tile_attention,
 )
+from diffusers_evdit.kernels.keysets import keyset_plan, keyset_tile_attention
 from diffusers_evdit.layout import TileLayout
 from diffusers_evdit.masks import element_sparsity
 
 DEMO = TileLayout(8, 64)  # the demo model's self-attention: 8 latent frames x 64 tokens, no text
 
 LAYOUTS = [  # frames, tokens a frame, text tokens, text position
+    (8, 64, 0, "none"),  # the demo model's self-attention
     (5, 12, 7, "first"),
     (6, 10, 5, "last"),
     (7, 5, 0, "none"),
@@ -37,45 +40,74 @@ def _inputs(layout, batch, heads, dim, seed, stride="contiguous", dtype=torch.fl
     return [torch.randn(batch, heads, layout.seq_len, dim, generator=g, dtype=dtype) for _ in range(3)]
 
 
+def _reference(q, k, v, mask, scale=None):
+    """Masked SDPA in float64 (the boolean tile mask)."""
+    return F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask, scale=scale)
+
+
 @pytest.mark.parametrize("stride", ["contiguous", "transposed", "sliced"])
 @pytest.mark.parametrize("case", LAYOUTS)
-def test_regrouped_matches_float64_reference_for_every_k(case, stride):
+def test_keysets_matches_float64_masked_sdpa_for_every_k(case, stride):
     frames, tpf, nt, pos = case
     layout = TileLayout(frames, tpf, nt, pos)
-    att = TileAttention("regrouped")
     for k_ref in range(1, frames):
+        plan = keyset_plan(layout, k_ref, "cpu")
+        mask = paper_mask(frames, tpf, nt, pos == "first", k_ref)
         for batch in (1, 3):
             q, k, v = _inputs(layout, batch, 3, 16, seed=k_ref + 10 * batch, stride=stride)
-            mask = paper_mask(frames, tpf, nt, pos == "first", k_ref)
             with torch.no_grad():
-                out = att(q, k, v, layout, k_ref)
+                out = keyset_tile_attention(q, k, v, plan)
             assert out.shape == q.shape and out.dtype == torch.float32
-            assert (out.double() - attention_f64(q, k, v, mask)).abs().max().item() < 2e-6, (k_ref, batch)
+            assert (out.double() - _reference(q, k, v, mask)).abs().max().item() < 2e-6, (k_ref, batch)
 
 
-@pytest.mark.parametrize("case", LAYOUTS[:3])
-def test_regrouped_in_float64_with_a_scale(case):
+@pytest.mark.parametrize("case", LAYOUTS[1:4])
+def test_keysets_in_float64_with_a_scale(case):
     frames, tpf, nt, pos = case
     layout = TileLayout(frames, tpf, nt, pos)
     for k_ref in range(1, frames):
-        q, k, v = _inputs(layout, 2, 2, 8, seed=k_ref, dtype=torch.float64)
-        out = tile_attention(q, k, v, layout, k_ref, kernel="regrouped", scale=0.3)
-        ref = attention_f64(q, k, v, paper_mask(frames, tpf, nt, pos == "first", k_ref), scale=0.3)
-        assert out.dtype == torch.float64 and (out - ref).abs().max().item() < 1e-10, k_ref
+        q, k, v = _inputs(layout, 2, 2, 8, seed=k_ref, stride="transposed", dtype=torch.float64)
+        out = keyset_tile_attention(q, k, v, keyset_plan(layout, k_ref, "cpu"), scale=0.3)
+        ref = _reference(q, k, v, paper_mask(frames, tpf, nt, pos == "first", k_ref), scale=0.3)
+        assert out.dtype == torch.float64
+        assert (out - ref).abs().max().item() < 1e-12, k_ref
 
 
-def test_regrouped_on_the_demo_layout_is_exact():
-    q, k, v = _inputs(DEMO, 2, 4, 64, seed=3)
-    att = TileAttention("regrouped")
-    for k_ref in range(1, 7):
-        mask = paper_mask(8, 64, 0, False, k_ref)
-        assert (att(q, k, v, DEMO, k_ref).double() - attention_f64(q, k, v, mask)).abs().max().item() < 2e-6
+def test_keysets_output_is_token_major_like_dense_sdpa():
+    layout = TileLayout(8, 64)
+    q, k, v = _inputs(layout, 1, 4, 64, seed=0, stride="transposed")
+    out = keyset_tile_attention(q, k, v, keyset_plan(layout, 6, "cpu"))
+    assert out.stride() == F.scaled_dot_product_attention(q, k, v).stride()
+
+
+def test_keyset_plan_runs_cover_the_sequence_once():
+    layout = TileLayout(9, 4, 3, "last")
+    for k_ref in range(1, 9):
+        plan = keyset_plan(layout, k_ref, "cpu")
+        covered = [t for start, stop, _, _ in plan.runs for t in range(start, stop)]
+        assert covered == list(range(layout.seq_len))
+        assert plan.num_global + plan.num_nonref * plan.tokens_per_frame == layout.seq_len
+        assert plan.key_sets.numel() == plan.num_nonref * (plan.num_global + plan.tokens_per_frame)
+
+
+@pytest.mark.parametrize("k_ref", [1, 3, 5])
+def test_keysets_gradients_match_float64_masked_attention(k_ref):
+    """Every step (index_select, SDPA, cat) is differentiable, so autograd's backward is exact too."""
+    layout = TileLayout(*LAYOUTS[2])
+    q, k, v = (x.requires_grad_() for x in _inputs(layout, 2, 2, 8, seed=k_ref, stride="transposed"))
+    mask = paper_mask(layout.num_frames, layout.tokens_per_frame, layout.num_text_tokens, False, k_ref)
+    g = torch.randn(q.shape, generator=torch.Generator().manual_seed(1))
+    ref = torch.autograd.grad((F.scaled_dot_product_attention(*(x.double() for x in (q, k, v)), attn_mask=mask)
+                               * g).sum(), (q, k, v))
+    out = keyset_tile_attention(q, k, v, keyset_plan(layout, k_ref, q.device))
+    got = torch.autograd.grad((out * g).sum(), (q, k, v))
+    assert max((a.double() - b).abs().max().item() for a, b in zip(got, ref)) < 1e-5
 
 
 def test_auto_on_the_demo_layout_picks_by_sparsity_and_falls_back():
-    """CPU, no gradients: regrouped for the sparser masks, masked for the light ones (the crossover depends on the
+    """CPU, no gradients: keysets for the sparser masks, masked for the light ones (the crossover depends on the
     thread count), dense where k = F - 1 keeps every pair; under autograd split for the sparse masks and masked for
-    the lighter ones (regrouped has no backward); with a key-padding mask a kernel that takes it."""
+    the lighter ones (keysets' backward is not timed yet); with a key-padding mask a kernel that takes it."""
     limit = masked_max_sparsity(torch.get_num_threads())
     q, k, v = _inputs(DEMO, 1, 2, 8, seed=1)
     att = TileAttention()
@@ -86,13 +118,13 @@ def test_auto_on_the_demo_layout_picks_by_sparsity_and_falls_back():
         if k_ref >= 7:
             expected = "dense"
         elif element_sparsity(DEMO, k_ref) > limit:
-            expected = "regrouped"
+            expected = "keysets"
         else:
             expected = "masked"
         assert got == expected, k_ref
         seen.add(got)
-    assert seen == {"dense", "regrouped", "masked"}
-    assert [att.choose(DEMO, k_ref, q.device) for k_ref in (1, 5, 6)] == ["regrouped", "masked", "masked"]
+    assert seen == {"dense", "keysets", "masked"}
+    assert [att.choose(DEMO, k_ref, q.device) for k_ref in (1, 6)] == ["keysets", "masked"]
 
     qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
     from diffusers_evdit.kernels import TileCall
@@ -121,7 +153,7 @@ def test_auto_with_padded_text_on_a_short_sequence_takes_split():
     att = TileAttention()
     assert element_sparsity(layout, 1) > masked_max_sparsity(torch.get_num_threads())
     with torch.no_grad():
-        assert att.choose(layout, 1, q.device) == "regrouped"
+        assert att.choose(layout, 1, q.device) == "keysets"
         assert att.choose(layout, 1, q.device, keep) == "split"
         out = att(q, k, v, layout, 1, key_padding_mask=keep)
     mask = paper_mask(8, 6, 5, False, 1)[None, None] & keep[:, None, None, :]
@@ -129,34 +161,30 @@ def test_auto_with_padded_text_on_a_short_sequence_takes_split():
 
 
 def test_auto_keeps_masked_off_the_cpu_and_split_on_long_sequences():
-    """Off the CPU (CUDA not timed against regrouped yet; a meta tensor stands for it here) short sequences keep the
-    masked kernel for every sparse k; long sequences and small_seq_len=0 take split."""
+    """Off the CPU (a meta tensor stands for CUDA here) short sequences keep the masked kernel for every sparse k;
+    long sequences and small_seq_len=0 take split."""
     meta = torch.device("meta")
     assert {TileAttention(small_seq_len=4096).choose(DEMO, k_ref, meta) for k_ref in range(1, 7)} == {"masked"}
     assert {TileAttention(small_seq_len=0).choose(DEMO, k_ref, "cpu") for k_ref in range(1, 7)} == {"split"}
     assert TileAttention().choose(TileLayout(8, 128), 1, torch.device("cpu")) == "split"
 
 
-def test_regrouped_refuses_padding_and_gradients_with_the_fix():
+def test_keysets_refuses_padding_with_the_fix():
     layout = TileLayout(5, 6, 3, "first")
     q, k, v = _inputs(layout, 1, 2, 8, seed=4)
     keep = torch.ones(1, layout.seq_len, dtype=torch.bool)
     keep[0, 0] = False  # a text token
     with pytest.raises(UnsupportedKernelError,
-                       match="'regrouped' tile kernel takes no key-padding mask; use kernel='split' or kernel='auto'"):
-        tile_attention(q, k, v, layout, 1, key_padding_mask=keep, kernel="regrouped")
-    qg = q.clone().requires_grad_()
-    with pytest.raises(UnsupportedKernelError, match="no exact backward pass on cpu \\(inference only\\); use kernel="):
-        tile_attention(qg, k, v, layout, 1, kernel="regrouped")
-    with torch.no_grad():  # the same inputs run without gradients
-        out = tile_attention(qg, k, v, layout, 1, kernel="regrouped")
+                       match="'keysets' tile kernel takes no key-padding mask; use kernel='split' or kernel='auto'"):
+        tile_attention(q, k, v, layout, 1, key_padding_mask=keep, kernel="keysets")
+    out = tile_attention(q, k, v, layout, 1, kernel="keysets")
     assert (out.double() - attention_f64(q, k, v, paper_mask(5, 6, 3, True, 1))).abs().max() < 2e-6
 
 
-def test_regrouped_compiles_without_graph_breaks():
+def test_keysets_compiles_without_graph_breaks():
     layout = TileLayout(6, 10, 4, "last")
     q, k, v = _inputs(layout, 2, 2, 8, seed=5)
-    att = TileAttention("regrouped")
+    att = TileAttention("keysets")
     torch._dynamo.reset()
     run = torch.compile(lambda q, k, v: att(q, k, v, layout, 2), backend="eager", fullgraph=True)
     with torch.no_grad():
