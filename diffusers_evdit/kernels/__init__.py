@@ -59,8 +59,8 @@ MERGES = ("auto", "eager", "compiled", "triton")
 # k = 5, and in the machine's intermittent slow mode (dense 2.15 ms instead of 1.76; page faults from freed gather
 # buffers, gone with MALLOC_ARENA_MAX=1) keysets fell to 0.70-0.88x at k = 2..4 while masked held 0.94-0.95x
 # (kernels-cpu-demo-keysets-t2.json, first_rule_run), so with more than one thread keysets only takes masks
-# skipping more than 60% (k = 1 here: 1.30-1.95x). Forward + backward (earlier rows): split beat masked at k = 1, 2 (0.66, 0.47),
-# masked at k = 4. Longer CPU layouts (8 x 128 up to 16 x 256) take split.
+# skipping more than 60% (k = 1 here: 1.30-1.95x). Forward + backward (earlier rows): split beat masked at k = 1, 2
+# (0.66, 0.47), masked at k = 4. Longer CPU layouts (8 x 128 up to 16 x 256) take split.
 # CUDA (H100, `evdit bench kernels --shapes small`, kernels-small-h100.json): every call is a kernel launch, so one
 # masked SDPA call is the fastest exact kernel up to 2048 tokens (demo 8 x 64 and 8 x 256, every k); from there to
 # 4516 tokens (Wan2.1-1.3B 33 frames and CogVideoX-5B 49 frames at 240p) masked still leads for masks skipping up to
