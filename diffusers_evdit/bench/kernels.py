@@ -50,8 +50,8 @@ EXTRA_KERNELS = {"split_triton": {"kernel": "split", "merge": "triton"},
                  "split_overlap": {"kernel": "split", "overlap": True},
                  "walk": {"kernel": "walk"},
                  "walk_all": {"kernel": "walk", "walk_global": "walk"}}
-# The short-sequence kernels auto picks on small shapes (one SDPA call with the tile mask; three dense calls merged
-# by log-sum-exp), timed when named
+# The short-sequence kernels auto picks on small shapes (one SDPA call with the tile mask; two dense calls over the
+# rows' key sets), timed when named
 SHORT_KERNELS = ("masked", "keysets")
 # FlashAttention-4 with the tile mask as block-sparsity tensors (kernels/fa4.py; CUDA, Hopper or Blackwell): its
 # default blocks, and 128 x 64 blocks (Hopper; less waste where frames straddle a block, see block_structure)

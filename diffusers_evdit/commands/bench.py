@@ -53,8 +53,8 @@ def register(sub) -> None:
                               "tiles of the partial rows + cuDNN for the global rows, walk_all = the Triton launch for "
                               "all rows, fa4 = FlashAttention-4 block sparsity, fa4_kv64 = the same with 64-token key "
                               "blocks; CUDA only; masked = one SDPA call with the tile mask, keysets = two dense calls "
-                              "over the rows' key sets, no mask or merge (the short-sequence kernels); auto = the dispatcher's "
-                              "choice, rows then carry auto_vs_dense)")
+                              "over the rows' key sets, no mask or merge (the short-sequence kernels); auto = the "
+                              "dispatcher's choice, rows then carry auto_vs_dense)")
     kernels.add_argument("--backward", action="store_true",
                          help="time forward+backward (rows with mode fwd+bwd; kernels without a backward are skipped)")
     kernels.add_argument("--quick", action="store_true",
