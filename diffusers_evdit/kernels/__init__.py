@@ -56,8 +56,8 @@ MERGES = ("auto", "eager", "compiled", "triton")
 # BENCHMARKS.md "Short sequences on the CPU", keyset-study-cpu.json): at 1 thread keysets beat dense for k <= 4
 # (1.10-2.34x) and beat masked at k = 5 (sparsity 0.09: 0.98x against 0.95x), tying it at k = 6 (0.03); at 2 threads
 # its smaller calls parallelise worse: 1.00-1.95x for k <= 4 (sparsity >= 0.19), 0.93x against masked's 0.95x at
-# k = 5, and in the machine's intermittent slow mode (dense 2.15 ms instead of 1.76; page faults from freed gather
-# buffers, gone with MALLOC_ARENA_MAX=1) keysets fell to 0.70-0.88x at k = 2..4 while masked held 0.94-0.95x
+# k = 5, and in the machine's intermittent slow mode (dense 2.15 ms instead of 1.76; cause unknown, reusing the
+# gather buffers did not help) keysets fell to 0.70-0.88x at k = 2..4 while masked held 0.94-0.95x
 # (kernels-cpu-demo-keysets-t2.json, first_rule_run), so with more than one thread keysets only takes masks
 # skipping more than 60% (k = 1 here: 1.30-1.95x). Forward + backward (earlier rows): split beat masked at k = 1, 2
 # (0.66, 0.47), masked at k = 4. Longer CPU layouts (8 x 128 up to 16 x 256) take split.
