@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from reference import attention_f64, paper_mask
 
 from diffusers_evdit.kernels import (
-    SMALL_SPLIT_MIN_SPARSITY,
+    SMALL_TRAIN_MIN_SPARSITY,
     TileAttention,
     UnsupportedKernelError,
     masked_max_sparsity,
@@ -106,8 +106,8 @@ def test_keysets_gradients_match_float64_masked_attention(k_ref):
 
 def test_auto_on_the_demo_layout_picks_by_sparsity_and_falls_back():
     """CPU, no gradients: keysets for the sparser masks, masked for the light ones (the crossover depends on the
-    thread count), dense where k = F - 1 keeps every pair; under autograd split for the sparse masks and masked for
-    the lighter ones (keysets' backward is not timed yet); with a key-padding mask a kernel that takes it."""
+    thread count), dense where k = F - 1 keeps every pair; under autograd keysets for the sparse masks and masked for
+    the lighter ones, with exact gradients; with a key-padding mask a kernel that takes it."""
     limit = masked_max_sparsity(torch.get_num_threads())
     q, k, v = _inputs(DEMO, 1, 2, 8, seed=1)
     att = TileAttention()
@@ -129,12 +129,16 @@ def test_auto_on_the_demo_layout_picks_by_sparsity_and_falls_back():
     qg, kg, vg = (x.clone().requires_grad_() for x in (q, k, v))
     from diffusers_evdit.kernels import TileCall
 
+    g = torch.randn(q.shape, generator=torch.Generator().manual_seed(7))
     for k_ref in (1, 2, 3, 4):
-        trains = "split" if element_sparsity(DEMO, k_ref) > SMALL_SPLIT_MIN_SPARSITY else "masked"
+        trains = "keysets" if element_sparsity(DEMO, k_ref) > SMALL_TRAIN_MIN_SPARSITY else "masked"
         assert att.choose(DEMO, k_ref, q.device, call=TileCall(qg, kg, vg, DEMO, k_ref)) == trains, k_ref
         out = att(qg, kg, vg, DEMO, k_ref)
-        assert out.requires_grad
-        assert (out.double() - attention_f64(q, k, v, paper_mask(8, 64, 0, False, k_ref))).abs().max() < 2e-6
+        mask = paper_mask(8, 64, 0, False, k_ref)
+        assert (out.double() - attention_f64(q, k, v, mask)).abs().max() < 2e-6
+        got = torch.autograd.grad((out * g).sum(), (qg, kg, vg))
+        ref = torch.autograd.grad((attention_f64(qg, kg, vg, mask) * g).sum(), (qg, kg, vg))
+        assert max((a.double() - b).abs().max().item() for a, b in zip(got, ref)) < 1e-5, k_ref
 
     keep = torch.ones(1, DEMO.seq_len, dtype=torch.bool)
     keep[0, 5] = False  # a video token: split refuses it too

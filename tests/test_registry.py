@@ -124,7 +124,7 @@ def test_the_choice_cache_follows_grad_mode_threads_and_checks():
         with torch.no_grad():
             outs = [att(q, k, v, DEMO, 5) for _ in range(2)]  # k = 5 at one thread: keysets
         qg = q.clone().requires_grad_()
-        outs.append(att(qg, k, v, DEMO, 5))  # under autograd: masked (keysets' backward is not timed yet)
+        outs.append(att(qg, k, v, DEMO, 5))  # under autograd: masked (keysets only above 25% sparsity)
     with torch_threads(2), torch.no_grad():
         outs.append(att(q, k, v, DEMO, 5))  # more threads: masked
     assert sorted(att._chosen.values()) == ["keysets", "masked", "masked"]

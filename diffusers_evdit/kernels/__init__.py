@@ -49,8 +49,8 @@ MERGES = ("auto", "eager", "compiled", "triton")
 # Sequences up to this many tokens are "small": there a kernel's number of calls, not the pairs it skips, decides
 # its time. On the CPU "auto" runs the keysets kernel (two dense calls, no mask, no merge) for masks that skip more
 # than masked_max_sparsity(threads) of the pairs and one SDPA call with the explicit tile mask (masked) for lighter
-# ones; under autograd split above SMALL_SPLIT_MIN_SPARSITY, masked below (keysets' backward is exact but untimed);
-# with a key-padding mask a kernel that takes it. The crossovers come from timing dense SDPA, masked, keysets and the
+# ones; under autograd keysets above SMALL_TRAIN_MIN_SPARSITY, masked below; with a key-padding mask a kernel that
+# takes it. The crossovers come from timing dense SDPA, masked, keysets and the
 # three-call kernel it replaced (regrouped: LSE-merged) in alternating rounds (medians of 15-25) on the development
 # machine's 2-core shared CPU, on the demo model's layout (8 frames x 64 tokens, 4 heads of 64, 2026-12-05;
 # BENCHMARKS.md "Short sequences on the CPU", keyset-study-cpu.json): at 1 thread keysets beat dense for k <= 4
@@ -59,8 +59,10 @@ MERGES = ("auto", "eager", "compiled", "triton")
 # k = 5, and in the machine's intermittent slow mode (dense 2.15 ms instead of 1.76; cause unknown, reusing the
 # gather buffers did not help) keysets fell to 0.70-0.88x at k = 2..4 while masked held 0.94-0.95x
 # (kernels-cpu-demo-keysets-t2.json, first_rule_run), so with more than one thread keysets only takes masks
-# skipping more than 60% (k = 1 here: 1.30-1.95x). Forward + backward (earlier rows): split beat masked at k = 1, 2
-# (0.66, 0.47), masked at k = 4. Longer CPU layouts (8 x 128 up to 16 x 256) take split.
+# skipping more than 60% (k = 1 here: 1.30-1.95x). Forward + backward (backward_run in kernels-cpu-demo-keysets-t1
+# and -t2.json): keysets was the fastest from k = 3 (sparsity 0.31) on at both thread counts (k = 1: 2.33x dense at
+# 1 thread, 2.02x at 2, against split's 2.24x / 1.80x; k = 3: 1.17x against split's 1.11x at 1 thread, 1.03x against
+# masked's 0.97x at 2), masked below (0.97-0.98x). Longer CPU layouts (8 x 128 up to 16 x 256) take split.
 # CUDA (H100, `evdit bench kernels --shapes small`, kernels-small-h100.json): every call is a kernel launch, so one
 # masked SDPA call is the fastest exact kernel up to 2048 tokens (demo 8 x 64 and 8 x 256, every k); from there to
 # 4516 tokens (Wan2.1-1.3B 33 frames and CogVideoX-5B 49 frames at 240p) masked still leads for masks skipping up to
@@ -72,7 +74,7 @@ CUDA_MASKED_SEQ_LEN = 2048  # CUDA sequences up to this length run masked for ev
 CUDA_GATHERED_MIN_SPARSITY = 0.6  # longer small CUDA sequences run gathered above this sparsity
 SMALL_MASKED_MAX_SPARSITY = 0.05  # one CPU thread
 SMALL_MASKED_MAX_SPARSITY_THREADED = 0.6  # several CPU threads
-SMALL_SPLIT_MIN_SPARSITY = 0.4  # under autograd
+SMALL_TRAIN_MIN_SPARSITY = 0.25  # under autograd: keysets above, masked below
 
 
 @torch.compiler.assume_constant_result
@@ -254,11 +256,12 @@ class TileAttention:
             if call.layout.seq_len > CUDA_MASKED_SEQ_LEN and sparsity > CUDA_GATHERED_MIN_SPARSITY:
                 return ("gathered", "split")
             return ("masked", "gathered")
-        trains = "split" if sparsity > SMALL_SPLIT_MIN_SPARSITY else "masked"
-        if call.needs_grad:  # keysets' backward is exact (autograd through its calls) but not timed yet
-            return (trains, "gathered")
+        if call.needs_grad:  # keysets' backward is autograd's through its two calls; split takes a padding mask
+            if sparsity > SMALL_TRAIN_MIN_SPARSITY:
+                return ("keysets", "split", "gathered")
+            return ("masked", "gathered")
         if sparsity > masked_max_sparsity(cpu_threads()):
-            return ("keysets", trains, "gathered")
+            return ("keysets", "split", "gathered")
         return ("masked", "gathered")
 
     def choose(self, layout: TileLayout, k_ref: int | None, device: torch.device, key_padding_mask=None,
@@ -275,8 +278,8 @@ class TileAttention:
         :data:`CUDA_MASKED_SEQ_LEN` tokens ``gathered`` for masks skipping more than
         :data:`CUDA_GATHERED_MIN_SPARSITY`) or, on the CPU
         for masks that skip more than :func:`masked_max_sparsity` of the pairs (it depends on the thread count),
-        ``keysets`` (without a key-padding mask; under autograd ``split`` for masks skipping more than
-        :data:`SMALL_SPLIT_MIN_SPARSITY`, else ``masked``). ``fastest``: the same, then a call may
+        ``keysets`` (without a key-padding mask, else ``split``; under autograd for masks skipping more than
+        :data:`SMALL_TRAIN_MIN_SPARSITY`, else ``masked``). ``fastest``: the same, then a call may
         still run dense attention (see the class docs). A named kernel runs as named.
         """
         if is_dense(layout.num_frames, k_ref) or len(non_reference_frames(layout.num_frames, k_ref)) <= 1:
