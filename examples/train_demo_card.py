@@ -290,11 +290,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     pool = None
     if args.workers > 1:  # metric processes, forked before CUDA is initialised
-        import multiprocessing as mp
+        from diffusers_evdit.demo.evaluation import metrics_pool
 
-        import diffusers_evdit.demo  # noqa: F401  (loaded in the parent, inherited by the workers)
-
-        pool = mp.get_context("fork").Pool(args.workers)
+        pool = metrics_pool(args.workers)
     try:
         return _main(args, pool if pool is not None else args.workers)
     finally:
