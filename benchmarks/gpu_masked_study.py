@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from diffusers_evdit.bench.kernels import SMALL_SHAPES
-from diffusers_evdit.masks import element_sparsity, tile_mask
+from diffusers_evdit.masks import additive_tile_mask, element_sparsity, tile_mask
 
 BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
@@ -37,8 +37,8 @@ def aligned_bias(keep: torch.Tensor, dtype) -> torch.Tensor:
     return bias
 
 
-def variants(keep: torch.Tensor, dtype):
-    plain = torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, -torch.inf)
+def variants(layout, k_ref: int, keep: torch.Tensor, dtype):
+    plain = additive_tile_mask(layout, k_ref, dtype, keep.device)
     aligned = aligned_bias(keep, dtype)
     out = {}
     for backend in BACKENDS:
@@ -84,7 +84,7 @@ def main() -> None:
             ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=keep)
             fns = {"dense": lambda: F.scaled_dot_product_attention(q, k, v)}
             errors = {}
-            for name, (backend, mask) in variants(keep, dtype).items():
+            for name, (backend, mask) in variants(layout, k_ref, keep, dtype).items():
                 try:
                     out = call(q, k, v, backend, mask)
                     errors[name] = (out.double() - ref).abs().max().item()

@@ -6,8 +6,8 @@ viewed as ``[B, H, N, D]``, as the kernel benchmark and the diffusers processors
 
 * ``dense``: plain SDPA, no mask (the baseline; not exact for the mask, the speed to match);
 * ``masked``: one SDPA call with the cached additive ``[N, N]`` tile mask (what ``auto`` runs for light masks);
-* (the committed ``keyset-study-cpu*.json`` also hold ``regrouped``, the three-call LSE-merged kernel that keysets
-  replaced; it is in the git history up to commit 5d0f2f5)
+* (the committed ``keyset-study-cpu.json`` also holds ``regrouped``, the three-call LSE-merged kernel that keysets
+  replaced: ``diffusers_evdit/kernels/regrouped.py`` in the git history, last at commit 97d73c5)
 * ``keysets``: (a) global rows (reference frames + text) dense against every key, and every non-reference frame's
   queries against its own key set (global tokens + own frame), the frames as the batch: keys gathered once;
 * ``part_mask``: (c) global rows dense; the non-reference rows in one SDPA call with the rows' slice of the mask;
@@ -35,21 +35,15 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from diffusers_evdit.kernels.indices import tile_indices
 from diffusers_evdit.kernels.keysets import keyset_plan, keyset_tile_attention
 from diffusers_evdit.layout import TileLayout
-from diffusers_evdit.masks import non_reference_frames, tile_mask
-
-
-def bias_of(layout, k_ref, dtype):
-    keep = tile_mask(layout, k_ref)
-    return torch.zeros(keep.shape, dtype=dtype).masked_fill(~keep, -torch.inf)
+from diffusers_evdit.masks import additive_tile_mask, non_reference_frames
 
 
 def part_mask_fn(q, k, v, layout, k_ref):
     """(c) global rows dense, non-reference rows with their rows of the additive mask (two SDPA calls)."""
     plan = keyset_plan(layout, k_ref, q.device)
-    bias = bias_of(layout, k_ref, q.dtype)
+    bias = additive_tile_mask(layout, k_ref, q.dtype)
     rows = plan.nonref_tokens if isinstance(plan.nonref_tokens, torch.Tensor) else torch.arange(
         plan.nonref_tokens.start, plan.nonref_tokens.stop)
     row_bias = bias.index_select(0, rows).contiguous()
@@ -69,7 +63,7 @@ def part_mask_fn(q, k, v, layout, k_ref):
 
 
 def candidates(q, k, v, layout, k_ref, math: bool):
-    bias = bias_of(layout, k_ref, q.dtype)
+    bias = additive_tile_mask(layout, k_ref, q.dtype)
     plan = keyset_plan(layout, k_ref, q.device)
     fns = {
         "dense": lambda: F.scaled_dot_product_attention(q, k, v),
@@ -89,7 +83,7 @@ def candidates(q, k, v, layout, k_ref, math: bool):
 
 
 def check_exact(fns, q, k, v, layout, k_ref):
-    bias = bias_of(layout, k_ref, torch.float64)
+    bias = additive_tile_mask(layout, k_ref, torch.float64)
     ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=bias)
     return {name: (fn().double() - ref).abs().max().item() for name, fn in fns.items() if name != "dense"}
 

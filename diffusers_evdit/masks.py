@@ -138,6 +138,18 @@ def tile_mask(layout: TileLayout, k: int | None, device=None) -> torch.Tensor:
     return tile_allowed(frames[:, None], frames[None, :], flags[:, None], flags[None, :])
 
 
+def additive_tile_mask(layout: TileLayout, k: int | None, dtype: torch.dtype, device=None) -> torch.Tensor:
+    """:func:`tile_mask` as the additive ``[N, N]`` mask SDPA adds to the scores as it is (0 = attend, -inf = skip).
+
+    Example:
+        >>> from diffusers_evdit.layout import TileLayout
+        >>> additive_tile_mask(TileLayout(num_frames=3, tokens_per_frame=1), k=1, dtype=torch.float32)[1]
+        tensor([0., 0., -inf])
+    """
+    keep = tile_mask(layout, k, device)
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill(~keep, -torch.inf)
+
+
 def allowed_pairs(layout: TileLayout, k: int | None) -> int:
     """Number of (query, key) pairs the mask keeps, from the closed form (no mask is built).
 

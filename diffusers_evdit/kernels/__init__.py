@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 
 from ..layout import TileLayout
-from ..masks import element_sparsity, is_dense, non_reference_frames, tile_mask
+from ..masks import additive_tile_mask, element_sparsity, is_dense, non_reference_frames
 from .dense import dense_attention
 from .flex import FlexTileKernel, tile_block_mask
 from .gathered import gathered_tile_attention
@@ -234,11 +234,8 @@ class TileAttention:
     def tile_bias(self, layout: TileLayout, k_ref: int, q: torch.Tensor) -> torch.Tensor:
         """The cached ``[N, N]`` additive tile mask of a sparse entry (0 kept, -inf dropped; ``q``'s dtype and
         device), the ``masked`` kernel's (SDPA adds it as it is, where a boolean mask is converted every call)."""
-        def build():
-            keep = tile_mask(layout, k_ref, q.device)
-            return torch.zeros(keep.shape, dtype=q.dtype, device=q.device).masked_fill(~keep, -torch.inf)
-
-        return cached_outside_trace(self._masks, (layout, k_ref, q.device, q.dtype), build)
+        return cached_outside_trace(self._masks, (layout, k_ref, q.device, q.dtype),
+                                    lambda: additive_tile_mask(layout, k_ref, q.dtype, q.device))
 
     def is_small(self, call: TileCall) -> bool:
         """Whether ``call``'s sequence is short enough for ``auto``'s small-shape kernels."""
@@ -256,11 +253,9 @@ class TileAttention:
             if call.layout.seq_len > CUDA_MASKED_SEQ_LEN and sparsity > CUDA_GATHERED_MIN_SPARSITY:
                 return ("gathered", "split")
             return ("masked", "gathered")
-        if call.needs_grad:  # keysets' backward is autograd's through its two calls; split takes a padding mask
-            if sparsity > SMALL_TRAIN_MIN_SPARSITY:
-                return ("keysets", "split", "gathered")
-            return ("masked", "gathered")
-        if sparsity > masked_max_sparsity(cpu_threads()):
+        # keysets' backward is autograd's through its two calls; split takes a key-padding mask that keysets refuses
+        limit = SMALL_TRAIN_MIN_SPARSITY if call.needs_grad else masked_max_sparsity(cpu_threads())
+        if sparsity > limit:
             return ("keysets", "split", "gathered")
         return ("masked", "gathered")
 
