@@ -1,12 +1,15 @@
 """A searched mask plan with exactly the pair budget of a uniform plan, for the searched-vs-uniform comparison.
 
     python benchmarks/equal_sparsity_plan.py --uniform 3 --out benchmarks/results/plans/searched-budget-3of8.json
+    python benchmarks/equal_sparsity_plan.py --uniform 3 --refine-rounds 3 \
+        --out benchmarks/results/plans/refined-budget-3of8.json
 
 Stage 2's latency-budget search (paper, Appendix A) on the shipped MLCD student (``demo_model/mlcd``), with each
 mask's "runtime" set to the share of (query, key) pairs it keeps, so the budget is the uniform ``k:F-k`` plan's kept
 pairs: the searched plan skips at least as many pairs as the uniform one and spends them where its layers lose least.
 The inputs are the student's own transformer calls while sampling training prompts (never test or validation
-prompts), as the greedy search of ``reproduce_tables.py`` records them.
+prompts), as the greedy search of ``reproduce_tables.py`` records them. ``--refine-rounds`` re-solves around the
+plan found while the whole plan's output loss falls (the summed single-layer losses ignore how layers interact).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--row", default="mlcd", help="student subfolder of the model whose calls are searched")
     p.add_argument("--uniform", type=int, required=True, help="k of the uniform plan whose sparsity is the budget")
     p.add_argument("--search-prompts", type=int, default=2, help="training prompts whose sampling feeds the search")
+    p.add_argument("--refine-rounds", type=int, default=0,
+                   help="rounds of joint refinement around the plan found (budget_search's refine_rounds)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
     p.add_argument("--out", required=True)
@@ -36,7 +41,7 @@ def main(argv=None):
     from diffusers_evdit import TileLayout
     from diffusers_evdit.demo import DemoRow, load_pipeline, load_row, plan_summary, resolve_model
     from diffusers_evdit.masks import element_sparsity, format_mask
-    from diffusers_evdit.search import budget_search
+    from diffusers_evdit.search import budget_search, plan_output_loss
     from diffusers_evdit.search.options import default_masks
 
     path = resolve_model(args.model)
@@ -58,16 +63,18 @@ def main(argv=None):
     num_layers = len(pipe.transformer.blocks)
     budget = num_layers * kept[args.uniform]
     plan = budget_search(pipe.transformer, calls, budget_s=budget, masks=masks, runtimes=kept, solver="exact",
-                         progress=True)
+                         progress=True, refine_rounds=args.refine_rounds)
     plan.metadata.update(source=f"{args.row} of {os.path.relpath(path)}", search_prompts=prompts,
                          inputs="recorded sampling calls of the student (training prompts)",
                          budget="kept (query, key) pairs of the uniform plan " + format_mask(layout.num_frames,
                                                                                               args.uniform),
-                         uniform_k=args.uniform)
+                         uniform_k=args.uniform,
+                         uniform_plan_loss=plan_output_loss(pipe.transformer, calls, [args.uniform] * num_layers))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     plan.save(args.out)
     print(f"k per layer {plan.layers}; mean sparsity {plan.sparsity(layout):.4f} vs uniform "
-          f"{element_sparsity(layout, args.uniform):.4f}")
+          f"{element_sparsity(layout, args.uniform):.4f}; whole-plan output loss {plan.metadata['plan_loss']:.5f} vs "
+          f"uniform {plan.metadata['uniform_plan_loss']:.5f}")
     print(f"wrote {args.out}")
 
 

@@ -19,6 +19,7 @@ from diffusers_evdit.search import (
     greedy_search,
     mask_loss_table,
     measure_mask_runtimes,
+    plan_output_loss,
     plot_plan,
     sample_timesteps,
     solve_budget_exact,
@@ -298,3 +299,70 @@ def test_non_finite_outputs_never_pass(monkeypatch):
     plan = greedy_search(t, [tiny_inputs(t)], threshold=1e9, progress=False)
     assert plan.layers == [1, None, 1]  # finite layers pass every mask; NaN is an infinite loss, fails at once
     assert plan.metadata["trial_losses"]["1"] == {"4": float("inf")}
+
+
+def test_plan_output_loss_matches_installed_plan_in_float64():
+    # independent path: install the plan with apply_mask_plan and compare the two model outputs in float64
+    t = tiny_transformer("wan", num_layers=3).double()
+    inputs = [{k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in x.items()}
+              for x in _inputs(t, m=2)]
+    plan = [2, None, 1]
+    apply_mask_plan(t, MaskPlan.uniform(3, None))
+    with torch.no_grad():
+        dense = [t(**x, return_dict=False)[0] for x in inputs]
+        apply_mask_plan(t, MaskPlan(plan))
+        sparse = [t(**x, return_dict=False)[0] for x in inputs]
+    expected = [float(((a - b) ** 2).mean()) for a, b in zip(sparse, dense)]
+    assert min(expected) > 0
+    assert get_mask_plan(t).layers == plan
+    got_max = plan_output_loss(t, inputs, plan)
+    got_mean = plan_output_loss(t, inputs, MaskPlan(plan), reduce="mean")
+    assert get_mask_plan(t).layers == plan  # the installed plan is restored
+    assert got_max == pytest.approx(max(expected), rel=1e-5)  # _mse sums in float32
+    assert got_mean == pytest.approx(sum(expected) / 2, rel=1e-5)
+    # one sparse layer: the single-layer loss the searches measure
+    table = mask_loss_table(t, inputs, masks=[2, 1], progress=False)
+    assert plan_output_loss(t, inputs, [None, 1, None]) == pytest.approx(table.losses[1][1], rel=1e-9)
+    with pytest.raises(ValueError, match="model has 3 attention layers"):
+        plan_output_loss(t, inputs, [1, 1])
+    with pytest.raises(ValueError, match="reduction"):
+        plan_output_loss(t, inputs, plan, reduce="median")
+
+
+def test_budget_search_reports_the_joint_plan_loss():
+    t = tiny_transformer("wan", num_layers=3)
+    inputs = _inputs(t, m=2)
+    plan = budget_search(t, inputs, budget_s=16.0, masks=[4, 1], runtimes={"dense": 10.0, "4": 8.0, "1": 2.0},
+                         solver="exact", progress=False)
+    meta = plan.metadata
+    assert meta["plan_loss"] == pytest.approx(plan_output_loss(t, inputs, plan), rel=1e-6)
+    assert meta["plan_loss"] > 0 and meta["total_loss"] > 0
+
+
+def test_refinement_measures_losses_around_the_plan_and_never_raises_the_plan_loss():
+    t = tiny_transformer("wan", num_layers=4)
+    inputs = _inputs(t, m=2)
+    rt = {"dense": 10.0, "4": 8.0, "2": 4.0, "1": 2.0}
+    kwargs = dict(budget_s=18.0, masks=[4, 2, 1], runtimes=rt, solver="exact", progress=False)
+    plain = budget_search(t, inputs, **kwargs)
+    refined = budget_search(t, inputs, refine_rounds=3, **kwargs)
+    history = refined.metadata["refinement"]
+    assert history[0]["layers"] == plain.layers and history[0]["accepted"]
+    assert history[0]["plan_loss"] == pytest.approx(plan_output_loss(t, inputs, plain), rel=1e-6)
+    assert refined.metadata["plan_loss"] == pytest.approx(plan_output_loss(t, inputs, refined), rel=1e-6)
+    assert refined.metadata["plan_loss"] <= plain.metadata["plan_loss"]
+    assert refined.metadata["achieved_runtime_s"] <= 18.0
+    accepted = [h["plan_loss"] for h in history if h["accepted"]]
+    assert accepted == sorted(accepted, reverse=True) and len(set(accepted)) == len(accepted)
+    assert (2 <= len(history) <= 4 and not history[-1]["accepted"]) or len(history) == 4  # stopped, or 3 rounds
+    # round 1's table: the previous plan with one layer changed, each entry a whole-plan output loss
+    options = [None, 4, 2, 1]
+    around = history[1]["losses_around"]
+    for layer, j in [(0, 0), (2, 3), (3, 1)]:
+        changed = list(plain.layers)
+        changed[layer] = options[j]
+        assert around[layer][j] == pytest.approx(plan_output_loss(t, inputs, changed), rel=1e-5)
+    with pytest.raises(ValueError, match="needs the \"output\" loss"):
+        budget_search(t, inputs, refine_rounds=1, loss="layer", **kwargs)
+    with pytest.raises(ValueError, match="refine_rounds must be an integer"):
+        budget_search(t, inputs, refine_rounds=-1, **kwargs)

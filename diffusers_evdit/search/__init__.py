@@ -6,9 +6,10 @@ Both take a transformer and a list of *inputs*, forward-keyword dicts, one per t
 ``metadata`` records how it was found. Trials run only the blocks after the dense prefix (:class:`BlockRunner`); the
 design is in docs/design.md.
 
-Modules: ``options`` (timesteps, mask lists, checks), ``engine`` (replay from a block, single-layer trials),
-``greedy`` (Algorithm 1), ``budget`` (loss table and the budget search), ``solvers`` (Lagrangian and exact budget
-solvers), ``runtimes`` (per-mask attention runtimes), ``cost`` (search cost), ``plots`` (the plan chart).
+Modules: ``options`` (timesteps, mask lists, checks), ``engine`` (replay from a block, single-layer trials, the
+output loss of a whole plan), ``greedy`` (Algorithm 1), ``budget`` (loss table and the budget search), ``refine``
+(joint refinement of a budget plan around itself), ``solvers`` (Lagrangian and exact budget solvers), ``runtimes``
+(per-mask attention runtimes), ``cost`` (search cost), ``plots`` (the plan chart).
 
 Example:
     >>> from diffusers_evdit.tiny import tiny_transformer
@@ -23,10 +24,11 @@ Example:
 
 from .budget import LossTable, budget_search, mask_loss_table
 from .cost import estimate_search_cost, greedy_cost_units
-from .engine import BlockRunner
+from .engine import BlockRunner, plan_output_loss
 from .greedy import greedy_search
 from .options import LOSSES, REDUCTIONS, SOLVERS, check_masks, default_masks, sample_timesteps
 from .plots import plot_plan
+from .refine import refine_budget_plan
 from .runtimes import measure_mask_runtimes
 from .solvers import BudgetSolution, solve_budget_exact, solve_budget_lagrangian
 
@@ -35,6 +37,7 @@ __all__ = [
     "default_masks",
     "check_masks",
     "BlockRunner",
+    "plan_output_loss",
     "greedy_cost_units",
     "greedy_search",
     "LossTable",
@@ -44,6 +47,7 @@ __all__ = [
     "solve_budget_lagrangian",
     "solve_budget_exact",
     "budget_search",
+    "refine_budget_plan",
     "estimate_search_cost",
     "plot_plan",
     "LOSSES",

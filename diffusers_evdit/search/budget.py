@@ -14,10 +14,10 @@ from ..analysis.capture import instrument
 from ..analysis.inputs import input_timestep
 from ..plan import MaskPlan
 from ..processors import family_for
-from .engine import TrialEngine
+from .engine import TrialEngine, plan_output_loss
 from .options import LOSSES, REDUCTIONS, SOLVERS, check_choice, check_inputs, check_masks, input_frames
 from .runtimes import measure_mask_runtimes, per_layer_runtimes, runtimes_metadata
-from .solvers import solve_budget_exact, solve_budget_lagrangian
+from .refine import finite_losses, refine_budget_plan, solve_budget
 
 
 @dataclass
@@ -98,6 +98,7 @@ def budget_search(
     iterations: int = 300,
     bins: int | None = None,
     loss_table: LossTable | None = None,
+    refine_rounds: int = 0,
 ) -> MaskPlan:
     """Pick one mask per layer minimising the summed per-layer loss under a runtime budget (paper, Appendix A).
 
@@ -114,10 +115,17 @@ def budget_search(
             ``bins`` discretises the budget, see :func:`solve_budget_exact`).
         fixed_runtime_s: mask-independent time of one forward (projections, MLPs), for end-to-end speedup targets.
         loss_table: reuse a measured :class:`LossTable` (skips the sweep).
+        refine_rounds: up to this many rounds of joint refinement (``"output"`` loss only): re-measure every layer's
+            losses around the plan found and solve again while the whole plan's output loss falls
+            (:func:`refine_budget_plan`; each round costs about one loss-table sweep). The summed single-layer losses
+            assume layers do not interact; at high sparsity they do.
 
     Returns:
-        a :class:`MaskPlan` whose metadata has the budget, dense and achieved runtime and speedup, the summed loss,
-        the dual bound and gap, the per-layer loss table, the mask runtimes and the search cost.
+        a :class:`MaskPlan` whose metadata has the budget, dense and achieved runtime and speedup, the summed loss
+        (``total_loss``, the solver's objective: single-layer losses added up), ``plan_loss`` (the chosen plan's output
+        loss with all its layers sparse at once, :func:`plan_output_loss`; ``None`` for the ``"layer"`` loss),
+        the dual bound and gap (of the first solve), the per-layer loss table, the mask runtimes, the search cost and
+        ``refinement`` (the plans the refinement tried, or ``None``).
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_transformer, tiny_inputs
@@ -136,6 +144,10 @@ def budget_search(
         raise ValueError(f"budget_s must be > 0, got {budget_s}.")
     if fixed_runtime_s < 0:
         raise ValueError(f"fixed_runtime_s must be >= 0, got {fixed_runtime_s}.")
+    if isinstance(refine_rounds, bool) or not isinstance(refine_rounds, int) or refine_rounds < 0:
+        raise ValueError(f"refine_rounds must be an integer >= 0, got {refine_rounds!r}.")
+    if refine_rounds and (loss if loss_table is None else loss_table.loss) != "output":
+        raise ValueError("refine_rounds needs the \"output\" loss: refinement compares whole plans by their output.")
     inputs = check_inputs(inputs)
     num_frames = input_frames(transformer, inputs)
     masks = check_masks(masks, num_frames) if loss_table is None else check_masks(loss_table.masks, num_frames)
@@ -162,15 +174,15 @@ def budget_search(
         loss_table = mask_loss_table(transformer, inputs, masks, loss, reduce, kernel, prefix_cache, progress)
     if len(loss_table.losses) != num_layers:
         raise ValueError(f"The loss table has {len(loss_table.losses)} layers, the model has {num_layers}.")
-    losses = np.array([[0.0, *row] for row in loss_table.losses])
-    if not np.isfinite(losses).all():  # non-finite outputs: worse than anything measured, never preferred
-        finite = losses[np.isfinite(losses)]
-        losses[~np.isfinite(losses)] = 1e6 * (float(finite.max()) + 1.0)
-    if solver == "lagrangian":
-        sol = solve_budget_lagrangian(losses, rt, budget_s, iterations=iterations)
-    else:
-        sol = solve_budget_exact(losses, rt, budget_s, bins=bins)
+    losses = finite_losses([[0.0, *row] for row in loss_table.losses])
+    sol = solve_budget(losses, rt, budget_s, solver, iterations, bins)
     chosen = [options[c] for c in sol.choice]
+    refinement = None
+    if refine_rounds:
+        chosen, refinement = refine_budget_plan(transformer, inputs, chosen, options, rt, budget_s, refine_rounds,
+                                                loss_table.reduce, solver, kernel, prefix_cache, progress)
+    picked = [options.index(k) for k in chosen]
+    achieved = float(rt[np.arange(num_layers), picked].sum())
     metadata = {
         "method": "latency-budget",
         "solver": solver,
@@ -178,10 +190,14 @@ def budget_search(
         "target_speedup": None if target_speedup is None else float(target_speedup),
         "fixed_runtime_s": float(fixed_runtime_s),
         "dense_runtime_s": dense_total,
-        "achieved_runtime_s": sol.runtime,
-        "achieved_speedup": (dense_total + fixed_runtime_s) / (sol.runtime + fixed_runtime_s)
-        if sol.runtime + fixed_runtime_s > 0 else None,
-        "total_loss": sol.loss,
+        "achieved_runtime_s": achieved,
+        "achieved_speedup": (dense_total + fixed_runtime_s) / (achieved + fixed_runtime_s)
+        if achieved + fixed_runtime_s > 0 else None,
+        "total_loss": float(losses[np.arange(num_layers), picked].sum()),
+        "plan_loss": (refinement[-1 if refinement[-1]["accepted"] else -2]["plan_loss"] if refinement else
+                      plan_output_loss(transformer, inputs, chosen, loss_table.reduce, kernel))
+        if loss_table.loss == "output" else None,
+        "refinement": refinement,
         "dual_bound": sol.dual_bound,
         "dual_gap": sol.gap,
         "iterations": sol.iterations,
@@ -191,10 +207,10 @@ def budget_search(
         "num_frames": num_frames,
         "masks": masks,
         "loss_table": loss_table.losses,
-        "layer_losses": [float(losses[i, c]) for i, c in enumerate(sol.choice)],
+        "layer_losses": [float(losses[i, j]) for i, j in enumerate(picked)],
         "mask_runtimes_s": runtimes_metadata(runtimes),
         "runtimes_measured": measured,
-        "layer_forwards": loss_table.layer_forwards,
+        "layer_forwards": loss_table.layer_forwards + (refinement[-1]["layer_forwards"] if refinement else 0),
         "wall_time_s": time.perf_counter() - began,
         "kernel": kernel,
         "complete": loss_table.complete,

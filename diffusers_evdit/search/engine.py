@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
-from ..analysis.capture import StopForward, run_until_stopped
+from ..analysis.capture import StopForward, instrument, run_until_stopped
+from ..plan import MaskPlan
 from ..processors import family_for
+from .options import REDUCTIONS, check_choice, check_inputs
 
 
 def _mse(a, b) -> float:
@@ -176,10 +179,16 @@ class TrialEngine:
                 self.runner.run(self.inputs[t], layer, self.cache[t], stop_after=layer) for t in range(n)
             ]
 
+    def plan_losses(self) -> list[float]:
+        """Per-input output losses of the processors' current masks (every layer at once) against the dense output
+        (``"output"`` loss, after :meth:`start`)."""
+        return [_mse(self._full(t), ref) for t, ref in enumerate(self.dense_final)]
+
     def trial(self, layer: int, k: int, stop_at: float | None = None) -> list[float]:
-        """Per-input losses of mask ``k`` on ``layer`` (all other layers dense); stops once a loss is >= stop_at."""
+        """Per-input losses of mask ``k`` on ``layer`` (the other layers at their processors' masks: dense in the
+        searches); stops once a loss is >= stop_at."""
         proc = self.processors[layer]
-        proc.k = k
+        previous, proc.k = proc.k, k
         losses = []
         try:
             for t in range(len(self.inputs)):
@@ -195,5 +204,46 @@ class TrialEngine:
                 if stop_at is not None and losses[-1] >= stop_at:
                     break
         finally:
-            proc.k = None
+            proc.k = previous
         return losses
+
+
+def plan_output_loss(
+    transformer: nn.Module,
+    inputs: list[dict],
+    plan: MaskPlan | list,
+    reduce: str = "max",
+    kernel: str = "auto",
+) -> float:
+    """The output loss of a whole plan: MSE of the transformer's output with every layer at its plan mask at once,
+    against the dense output, reduced over ``inputs`` by ``"max"`` or ``"mean"``.
+
+    The searches measure one sparse layer at a time; the budget search adds those losses up. This measures what the
+    plan does with all its layers sparse together, to compare plans (e.g. a searched plan against a uniform one of
+    equal sparsity) or to check how far the sum is from the joint loss. The transformer's installed plan, if any, is
+    restored afterwards.
+
+    Args:
+        transformer, inputs: as for :func:`greedy_search`.
+        plan: a :class:`~diffusers_evdit.MaskPlan` or its per-layer ``k`` list (``None`` = dense).
+        reduce: ``"max"`` (as Algorithm 1) or ``"mean"`` over the inputs.
+        kernel: tile kernel (all are exact; this only changes speed).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer, tiny_inputs
+        >>> t = tiny_transformer("wan", num_layers=2)
+        >>> plan_output_loss(t, [tiny_inputs(t)], [None, None])
+        0.0
+    """
+    check_choice(reduce, REDUCTIONS, "reduction")
+    inputs = check_inputs(inputs)
+    layers = list(plan.layers if isinstance(plan, MaskPlan) else plan)
+    with torch.no_grad(), instrument(transformer, None, kernel) as processors:
+        if len(layers) != len(processors):
+            raise ValueError(f"The plan has {len(layers)} layers, the model has {len(processors)} attention layers.")
+        engine = TrialEngine(transformer, inputs, processors, "output", prefix_cache=False)
+        engine.start()
+        for proc, k in zip(processors, layers):
+            proc.k = k
+        losses = engine.plan_losses()
+    return max(losses) if reduce == "max" else sum(losses) / len(losses)
