@@ -278,6 +278,15 @@ def test_search_cli_and_chart(tmp_path, capsys):
                  str(out2), "--num-timesteps", "2", "--no-progress", "--solver", "exact"]) == 0
     meta = MaskPlan.load(out2).metadata
     assert meta["method"] == "latency-budget" and meta["achieved_runtime_s"] <= 10.0
+    assert meta["refinement"] is None and meta["plan_loss"] > 0
+    capsys.readouterr()
+    assert main(["search", "--model", "tiny:wan", "--target-speedup", "2.0", "--runtimes", str(runtimes), "--out",
+                 str(out2), "--num-timesteps", "2", "--no-progress", "--solver", "exact", "--refine-rounds", "2"]) == 0
+    refined = MaskPlan.load(out2).metadata
+    assert [h for h in refined["refinement"] if h["accepted"]][-1]["layers"] == MaskPlan.load(out2).layers
+    assert refined["plan_loss"] <= meta["plan_loss"] and "refinement round(s) of" in capsys.readouterr().out
+    assert main(["search", "--model", "tiny:wan", "--threshold", "0.05", "--refine-rounds", "1", "--out", str(out)]) == 2
+    assert "--refine-rounds refines a budget plan" in capsys.readouterr().err
 
     assert main(["search", "--model", "tiny:wan", "--threshold", "0", "--out", str(out)]) == 2
     assert "threshold r must be a number > 0" in capsys.readouterr().err

@@ -36,6 +36,8 @@ def _cmd_search(args) -> int:
     modes = [args.threshold is not None, args.target_speedup is not None, args.budget_ms is not None]
     if not args.estimate_cost and sum(modes) != 1:
         raise ValueError("Give exactly one of --threshold, --target-speedup and --budget-ms (or --estimate-cost).")
+    if args.refine_rounds and args.threshold is not None:
+        raise ValueError("--refine-rounds refines a budget plan: use it with --target-speedup or --budget-ms.")
     if not args.estimate_cost and not args.out:
         raise ValueError("--out is required (the plan JSON to write).")
     transformer, device, dtype = load_model(args)
@@ -62,6 +64,7 @@ def _cmd_search(args) -> int:
                 budget_s=None if args.budget_ms is None else args.budget_ms / 1e3, masks=masks, runtimes=runtimes,
                 loss=args.loss, reduce=args.reduce, solver=args.solver, fixed_runtime_s=args.fixed_ms / 1e3,
                 kernel=args.kernel, prefix_cache=not args.no_prefix_cache, progress=progress, bins=args.bins,
+                refine_rounds=args.refine_rounds,
             )
     except KeyboardInterrupt:
         print("evdit: interrupted before the loss table was complete; no plan written.")
@@ -84,6 +87,11 @@ def _cmd_search(args) -> int:
         print(f"attention runtime {meta['achieved_runtime_s'] * 1e3:.3f} ms of budget {meta['budget_s'] * 1e3:.3f} ms "
               f"(dense {meta['dense_runtime_s'] * 1e3:.3f} ms, speedup {meta['achieved_speedup']:.2f}x); "
               f"summed loss {meta['total_loss']:.3e}{gap}; layer forwards {meta['layer_forwards']}")
+        if meta["plan_loss"] is not None:
+            tried = meta["refinement"] or []
+            print(f"whole-plan output loss {meta['plan_loss']:.3e}"
+                  + (f" after {sum(h['accepted'] for h in tried) - 1} accepted refinement round(s) of {len(tried) - 1}"
+                     if tried else ""))
     written = [args.out]
     status = 0
     if not args.no_chart:
@@ -121,6 +129,9 @@ def register(sub) -> None:
                         "layer); default: measured on the device")
     p.add_argument("--fixed-ms", type=float, default=0.0,
                    help="mask-independent time per forward, for end-to-end speedup targets (default 0)")
+    p.add_argument("--refine-rounds", type=int, default=0,
+                   help="budget search: rounds of joint refinement around the plan found (each about one sweep; "
+                        "output loss only; default 0)")
     p.add_argument("--no-prefix-cache", action="store_true", help="full forwards per trial (slower; for checking)")
     p.add_argument("--cost-layer", type=int, default=0, help="--estimate-cost: layer of the timed trial")
     p.set_defaults(func=_cmd_search)
