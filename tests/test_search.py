@@ -285,7 +285,8 @@ def test_search_cli_and_chart(tmp_path, capsys):
     refined = MaskPlan.load(out2).metadata
     assert [h for h in refined["refinement"] if h["accepted"]][-1]["layers"] == MaskPlan.load(out2).layers
     assert refined["plan_loss"] <= meta["plan_loss"] and "refinement round(s) of" in capsys.readouterr().out
-    assert main(["search", "--model", "tiny:wan", "--threshold", "0.05", "--refine-rounds", "1", "--out", str(out)]) == 2
+    assert main(["search", "--model", "tiny:wan", "--threshold", "0.05", "--refine-rounds", "1",
+                 "--out", str(out)]) == 2
     assert "--refine-rounds refines a budget plan" in capsys.readouterr().err
 
     assert main(["search", "--model", "tiny:wan", "--threshold", "0", "--out", str(out)]) == 2
@@ -364,6 +365,12 @@ def test_refinement_measures_losses_around_the_plan_and_never_raises_the_plan_lo
     accepted = [h["plan_loss"] for h in history if h["accepted"]]
     assert accepted == sorted(accepted, reverse=True) and len(set(accepted)) == len(accepted)
     assert (2 <= len(history) <= 4 and not history[-1]["accepted"]) or len(history) == 4  # stopped, or 3 rounds
+    # blocks run: dense references and the plan given (2 inputs x 4 blocks each), then per round the prefix cache
+    # advanced one block per layer (3 x 2), the trials on blocks l..3 (3 options x (4+3+2+1) x 2) and the new plan (8)
+    assert history[0]["layer_forwards"] == 16
+    steps = [b["layer_forwards"] - a["layer_forwards"] for a, b in zip(history, history[1:])]
+    assert steps == [74] * (len(history) - 1)
+    assert refined.metadata["layer_forwards"] == plain.metadata["layer_forwards"] + history[-1]["layer_forwards"]
     # round 1's table: the previous plan with one layer changed, each entry a whole-plan output loss
     options = [None, 4, 2, 1]
     around = history[1]["losses_around"]

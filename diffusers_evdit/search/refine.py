@@ -78,19 +78,22 @@ def refine_budget_plan(
         dense = TrialEngine(transformer, inputs, processors, "output", prefix_cache)
         dense.start()
 
-        def plan_loss(plan) -> float:
+        def set_plan(plan):
             for proc, k in zip(processors, plan):
                 proc.k = k
+
+        def plan_loss(plan) -> float:
+            set_plan(plan)
             return reduce_fn(dense.plan_losses())
 
         current_loss = plan_loss(current)
-        forwards = dense.layer_forwards
+        trial_forwards = 0  # blocks run by the rounds' trial engines; dense.layer_forwards counts the whole plans
         history = [{"round": 0, "layers": list(current), "plan_loss": current_loss, "accepted": True,
-                    "layer_forwards": forwards}]
+                    "layer_forwards": dense.layer_forwards}]
         bar = tqdm(total=rounds * num_layers * (len(options) - 1), desc="refining the plan", disable=not progress)
         try:
             for r in range(1, rounds + 1):
-                plan_loss(current)  # processors at the current plan: trials change one layer around it
+                set_plan(current)  # trials change one layer around the current plan
                 engine = TrialEngine(transformer, inputs, processors, "output", prefix_cache)
                 engine.dense_final = dense.dense_final
                 table = np.empty((num_layers, len(options)))
@@ -107,9 +110,10 @@ def refine_budget_plan(
                 new = [options[c] for c in sol.choice]
                 new_loss = plan_loss(new)
                 accepted = new != current and new_loss < current_loss
-                forwards = dense.layer_forwards + engine.layer_forwards + history[-1]["layer_forwards"]
+                trial_forwards += engine.layer_forwards
                 history.append({"round": r, "layers": new, "plan_loss": new_loss, "accepted": accepted,
-                                "layer_forwards": forwards, "losses_around": table.tolist()})
+                                "layer_forwards": dense.layer_forwards + trial_forwards,
+                                "losses_around": table.tolist()})
                 if not accepted:
                     break
                 current, current_loss = new, new_loss
