@@ -96,7 +96,7 @@ class TileLayout:
                 f"{where} received {seq_len} tokens, but the tile layout explains {self.seq_len} "
                 f"({self.num_frames} frames x {self.tokens_per_frame} tokens + {self.num_text_tokens} text tokens "
                 f"{self.text_position}). The input does not have the frame-major layout the mask plan assumes; "
-                "was the latent shape changed between the transformer call and its attention?"
+                "call the transformer with the latents the plan was applied for (the layout comes from its forward)."
             )
 
     def with_text(self, num_text_tokens: int, text_position: str) -> "TileLayout":
@@ -121,7 +121,8 @@ def video_grid(latent_shape: tuple[int, int, int], patch_size: tuple[int, int, i
     pt, ph, pw = patch_size
     if frames % pt or height % ph or width % pw:
         raise ValueError(
-            f"Latent of {frames} frames x {height} x {width} does not divide into patches of {pt} x {ph} x {pw}."
+            f"Latent of {frames} frames x {height} x {width} does not divide into patches of {pt} x {ph} x {pw}; "
+            "use a height / width / frame count divisible by the patch size."
         )
     return frames // pt, (height // ph) * (width // pw)
 

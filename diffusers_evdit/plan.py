@@ -91,7 +91,10 @@ class MaskPlan:
             raise ValueError(f"A mask plan must be a JSON object, got {type(data).__name__}.")
         version = data.get("version")
         if not isinstance(version, int):
-            raise ValueError("Not a mask plan: the 'version' field is missing or not an integer.")
+            raise ValueError(
+                "Not a mask plan: the 'version' field is missing or not an integer; load a file written by "
+                "MaskPlan.save()."
+            )
         if version > PLAN_VERSION:
             raise ValueError(
                 f"This mask plan has version {version}, newer than the {PLAN_VERSION} this diffusers-evdit reads; "
@@ -101,7 +104,10 @@ class MaskPlan:
         if not isinstance(layers, list):
             raise ValueError("Not a mask plan: 'layers' must be a list of null/int entries.")
         if "num_layers" in data and data["num_layers"] != len(layers):
-            raise ValueError(f"Corrupt mask plan: num_layers={data['num_layers']} but {len(layers)} layer entries.")
+            raise ValueError(
+                f"Corrupt mask plan: num_layers={data['num_layers']} but {len(layers)} layer entries; re-save the plan "
+                "with MaskPlan.save()."
+            )
         metadata = data.get("metadata") or {}
         if not isinstance(metadata, dict):
             raise ValueError("Corrupt mask plan: 'metadata' must be an object.")
@@ -112,11 +118,7 @@ class MaskPlan:
 
     @classmethod
     def from_json(cls, text: str) -> "MaskPlan":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"Mask plan is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(_decode_json(text, "pass the text MaskPlan.to_json() / MaskPlan.save() wrote"))
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the plan as JSON to ``path``."""
@@ -129,9 +131,17 @@ class MaskPlan:
         with open(path, encoding="utf-8") as f:
             text = f.read()
         try:
-            return cls.from_json(text)
+            return cls.from_dict(_decode_json(text, "re-save the plan with MaskPlan.save()"))
         except ValueError as err:
             raise ValueError(f"{path}: {err}") from None
+
+
+def _decode_json(text: str, fix: str):
+    """``json.loads(text)``; text that is not JSON raises ``ValueError`` ending in ``fix``."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"Mask plan is not valid JSON: {err}; {fix}") from None
 
 
 def num_plan_layers(transformer: nn.Module) -> int:

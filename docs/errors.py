@@ -42,6 +42,8 @@ def render(cases, to_improve: dict) -> str:
     index = {case.id: i for i, case in enumerate(cases, 1)}
     for key, change in to_improve.items():
         lines.append(f"* row {index[key]} (`{key}`): {change}")
+    if not to_improve:
+        lines.append("None: every message above names its fix.")
     return "\n".join(lines) + "\n"
 
 

@@ -423,21 +423,25 @@ CASES = [
             "A plan needs at least one layer, got num_layers=0.", "needs at least one layer"),
     Refusal("plan-json", "plan files", "plan text that is not JSON", _malformed_plan_json, ValueError,
             "Mask plan is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 "
-            "(char 1)", None),
+            "(char 1); pass the text MaskPlan.to_json() / MaskPlan.save() wrote",
+            "pass the text MaskPlan.to_json() / MaskPlan.save() wrote"),
     Refusal("plan-newer", "plan files", "a plan file of a newer format version", _newer_plan, ValueError,
             "This mask plan has version 99, newer than the 1 this diffusers-evdit reads; upgrade diffusers-evdit "
             "(pip install -U diffusers-evdit).", "upgrade diffusers-evdit"),
     Refusal("plan-version", "plan files", "a JSON object without `version`", _plan_without_version, ValueError,
-            "Not a mask plan: the 'version' field is missing or not an integer.", None),
+            "Not a mask plan: the 'version' field is missing or not an integer; load a file written by "
+            "MaskPlan.save().", "load a file written by MaskPlan.save()"),
     Refusal("plan-corrupt", "plan files", "`num_layers` that disagrees with `layers`", _plan_layer_count_mismatch,
-            ValueError, "Corrupt mask plan: num_layers=3 but 2 layer entries.", None),
+            ValueError, "Corrupt mask plan: num_layers=3 but 2 layer entries; re-save the plan with MaskPlan.save().",
+            "re-save the plan with MaskPlan.save()"),
     Refusal("plan-truncated", "plan files", "a plan file cut short (`MaskPlan.load`)", _truncated_plan_file,
             ValueError, "<tmp>/plan.json: Mask plan is not valid JSON: Unterminated string starting at: line 2 "
-            "column 13 (char 14)", None),
+            "column 13 (char 14); re-save the plan with MaskPlan.save()", "re-save the plan with MaskPlan.save()"),
     Refusal("pipeline-plan-truncated", "pipelines", "a saved pipeline whose `mask_plan.json` is cut short",
             _truncated_plan_in_pipeline, ValueError,
             "Corrupt mask plan for transformer: <tmp>/pipe/mask_plan.json: Mask plan is not valid JSON: Expecting "
-            "value: line 1 column 29 (char 28). Fix or remove the file, or load with mask_plan=None to run dense.",
+            "value: line 1 column 29 (char 28); re-save the plan with MaskPlan.save(). Fix or remove the file, or "
+            "load with mask_plan=None to run dense.",
             "load with mask_plan=None"),
     Refusal("pipeline-plan-missing", "pipelines", "a saved pipeline whose `mask_plan.json` was deleted",
             _missing_plan_in_pipeline, ValueError,
@@ -462,20 +466,22 @@ CASES = [
     Refusal("sequence-length", "kernels", "q, k, v of 13 tokens for a layout of 14", _unexplained_sequence_length,
             ValueError,
             "self-attention received 13 tokens, but the tile layout explains 14 (3 frames x 4 tokens + 2 text "
-            "tokens first). The input does not have the frame-major layout the mask plan assumes; was the latent "
-            "shape changed between the transformer call and its attention?", None),
+            "tokens first). The input does not have the frame-major layout the mask plan assumes; call the "
+            "transformer with the latents the plan was applied for (the layout comes from its forward).",
+            "call the transformer with the latents the plan was applied for"),
     Refusal("mask-dtype", "kernels", "a float key-padding mask", _non_boolean_mask, ValueError,
             "key_padding_mask must be a bool tensor [batch, tokens] = (1, 14), got torch.float32 (1, 14).",
             "must be a bool tensor"),
-    Refusal("dtype-mix", "kernels", "q in float32, k in float64", _dtype_mix, RuntimeError,
-            "Expected query, key, and value to have the same dtype, but got query.dtype: float key.dtype: double "
-            "and value.dtype: float instead.", None),
-    Refusal("device-mix", "kernels", "q on the CPU, k on another device", _device_mix, RuntimeError,
-            "Expected query, key, and value to have the same device type, but got query.device: cpu key.device: "
-            "meta and value.device: cpu instead.", None),
+    Refusal("dtype-mix", "kernels", "q in float32, k in float64", _dtype_mix, ValueError,
+            "q, k, v must share one dtype and device, got torch.float32 on cpu, torch.float64 on cpu, torch.float32 "
+            "on cpu; cast them to q's (k.to(q)).", "cast them to q's (k.to(q))"),
+    Refusal("device-mix", "kernels", "q on the CPU, k on another device", _device_mix, ValueError,
+            "q, k, v must share one dtype and device, got torch.float32 on cpu, torch.float32 on meta, torch.float32 "
+            "on cpu; cast them to q's (k.to(q)).", "cast them to q's (k.to(q))"),
     Refusal("latent-patches", "transformer calls", "a latent whose width does not divide into patches",
             _latent_not_in_patches, ValueError,
-            "Latent of 6 frames x 8 x 7 does not divide into patches of 1 x 2 x 2.", None),
+            "Latent of 6 frames x 8 x 7 does not divide into patches of 1 x 2 x 2; use a height / width / frame "
+            "count divisible by the patch size.", "use a height / width / frame count divisible by the patch size"),
     Refusal("attention-alone", "transformer calls", "an attention module called on its own after `apply_mask_plan`",
             _attention_called_alone, RuntimeError,
             "wan layer 0: no tile layout is known. Tile-sparse processors get the layout from the transformer's "
@@ -553,19 +559,7 @@ CASES = [
 ]
 
 #: Messages that do not name a fix yet, in files owned elsewhere (or by the standard library / PyTorch): the change.
-TO_IMPROVE = {
-    "plan-json": "plan.py MaskPlan.from_json: append \"; pass the text MaskPlan.to_json() / MaskPlan.save() wrote\"",
-    "plan-version": "plan.py MaskPlan.from_dict: append \"; load a file written by MaskPlan.save()\"",
-    "plan-corrupt": "plan.py MaskPlan.from_dict: append \"; re-save the plan with MaskPlan.save()\"",
-    "plan-truncated": "plan.py MaskPlan.load: append \"; re-save the plan with MaskPlan.save()\"",
-    "sequence-length": "layout.py check_seq_len: end with \"call the transformer with the latents the plan was "
-                       "applied for (the layout comes from its forward)\" instead of a question",
-    "dtype-mix": "kernels/__init__.py _check_inputs: check q, k, v dtype and device first: \"q, k, v must share "
-                 "one dtype and device, got ...; cast them to q's (k.to(q))\"",
-    "device-mix": "kernels/__init__.py _check_inputs: as dtype-mix",
-    "latent-patches": "layout.py video_grid: append \"; use a height / width / frame count divisible by the patch "
-                      "size\"",
-}
+TO_IMPROVE: dict[str, str] = {}
 
 
 # ------------------------------------------------------------------------------------------------------- tests

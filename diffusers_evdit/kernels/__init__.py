@@ -118,6 +118,12 @@ def check_kernel(kernel: str) -> str:
 
 
 def _check_inputs(q, k, v, layout: TileLayout, key_padding_mask) -> None:
+    dtype, device = q.dtype, q.device
+    if k.dtype != dtype or v.dtype != dtype or k.device != device or v.device != device:
+        raise ValueError(
+            f"q, k, v must share one dtype and device, got {q.dtype} on {q.device}, {k.dtype} on {k.device}, "
+            f"{v.dtype} on {v.device}; cast them to q's (k.to(q))."
+        )
     if q.dim() != 4 or k.shape != q.shape[:3] + k.shape[3:] or v.shape[:3] != k.shape[:3]:
         raise ValueError(
             f"tile attention expects q, k, v as [batch, heads, tokens, head_dim], got {tuple(q.shape)}, "

@@ -221,8 +221,8 @@ class TileSparseAttnProcessor:
                 f"{where} received {seq_len} tokens, but the tile layout explains {num_video} "
                 f"({video.num_frames} frames x {video.tokens_per_frame} tokens"
                 f"{', plus extra tokens ' + position if position != TEXT_NONE else ''}). The input does not have "
-                "the frame-major layout the mask plan assumes; was the latent shape changed between the transformer "
-                "call and its attention?"
+                "the frame-major layout the mask plan assumes; call the transformer with the latents the plan was "
+                "applied for (the layout comes from its forward)."
             )
         return video.with_text(extra, position if extra else TEXT_NONE)
 
