@@ -4,8 +4,8 @@
 #   bash benchmarks/device_ship.sh mlcd    # S=8 student (2 min), then the S=4 student from it (4 min): runs/mlcd-s4
 #   bash benchmarks/device_ship.sh all     # both in one call, shorter budgets (what shipped)
 #   bash benchmarks/device_ship.sh kd      # on the still-warm machine: search (r = 0.005, 0.05) + KD, and uniform 4:4 + KD
-#   bash benchmarks/device_ship.sh compare # searched (COMPARE_PLAN, default the refined budget plan) vs uniform plans
-#                                          # of equal sparsity, both with KD from the shipped MLCD student, 3 training
+#   bash benchmarks/device_ship.sh compare # searched (COMPARE_PLAN, default the budget plan) vs uniform plans of
+#                                          # equal sparsity, both with KD from the shipped MLCD student, 3 training
 #                                          # seeds each, scored on the test prompts (< 10 min)
 #
 # Each call packs the trained transformers in float16 (transformer/ + scheduler/ + plan + training configs) as
@@ -68,9 +68,10 @@ compare)
             --synthetic_num_samples 2048 --max_train_steps "$steps" --max_minutes "${COMPARE_KD_MINUTES:-4}" \
             --time_reserve_s 6 >"runs/cmp/$1-s$3.log" 2>&1
     }
-    # the searched side: the refined budget plan (default since it led on validation prompts without KD,
-    # plan-losses-cpu.json); COMPARE_PLAN=benchmarks/results/plans/searched-budget-3of8.json repeats the 2026-12-05 run
-    searched=${COMPARE_PLAN:-benchmarks/results/plans/refined-budget-3of8.json}
+    # the searched side: the budget plan of the 2026-12-05 run, or COMPARE_PLAN (e.g.
+    # benchmarks/results/plans/refined-budget-3of8.json, the refined plan: level with uniform on validation without
+    # KD, plan-losses-cpu.json)
+    searched=${COMPARE_PLAN:-benchmarks/results/plans/searched-budget-3of8.json}
     kd searched "$searched" 0 &
     while [ ! -f runs/cmp/latents.pt ] && jobs %1 >/dev/null 2>&1; do sleep 2; done  # the first run fills the cache
     kd searched "$searched" 1 & kd searched "$searched" 2 &
