@@ -64,7 +64,7 @@ def main(argv=None):
     from diffusers_evdit.analysis import record_transformer_inputs
     from diffusers_evdit.data import eval_prompts
     from diffusers_evdit.demo import DemoRow, load_pipeline, load_row, plan_summary, resolve_model
-    from diffusers_evdit.masks import element_sparsity, format_mask
+    from diffusers_evdit.masks import format_mask
     from diffusers_evdit.search import plan_output_loss
 
     began = time.perf_counter()
@@ -95,7 +95,7 @@ def main(argv=None):
     scores = _scores(args.scores, args.row)
     results = []
     for name, plan in plans:
-        sparsity = sum(element_sparsity(layout, k) for k in plan.layers) / num_layers
+        sparsity = plan.sparsity(layout)
         video = float(((sample(plan).float() - dense_latents.float()) ** 2).mean())
         score = scores.get(tuple(plan.layers))
         results.append({
