@@ -17,7 +17,8 @@ from ..processors import family_for
 from .engine import TrialEngine, plan_output_loss
 from .options import LOSSES, REDUCTIONS, SOLVERS, check_choice, check_inputs, check_masks, input_frames
 from .runtimes import measure_mask_runtimes, per_layer_runtimes, runtimes_metadata
-from .refine import finite_losses, refine_budget_plan, solve_budget
+from .refine import refine_budget_plan
+from .solvers import finite_losses, solve_budget
 
 
 @dataclass
@@ -194,7 +195,7 @@ def budget_search(
         "achieved_speedup": (dense_total + fixed_runtime_s) / (achieved + fixed_runtime_s)
         if achieved + fixed_runtime_s > 0 else None,
         "total_loss": float(losses[np.arange(num_layers), picked].sum()),
-        "plan_loss": (refinement[-1 if refinement[-1]["accepted"] else -2]["plan_loss"] if refinement else
+        "plan_loss": (next(h for h in reversed(refinement) if h["accepted"])["plan_loss"] if refinement else
                       plan_output_loss(transformer, inputs, chosen, loss_table.reduce, kernel))
         if loss_table.loss == "output" else None,
         "refinement": refinement,

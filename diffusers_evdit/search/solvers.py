@@ -258,3 +258,20 @@ def solve_budget_exact(losses, runtimes, budget: float, bins: int | None = None,
     rows = np.arange(len(choice))
     loss = float(losses[rows, choice].sum())
     return BudgetSolution([int(c) for c in choice], loss, float(runtimes[rows, choice].sum()), None, 0.0, 0, None)
+
+
+def finite_losses(losses) -> np.ndarray:
+    """``losses`` as a float array whose non-finite entries are worse than anything measured (never preferred)."""
+    losses = np.array(losses, dtype=np.float64)
+    bad = ~np.isfinite(losses)
+    if bad.any():
+        finite = losses[~bad]
+        losses[bad] = 1e6 * (float(np.abs(finite).max()) + 1.0 if finite.size else 1.0)
+    return losses
+
+
+def solve_budget(losses, runtimes, budget_s: float, solver: str, iterations: int = 300, bins: int | None = None):
+    """One mask per layer under the budget with the chosen solver (``"lagrangian"`` or ``"exact"``)."""
+    if solver == "lagrangian":
+        return solve_budget_lagrangian(losses, runtimes, budget_s, iterations=iterations)
+    return solve_budget_exact(losses, runtimes, budget_s, bins=bins)
