@@ -4,6 +4,10 @@
 #   bash benchmarks/device_ship.sh mlcd    # S=8 student (2 min), then the S=4 student from it (4 min): runs/mlcd-s4
 #   bash benchmarks/device_ship.sh all     # both in one call, shorter budgets (what shipped)
 #   bash benchmarks/device_ship.sh kd      # on the still-warm machine: search (r = 0.005, 0.05) + KD, and uniform 4:4 + KD
+#   bash benchmarks/device_ship.sh curve   # Stage 1's learning curve: S=8 (2 min), S=4 from it (4.5 min) with
+#                                          # snapshots, all scored against the shipped MLCD on validation prompts
+#   bash benchmarks/device_ship.sh ship-best  # on the still-warm machine: the validation-best S=4 student of `curve`,
+#                                          # KD with the shipped plan, then Base and old/new rows on the test prompts
 #   bash benchmarks/device_ship.sh compare # searched (COMPARE_PLAN, default the budget plan) vs uniform plans of
 #                                          # equal sparsity, both with KD from the shipped MLCD student, 3 training
 #                                          # seeds each, scored on the test prompts (< 10 min)
@@ -11,7 +15,7 @@
 # Each call packs the trained transformers in float16 (transformer/ + scheduler/ + plan + training configs) as
 # $OUT/<row>.tar, ready to unpack under diffusers_evdit/demo_model/<row>/.
 set -uo pipefail
-phase=${1:?usage: device_ship.sh mlcd|kd|all}
+phase=${1:?usage: device_ship.sh mlcd|kd|all|curve|ship-best|compare}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -87,6 +91,67 @@ compare)
         --extra-row "Efficient-vDiT=evdit:saved" --out "$OUT/compare-rows.json" 2>&1 | grep -v '%|' | tail -n 14
     tar czf "$OUT/compare-runs.tar.gz" runs/cmp/*.log runs/cmp/*/kd_config.json runs/cmp/*/losses.jsonl \
         runs/cmp/*/mask_plan.json 2>/dev/null
+    ;;
+curve)
+    # Is Stage 1 (the quality line's limit, demo-rows-h100.json) short of training? One S=8 student, one S=4 run
+    # from it with snapshots at the shipped student's length (656 steps) and beyond; every snapshot and the final
+    # student against the shipped MLCD row on 64 validation prompts x 2 seeds (choices on validation only).
+    if [ "${CURVE_GPU_TESTS:-1}" = 1 ]; then  # the GPU test suite beside the training (it checks, it does not time)
+        (timeout 420 python -m pytest -m gpu -q -p no:cacheprovider tests/ >"$OUT/gpu-tests.log" 2>&1;
+         echo "gpu tests rc=$?" >>"$OUT/gpu-tests.log") &
+    fi
+    mlcd_args=(--teacher "$teacher" --dataset synthetic --teacher_steps 48 --train_batch_size 32 --mixed_precision no
+               --allow_tf32 --dataloader_num_workers 8 --max_train_steps 1000000 --cache_latents
+               --synthetic_num_samples 2048 --checkpointing_steps 0 --validation_steps 0 --no_final_validation
+               --eval_prompts 0 --report_to none)
+    python examples/train_mlcd.py "${mlcd_args[@]}" --output_dir runs/curve-s8 --num_segments 8 --seed 0 \
+        --learning_rate 1e-4 --latent_cache runs/latents-seed0.pt --max_minutes "${CURVE_S8_MINUTES:-2.0}" \
+        >"$OUT/curve-s8.log" 2>&1
+    tail -n 1 "$OUT/curve-s8.log"
+    python examples/train_mlcd.py "${mlcd_args[@]}" --output_dir runs/curve-s4 --num_segments 4 --seed 1 \
+        --init_student runs/curve-s8 --learning_rate 3e-5 --latent_cache runs/latents-seed1.pt \
+        --snapshot_steps 300 656 1000 1300 --max_minutes "${CURVE_S4_MINUTES:-4.5}" >"$OUT/curve-s4.log" 2>&1
+    tail -n 1 "$OUT/curve-s4.log"
+    rows=()
+    for d in runs/curve-s4/snapshot-* runs/curve-s4; do
+        [ -f "$d/model_index.json" ] && rows+=(--extra-row "$(basename "$d")=$PWD/$d:dense")
+    done
+    timeout $((590 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --split validation --rows MLCD \
+        --prompts 64 --seeds 2 --workers 12 --timing-videos 1 "${rows[@]}" --out "$OUT/curve-validation.json" 2>&1 \
+        | grep -v '%|' | tail -n 10
+    cp runs/curve-s4/losses.jsonl "$OUT/curve-s4-losses.jsonl"; cp runs/curve-s8/losses.jsonl "$OUT/curve-s8-losses.jsonl"
+    cp "$OUT/curve-validation.json" runs/
+    wait
+    tail -n 3 "$OUT/gpu-tests.log" 2>/dev/null
+    ;;
+ship-best)
+    # The S=4 student of `curve` with the best mean validation score (runs/curve-validation.json; the shipped MLCD
+    # row is only the reference), KD with the shipped Efficient-vDiT plan (searched on the shipped student: the
+    # plan is not searched again), then Base, the shipped rows and the new rows on the 64 test prompts x 3 seeds.
+    [ -f runs/curve-validation.json ] || { echo "no runs/curve-validation.json here: run the curve phase first"; exit 1; }
+    best=$(python - <<'PY'
+import json
+rows = [r for r in json.load(open("runs/curve-validation.json"))["rows"] if r["name"] != "MLCD"]
+best = max(rows, key=lambda r: r["final_score"]["mean"])
+print(best["folder"])
+PY
+)
+    echo "validation-best S=4 student: $best"
+    python -c "import json; json.dump(json.load(open('$teacher/evdit/mask_plan.json')), open('runs/shipped-plan.json', 'w'))"
+    python examples/train_kd.py --teacher "$best" --student "$best" --plan runs/shipped-plan.json \
+        --task_loss mlcd --mlcd_teacher "$teacher" --output_dir runs/curve-kd --train_batch_size 32 \
+        --learning_rate 3e-5 --task_weight 100 --kd_weight 1 --no_final_validation --report_to none \
+        --checkpointing_steps 0 --validation_steps 0 --mixed_precision no --seed 0 --dataloader_num_workers 4 \
+        --allow_tf32 --latent_cache runs/latents-kd.pt --synthetic_num_samples 2048 --max_train_steps 1000000 \
+        --max_minutes "${SHIP_KD_MINUTES:-3.0}" >"$OUT/curve-kd.log" 2>&1
+    tail -n 1 "$OUT/curve-kd.log"
+    timeout $((585 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base,MLCD,Efficient-vDiT \
+        --prompts 64 --seeds 3 --workers 12 --timing-videos 3 --extra-row "MLCD-long=$best:dense" \
+        --extra-row "Efficient-vDiT-long=$PWD/runs/curve-kd:saved" --out "$OUT/curve-test.json" 2>&1 \
+        | grep -v '%|' | tail -n 10
+    export_row "$best" mlcd-long
+    export_row runs/curve-kd evdit-long
+    cp runs/curve-kd/kd_config.json "$OUT/curve-kd-config.json"
     ;;
 mlcd)
     bash benchmarks/device_stages.sh s4-student

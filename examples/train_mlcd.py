@@ -143,6 +143,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = add_output_args(p, tracker="mlcd")
     g.add_argument("--save_weights", choices=("student", "ema"), default="student",
                    help="weights of the saved pipeline: the student or its EMA (the target network)")
+    g.add_argument("--snapshot_steps", type=int, nargs="+", default=(),
+                   help="also save the whole pipeline at these global steps as OUTPUT_DIR/snapshot-<step>/ (loadable "
+                        "like the final folder: a learning curve of one run; not with --use_lora)")
     add_validation_args(p, validate_teacher="also write the teacher's videos at S steps and at its default steps "
                                             "(once)",
                         eval_prompts="N > 0: the `evdit eval` metrics (diffusers_evdit.demo.evaluate_pipeline) of the "
@@ -264,6 +267,8 @@ def main(argv=None) -> dict:
             module.requires_grad_(False).eval()
             # VAE and text encoders: bf16 when training in bf16, else fp32 (T5 and the VAEs overflow in fp16)
             module.to(device, dtype=torch.bfloat16 if weight_dtype == torch.bfloat16 else torch.float32)
+    if args.use_lora and args.snapshot_steps:
+        raise SystemExit("--snapshot_steps saves fused full weights; with --use_lora, save checkpoints instead.")
     if args.use_lora and args.init_student:
         raise SystemExit("--init_student starts full weights; with --use_lora, train from the teacher instead.")
     if args.use_lora:
@@ -435,6 +440,10 @@ def main(argv=None) -> dict:
         extra = 0.0 if args.no_final_validation else 1.5 * validation_s
         return max(20.0, extra + 10.0) + (30.0 + 1.0 * args.eval_prompts if args.eval_prompts else 0.0)
 
+    def generation_settings() -> dict:
+        return {"num_frames": args.num_frames, "height": args.height, "width": args.width,
+                "max_sequence_length": max_seq, "fps": args.validation_fps}
+
     num_segments = current_segments()
     acc_loss = torch.zeros((), device=device)
     while global_step < args.max_train_steps:
@@ -485,6 +494,13 @@ def main(argv=None) -> dict:
         last = stop or global_step >= args.max_train_steps
         if args.checkpointing_steps and (global_step % args.checkpointing_steps == 0 or stop):
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
+        if accelerator.is_main_process and global_step in args.snapshot_steps and not last:
+            snapshot = os.path.join(output_dir, f"snapshot-{global_step}")
+            save_pipeline(args, pipe, unwrapped, ema, schedules[num_segments].inference_scheduler(teacher_scheduler),
+                          orig_dtypes, snapshot, family)
+            write_generation_settings(snapshot, generation_settings(), num_segments,
+                                      embedded if family == "hunyuan_video" else 1.0, args.teacher)
+            logger.info("Saved the step-%d snapshot to %s", global_step, snapshot)
         if (accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0
                 and not last):
             validation_s = run_validation(global_step, num_segments)
@@ -508,8 +524,7 @@ def main(argv=None) -> dict:
             run_validation(global_step, final_segments)
         final_schedule = schedules[final_segments]
         inference_scheduler = final_schedule.inference_scheduler(teacher_scheduler)
-        generation = {"num_frames": args.num_frames, "height": args.height, "width": args.width,
-                      "max_sequence_length": max_seq, "fps": args.validation_fps}
+        generation = generation_settings()
         if args.eval_prompts:
             summary["eval"] = evaluate(args, pipe, unwrapped, student_weights, teacher_transformer,
                                        inference_scheduler, teacher_scheduler, final_segments, base_steps,
@@ -586,12 +601,17 @@ def save_pipeline(args, pipe, unwrapped, ema, scheduler, orig_dtypes, output_dir
     save_dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}.get(
         args.save_dtype, orig_dtypes.get("transformer", torch.float32))
     transformer.to("cpu", dtype=save_dtype)
-    components = {}
+    components, placements = {}, {}
     for name, dtype in orig_dtypes.items():
         if name != "transformer":
+            tensor = next(pipe.components[name].parameters(), None)
+            placements[name] = (tensor.device, tensor.dtype) if tensor is not None else None
             components[name] = pipe.components[name].to("cpu", dtype=dtype)
     out = EfficientVDiTPipeline.from_pipe(pipe, transformer=transformer, scheduler=scheduler, **components)
     out.save_pretrained(output_dir)
+    for name, placement in placements.items():  # training may go on (a snapshot): the encoders back where they were
+        if placement is not None:
+            pipe.components[name].to(*placement)
 
 
 def evaluate(args, pipe, unwrapped, student_weights, teacher_transformer, scheduler, teacher_scheduler,

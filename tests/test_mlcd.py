@@ -475,6 +475,27 @@ def test_train_script_resume_is_exact_and_the_folder_samples_in_s_steps(tmp_path
     assert len(calls) == 2
 
 
+def test_train_script_snapshot_is_the_shorter_run_and_leaves_training_unchanged(tmp_path):
+    """--snapshot_steps 2 of a 3-step run saves what a 2-step run saves, and the run ends as one without snapshots."""
+    common = ["--teacher", "tiny:wan", *TINY_ARGS, "--num_segments", 2, "--checkpointing_steps", 0,
+              "--validation_steps", 0, "--no_final_validation"]
+    run_script([*common, "--max_train_steps", 2, "--output_dir", tmp_path / "two"])
+    run_script([*common, "--max_train_steps", 3, "--output_dir", tmp_path / "three"])
+    snapped = run_script([*common, "--max_train_steps", 3, "--output_dir", tmp_path / "snap", "--snapshot_steps", 2, 3])
+
+    def weights(folder):
+        return DiffusionPipeline.from_pretrained(folder).transformer.state_dict()
+
+    assert sorted(p.name for p in (tmp_path / "snap").glob("snapshot-*")) == ["snapshot-2"]  # step 3 is the final
+    for snapshot, reference in (("snap/snapshot-2", "two"), ("snap", "three")):
+        got, want = weights(tmp_path / snapshot), weights(tmp_path / reference)
+        assert all(torch.equal(got[k], want[k]) for k in want), snapshot
+    assert len(snapped["losses"]) == 3
+    pipe = EfficientVDiTPipeline.from_pretrained(tmp_path / "snap" / "snapshot-2")
+    assert pipe.scheduler.mlcd_num_steps == 2
+    assert json.loads((tmp_path / "snap" / "snapshot-2" / "evdit_demo.json").read_text())["num_inference_steps"] == 2
+
+
 def test_train_script_lora_on_a_video_folder(tmp_path):
     folder = save_video_folder(SyntheticVideoDataset(4, num_frames=9, height=32, width=32), tmp_path / "data")
     out = tmp_path / "out"
