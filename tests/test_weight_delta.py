@@ -45,3 +45,41 @@ def test_a_delta_for_another_model_is_refused_and_changes_nothing():
 def test_missing_delta_file_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="save_delta"):
         load_delta(tiny_transformer("wan"), str(tmp_path))
+
+
+def test_pack_demo_row_ships_a_student_folder_as_a_delta_row(tmp_path):
+    """benchmarks/pack_demo_row.py: the row's delta restores the student, and its scheduler, defaults and record."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from diffusers_evdit.generation import GenerationDefaults
+    from diffusers_evdit.tiny import tiny_pipeline
+
+    base_dir, student_dir = tmp_path / "base", tmp_path / "student"
+    pipe = tiny_pipeline("wan")
+    pipe.save_pretrained(base_dir)
+    student = _student_of(pipe.transformer, seed=1)
+    pipe.transformer = student
+    pipe.save_pretrained(student_dir)
+    GenerationDefaults(num_inference_steps=4, guidance_scale=1.0).save(student_dir)
+    (student_dir / "mlcd_config.json").write_text(json.dumps({"steps": 7}))
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import pack_demo_row
+    finally:
+        sys.path.remove(benchmarks)
+    row = base_dir / "mlcd"
+    written = pack_demo_row.main([str(student_dir), str(row)])
+    assert {"transformer_delta.safetensors", "training.json", "generation_defaults.json",
+            "scheduler/scheduler_config.json"} <= set(written)
+    restored = load_delta(tiny_pipeline("wan").transformer, str(row)).state_dict()
+    base = tiny_pipeline("wan").transformer.state_dict()
+    for name, want in student.state_dict().items():
+        change = (want - base[name]).abs().max()
+        assert float((restored[name] - want).abs().max()) <= float(change) / 7, name  # within a 4-bit step
+    assert json.loads((row / "training.json").read_text()) == {"mlcd": {"steps": 7}}
+    assert GenerationDefaults.load(row).to_dict() == {"num_inference_steps": 4, "guidance_scale": 1.0}
+    assert json.loads((row / "scheduler" / "scheduler_config.json").read_text()) == json.loads(
+        (student_dir / "scheduler" / "scheduler_config.json").read_text())
