@@ -440,6 +440,27 @@ def main(argv=None) -> dict:
         extra = 0.0 if args.no_final_validation else 1.5 * validation_s
         return max(20.0, extra + 10.0) + (30.0 + 1.0 * args.eval_prompts if args.eval_prompts else 0.0)
 
+    def run_record(segments: int, train_seconds: float, stopped: bool) -> dict:
+        """mlcd_config.json: how the student was made (what train_kd.py and the model card read)."""
+        return {
+            "teacher": args.teacher, "init_student": args.init_student, "family": family,
+            "teacher_steps": teacher_steps,
+            "num_segments": segments, "segment_schedule": args.segment_schedule,
+            "solver_steps": args.solver_steps, "milestones": schedules[segments].milestones,
+            "milestone_timesteps": [float(t) for t in schedules[segments].milestone_timesteps()],
+            "prediction_type": grid.prediction_type, "teacher_guidance_scale": guidance,
+            "embedded_guidance_scale": embedded if family == "hunyuan_video" else None,
+            "loss_type": args.loss_type, "ema_decay": args.ema_decay, "use_lora": args.use_lora,
+            "learning_rate": args.learning_rate, "train_batch_size": args.train_batch_size,
+            "gradient_accumulation_steps": args.gradient_accumulation_steps,
+            "steps": global_step, "final_loss": losses[-1]["loss"] if losses else None,
+            "train_seconds": round(train_seconds, 1), "total_seconds": round(time.time() - t_start, 1),
+            "stopped_by_time": stopped, "num_processes": accelerator.num_processes,
+            "mixed_precision": accelerator.mixed_precision,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            "frames": args.num_frames, "height": args.height, "width": args.width, "dataset": args.dataset,
+        }
+
     def generation_settings() -> dict:
         return {"num_frames": args.num_frames, "height": args.height, "width": args.width,
                 "max_sequence_length": max_seq, "fps": args.validation_fps}
@@ -500,6 +521,8 @@ def main(argv=None) -> dict:
                           orig_dtypes, snapshot, family)
             write_generation_settings(snapshot, generation_settings(), num_segments,
                                       embedded if family == "hunyuan_video" else 1.0, args.teacher)
+            with open(os.path.join(snapshot, "mlcd_config.json"), "w", encoding="utf-8") as f:
+                json.dump(run_record(num_segments, time.time() - train_start, False), f, indent=2)
             logger.info("Saved the step-%d snapshot to %s", global_step, snapshot)
         if (accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0
                 and not last):
@@ -532,24 +555,7 @@ def main(argv=None) -> dict:
         save_pipeline(args, pipe, unwrapped, ema, inference_scheduler, orig_dtypes, output_dir, family)
         write_generation_settings(output_dir, generation, final_segments,
                                   embedded if family == "hunyuan_video" else 1.0, args.teacher)
-        provenance = {
-            "teacher": args.teacher, "init_student": args.init_student, "family": family,
-            "teacher_steps": teacher_steps,
-            "num_segments": final_segments, "segment_schedule": args.segment_schedule,
-            "solver_steps": args.solver_steps, "milestones": final_schedule.milestones,
-            "milestone_timesteps": [float(t) for t in final_schedule.milestone_timesteps()],
-            "prediction_type": grid.prediction_type, "teacher_guidance_scale": guidance,
-            "embedded_guidance_scale": embedded if family == "hunyuan_video" else None,
-            "loss_type": args.loss_type, "ema_decay": args.ema_decay, "use_lora": args.use_lora,
-            "learning_rate": args.learning_rate, "train_batch_size": args.train_batch_size,
-            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-            "steps": global_step, "final_loss": losses[-1]["loss"] if losses else None,
-            "train_seconds": round(train_s, 1), "total_seconds": round(time.time() - t_start, 1),
-            "stopped_by_time": stopped_by_time, "num_processes": accelerator.num_processes,
-            "mixed_precision": accelerator.mixed_precision,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
-            "frames": args.num_frames, "height": args.height, "width": args.width, "dataset": args.dataset,
-        }
+        provenance = run_record(final_segments, train_s, stopped_by_time)
         with open(os.path.join(output_dir, "mlcd_config.json"), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)
         append_model_card(output_dir, provenance, summary.get("eval"))

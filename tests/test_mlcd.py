@@ -494,6 +494,8 @@ def test_train_script_snapshot_is_the_shorter_run_and_leaves_training_unchanged(
     pipe = EfficientVDiTPipeline.from_pretrained(tmp_path / "snap" / "snapshot-2")
     assert pipe.scheduler.mlcd_num_steps == 2
     assert json.loads((tmp_path / "snap" / "snapshot-2" / "evdit_demo.json").read_text())["num_inference_steps"] == 2
+    record = json.loads((tmp_path / "snap" / "snapshot-2" / "mlcd_config.json").read_text())  # train_kd.py reads it
+    assert record["steps"] == 2 and record["num_segments"] == 2
 
 
 def test_train_script_lora_on_a_video_folder(tmp_path):
