@@ -100,26 +100,16 @@ curve)
         (timeout 420 python -m pytest -m gpu -q -p no:cacheprovider tests/ >"$OUT/gpu-tests.log" 2>&1;
          echo "gpu tests rc=$?" >>"$OUT/gpu-tests.log") &
     fi
-    mlcd_args=(--teacher "$teacher" --dataset synthetic --teacher_steps 48 --train_batch_size 32 --mixed_precision no
-               --allow_tf32 --dataloader_num_workers 8 --max_train_steps 1000000 --cache_latents
-               --synthetic_num_samples 2048 --checkpointing_steps 0 --validation_steps 0 --no_final_validation
-               --eval_prompts 0 --report_to none)
-    python examples/train_mlcd.py "${mlcd_args[@]}" --output_dir runs/curve-s8 --num_segments 8 --seed 0 \
-        --learning_rate 1e-4 --latent_cache runs/latents-seed0.pt --max_minutes "${CURVE_S8_MINUTES:-2.0}" \
-        >"$OUT/curve-s8.log" 2>&1
-    tail -n 1 "$OUT/curve-s8.log"
-    python examples/train_mlcd.py "${mlcd_args[@]}" --output_dir runs/curve-s4 --num_segments 4 --seed 1 \
-        --init_student runs/curve-s8 --learning_rate 3e-5 --latent_cache runs/latents-seed1.pt \
-        --snapshot_steps 300 656 1000 1300 --max_minutes "${CURVE_S4_MINUTES:-4.5}" >"$OUT/curve-s4.log" 2>&1
-    tail -n 1 "$OUT/curve-s4.log"
+    bash benchmarks/device_stages.sh s4-curve
+    tail -n 1 "$OUT/train_s8.log" "$OUT/train_s4.log"
     rows=()
-    for d in runs/curve-s4/snapshot-* runs/curve-s4; do
+    for d in runs/mlcd-s4/snapshot-* runs/mlcd-s4; do
         [ -f "$d/model_index.json" ] && rows+=(--extra-row "$(basename "$d")=$PWD/$d:dense")
     done
     timeout $((590 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --split validation --rows MLCD \
         --prompts 64 --seeds 2 --workers 12 --timing-videos 1 "${rows[@]}" --out "$OUT/curve-validation.json" 2>&1 \
         | grep -v '%|' | tail -n 10
-    cp runs/curve-s4/losses.jsonl "$OUT/curve-s4-losses.jsonl"; cp runs/curve-s8/losses.jsonl "$OUT/curve-s8-losses.jsonl"
+    cp runs/mlcd-s4/losses.jsonl "$OUT/curve-s4-losses.jsonl"; cp runs/mlcd-s8/losses.jsonl "$OUT/curve-s8-losses.jsonl"
     cp "$OUT/curve-validation.json" runs/
     wait
     tail -n 3 "$OUT/gpu-tests.log" 2>/dev/null
@@ -137,8 +127,7 @@ print(best["folder"])
 PY
 )
     echo "validation-best S=4 student: $best"
-    python -c "import json; json.dump(json.load(open('$teacher/evdit/mask_plan.json')), open('runs/shipped-plan.json', 'w'))"
-    python examples/train_kd.py --teacher "$best" --student "$best" --plan runs/shipped-plan.json \
+    python examples/train_kd.py --teacher "$best" --student "$best" --plan "$teacher/evdit/mask_plan.json" \
         --task_loss mlcd --mlcd_teacher "$teacher" --output_dir runs/curve-kd --train_batch_size 32 \
         --learning_rate 3e-5 --task_weight 100 --kd_weight 1 --no_final_validation --report_to none \
         --checkpointing_steps 0 --validation_steps 0 --mixed_precision no --seed 0 --dataloader_num_workers 4 \

@@ -18,6 +18,7 @@
 #   bash benchmarks/device_stages.sh s4-long-kd [MODEL]  # r = 0.005 and 4:4 with 4-min KD runs (~7.5 min)
 #   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
+#   bash benchmarks/device_stages.sh s4-curve    # the same with S=4 snapshots (train_mlcd.py --snapshot_steps)
 #   bash benchmarks/device_stages.sh kd-options [MODEL]  # KD variants (lr, warm-up, lambda, LoRA) of 4:4 and 2:6
 #
 # Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it;
@@ -26,7 +27,7 @@
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|s4-student|reproduce|low-r|s4-sweep|reproduce-long|reproduce-quick|reproduce-resume|s4-long-kd|kd-lr|kd-options}
+phase=${1:?usage: device_stages.sh mlcd|s4-student|s4-curve|reproduce|low-r|s4-sweep|reproduce-long|reproduce-quick|reproduce-resume|s4-long-kd|kd-lr|kd-options}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -44,10 +45,10 @@ train_s8() {  # [MINUTES, default 2]: the S=8 student distilled from the teacher
     tail -n 2 "$OUT/train_s8.log"
 }
 need_s8() { [ -f runs/mlcd-s8/model_index.json ] || train_s8 "$@"; }  # train_s8 unless it is there (warm machine)
-train_s4() {  # [MINUTES, default 4]: the S=4 student from runs/mlcd-s8 at lr 3e-5 (the recipe of mlcd.md) -> runs/mlcd-s4
+train_s4() {  # [MINUTES, default 4 [MORE ARGS]]: the S=4 student from runs/mlcd-s8 at lr 3e-5 (the recipe of mlcd.md)
     python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s4 --num_segments 4 --seed 1 \
         --latent_cache runs/latents-seed1.pt \
-        --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes "${1:-4.0}" 2>&1 | tail -n 25 >"$OUT/train_s4.log"
+        --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes "${1:-4.0}" "${@:2}" 2>&1 | tail -n 25 >"$OUT/train_s4.log"
     tail -n 2 "$OUT/train_s4.log"
 }
 
@@ -126,6 +127,11 @@ s4-student-short)
     # the same two students on shorter budgets (S=8 1.5 min, S=4 2.5 min), for device_ship.sh's one-call run
     train_s8 1.5
     train_s4 2.5
+    ;;
+s4-curve)
+    # the s4-student recipe with S=4 snapshots along the way (device_ship.sh curve scores them); ~7 min
+    train_s8 "${CURVE_S8_MINUTES:-2.0}"
+    train_s4 "${CURVE_S4_MINUTES:-4.5}" --snapshot_steps 300 656 1000 1300
     ;;
 s4-student)
     # the S=8 and S=4 students of the `mlcd` phase without its table (for `reproduce-long runs/mlcd-s4` next, on the

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import sys
 
 
 def _read(path: str) -> dict | None:
@@ -34,6 +33,12 @@ def pack_row(source: str, row: str, base: str, mlcd_record: str | None = None) -
     from diffusers_evdit.distill.weight_delta import save_delta
     from diffusers_evdit.generation import GENERATION_DEFAULTS_FILE, GenerationDefaults
 
+    for need in ("transformer/config.json", "scheduler/scheduler_config.json"):
+        if not os.path.isfile(os.path.join(source, need)):
+            raise SystemExit(f"{source} lacks {need}: pass the pipeline folder a training script saved "
+                             "(train_mlcd.py / train_kd.py --output_dir)")
+    if not os.path.isfile(os.path.join(base, "transformer", "config.json")):
+        raise SystemExit(f"{base} has no transformer/: pass the base model folder with --base")
     student = WanTransformer3DModel.from_pretrained(source, subfolder="transformer", torch_dtype=torch.float32)
     reference = WanTransformer3DModel.from_pretrained(base, subfolder="transformer", torch_dtype=torch.float32)
     record = {"mlcd": _read(os.path.join(mlcd_record or source, "mlcd_config.json")),
@@ -77,4 +82,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main() and 0)
+    main()

@@ -465,6 +465,14 @@ def main(argv=None) -> dict:
         return {"num_frames": args.num_frames, "height": args.height, "width": args.width,
                 "max_sequence_length": max_seq, "fps": args.validation_fps}
 
+    def save_student(folder: str, segments: int, scheduler, record: dict) -> None:
+        """The loadable pipeline folder (final or snapshot): weights, scheduler, generation settings, record."""
+        save_pipeline(args, pipe, unwrapped, ema, scheduler, orig_dtypes, folder, family)
+        write_generation_settings(folder, generation_settings(), segments,
+                                  embedded if family == "hunyuan_video" else 1.0, args.teacher)
+        with open(os.path.join(folder, "mlcd_config.json"), "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=2)
+
     num_segments = current_segments()
     acc_loss = torch.zeros((), device=device)
     while global_step < args.max_train_steps:
@@ -517,12 +525,8 @@ def main(argv=None) -> dict:
             save_checkpoint(accelerator, output_dir, global_step, args.checkpoints_total_limit)
         if accelerator.is_main_process and global_step in args.snapshot_steps and not last:
             snapshot = os.path.join(output_dir, f"snapshot-{global_step}")
-            save_pipeline(args, pipe, unwrapped, ema, schedules[num_segments].inference_scheduler(teacher_scheduler),
-                          orig_dtypes, snapshot, family)
-            write_generation_settings(snapshot, generation_settings(), num_segments,
-                                      embedded if family == "hunyuan_video" else 1.0, args.teacher)
-            with open(os.path.join(snapshot, "mlcd_config.json"), "w", encoding="utf-8") as f:
-                json.dump(run_record(num_segments, time.time() - train_start, False), f, indent=2)
+            save_student(snapshot, num_segments, schedules[num_segments].inference_scheduler(teacher_scheduler),
+                         run_record(num_segments, time.time() - train_start, False))
             logger.info("Saved the step-%d snapshot to %s", global_step, snapshot)
         if (accelerator.is_main_process and args.validation_steps and global_step % args.validation_steps == 0
                 and not last):
@@ -552,12 +556,8 @@ def main(argv=None) -> dict:
             summary["eval"] = evaluate(args, pipe, unwrapped, student_weights, teacher_transformer,
                                        inference_scheduler, teacher_scheduler, final_segments, base_steps,
                                        guidance, generation, output_dir)
-        save_pipeline(args, pipe, unwrapped, ema, inference_scheduler, orig_dtypes, output_dir, family)
-        write_generation_settings(output_dir, generation, final_segments,
-                                  embedded if family == "hunyuan_video" else 1.0, args.teacher)
         provenance = run_record(final_segments, train_s, stopped_by_time)
-        with open(os.path.join(output_dir, "mlcd_config.json"), "w", encoding="utf-8") as f:
-            json.dump(provenance, f, indent=2)
+        save_student(output_dir, final_segments, inference_scheduler, provenance)
         append_model_card(output_dir, provenance, summary.get("eval"))
         logger.info("Saved the %d-step pipeline to %s (%.1f s in total)", final_segments, output_dir,
                     time.time() - t_start)

@@ -83,3 +83,18 @@ def test_pack_demo_row_ships_a_student_folder_as_a_delta_row(tmp_path):
     assert GenerationDefaults.load(row).to_dict() == {"num_inference_steps": 4, "guidance_scale": 1.0}
     assert json.loads((row / "scheduler" / "scheduler_config.json").read_text()) == json.loads(
         (student_dir / "scheduler" / "scheduler_config.json").read_text())
+
+
+def test_pack_demo_row_refuses_a_folder_that_is_not_a_trained_pipeline(tmp_path):
+    import sys
+    from pathlib import Path
+
+    benchmarks = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import pack_demo_row
+    finally:
+        sys.path.remove(benchmarks)
+    with pytest.raises(SystemExit, match="lacks transformer/config.json: pass the pipeline folder"):
+        pack_demo_row.main([str(tmp_path / "missing"), str(tmp_path / "base" / "row")])
+    assert not (tmp_path / "base").exists()
