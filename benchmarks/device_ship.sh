@@ -8,6 +8,10 @@
 #                                          # snapshots, all scored against the shipped MLCD on validation prompts
 #   bash benchmarks/device_ship.sh ship-best  # on the still-warm machine: the validation-best S=4 student of `curve`,
 #                                          # KD with the shipped plan, then Base and old/new rows on the test prompts
+#   bash benchmarks/device_ship.sh steps-curve  # S=8, S=6, S=4 from S=6 (device_stages.sh s8-s6-s4), the new S=4
+#                                          # against the shipped MLCD on validation prompts
+#   bash benchmarks/device_ship.sh steps-test  # on the still-warm machine: Base, shipped rows and the students at 8,
+#                                          # 6 and 4 steps on the test prompts
 #   bash benchmarks/device_ship.sh compare # searched (COMPARE_PLAN, default the budget plan) vs uniform plans of
 #                                          # equal sparsity, both with KD from the shipped MLCD student, 3 training
 #                                          # seeds each, scored on the test prompts (< 10 min)
@@ -15,7 +19,7 @@
 # Each call packs the trained transformers in float16 (transformer/ + scheduler/ + plan + training configs) as
 # $OUT/<row>.tar, ready to unpack under diffusers_evdit/demo_model/<row>/.
 set -uo pipefail
-phase=${1:?usage: device_ship.sh mlcd|kd|all|curve|ship-best|compare}
+phase=${1:?usage: device_ship.sh mlcd|kd|all|curve|ship-best|steps-curve|steps-test|compare}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -113,6 +117,28 @@ curve)
     cp "$OUT/curve-validation.json" runs/
     wait
     tail -n 3 "$OUT/gpu-tests.log" 2>/dev/null
+    ;;
+steps-curve)
+    # Quality against steps of distilled students, and a gentler Stage 1 (S=8 -> 6 -> 4; the shipped S=4 came from
+    # S=8 directly): device_stages.sh s8-s6-s4, then the new S=4 against the shipped MLCD on 64 validation prompts x 2
+    # seeds (the shipping choice is made on validation only). `steps-test` follows on the still-warm machine.
+    bash benchmarks/device_stages.sh s8-s6-s4
+    tail -n 1 "$OUT"/train_*.log
+    timeout $((560 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --split validation --rows MLCD \
+        --prompts 64 --seeds 2 --workers 12 --timing-videos 1 --extra-row "S4-via6=$PWD/runs/mlcd-s4-via6:dense" \
+        --out "$OUT/steps-validation.json" 2>&1 | grep -v '%|' | tail -n 6
+    cp "$OUT/steps-validation.json" runs/ 2>/dev/null
+    for d in s8 s6 s4-via6; do cp "runs/mlcd-$d/losses.jsonl" "$OUT/steps-$d-losses.jsonl"; done
+    ;;
+steps-test)
+    # on the still-warm machine after `steps-curve`: Base, the shipped rows and the students of every step count on
+    # the 64 test prompts x 3 seeds, in one call (same-call timings); then the students as float16 tars
+    for d in s8 s6 s4-via6; do [ -f "runs/mlcd-$d/model_index.json" ] || { echo "no runs/mlcd-$d: run steps-curve first"; exit 1; }; done
+    timeout $((560 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base,MLCD,Efficient-vDiT \
+        --prompts 64 --seeds 3 --workers 12 --timing-videos 3 --extra-row "MLCD, 8 segments=$PWD/runs/mlcd-s8:dense@8" \
+        --extra-row "MLCD, 6 segments=$PWD/runs/mlcd-s6:dense@6" --extra-row "MLCD, 4 segments via 6=$PWD/runs/mlcd-s4-via6:dense" \
+        --out "$OUT/steps-test.json" 2>&1 | grep -v '%|' | tail -n 10
+    export_row runs/mlcd-s4-via6 mlcd-via6
     ;;
 ship-best)
     # The S=4 student of `curve` with the best mean validation score (runs/curve-validation.json; the shipped MLCD

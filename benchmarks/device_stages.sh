@@ -19,6 +19,7 @@
 #   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
 #   bash benchmarks/device_stages.sh s4-curve    # the same with S=4 snapshots (train_mlcd.py --snapshot_steps)
+#   bash benchmarks/device_stages.sh s8-s6-s4    # S=8, S=6 from it, S=4 from S=6 (runs/mlcd-s6, runs/mlcd-s4-via6)
 #   bash benchmarks/device_stages.sh kd-options [MODEL]  # KD variants (lr, warm-up, lambda, LoRA) of 4:4 and 2:6
 #
 # Results land in $OUT/results.tar.gz (benchmarks/results/... paths; unpack in the repo root) and logs beside it;
@@ -27,7 +28,7 @@
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|s4-student|s4-curve|reproduce|low-r|s4-sweep|reproduce-long|reproduce-quick|reproduce-resume|s4-long-kd|kd-lr|kd-options}
+phase=${1:?usage: device_stages.sh mlcd|s4-student|s4-curve|s8-s6-s4|reproduce|low-r|s4-sweep|reproduce-long|reproduce-quick|reproduce-resume|s4-long-kd|kd-lr|kd-options}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -45,11 +46,18 @@ train_s8() {  # [MINUTES, default 2]: the S=8 student distilled from the teacher
     tail -n 2 "$OUT/train_s8.log"
 }
 need_s8() { [ -f runs/mlcd-s8/model_index.json ] || train_s8 "$@"; }  # train_s8 unless it is there (warm machine)
-train_s4() {  # [MINUTES, default 4 [MORE ARGS]]: the S=4 student from runs/mlcd-s8 at lr 3e-5 (the recipe of mlcd.md)
-    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir runs/mlcd-s4 --num_segments 4 --seed 1 \
-        --latent_cache runs/latents-seed1.pt \
-        --init_student runs/mlcd-s8 --learning_rate 3e-5 --max_minutes "${1:-4.0}" "${@:2}" 2>&1 | tail -n 25 >"$OUT/train_s4.log"
-    tail -n 2 "$OUT/train_s4.log"
+train_from() {  # SEGMENTS INIT OUTDIR SEED MINUTES [MORE ARGS]: a student of SEGMENTS from the student INIT at
+    # lr 3e-5 (progressive reduction, the recipe of mlcd.md); log: $OUT/train_<basename OUTDIR>.log
+    local log
+    log="$OUT/train_$(basename "$3").log"
+    python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir "$3" --num_segments "$1" --seed "$4" \
+        --latent_cache "runs/latents-seed$4.pt" --init_student "$2" --learning_rate 3e-5 --max_minutes "$5" \
+        "${@:6}" 2>&1 | tail -n 25 >"$log"
+    tail -n 2 "$log"
+}
+train_s4() {  # [MINUTES, default 4 [MORE ARGS]]: the S=4 student from runs/mlcd-s8 -> runs/mlcd-s4 (train_s4.log)
+    train_from 4 runs/mlcd-s8 runs/mlcd-s4 1 "${1:-4.0}" "${@:2}"
+    mv "$OUT/train_mlcd-s4.log" "$OUT/train_s4.log"
 }
 
 pack() {  # what comes back: results and the small files of each run (no weights)
@@ -132,6 +140,14 @@ s4-curve)
     # the s4-student recipe with S=4 snapshots along the way (device_ship.sh curve scores them); ~7 min
     train_s8 "${CURVE_S8_MINUTES:-2.0}"
     train_s4 "${CURVE_S4_MINUTES:-4.5}" --snapshot_steps 300 656 1000 1300
+    ;;
+s8-s6-s4)
+    # a gentler progressive reduction, S=8 -> 6 -> 4 (the shipped S=4 came from S=8 directly; mlcd.md): the S=8
+    # student (2 min), S=6 from it (1.5 min), S=4 from S=6 (2.5 min, the shipped S=4's minutes); ~6.5 min.
+    # device_ship.sh steps-curve scores them.
+    need_s8 "${S8_MINUTES:-2.0}"
+    train_from 6 runs/mlcd-s8 runs/mlcd-s6 2 "${S6_MINUTES:-1.5}"
+    train_from 4 runs/mlcd-s6 runs/mlcd-s4-via6 1 "${S4_MINUTES:-2.5}"
     ;;
 s4-student)
     # the S=8 and S=4 students of the `mlcd` phase without its table (for `reproduce-long runs/mlcd-s4` next, on the

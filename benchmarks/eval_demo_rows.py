@@ -31,9 +31,10 @@ def parse_args(argv=None):
     p.add_argument("--mlcd", default=None, help="MLCD row folder (default: MODEL/mlcd)")
     p.add_argument("--evdit", default=None, help="Efficient-vDiT row folder (default: MODEL/evdit)")
     p.add_argument("--rows", default="Base,MLCD,Efficient-vDiT", help="comma-separated rows to run")
-    p.add_argument("--extra-row", action="append", default=[], metavar="NAME=FOLDER[:PLAN]",
-                   help="another 4-step student row without CFG (e.g. a uniform plan + KD, to compare with the searched "
-                        "plan at equal sparsity); PLAN: saved (default), dense, uniform:K or a plan file; repeatable")
+    p.add_argument("--extra-row", action="append", default=[], metavar="NAME=FOLDER[:PLAN][@STEPS]",
+                   help="another student row without CFG (e.g. a uniform plan + KD, to compare with the searched "
+                        "plan at equal sparsity); PLAN: saved (default), dense, uniform:K or a plan file; STEPS: "
+                        "denoising steps (default 4, e.g. @8 for an S=8 student); repeatable")
     p.add_argument("--base-steps", type=int, nargs="*", default=[], metavar="N",
                    help="more Base rows at N steps (the model's CFG, dense): the few-step curve without distillation")
     p.add_argument("--prompts", type=int, default=64, help="test prompts (default 64)")
@@ -77,12 +78,13 @@ def _rows(args):
         rows.append(DemoRow(f"Base-{n}", None, n, None, None))
     for spec in args.extra_row:
         name, sep, rest = spec.partition("=")
+        rest, at, steps = rest.rpartition("@") if "@" in rest else (rest, "", "4")
         folder, _, plan = rest.partition(":")
-        if not sep or not name or not folder:
-            raise SystemExit(f"--extra-row {spec!r}: use NAME=FOLDER or NAME=FOLDER:PLAN")
+        if not sep or not name or not folder or not steps.isdigit() or int(steps) < 1:
+            raise SystemExit(f"--extra-row {spec!r}: use NAME=FOLDER, NAME=FOLDER:PLAN or NAME=FOLDER:PLAN@STEPS")
         plan = plan or "saved"
         folder = os.path.abspath(folder) if os.path.isdir(folder) else folder  # else: a subfolder of the model
-        rows.append(DemoRow(name, folder, 4, 1.0, None if plan == "dense" else plan))
+        rows.append(DemoRow(name, folder, int(steps), 1.0, None if plan == "dense" else plan))
     return rows
 
 
@@ -146,7 +148,8 @@ def _evaluate_rows(args, workers, on_row) -> dict:
             k = min(args.timing_videos, len(captions))
             _, timing = generate_videos(pipe, captions[:k], row_gen, list(range(k)), batch_size=1, progress=False)
         out_rows.append({
-            "name": row.name, "folder": row.folder, "steps": row_gen.num_inference_steps,
+            # the steps the scheduler ran (an MLCD scheduler keeps its distilled milestones whatever is asked)
+            "name": row.name, "folder": row.folder, "steps": len(pipe.scheduler.timesteps),
             "guidance_scale": row_gen.guidance_scale, "plan": plan_summary(pipe, row_gen, (timing or {}).get("layout")),
             "final_score": _stats(per_key["final_score"]),
             "metrics": {k: _stats(v) for k, v in per_key.items() if v},

@@ -84,14 +84,14 @@ def test_shortened_demo_writes_rows_video_sheet_and_report(tmp_path):
     assert rep["files"]["video"] == "side_by_side.gif"
 
 
-def _save_row(folder, seed, plan=None):
+def _save_row(folder, seed, plan=None, sigmas=(1.0, 0.75, 0.5, 0.25)):
     from diffusers_evdit import MaskPlan
     from diffusers_evdit.schedulers import mlcd_scheduler_from
 
     student = build_transformer("tiny", seed=seed, zero_init_output=False).to(torch.float16)
     student.save_pretrained(folder / "transformer")
     base_sched = build_demo_pipeline("tiny").scheduler
-    mlcd_scheduler_from(base_sched, [999, 750, 500, 250], sigmas=[1.0, 0.75, 0.5, 0.25]).save_pretrained(
+    mlcd_scheduler_from(base_sched, [round(999 * s) for s in sigmas], sigmas=list(sigmas)).save_pretrained(
         folder / "scheduler")
     if plan is not None:
         MaskPlan.uniform(2, k=plan).save(folder / "mask_plan.json")
@@ -169,16 +169,22 @@ def test_eval_demo_rows_script_with_row_folders(tmp_path):
     GenerationConfig.tiny().save(base_dir)
     _save_row(tmp_path / "kd", seed=4, plan=1)
     _save_row(tmp_path / "uniform", seed=5)
+    _save_row(tmp_path / "two", seed=6, sigmas=(1.0, 0.5))  # a 2-segment student
     res = eval_demo_rows.main(["--model", str(base_dir), "--evdit", str(tmp_path / "kd"), "--rows",
                                "Base,Efficient-vDiT", "--extra-row", f"Uniform 2:2+KD={tmp_path / 'uniform'}:uniform:2",
-                               "--device", "cpu", "--prompts", "1", "--seeds", "1", "--timing-videos", "1",
+                               "--extra-row", f"two segments={tmp_path / 'two'}:dense@2",
+                               "--extra-row", f"asked 3={tmp_path / 'uniform'}:dense@3", "--device", "cpu", "--prompts", "1", "--seeds", "1", "--timing-videos", "1",
                                "--out", str(tmp_path / "rows.json")])
     rows = {r["name"]: r for r in res["rows"]}
-    assert list(rows) == ["Base", "Efficient-vDiT", "Uniform 2:2+KD"]
+    assert list(rows) == ["Base", "Efficient-vDiT", "Uniform 2:2+KD", "two segments", "asked 3"]
+    assert rows["two segments"]["steps"] == 2 and rows["two segments"]["plan"]["layers"] is None
+    assert rows["asked 3"]["steps"] == 4  # the steps run: a 4-segment MLCD scheduler keeps its milestones
     assert rows["Efficient-vDiT"]["plan"]["layers"] == [1, 1] and rows["Uniform 2:2+KD"]["plan"]["layers"] == [2, 2]
     assert rows["Efficient-vDiT"]["folder"] == str(tmp_path / "kd") and rows["Uniform 2:2+KD"]["steps"] == 4
     with pytest.raises(SystemExit):
         eval_demo_rows.main(["--model", "tiny", "--extra-row", "nofolder", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit):
+        eval_demo_rows.main(["--model", "tiny", "--extra-row", "a=mlcd:dense@0", "--out", str(tmp_path / "x.json")])
 
 
 def test_eval_cli_json_keys(tmp_path, capsys):
