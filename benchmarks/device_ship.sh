@@ -12,6 +12,7 @@
 #                                          # against the shipped MLCD on validation prompts
 #   bash benchmarks/device_ship.sh steps-test  # on the still-warm machine: Base, shipped rows and the students at 8,
 #                                          # 6 and 4 steps on the test prompts
+#   bash benchmarks/device_ship.sh s8-test  # the S=8 student, then it, Base and the shipped MLCD on the test prompts
 #   bash benchmarks/device_ship.sh compare # searched (COMPARE_PLAN, default the budget plan) vs uniform plans of
 #                                          # equal sparsity, both with KD from the shipped MLCD student, 3 training
 #                                          # seeds each, scored on the test prompts (< 10 min)
@@ -19,7 +20,7 @@
 # Each call packs the trained transformers in float16 (transformer/ + scheduler/ + plan + training configs) as
 # $OUT/<row>.tar, ready to unpack under diffusers_evdit/demo_model/<row>/.
 set -uo pipefail
-phase=${1:?usage: device_ship.sh mlcd|kd|all|curve|ship-best|steps-curve|steps-test|compare}
+phase=${1:?usage: device_ship.sh mlcd|kd|all|curve|ship-best|steps-curve|steps-test|s8-test|compare}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -129,6 +130,17 @@ steps-curve)
         --out "$OUT/steps-validation.json" 2>&1 | grep -v '%|' | tail -n 6
     cp "$OUT/steps-validation.json" runs/ 2>/dev/null
     for d in s8 s6 s4-via6; do cp "runs/mlcd-$d/losses.jsonl" "$OUT/steps-$d-losses.jsonl"; done
+    ;;
+s8-test)
+    # the short form, for a call that spent its first minutes elsewhere (SHIP_DEADLINE_S: seconds this phase may
+    # take, default 560): the S=8 student, then Base, the shipped MLCD and the S=8 student at 8 steps on the test
+    # prompts (rows finished before the deadline are kept)
+    deadline=${SHIP_DEADLINE_S:-560}
+    bash benchmarks/device_stages.sh s8-student
+    timeout $((deadline - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base,MLCD --prompts 64 \
+        --seeds 3 --workers 12 --timing-videos 3 --extra-row "MLCD, 8 segments=$PWD/runs/mlcd-s8:dense@8" \
+        --out "$OUT/steps-test.json" 2>&1 | grep -v '%|' | tail -n 8
+    cp runs/mlcd-s8/losses.jsonl "$OUT/steps-s8-losses.jsonl"
     ;;
 steps-test)
     # on the still-warm machine after `steps-curve`: Base, the shipped rows and the students of every step count on

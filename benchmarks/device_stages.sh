@@ -19,6 +19,7 @@
 #   bash benchmarks/device_stages.sh kd-lr       # KD of a 2:6 plan at lr 1e-4 / 3e-5 / 1e-5 in the same minutes
 #   bash benchmarks/device_stages.sh s4-student  # the `mlcd` phase's two students without its table (~6.5 min)
 #   bash benchmarks/device_stages.sh s4-curve    # the same with S=4 snapshots (train_mlcd.py --snapshot_steps)
+#   bash benchmarks/device_stages.sh s8-student  # the S=8 student alone (S8_MINUTES, default 2): runs/mlcd-s8
 #   bash benchmarks/device_stages.sh s8-s6-s4    # S=8, S=6 from it, S=4 from S=6 (runs/mlcd-s6, runs/mlcd-s4-via6)
 #   bash benchmarks/device_stages.sh kd-options [MODEL]  # KD variants (lr, warm-up, lambda, LoRA) of 4:4 and 2:6
 #
@@ -28,7 +29,7 @@
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|s4-student|s4-curve|s8-s6-s4|reproduce|low-r|s4-sweep|reproduce-long|reproduce-quick|reproduce-resume|s4-long-kd|kd-lr|kd-options}
+phase=${1:?usage: device_stages.sh mlcd|s4-student|s4-curve|s8-student|s8-s6-s4|reproduce|low-r|s4-sweep|reproduce-long|reproduce-quick|reproduce-resume|s4-long-kd|kd-lr|kd-options}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -140,6 +141,9 @@ s4-curve)
     # the s4-student recipe with S=4 snapshots along the way (device_ship.sh curve scores them); ~7 min
     train_s8 "${CURVE_S8_MINUTES:-2.0}"
     train_s4 "${CURVE_S4_MINUTES:-4.5}" --snapshot_steps 300 656 1000 1300
+    ;;
+s8-student)
+    train_s8 "${S8_MINUTES:-2.0}"
     ;;
 s8-s6-s4)
     # a gentler progressive reduction, S=8 -> 6 -> 4 (the shipped S=4 came from S=8 directly; mlcd.md): the S=8
