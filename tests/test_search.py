@@ -330,6 +330,7 @@ def test_plan_output_loss_matches_installed_plan_in_float64():
     assert get_mask_plan(t).layers == plan  # the installed plan is restored
     assert got_max == pytest.approx(max(expected), rel=1e-5)  # _mse sums in float32
     assert got_mean == pytest.approx(sum(expected) / 2, rel=1e-5)
+    assert plan_output_loss(t, inputs, plan, reduce="none") == pytest.approx(expected, rel=1e-5)
     # one sparse layer: the single-layer loss the searches measure
     table = mask_loss_table(t, inputs, masks=[2, 1], progress=False)
     assert plan_output_loss(t, inputs, [None, 1, None]) == pytest.approx(table.losses[1][1], rel=1e-9)

@@ -214,7 +214,7 @@ def plan_output_loss(
     plan: MaskPlan | list,
     reduce: str = "max",
     kernel: str = "auto",
-) -> float:
+) -> float | list[float]:
     """The output loss of a whole plan: MSE of the transformer's output with every layer at its plan mask at once,
     against the dense output, reduced over ``inputs`` by ``"max"`` or ``"mean"``.
 
@@ -226,7 +226,8 @@ def plan_output_loss(
     Args:
         transformer, inputs: as for :func:`greedy_search`.
         plan: a :class:`~diffusers_evdit.MaskPlan` or its per-layer ``k`` list (``None`` = dense).
-        reduce: ``"max"`` (as Algorithm 1) or ``"mean"`` over the inputs.
+        reduce: ``"max"`` (as Algorithm 1) or ``"mean"`` over the inputs, or ``"none"``: the list of per-input losses
+            (one pass for several reductions).
         kernel: tile kernel (all are exact; this only changes speed).
 
     Example:
@@ -235,7 +236,7 @@ def plan_output_loss(
         >>> plan_output_loss(t, [tiny_inputs(t)], [None, None])
         0.0
     """
-    check_choice(reduce, REDUCTIONS, "reduction")
+    check_choice(reduce, (*REDUCTIONS, "none"), "reduction")
     inputs = check_inputs(inputs)
     layers = list(plan.layers if isinstance(plan, MaskPlan) else plan)
     with torch.no_grad(), instrument(transformer, None, kernel) as processors:
@@ -246,4 +247,6 @@ def plan_output_loss(
         for proc, k in zip(processors, layers):
             proc.k = k
         losses = engine.plan_losses()
+    if reduce == "none":
+        return list(losses)
     return max(losses) if reduce == "max" else sum(losses) / len(losses)
