@@ -20,6 +20,7 @@ from diffusers_evdit import (
     remove_mask_plan,
     supported_models,
 )
+from diffusers_evdit.kernels.registry import UnsupportedKernelError
 from diffusers_evdit.processors import family_for
 from diffusers_evdit.tiny import TINY_MODELS, TinyVideo, tiny_inputs, tiny_transformer
 
@@ -189,4 +190,10 @@ def test_every_family_on_cuda(name, kernel):
     with tile_masked_sdpa(name, _video(name), 1):
         reference = _run(model, inputs)
     apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1), kernel=kernel)
-    assert (_run(model, inputs) - reference).abs().max().item() <= 1e-4
+    try:
+        out = _run(model, inputs)
+    except UnsupportedKernelError as err:  # flex's declared constraint on CUDA; refused with the fix, not miscomputed
+        head_dim = model.config.get("attention_head_dim")
+        assert kernel == "flex" and head_dim % 16 and "multiple of 16" in str(err), err
+        pytest.skip(f"the tiny {name} has head_dim {head_dim}: flex refuses it on CUDA ({err})")
+    assert (out - reference).abs().max().item() <= 1e-4
