@@ -12,6 +12,8 @@
 #                                          # against the shipped MLCD on validation prompts
 #   bash benchmarks/device_ship.sh steps-test  # on the still-warm machine: Base, shipped rows and the students at 8,
 #                                          # 6 and 4 steps on the test prompts
+#   bash benchmarks/device_ship.sh s8-evdit # an 8-step Efficient-vDiT: S=8 (3 min), KD with the shipped plan and
+#                                          # with 4:4 (2 min), validation choice, then the test prompts (~8.5 min)
 #   bash benchmarks/device_ship.sh s8-test  # the S=8 student, then it, Base and the shipped MLCD on the test prompts
 #   bash benchmarks/device_ship.sh compare # searched (COMPARE_PLAN, default the budget plan) vs uniform plans of
 #                                          # equal sparsity, both with KD from the shipped MLCD student, 3 training
@@ -20,7 +22,7 @@
 # Each call packs the trained transformers in float16 (transformer/ + scheduler/ + plan + training configs) as
 # $OUT/<row>.tar, ready to unpack under diffusers_evdit/demo_model/<row>/.
 set -uo pipefail
-phase=${1:?usage: device_ship.sh mlcd|kd|all|curve|ship-best|steps-curve|steps-test|s8-test|compare}
+phase=${1:?usage: device_ship.sh mlcd|kd|all|curve|ship-best|steps-curve|steps-test|s8-test|s8-evdit|compare}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -141,6 +143,50 @@ s8-test)
         --seeds 3 --workers 12 --timing-videos 3 --extra-row "MLCD, 8 segments=$PWD/runs/mlcd-s8:dense@8" \
         --out "$OUT/steps-test.json" 2>&1 | grep -v '%|' | tail -n 8
     cp runs/mlcd-s8/losses.jsonl "$OUT/steps-s8-losses.jsonl"
+    ;;
+s8-evdit)
+    # An 8-step Efficient-vDiT candidate (stage1_steps in demo-rows-h100.json: the S=8 student is 0.027 below Base at
+    # 5.4x). The S=8 student (S8_MINUTES, default 3), then KD of it (KD_MINUTES, default 2) with the shipped plan and
+    # with uniform 4:4 side by side; the choice between them is made on 64 validation prompts x 2 seeds; then every
+    # row on the 64 test prompts x 3 seeds beside Base and the shipped rows (same-call timings); the students come
+    # back as float16 tars (~8.5 min in all).
+    S8_MINUTES=${S8_MINUTES:-3.0} bash benchmarks/device_stages.sh s8-student
+    mkdir -p runs/s8kd
+    kd8() {  # NAME PLAN
+        python examples/train_kd.py --teacher runs/mlcd-s8 --student runs/mlcd-s8 --plan "$2" --task_loss mlcd \
+            --mlcd_teacher "$teacher" --output_dir "runs/s8kd/$1" --train_batch_size 32 --learning_rate 3e-5 \
+            --task_weight 100 --kd_weight 1 --no_final_validation --report_to none --checkpointing_steps 0 \
+            --validation_steps 0 --mixed_precision no --seed 0 --dataloader_num_workers 4 --allow_tf32 \
+            --latent_cache runs/s8kd/latents.pt --synthetic_num_samples 2048 --max_train_steps 1000000 \
+            --max_minutes "${KD_MINUTES:-2.0}" --time_reserve_s 6 >"$OUT/s8kd-$1.log" 2>&1
+    }
+    kd8 shipped-plan "$teacher/evdit/mask_plan.json" &
+    while [ ! -f runs/s8kd/latents.pt ] && jobs %1 >/dev/null 2>&1; do sleep 2; done  # the first run fills the cache
+    kd8 uniform-4 uniform:4 &
+    wait
+    tail -n 1 "$OUT"/s8kd-*.log
+    rows=(--extra-row "MLCD, 8 segments=$PWD/runs/mlcd-s8:dense@8")
+    for d in runs/s8kd/*/; do
+        [ -f "$d/mask_plan.json" ] && rows+=(--extra-row "8 segments + $(basename "$d") + KD=$PWD/$d:saved@8")
+    done
+    timeout $((560 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --split validation --rows Base \
+        --prompts 64 --seeds 2 --workers 12 --timing-videos 0 "${rows[@]}" --out "$OUT/s8-validation.json" 2>&1 \
+        | grep -v '%|' | tail -n 6
+    timeout $((570 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base,MLCD,Efficient-vDiT \
+        --prompts 64 --seeds 3 --workers 12 --timing-videos 3 "${rows[@]}" --out "$OUT/s8-test.json" 2>&1 \
+        | grep -v '%|' | tail -n 8
+    # the tool returns at most 8 files: the S=8 student, the validation-best KD row (2 parts each), two JSONs, logs
+    best=$(python - "$OUT/s8-validation.json" <<'PY'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["rows"] if "KD" in r["name"]]
+print(max(rows, key=lambda r: r["final_score"]["mean"])["folder"] if rows else "")
+PY
+)
+    echo "validation-best KD row: ${best:-none}"
+    export_row runs/mlcd-s8 mlcd-s8
+    [ -n "$best" ] && export_row "$best" evdit-s8
+    tar czf "$OUT/s8-logs.tar.gz" "$OUT"/*.log runs/mlcd-s8/losses.jsonl runs/s8kd/*/kd_config.json \
+        runs/s8kd/*/losses.jsonl 2>/dev/null && rm -f "$OUT"/*.log
     ;;
 steps-test)
     # on the still-warm machine after `steps-curve`: Base, the shipped rows and the students of every step count on
