@@ -187,6 +187,23 @@ def test_eval_demo_rows_script_with_row_folders(tmp_path):
         eval_demo_rows.main(["--model", "tiny", "--extra-row", "a=mlcd:dense@0", "--out", str(tmp_path / "x.json")])
 
 
+def test_steps_timing_script_on_cpu(tmp_path):
+    sys.path.insert(0, str(EXAMPLES.parent / "benchmarks"))
+    import steps_timing
+
+    res = steps_timing.main(["--model", "tiny", "--steps", "3", "1", "--rounds", "2", "--threads", "1",
+                             "--out", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text()) == json.loads(json.dumps(res))
+    base, three, one = res["rows"]
+    assert [r["name"] for r in res["rows"]] == ["Base", "3 steps, no CFG", "1 steps, no CFG"]
+    assert (three["steps"], three["guidance_scale"], one["steps"]) == (3, 1.0, 1)
+    assert base["guidance_scale"] > 1 and base["wallclock_speedup"] == 1.0
+    for r in res["rows"]:
+        assert len(r["denoise_seconds"]) == 2 and r["min_s"] <= r["median_s"] <= r["max_s"]
+        assert r["wallclock_speedup"] == pytest.approx(base["median_s"] / r["median_s"])
+    assert one["median_s"] < base["median_s"]  # one step without CFG against the base's CFG steps
+
+
 def test_eval_cli_json_keys(tmp_path, capsys):
     path = tmp_path / "eval.json"
     assert main(["eval", "--model", "tiny", "--prompts", "2", "--steps", "2", "--plan", "uniform:1",
