@@ -191,10 +191,13 @@ PY
 steps-test)
     # on the still-warm machine after `steps-curve`: Base, the shipped rows and the students of every step count on
     # the 64 test prompts x 3 seeds, in one call (same-call timings); then the students as float16 tars
-    for d in s8 s6 s4-via6; do [ -f "runs/mlcd-$d/model_index.json" ] || { echo "no runs/mlcd-$d: run steps-curve first"; exit 1; }; done
+    for d in s8 s6 s4-via6; do
+        [ -f "runs/mlcd-$d/model_index.json" ] || { echo "no runs/mlcd-$d: run steps-curve first"; exit 1; }
+    done
     timeout $((560 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base,MLCD,Efficient-vDiT \
         --prompts 64 --seeds 3 --workers 12 --timing-videos 3 --extra-row "MLCD, 8 segments=$PWD/runs/mlcd-s8:dense@8" \
-        --extra-row "MLCD, 6 segments=$PWD/runs/mlcd-s6:dense@6" --extra-row "MLCD, 4 segments via 6=$PWD/runs/mlcd-s4-via6:dense" \
+        --extra-row "MLCD, 6 segments=$PWD/runs/mlcd-s6:dense@6" \
+        --extra-row "MLCD, 4 segments via 6=$PWD/runs/mlcd-s4-via6:dense" \
         --out "$OUT/steps-test.json" 2>&1 | grep -v '%|' | tail -n 10
     export_row runs/mlcd-s4-via6 mlcd-via6
     ;;

@@ -173,8 +173,8 @@ def test_eval_demo_rows_script_with_row_folders(tmp_path):
     res = eval_demo_rows.main(["--model", str(base_dir), "--evdit", str(tmp_path / "kd"), "--rows",
                                "Base,Efficient-vDiT", "--extra-row", f"Uniform 2:2+KD={tmp_path / 'uniform'}:uniform:2",
                                "--extra-row", f"two segments={tmp_path / 'two'}:dense@2",
-                               "--extra-row", f"asked 3={tmp_path / 'uniform'}:dense@3", "--device", "cpu", "--prompts", "1", "--seeds", "1", "--timing-videos", "1",
-                               "--out", str(tmp_path / "rows.json")])
+                               "--extra-row", f"asked 3={tmp_path / 'uniform'}:dense@3", "--device", "cpu",
+                               "--prompts", "1", "--seeds", "1", "--timing-videos", "1", "--out", str(tmp_path / "rows.json")])
     rows = {r["name"]: r for r in res["rows"]}
     assert list(rows) == ["Base", "Efficient-vDiT", "Uniform 2:2+KD", "two segments", "asked 3"]
     assert rows["two segments"]["steps"] == 2 and rows["two segments"]["plan"]["layers"] is None

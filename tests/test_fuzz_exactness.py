@@ -140,10 +140,10 @@ def tolerance(dtype: torch.dtype, kernel: str):
 
 def expected_error(kernel: str, case: Case, keep, device: str = "cpu") -> type | None:
     """The error a kernel must raise for this case (a refused input), or None when it must compute."""
-    if kernel == "flex" and device == "cuda" and case.head_dim % 16:
-        return UnsupportedKernelError  # flex's CUDA kernel takes head sizes in multiples of 16 (declared constraint)
     # k = F-1 leaves one non-reference frame, which sees every frame: dense in effect, so padding is fine there
     sparse = case.k_ref is not None and case.k_ref < case.layout.num_frames - 1
+    if kernel == "flex" and device == "cuda" and sparse and case.head_dim % 16:
+        return UnsupportedKernelError  # flex's CUDA kernel takes head sizes in multiples of 16 (declared constraint)
     video_padded = keep is not None and not bool(keep[:, case.layout.video_slice].all())
     if kernel == "split" and sparse and video_padded:
         return ValueError  # split drops padded text keys only; auto picks gathered there
