@@ -3,8 +3,9 @@
     python benchmarks/steps_timing.py --steps 8 4 --threads 2 --rounds 7 --out OUT.json
 
 A few-step student does the same work per step as its base model: one transformer call of the same shapes per step
-(no CFG pass) and one scheduler step. So the base model's weights sampled at N steps without CFG time an N-step
-student exactly, without the student (quality is not measured here: those videos are not the student's). Each round
+(no CFG pass) and one scheduler step (the base's multistep solver where the student takes an Euler step: a tiny share
+of a step). So the base model's weights sampled at N steps without CFG time an N-step student without the student
+(quality is not measured here: those videos are not the student's). Each round
 generates one video per row in turn (Base first), so slow spells of a shared machine hit every row alike; each
 row's denoising time is the median over the rounds, and its speedup is Base's median over its own.
 """
