@@ -45,6 +45,14 @@ PY
     tar cf - -C /tmp/export "$name" | split -b 15M - "$OUT/$name.tar.part-"
 }
 
+kd_student() {  # STUDENT PLAN OUTDIR LATENT_CACHE MINUTES [MORE ARGS]: Stage 3 KD as shipped (lr 3e-5, batch 32,
+    # task loss x 100 + layer features) of the MLCD student STUDENT, its own teacher, under PLAN
+    python examples/train_kd.py --teacher "$1" --student "$1" --plan "$2" --output_dir "$3" --latent_cache "$4" \
+        --max_minutes "$5" --train_batch_size 32 --learning_rate 3e-5 --task_weight 100 --kd_weight 1 \
+        --no_final_validation --report_to none --checkpointing_steps 0 --validation_steps 0 --mixed_precision no \
+        --allow_tf32 --synthetic_num_samples 2048 "${@:6}"
+}
+
 materialize() {  # ROW DIR: the shipped student row (a 4-bit delta) as a full pipeline folder to train from
     python - "$teacher" "$1" "$2" <<'PY'
 import json, os, shutil, sys
@@ -72,12 +80,8 @@ compare)
     materialize mlcd runs/mlcd-s4 || exit 1
     mkdir -p runs/cmp
     kd() {  # NAME PLAN SEED
-        python examples/train_kd.py --teacher runs/mlcd-s4 --student runs/mlcd-s4 --plan "$2" \
-            --output_dir "runs/cmp/$1-s$3" --train_batch_size 32 --learning_rate 3e-5 --task_weight 100 --kd_weight 1 \
-            --no_final_validation --report_to none --checkpointing_steps 0 --validation_steps 0 --mixed_precision no \
-            --seed "$3" --dataloader_num_workers 2 --allow_tf32 --latent_cache runs/cmp/latents.pt \
-            --synthetic_num_samples 2048 --max_train_steps "$steps" --max_minutes "${COMPARE_KD_MINUTES:-4}" \
-            --time_reserve_s 6 >"runs/cmp/$1-s$3.log" 2>&1
+        kd_student runs/mlcd-s4 "$2" "runs/cmp/$1-s$3" runs/cmp/latents.pt "${COMPARE_KD_MINUTES:-4}" --seed "$3" \
+            --dataloader_num_workers 2 --max_train_steps "$steps" --time_reserve_s 6 >"runs/cmp/$1-s$3.log" 2>&1
     }
     # the searched side: the budget plan of the 2026-12-05 run, or COMPARE_PLAN (e.g.
     # benchmarks/results/plans/refined-budget-3of8.json, the refined plan: level with uniform on validation without
@@ -153,12 +157,9 @@ s8-evdit)
     S8_MINUTES=${S8_MINUTES:-3.0} bash benchmarks/device_stages.sh s8-student
     mkdir -p runs/s8kd
     kd8() {  # NAME PLAN
-        python examples/train_kd.py --teacher runs/mlcd-s8 --student runs/mlcd-s8 --plan "$2" --task_loss mlcd \
-            --mlcd_teacher "$teacher" --output_dir "runs/s8kd/$1" --train_batch_size 32 --learning_rate 3e-5 \
-            --task_weight 100 --kd_weight 1 --no_final_validation --report_to none --checkpointing_steps 0 \
-            --validation_steps 0 --mixed_precision no --seed 0 --dataloader_num_workers 4 --allow_tf32 \
-            --latent_cache runs/s8kd/latents.pt --synthetic_num_samples 2048 --max_train_steps 1000000 \
-            --max_minutes "${KD_MINUTES:-2.0}" --time_reserve_s 6 >"$OUT/s8kd-$1.log" 2>&1
+        kd_student runs/mlcd-s8 "$2" "runs/s8kd/$1" runs/s8kd/latents.pt "${KD_MINUTES:-2.0}" --task_loss mlcd \
+            --mlcd_teacher "$teacher" --seed 0 --dataloader_num_workers 4 --max_train_steps 1000000 \
+            --time_reserve_s 6 >"$OUT/s8kd-$1.log" 2>&1
     }
     kd8 shipped-plan "$teacher/evdit/mask_plan.json" &
     while [ ! -f runs/s8kd/latents.pt ] && jobs %1 >/dev/null 2>&1; do sleep 2; done  # the first run fills the cache
@@ -214,12 +215,9 @@ print(best["folder"])
 PY
 )
     echo "validation-best S=4 student: $best"
-    python examples/train_kd.py --teacher "$best" --student "$best" --plan "$teacher/evdit/mask_plan.json" \
-        --task_loss mlcd --mlcd_teacher "$teacher" --output_dir runs/curve-kd --train_batch_size 32 \
-        --learning_rate 3e-5 --task_weight 100 --kd_weight 1 --no_final_validation --report_to none \
-        --checkpointing_steps 0 --validation_steps 0 --mixed_precision no --seed 0 --dataloader_num_workers 4 \
-        --allow_tf32 --latent_cache runs/latents-kd.pt --synthetic_num_samples 2048 --max_train_steps 1000000 \
-        --max_minutes "${SHIP_KD_MINUTES:-3.0}" >"$OUT/curve-kd.log" 2>&1
+    kd_student "$best" "$teacher/evdit/mask_plan.json" runs/curve-kd runs/latents-kd.pt "${SHIP_KD_MINUTES:-3.0}" \
+        --task_loss mlcd --mlcd_teacher "$teacher" --seed 0 --dataloader_num_workers 4 --max_train_steps 1000000 \
+        >"$OUT/curve-kd.log" 2>&1
     tail -n 1 "$OUT/curve-kd.log"
     timeout $((585 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base,MLCD,Efficient-vDiT \
         --prompts 64 --seeds 3 --workers 12 --timing-videos 3 --extra-row "MLCD-long=$best:dense" \

@@ -48,9 +48,10 @@ train_s8() {  # [MINUTES, default 2]: the S=8 student distilled from the teacher
 }
 need_s8() { [ -f runs/mlcd-s8/model_index.json ] || train_s8 "$@"; }  # train_s8 unless it is there (warm machine)
 train_from() {  # SEGMENTS INIT OUTDIR SEED MINUTES [MORE ARGS]: a student of SEGMENTS from the student INIT at
-    # lr 3e-5 (progressive reduction, the recipe of mlcd.md); log: $OUT/train_<basename OUTDIR>.log
-    local log
-    log="$OUT/train_$(basename "$3").log"
+    # lr 3e-5 (progressive reduction, the recipe of mlcd.md); log: $OUT/train_<OUTDIR's name less "mlcd-">.log
+    local name log
+    name=$(basename "$3")
+    log="$OUT/train_${name#mlcd-}.log"
     python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir "$3" --num_segments "$1" --seed "$4" \
         --latent_cache "runs/latents-seed$4.pt" --init_student "$2" --learning_rate 3e-5 --max_minutes "$5" \
         "${@:6}" 2>&1 | tail -n 25 >"$log"
@@ -58,7 +59,6 @@ train_from() {  # SEGMENTS INIT OUTDIR SEED MINUTES [MORE ARGS]: a student of SE
 }
 train_s4() {  # [MINUTES, default 4 [MORE ARGS]]: the S=4 student from runs/mlcd-s8 -> runs/mlcd-s4 (train_s4.log)
     train_from 4 runs/mlcd-s8 runs/mlcd-s4 1 "${1:-4.0}" "${@:2}"
-    mv "$OUT/train_mlcd-s4.log" "$OUT/train_s4.log"
 }
 
 pack() {  # what comes back: results and the small files of each run (no weights)

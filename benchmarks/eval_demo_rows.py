@@ -78,7 +78,7 @@ def _rows(args):
         rows.append(DemoRow(f"Base-{n}", None, n, None, None))
     for spec in args.extra_row:
         name, sep, rest = spec.partition("=")
-        rest, at, steps = rest.rpartition("@") if "@" in rest else (rest, "", "4")
+        rest, _, steps = rest.rpartition("@") if "@" in rest else (rest, "", "4")
         folder, _, plan = rest.partition(":")
         if not sep or not name or not folder or not steps.isdigit() or int(steps) < 1:
             raise SystemExit(f"--extra-row {spec!r}: use NAME=FOLDER, NAME=FOLDER:PLAN or NAME=FOLDER:PLAN@STEPS")
