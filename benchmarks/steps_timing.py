@@ -69,7 +69,8 @@ def main(argv=None) -> dict:
         json.dump(result, f, indent=1)
     print(f"{'row':<20} {'median s':>9} {'min-max s':>14} {'speedup':>8}")
     for r in result["rows"]:
-        print(f"{r['name']:<20} {r['median_s']:>9.3f} {r['min_s']:>6.3f}-{r['max_s']:<7.3f} {r['wallclock_speedup']:>7.2f}x")
+        spread = f"{r['min_s']:>6.3f}-{r['max_s']:<7.3f}"
+        print(f"{r['name']:<20} {r['median_s']:>9.3f} {spread} {r['wallclock_speedup']:>7.2f}x")
     print(f"wrote {args.out}")
     return result
 
