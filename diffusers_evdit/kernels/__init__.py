@@ -391,7 +391,8 @@ def _flex(attention: TileAttention, c: TileCall) -> torch.Tensor:
     return attention.flex(c.q, c.k, c.v, c.layout, c.k_ref, c.key_padding_mask, c.scale)
 
 
-@TILE_KERNELS.register("walk", needs_triton=True, backward=False, fix="use kernel='split'")
+@TILE_KERNELS.register("walk", needs_triton=True, backward=False, dtypes=(torch.float16, torch.bfloat16, torch.float32),
+                       fix="use kernel='split'")
 def _walk(attention: TileAttention, c: TileCall) -> torch.Tensor:
     tokens = attention.indices(c.layout, c.k_ref, c.q.device).global_tokens if attention.walk_global == "sdpa" else None
     return walk_tile_attention(c.q, c.k, c.v, attention.walk_tables(c.layout, c.k_ref, c.q.device), c.scale,

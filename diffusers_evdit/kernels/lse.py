@@ -7,7 +7,8 @@ set's dense backward computes (the identity ring attention uses), so no merge is
 
 Fused kernels (PyTorch's own, through ``torch.ops.aten``, the way diffusers' ``attention_dispatch`` reaches them):
 cuDNN (bf16/fp16) or memory-efficient attention (fp32) on CUDA, the flash kernel for CPUs elsewhere. Head
-dimensions the fused CUDA kernels do not take (not a multiple of 8) use the explicit math versions.
+dimensions the fused CUDA kernels do not take (not a multiple of 8), and float64 inputs on CUDA, use the explicit
+math versions.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ def lse_dtype(q: torch.Tensor) -> torch.dtype:
 
 
 def _fused_cuda(q: torch.Tensor) -> bool:
-    return q.device.type == "cuda" and q.shape[-1] % 8 == 0
+    """Whether PyTorch's fused CUDA kernels take ``q``: head sizes in multiples of 8, and not float64 (cuDNN and
+    memory-efficient attention refuse it)."""
+    return q.device.type == "cuda" and q.shape[-1] % 8 == 0 and q.dtype != torch.float64
 
 
 def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None):
@@ -32,8 +35,8 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     float64 for float64 inputs).
 
     Uses cuDNN (bf16/fp16) or memory-efficient attention (fp32) on CUDA, the fused CPU kernel elsewhere. The fused
-    CUDA kernels need a head dimension that is a multiple of 8; other head dimensions (tiny test models) take
-    :func:`attention_with_lse_math`.
+    CUDA kernels need a head dimension that is a multiple of 8 and do not take float64; other head dimensions (tiny
+    test models) and float64 inputs take :func:`attention_with_lse_math`.
 
     Example:
         >>> q = k = v = torch.randn(1, 2, 5, 8)
