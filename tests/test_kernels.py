@@ -155,6 +155,22 @@ def test_attention_with_lse_math_matches_float64(head_dim):
         torch.testing.assert_close(lse.double(), lse_ref, atol=1e-5, rtol=1e-5)
 
 
+def test_fused_cuda_attention_is_not_given_float64_or_unaligned_heads():
+    """cuDNN and memory-efficient attention refuse float64 and head sizes off multiples of 8; such inputs take the
+    math path (float64 reached memory-efficient attention through split on an H100; the CUDA fuzz cases found it)."""
+    from types import SimpleNamespace
+
+    from diffusers_evdit.kernels.lse import _fused_cuda
+
+    def inputs(dtype, head_dim, device="cuda"):  # a stand-in: only device, shape and dtype are read
+        return SimpleNamespace(device=torch.device(device), shape=(1, 2, 16, head_dim), dtype=dtype)
+
+    assert _fused_cuda(inputs(torch.float32, 64)) and _fused_cuda(inputs(torch.bfloat16, 8))
+    assert not _fused_cuda(inputs(torch.float64, 64))
+    assert not _fused_cuda(inputs(torch.float32, 12))
+    assert not _fused_cuda(inputs(torch.float32, 64, "cpu"))
+
+
 @torch.no_grad()
 @pytest.mark.parametrize("faster", ["dense", "split"])
 def test_fastest_times_split_against_dense_once_per_signature(monkeypatch, faster):
