@@ -235,8 +235,8 @@ def test_walk_kernel_generated_cases_under_the_triton_interpreter():
 @pytest.mark.gpu
 @pytest.mark.parametrize("seed", range(CI_CASES))
 def test_generated_case_on_cuda(seed):
-    """Every kernel but walk on CUDA tensors against the float64 reference."""
-    check_case(draw_case(seed), kernels=tuple(k for k in KERNELS if k != "walk"), device="cuda")
+    """Every kernel but walk (``CPU_KERNELS``, flex included) on CUDA tensors against the float64 reference."""
+    check_case(draw_case(seed), kernels=CPU_KERNELS, device="cuda")
 
 
 @pytest.mark.gpu
