@@ -240,8 +240,10 @@ class TileAttention:
     def tile_bias(self, layout: TileLayout, k_ref: int, q: torch.Tensor) -> torch.Tensor:
         """The cached ``[N, N]`` additive tile mask of a sparse entry (0 kept, -inf dropped; ``q``'s dtype and
         device), the ``masked`` kernel's (SDPA adds it as it is, where a boolean mask is converted every call)."""
-        return cached_outside_trace(self._masks, (layout, k_ref, q.device, q.dtype),
-                                    lambda: additive_tile_mask(layout, k_ref, q.dtype, q.device))
+        key = (layout, k_ref, q.device, q.dtype)
+        bias = None if torch.compiler.is_compiling() else self._masks.get(key)  # the per-call path: one lookup
+        return bias if bias is not None else cached_outside_trace(
+            self._masks, key, lambda: additive_tile_mask(layout, k_ref, q.dtype, q.device))
 
     def is_small(self, call: TileCall) -> bool:
         """Whether ``call``'s sequence is short enough for ``auto``'s small-shape kernels."""
@@ -317,9 +319,9 @@ class TileAttention:
         """
         call = TileCall(q, k, v, layout, k_ref, key_padding_mask, scale, dense_fn)
         signature = self._signature(call)
-        kernel = self._chosen.get(signature) if signature is not None else None
-        if kernel is not None:  # this signature was checked and its kernel chosen before: skip straight to it
-            return TILE_KERNELS[kernel].fn(self, call)
+        chosen = self._chosen.get(signature) if signature is not None else None
+        if chosen is not None:  # this signature was checked and its kernel chosen before: skip straight to it
+            return chosen[1](self, call)
         _check_inputs(q, k, v, layout, key_padding_mask)
         kernel = self.choose(layout, k_ref, q.device, key_padding_mask, call)
         if kernel != "dense" and self._tunes(q):
@@ -329,8 +331,8 @@ class TileAttention:
             kernel = self.tuner.pick(timed, candidates, prefer=kernel, margin=FASTEST_MARGIN)
         if kernel != "dense":  # dense attention runs anything (it is also the dense entries' path)
             TILE_KERNELS[kernel].check(call)
-        if signature is not None:  # only a call that passed its checks is remembered
-            self._chosen[signature] = kernel
+        if signature is not None:  # only a call that passed its checks is remembered, with its kernel's function
+            self._chosen[signature] = (kernel, TILE_KERNELS[kernel].fn)
         return TILE_KERNELS[kernel].fn(self, call)
 
     def _signature(self, c: TileCall):
@@ -340,9 +342,11 @@ class TileAttention:
         and choosing is a measurable share of it (BENCHMARKS.md, "Short sequences on a GPU")."""
         if self.kernel == "fastest" or c.key_padding_mask is not None or torch.compiler.is_compiling():
             return None
-        q = c.q
-        threads = torch.get_num_threads() if q.device.type == "cpu" else 0
-        return (c.layout, c.k_ref, q.shape, c.k.shape, c.v.shape, q.dtype, q.device, c.needs_grad, threads,
+        q, k, v = c.q, c.k, c.v
+        device = q.device
+        threads = torch.get_num_threads() if device.type == "cpu" else 0
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        return (c.layout, c.k_ref, q.shape, k.shape, v.shape, q.dtype, device, needs_grad, threads,
                 c.dense_fn is None)
 
     def _tunes(self, q: torch.Tensor) -> bool:
