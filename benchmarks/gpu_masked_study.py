@@ -172,12 +172,14 @@ def main() -> None:
             refused = {k_: e for k_, e in errors.items() if isinstance(e, str)}
             if refused:
                 print("   refused:", refused)
-    result = {"benchmark": "gpu-masked-study", "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "cudnn": torch.backends.cudnn.version(), "date": datetime.date.today().isoformat(), "dtype": "bfloat16",
-              "iters": args.iters, "rounds": args.rounds, "rows": rows}
+            if args.out:  # after every row, so a run cut short keeps what it measured
+                result = {"benchmark": "gpu-masked-study", "device": torch.cuda.get_device_name(),
+                          "torch": torch.__version__, "cudnn": torch.backends.cudnn.version(),
+                          "date": datetime.date.today().isoformat(), "dtype": "bfloat16", "iters": args.iters,
+                          "rounds": args.rounds, "rows": rows}
+                with open(args.out, "w") as f:
+                    json.dump(result, f, indent=1)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
         print("wrote", args.out)
 
 
