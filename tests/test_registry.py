@@ -57,6 +57,22 @@ def test_declared_constraints_refuse_with_the_fix():
         assert isinstance(err.value, RuntimeError) and isinstance(err.value, ValueError)
 
 
+def test_a_dtype_constraint_holds_only_on_its_devices():
+    # flex's CUDA kernel is Triton (no float64 dot); on the CPU it runs float64. The refusal names the device.
+    from diffusers_evdit.kernels.registry import KernelSpec
+
+    layout = TileLayout(4, 6)
+    q, k, v = (t.double() for t in _inputs(layout, heads=1, dim=16))
+    flex = TILE_KERNELS["flex"]
+    assert torch.float64 not in flex.dtypes and flex.dtype_devices == ("cuda",)
+    assert flex.supports(TileCall(q, k, v, layout, 1))
+    cpu_only = KernelSpec("f32_on_cpu", fn=None, dtypes=(torch.float32,), dtype_devices=("cpu",))
+    assert cpu_only.refusal(TileCall(q, k, v, layout, 1)) == "takes torch.float32 inputs on cpu, got torch.float64"
+    assert cpu_only.supports(TileCall(q.float(), k.float(), v.float(), layout, 1))
+    everywhere = KernelSpec("f32", fn=None, dtypes=(torch.float32,))
+    assert everywhere.refusal(TileCall(q, k, v, layout, 1)) == "takes torch.float32 inputs, got torch.float64"
+
+
 def test_a_registry_checks_padding_names():
     registry = KernelRegistry()
     with pytest.raises(ValueError, match="padding must be one of"):

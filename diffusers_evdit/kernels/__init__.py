@@ -390,6 +390,7 @@ def _split(attention: TileAttention, c: TileCall) -> torch.Tensor:
 
 
 @TILE_KERNELS.register("flex", head_dim_multiple=16, head_dim_devices=("cuda",), backward=("cuda",),
+                       dtypes=(torch.float16, torch.bfloat16, torch.float32), dtype_devices=("cuda",),
                        fix="use kernel='split'")
 def _flex(attention: TileAttention, c: TileCall) -> torch.Tensor:
     return attention.flex(c.q, c.k, c.v, c.layout, c.k_ref, c.key_padding_mask, c.scale)

@@ -73,7 +73,8 @@ class KernelSpec:
         fn: ``fn(attention, call) -> Tensor`` with ``attention`` the calling ``TileAttention`` (its caches and
             options) and ``call`` a :class:`TileCall`.
         devices: device types it runs on (``None``: any).
-        dtypes: input dtypes it takes (``None``: any).
+        dtypes: input dtypes it takes (``None``: any), on ``dtype_devices``.
+        dtype_devices: device types where ``dtypes`` applies (``None``: all).
         head_dim_multiple: head sizes it takes are multiples of this, on ``head_dim_devices`` (``None``: all).
         padding: key-padding masks it takes: ``"any"``, ``"text"`` (text tokens only) or ``"none"``.
         backward: whether it has an exact backward pass, and on which devices (``True``: all, a tuple: those).
@@ -91,6 +92,7 @@ class KernelSpec:
     fn: Callable
     devices: tuple[str, ...] | None = None
     dtypes: tuple[torch.dtype, ...] | None = None
+    dtype_devices: tuple[str, ...] | None = None
     head_dim_multiple: int = 1
     head_dim_devices: tuple[str, ...] | None = None
     padding: str = "any"
@@ -109,8 +111,10 @@ class KernelSpec:
             return f"runs on {'/'.join(self.devices)} tensors, got {q.device.type}"
         if self.needs_triton and not triton_runs(q.device):
             return "needs Triton and CUDA tensors (or TRITON_INTERPRET=1)"
-        if self.dtypes is not None and q.dtype not in self.dtypes:
-            return f"takes {', '.join(str(d) for d in self.dtypes)} inputs, got {q.dtype}"
+        dtype_applies = self.dtype_devices is None or q.device.type in self.dtype_devices
+        if self.dtypes is not None and dtype_applies and q.dtype not in self.dtypes:
+            where = f" on {'/'.join(self.dtype_devices)}" if self.dtype_devices else ""
+            return f"takes {', '.join(str(d) for d in self.dtypes)} inputs{where}, got {q.dtype}"
         on_device = self.head_dim_devices is None or q.device.type in self.head_dim_devices
         if on_device and q.shape[-1] % self.head_dim_multiple:
             return f"needs a head_dim that is a multiple of {self.head_dim_multiple}, got {q.shape[-1]}"
