@@ -114,9 +114,9 @@ def test_auto_on_the_demo_layout():
 
 
 def test_auto_on_short_gpu_sequences():
-    """The CUDA rule (placeholders on the meta device, which takes the same non-CPU branch): masked up to 2048
-    tokens for every mask; up to 4608 tokens masked for masks skipping up to 60% of the pairs, gathered above; split
-    beyond."""
+    """The CUDA rule (placeholders on the meta device, which takes the same non-CPU branch and where the walk
+    kernel, needing Triton on CUDA, is refused): masked up to 2048 tokens for every mask; up to 4608 tokens walk
+    first, then masked for masks skipping up to 60% of the pairs and gathered above; split beyond."""
     from diffusers_evdit.kernels import SMALL_SEQ_LEN
 
     att = TileAttention(small_seq_len=SMALL_SEQ_LEN["cuda"])
@@ -128,6 +128,32 @@ def test_auto_on_short_gpu_sequences():
     cog_240p = TileLayout(13, 330, 226, "first")  # CogVideoX-5B, 49 frames at 240p: 4516 tokens
     assert [att.choose(cog_240p, k, meta) for k in (6, 3, 1)] == ["masked", "masked", "gathered"]
     assert att.choose(TileLayout(13, 1350, 226, "first"), 1, meta) == "split"  # 480p: long
+    placeholder = torch.empty(1, 1, wan_240p.seq_len, 0, device=meta)
+    call = TileCall(placeholder, placeholder, placeholder, wan_240p, 2)
+    assert att.preference(call) == ("walk", "masked", "gathered")
+    assert att.preference(TileCall(placeholder, placeholder, placeholder, wan_240p, 1)) == ("walk", "gathered", "split")
+    assert att.preference(TileCall(*(torch.empty(1, 1, DEMO.seq_len, 0, device=meta),) * 3, DEMO, 2)) == (
+        "masked", "gathered")
+
+
+def test_walk_global_rows_follow_the_sequence_length(monkeypatch):
+    """walk_global="auto" keeps the global rows in the one launch up to small_seq_len tokens, and runs them as one
+    SDPA call above (what walk_tile_attention is asked for; its exactness is tests/test_walk.py's)."""
+    import diffusers_evdit.kernels as kernels
+
+    seen = []
+    monkeypatch.setattr(kernels, "walk_tile_attention",
+                        lambda q, k, v, tables, scale, global_rows, global_tokens, key_padding_mask: seen.append(
+                            (global_rows, global_tokens is None)) or q)
+    layout = TileLayout(4, 8)
+    q = torch.zeros(1, 1, layout.seq_len, 16)
+    call = TileCall(q, q, q, layout, 1)
+    kernels._walk(TileAttention(small_seq_len=layout.seq_len), call)
+    kernels._walk(TileAttention(small_seq_len=layout.seq_len - 1), call)
+    kernels._walk(TileAttention(walk_global="walk", small_seq_len=0), call)
+    assert seen == [("walk", True), ("sdpa", False), ("walk", True)]
+    with pytest.raises(ValueError, match="walk_global must be 'auto' or one of"):
+        TileAttention(walk_global="cudnn")
 
 
 def test_the_choice_cache_follows_grad_mode_threads_and_checks():

@@ -8,7 +8,7 @@ Kernels (all exact for the ``k:F-k`` mask, inputs ``[B, H, N, D]``):
   log-sum-exp (:mod:`.split`);
 * ``"flex"``: FlexAttention with a tile block mask (:mod:`.flex`);
 * ``"walk"``: one Triton launch that walks only the kept tiles, per query block a short list of key ranges
-  (:mod:`.walk`; CUDA, inference only);
+  (:mod:`.walk`; CUDA, inference only), which ``auto`` runs on mid-length CUDA sequences;
 * ``"masked"``: one SDPA call with the explicit boolean tile mask (cached per layout), for short sequences;
 * ``"keysets"``: two dense calls, no mask and no merge (global rows against every key; the non-reference frames,
   batched, against their gathered key sets), for short sequences (:mod:`.keysets`; no key-padding mask).
@@ -68,7 +68,12 @@ MERGES = ("auto", "eager", "compiled", "triton")
 # 4516 tokens (Wan2.1-1.3B 33 frames and CogVideoX-5B 49 frames at 240p) masked still leads for masks skipping up to
 # ~half the pairs (Wan: 0.30 ms against split's 1.4-2.0 ms), and gathered for the sparsest ones (sparsity ~0.7:
 # 0.18 ms against masked's 0.30 on Wan; 0.44 against split's 0.40 on CogVideoX). Longer sequences take split (the
-# full-size tables).
+# full-size tables). The walk kernel, one Triton launch with the reference frames and text inside it
+# (walk_global="walk"), beat both on an H200 at these lengths where a sequence is above 2048 tokens
+# (gpu-masked-study.json, 2026-12-06, 7 rounds x 200 calls, dense / kernel: Wan 240p 4:5 / 2:7 / 1:8 0.66 / 1.00 /
+# 1.15x against masked's 0.54x and gathered's 0.61x; CogVideoX 240p 6:7 / 3:10 0.79 / 1.19x against masked's 0.60 /
+# 0.61x) and lost below (demo 8 x 256: 0.22-0.30x, its Python launch costs ~100 us, more than the call), so auto
+# runs it there without gradients, outside torch.compile and CUDA-graph capture.
 SMALL_SEQ_LEN = {"cpu": 512, "cuda": 4608}
 CUDA_MASKED_SEQ_LEN = 2048  # CUDA sequences up to this length run masked for every mask
 CUDA_GATHERED_MIN_SPARSITY = 0.6  # longer small CUDA sequences run gathered above this sparsity
@@ -157,8 +162,9 @@ class TileAttention:
             no faster than one stream (BENCHMARKS.md).
         walk_block_m: query rows per program of the ``walk`` kernel (its key-range tables are built for it).
         walk_global: who computes the rows that see every key (text, reference frames) under the ``walk`` kernel:
-            ``"sdpa"`` (default: one dense SDPA call, cuDNN on CUDA, at its best on long rows) or ``"walk"`` (the
-            same Triton launch as the other rows).
+            ``"sdpa"`` (one dense SDPA call, cuDNN on CUDA, at its best on long rows), ``"walk"`` (the same Triton
+            launch as the other rows) or ``"auto"`` (default: ``"walk"`` on sequences up to ``small_seq_len``,
+            where one launch is cheaper, else ``"sdpa"``).
         tuner: the micro-benchmark of ``kernel="fastest"`` and its cache (``tuner.choices``, ``tuner.timings``); one
             given with a ``timer`` also runs on the CPU.
         small_seq_len: sequences up to this length take ``auto``'s small-shape kernels; default per device
@@ -167,9 +173,10 @@ class TileAttention:
     ``kernel="fastest"`` is ``"auto"`` that is never slower than dense attention: on CUDA it times auto's kernel
     against the model's dense attention once per call signature (layout, plan entry, input shape and dtype; a
     one-time micro-benchmark, :class:`~.tuning.KernelTuner`) and runs the faster, keeping auto's kernel unless dense
-    is faster by more than :data:`FASTEST_MARGIN`. The walk kernel is not a candidate: it was slower than split on
-    every benchmark case, and its first call per head size compiles and tunes four launch settings (BENCHMARKS.md). An
-    entry that picks dense attention then computes full attention, not its tile mask: the plan becomes a licence to
+    is faster by more than :data:`FASTEST_MARGIN`. ``auto`` runs the walk kernel only on mid-length CUDA sequences
+    (above :data:`CUDA_MASKED_SEQ_LEN` tokens, up to ``small_seq_len``), where it was the fastest exact kernel; its
+    first call per shape compiles and tunes four launch settings (seconds). Longer sequences keep ``split``, which
+    walk never beat there (BENCHMARKS.md). An entry that picks dense attention then computes full attention, not its tile mask: the plan becomes a licence to
     skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and auto's
     kernel runs. ``"auto"`` always applies the plan's masks (exact kernels only).
 
@@ -187,7 +194,7 @@ class TileAttention:
     global_chunks: int = 1
     overlap: bool = False
     walk_block_m: int = WALK_BLOCK_M
-    walk_global: str = "sdpa"
+    walk_global: str = "auto"
     small_seq_len: int | None = None
     tuner: KernelTuner = field(default_factory=KernelTuner)
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
@@ -203,8 +210,8 @@ class TileAttention:
         check_kernel(self.kernel)
         if self.merge not in MERGES:
             raise ValueError(f"Unknown split-kernel merge {self.merge!r}; choose one of {', '.join(MERGES)}.")
-        if self.walk_global not in GLOBAL_ROWS:
-            raise ValueError(f"walk_global must be one of {GLOBAL_ROWS}, got {self.walk_global!r}.")
+        if self.walk_global not in GLOBAL_ROWS + ("auto",):
+            raise ValueError(f"walk_global must be 'auto' or one of {GLOBAL_ROWS}, got {self.walk_global!r}.")
 
     def merge_fn(self, q: torch.Tensor) -> Callable:
         """The ``merge(out, o1, o2, lse1, lse2)`` the split kernel uses for inputs like ``q``."""
@@ -258,9 +265,14 @@ class TileAttention:
             return ("split", "gathered")
         sparsity = element_sparsity(call.layout, call.k_ref)
         if call.q.device.type != "cpu":
-            if call.layout.seq_len > CUDA_MASKED_SEQ_LEN and sparsity > CUDA_GATHERED_MIN_SPARSITY:
-                return ("gathered", "split")
-            return ("masked", "gathered")
+            if call.layout.seq_len <= CUDA_MASKED_SEQ_LEN:
+                return ("masked", "gathered")
+            # walk's first call per shape compiles and tunes (timing runs): not inside a trace or a graph capture
+            tracing = torch.compiler.is_compiling() or (call.q.is_cuda and torch.cuda.is_current_stream_capturing())
+            walk = () if tracing else ("walk",)  # refused under autograd, for float64 or without Triton
+            if sparsity > CUDA_GATHERED_MIN_SPARSITY:
+                return walk + ("gathered", "split")
+            return walk + ("masked", "gathered")
         # keysets' backward is autograd's through its two calls; split takes a key-padding mask that keysets refuses
         limit = SMALL_TRAIN_MIN_SPARSITY if call.needs_grad else masked_max_sparsity(cpu_threads())
         if sparsity > limit:
@@ -278,8 +290,8 @@ class TileAttention:
         backward too), ``gathered`` where a key-padding mask covers video tokens (``split`` handles padded text
         only; under ``torch.compile`` any key-padding mask takes a kernel that handles every mask, so the check
         adds no graph break), and on short sequences (:data:`SMALL_SEQ_LEN`) one masked SDPA call (on CUDA above
-        :data:`CUDA_MASKED_SEQ_LEN` tokens ``gathered`` for masks skipping more than
-        :data:`CUDA_GATHERED_MIN_SPARSITY`) or, on the CPU
+        :data:`CUDA_MASKED_SEQ_LEN` tokens the ``walk`` kernel where it runs, else ``gathered`` for masks skipping
+        more than :data:`CUDA_GATHERED_MIN_SPARSITY` and ``masked`` for the others) or, on the CPU
         for masks that skip more than :func:`masked_max_sparsity` of the pairs (it depends on the thread count),
         ``keysets`` (without a key-padding mask, else ``split``; under autograd for masks skipping more than
         :data:`SMALL_TRAIN_MIN_SPARSITY`, else ``masked``). ``fastest``: the same, then a call may
@@ -399,9 +411,12 @@ def _flex(attention: TileAttention, c: TileCall) -> torch.Tensor:
 @TILE_KERNELS.register("walk", needs_triton=True, backward=False, dtypes=(torch.float16, torch.bfloat16, torch.float32),
                        fix="use kernel='split'")
 def _walk(attention: TileAttention, c: TileCall) -> torch.Tensor:
-    tokens = attention.indices(c.layout, c.k_ref, c.q.device).global_tokens if attention.walk_global == "sdpa" else None
+    global_rows = attention.walk_global
+    if global_rows == "auto":
+        global_rows = "walk" if attention.is_small(c) else "sdpa"
+    tokens = attention.indices(c.layout, c.k_ref, c.q.device).global_tokens if global_rows == "sdpa" else None
     return walk_tile_attention(c.q, c.k, c.v, attention.walk_tables(c.layout, c.k_ref, c.q.device), c.scale,
-                               global_rows=attention.walk_global, global_tokens=tokens,
+                               global_rows=global_rows, global_tokens=tokens,
                                key_padding_mask=c.key_padding_mask)
 
 
