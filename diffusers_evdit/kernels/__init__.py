@@ -69,11 +69,12 @@ MERGES = ("auto", "eager", "compiled", "triton")
 # ~half the pairs (Wan: 0.30 ms against split's 1.4-2.0 ms), and gathered for the sparsest ones (sparsity ~0.7:
 # 0.18 ms against masked's 0.30 on Wan; 0.44 against split's 0.40 on CogVideoX). Longer sequences take split (the
 # full-size tables). The walk kernel, one Triton launch with the reference frames and text inside it
-# (walk_global="walk"), beat both on an H200 at these lengths where a sequence is above 2048 tokens
-# (gpu-masked-study.json, 2026-12-06, 7 rounds x 200 calls, dense / kernel: Wan 240p 4:5 / 2:7 / 1:8 0.66 / 1.00 /
-# 1.15x against masked's 0.54x and gathered's 0.61x; CogVideoX 240p 6:7 / 3:10 0.79 / 1.19x against masked's 0.60 /
-# 0.61x) and lost below (demo 8 x 256: 0.22-0.30x, its Python launch costs ~100 us, more than the call), so auto
-# runs it there without gradients, outside torch.compile and CUDA-graph capture.
+# (walk_global="walk"), beat both above 2048 tokens on an H200 (gpu-masked-study.json runs[1], 2026-12-06: Wan 240p
+# 4:5 / 2:7 / 1:8 0.66 / 1.00 / 1.15x of dense against masked's 0.54x; CogVideoX 240p 6:7 / 3:10 0.79 / 1.19x
+# against 0.60 / 0.61x) and on an H100 (kernels-small-h100.json walk_rule_run: Wan 0.68 / 1.05 / 1.22x, CogVideoX
+# 0.80 / 1.20 / 2.09x against masked's 0.53-0.62x and gathered's 0.42-1.50x). At 2048 tokens the hosts disagreed
+# (H100 0.80x against masked's 0.62x; H200 0.22-0.30x: its Python launch, ~100 us there, outweighs the call), so
+# auto runs walk from 2049 tokens, without gradients, outside torch.compile and CUDA-graph capture.
 SMALL_SEQ_LEN = {"cpu": 512, "cuda": 4608}
 CUDA_MASKED_SEQ_LEN = 2048  # CUDA sequences up to this length run masked for every mask
 CUDA_GATHERED_MIN_SPARSITY = 0.6  # longer small CUDA sequences run gathered above this sparsity
