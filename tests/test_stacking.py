@@ -371,6 +371,31 @@ def test_compiled_planned_transformer_recompiles_only_on_a_new_shape():
     assert counter.graphs == second  # both shapes cached
 
 
+@pytest.mark.parametrize("family", ["wan", "ltx_video"])
+def test_regional_compile_traces_the_repeated_block_once_for_every_planned_layer(family):
+    """compile_repeated_blocks (diffusers' regional compile) compiles one block and reuses it for every layer; a
+    plan must not make each layer a recompile (per-layer processor code did, and past dynamo's recompile limit of 8
+    the remaining blocks ran uncompiled: a Wan2.1-1.3B-shaped model compiled 8 of its 30 blocks, stack-h200.json)."""
+    graphs = {}
+    for planned in (False, True):
+        torch._dynamo.reset()
+        model = tiny_transformer(family, num_layers=10)
+        if planned:
+            apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1))
+        inputs = tiny_inputs(model, TinyVideo(frames=8, batch=1))
+        counter = GraphCounter()
+        model.compile_repeated_blocks(backend=counter)
+        out = forward(model, inputs)
+        forward(model, inputs)
+        graphs[planned] = counter.graphs
+        if planned:
+            eager = tiny_transformer(family, num_layers=10)
+            eager.load_state_dict(model.state_dict())
+            apply_mask_plan(eager, MaskPlan.uniform(num_plan_layers(eager), 1))
+            assert close(out, forward(eager, inputs), 1e-5)
+    assert graphs[True] == graphs[False], graphs
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # 4. Weights and memory: low-precision weight storage, quantized weights, offloading; CFG batching
 

@@ -9,7 +9,6 @@ from ..layout import TEXT_NONE, TileLayout
 from ..masks import check_k, is_dense
 from . import ulysses
 from .install import bind_on_first_use
-from .intercept import intercepting_call
 from .state import TileState
 
 
@@ -104,6 +103,7 @@ class TileSparseAttnProcessor:
             stock, call = processor, type(processor).__call__
         else:
             stock, call, names = self.prepare()
+            self.state.active_processor = self  # where the shared intercepting call routes the attention product
         if image_rotary_emb is not _UNSET and (names is None or "image_rotary_emb" in names):
             kwargs["image_rotary_emb"] = image_rotary_emb
         if temb is not _UNSET and (names is None or "temb" in names):
@@ -112,11 +112,12 @@ class TileSparseAttnProcessor:
 
     def prepare(self) -> tuple:
         """``(stock processor, its intercepting __call__, its parameter names)``, built once (at install, so that
-        ``torch.compile`` finds it ready) and again only when the stock processor changes."""
+        ``torch.compile`` finds it ready) and again only when the stock processor changes. The intercepting call is
+        shared by every layer with the same stock processor class (:meth:`TileState.intercepting_call`)."""
         stock = self.stock if self.stock is not None else self.state.stock_processors[self.layer_index]
         cached = self._call
         if cached is None or cached[0] is not stock:
-            cached = (stock, intercepting_call(stock, self._dispatch, self._sdpa), parameter_names(stock))
+            cached = (stock, self.state.intercepting_call(stock), parameter_names(stock))
             self._call = cached
         return cached
 
@@ -155,19 +156,18 @@ class TileSparseAttnProcessor:
         seq_len = q.shape[2]
         if k.shape[2] != seq_len:
             return attend(q, k, v, attn_mask)  # a cross-attention inside the same processor
-        where = self.where()
-        layout = self.sequence_layout(seq_len, where)
+        layout = self.sequence_layout(seq_len)
         dense = is_dense(layout.num_frames, self.k)
         if unusual and not dense:
             raise NotImplementedError(
-                f"{where}: tile-sparse attention runs without dropout, causal masking or grouped-query attention; "
+                f"{self.where()}: tile-sparse attention runs without dropout, causal masking or grouped-query attention; "
                 "use a dense plan entry for this layer."
             )
         config = self.context_parallel()
         key_padding, explicit = model_mask_parts(attn_mask, q.shape[0], layout.seq_len, self.state)
         if explicit is not None and not dense:
             if config is not None:
-                raise NotImplementedError(f"{where}: the model's own attention mask is not supported under context "
+                raise NotImplementedError(f"{self.where()}: the model's own attention mask is not supported under context "
                                           "parallelism with tile-sparse attention.")
             if key_padding is None:
                 return attend(q, k, v, combine_masks(explicit, self.state.tile_mask(layout, self.k, q.device)))
@@ -201,14 +201,18 @@ class TileSparseAttnProcessor:
     # ------------------------------------------------------------------------------------------------ helpers
 
     def where(self) -> str:
+        """This layer, for error messages (only built on the way to an error: under ``torch.compile`` every value
+        read here would become a per-layer guard)."""
         family = getattr(self.state, "family", None)
         return f"{family.name if family is not None else type(self).__name__} layer {self.layer_index}"
 
-    def sequence_layout(self, seq_len: int, where: str) -> TileLayout:
+    def sequence_layout(self, seq_len: int) -> TileLayout:
         """The layout of a self-attention call of ``seq_len`` tokens: this call's video layout plus the family's
         extra tokens (``seq_len`` minus the video tokens, at the family's position; the local shard under context
         parallelism)."""
-        video = self.state.require_video_layout(where)
+        video = self.state.video_layout
+        if video is None:
+            self.state.require_video_layout(self.where())  # raises, naming the layer
         config = self.context_parallel()
         num_video = video.num_video_tokens
         if config is not None:
@@ -218,7 +222,7 @@ class TileSparseAttnProcessor:
         expected = self.state.extra_tokens
         if extra < 0 or (extra > 0 and position == TEXT_NONE) or (expected is not None and extra != expected):
             raise ValueError(
-                f"{where} received {seq_len} tokens, but the tile layout explains {num_video} "
+                f"{self.where()} received {seq_len} tokens, but the tile layout explains {num_video} "
                 f"({video.num_frames} frames x {video.tokens_per_frame} tokens"
                 f"{', plus extra tokens ' + position if position != TEXT_NONE else ''}). The input does not have "
                 "the frame-major layout the mask plan assumes; call the transformer with the latents the plan was "

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..kernels import TileAttention, cached_outside_trace, check_kernel
 from ..layout import TileLayout
+from .intercept import intercepting_call
 
 
 @dataclass(frozen=True)
@@ -98,8 +100,10 @@ class TileState:
     metadata: dict = field(default_factory=dict)
     last_layout_fields: tuple | None = None  # the last call's layout of any thread, as :func:`_fields`
     last_extra_tokens: int | None = None
+    active_processor: object = field(default=None, repr=False)  # the tile processor whose attention is running
     _calls: _CallLayouts = field(default_factory=_CallLayouts, repr=False)
     _tile_masks: dict = field(default_factory=dict, repr=False)
+    _intercepted: dict = field(default_factory=dict, repr=False)  # stock processor class -> its intercepting call
 
     def __deepcopy__(self, memo):
         import copy
@@ -110,6 +114,8 @@ class TileState:
             if name == "_calls":
                 value = _CallLayouts()
                 value.video_layout, value.extra_tokens = self._calls.video_layout, self._calls.extra_tokens
+            elif name in ("_intercepted", "active_processor"):  # the calls route to *this* state: the copy builds its own
+                value = {} if name == "_intercepted" else None
             else:
                 value = copy.deepcopy(value, memo)
             setattr(clone, name, value)
@@ -117,7 +123,7 @@ class TileState:
 
     def __getstate__(self):
         state = dict(vars(self))
-        state["_calls"] = None
+        state["_calls"], state["_intercepted"], state["active_processor"] = None, {}, None
         return state
 
     def __setstate__(self, state):
@@ -142,6 +148,25 @@ class TileState:
         fields = _fields(layout)
         self._calls.video_layout, self._calls.extra_tokens = fields, extra_tokens
         self.last_layout_fields, self.last_extra_tokens = fields, extra_tokens
+
+    def intercepting_call(self, stock) -> Callable:
+        """The stock processor's ``__call__`` with its attention product routed to :attr:`active_processor`
+        (:func:`.intercept.intercepting_call`), one per processor class for the whole transformer.
+
+        Every layer of a class runs the same function object, so ``torch.compile`` of repeated blocks
+        (``compile_repeated_blocks``) traces it once for all layers instead of once per layer: a per-layer copy
+        recompiled each block and, past dynamo's recompile limit (8), ran the remaining blocks uncompiled."""
+        cls = type(stock)
+        call = self._intercepted.get(cls)
+        if call is None:
+            call = self._intercepted[cls] = intercepting_call(stock, self._route_dispatch, self._route_sdpa)
+        return call
+
+    def _route_dispatch(self, *args, **kwargs):
+        return self.active_processor._dispatch(*args, **kwargs)
+
+    def _route_sdpa(self, *args, **kwargs):
+        return self.active_processor._sdpa(*args, **kwargs)
 
     def require_video_layout(self, where: str) -> TileLayout:
         layout = self.video_layout
