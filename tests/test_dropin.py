@@ -30,9 +30,11 @@ def _fresh_output(family, video, k=1):
 @pytest.mark.parametrize("family", ["wan", "cogvideox"])
 def test_two_threads_inside_one_transformer_each_get_their_own_layout(family):
     """Both threads are inside the forward at once (a barrier in the first block): a layout shared between calls
-    would give one of them the other's shape."""
-    model = apply_mask_plan(tiny_transformer(family), MaskPlan.uniform(2, 1))
-    expected = {video: _fresh_output(family, video) for video in (SMALL, LARGE)}
+    would give one of them the other's shape, and a running layer shared between them the other's plan entry."""
+    plan = MaskPlan([1, None])
+    model = apply_mask_plan(tiny_transformer(family), plan)
+    expected = {video: _run(apply_mask_plan(tiny_transformer(family), plan), tiny_inputs(model, video))
+                for video in (SMALL, LARGE)}
     barrier = threading.Barrier(2, timeout=30)
     first_block = (model.blocks if family == "wan" else model.transformer_blocks)[0]
     def wait_for_the_other_thread(module, args):
@@ -56,6 +58,19 @@ def test_two_threads_inside_one_transformer_each_get_their_own_layout(family):
     assert not errors, errors
     for video in (SMALL, LARGE):
         assert torch.equal(results[video], expected[video])
+
+
+def test_the_running_layer_is_kept_per_thread():
+    """The shared intercepting call finds the running layer's processor in the state, per thread: another thread's
+    layer never answers for this one."""
+    model = apply_mask_plan(tiny_transformer("wan"), MaskPlan([1, None]))
+    state = model._evdit_tile_state
+    state.active_processor = "layer 0 of this thread"
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(state.active_processor))
+    thread.start()
+    thread.join()
+    assert seen == [None] and state.active_processor == "layer 0 of this thread"
 
 
 @pytest.mark.parametrize("family", ["wan", "hunyuan_video"])

@@ -48,14 +48,16 @@ class TileAttentionConfig:
 
 
 class _CallLayouts(threading.local):
-    """The video layout (and the expected extra-token count, if known) of the transformer call in this thread.
+    """The video layout (and the expected extra-token count, if known) of the transformer call in this thread, and
+    the tile processor whose attention product this thread is computing.
 
     The layout is kept as its plain fields (:func:`_fields`): torch.compile can carry ints and strings out of a
     compiled forward, not a layout object created inside it."""
 
-    def __init__(self):  # runs once per thread: both names are always in the thread's own __dict__
+    def __init__(self):  # runs once per thread: the names are always in the thread's own __dict__
         self.video_layout: tuple | None = None
         self.extra_tokens: int | None = None
+        self.processor = None
 
 
 def _fields(layout: TileLayout | None) -> tuple | None:
@@ -100,7 +102,6 @@ class TileState:
     metadata: dict = field(default_factory=dict)
     last_layout_fields: tuple | None = None  # the last call's layout of any thread, as :func:`_fields`
     last_extra_tokens: int | None = None
-    active_processor: object = field(default=None, repr=False)  # the tile processor whose attention is running
     _calls: _CallLayouts = field(default_factory=_CallLayouts, repr=False)
     _tile_masks: dict = field(default_factory=dict, repr=False)
     _intercepted: dict = field(default_factory=dict, repr=False)  # stock processor class -> its intercepting call
@@ -114,8 +115,8 @@ class TileState:
             if name == "_calls":
                 value = _CallLayouts()
                 value.video_layout, value.extra_tokens = self._calls.video_layout, self._calls.extra_tokens
-            elif name in ("_intercepted", "active_processor"):  # the calls route to *this* state: the copy builds its own
-                value = {} if name == "_intercepted" else None
+            elif name == "_intercepted":  # its calls route to *this* state: the copy builds its own
+                value = {}
             else:
                 value = copy.deepcopy(value, memo)
             setattr(clone, name, value)
@@ -123,7 +124,7 @@ class TileState:
 
     def __getstate__(self):
         state = dict(vars(self))
-        state["_calls"], state["_intercepted"], state["active_processor"] = None, {}, None
+        state["_calls"], state["_intercepted"] = None, {}
         return state
 
     def __setstate__(self, state):
@@ -148,6 +149,16 @@ class TileState:
         fields = _fields(layout)
         self._calls.video_layout, self._calls.extra_tokens = fields, extra_tokens
         self.last_layout_fields, self.last_extra_tokens = fields, extra_tokens
+
+    @property
+    def active_processor(self):
+        """The tile processor whose attention product this thread is computing (set by the processor just before it
+        runs its stock processor's intercepting call; per thread, like the layout)."""
+        return self._calls.processor
+
+    @active_processor.setter
+    def active_processor(self, processor) -> None:
+        self._calls.processor = processor
 
     def intercepting_call(self, stock) -> Callable:
         """The stock processor's ``__call__`` with its attention product routed to :attr:`active_processor`
