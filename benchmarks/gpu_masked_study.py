@@ -13,7 +13,7 @@ CUDA graph (launch and Python costs removed, so the GPU's own time per call); ``
 call without waiting for the GPU. Where ``enqueue_ms`` is near ``ms`` and ``gpu_ms`` far below, the call is bound by
 its host-side cost, not by the GPU.
 
-    python benchmarks/gpu_masked_study.py --out /tmp/gpu-masked-study.json   # runs[] of benchmarks/results/gpu-masked-study.json
+    python benchmarks/gpu_masked_study.py --out /tmp/gpu-masked-study.json  # a run of results/gpu-masked-study.json
 """
 
 from __future__ import annotations

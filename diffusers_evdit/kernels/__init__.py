@@ -177,9 +177,10 @@ class TileAttention:
     is faster by more than :data:`FASTEST_MARGIN`. ``auto`` runs the walk kernel only on mid-length CUDA sequences
     (above :data:`CUDA_MASKED_SEQ_LEN` tokens, up to ``small_seq_len``), where it was the fastest exact kernel; its
     first call per shape compiles and tunes four launch settings (seconds). Longer sequences keep ``split``, which
-    walk never beat there (BENCHMARKS.md). An entry that picks dense attention then computes full attention, not its tile mask: the plan becomes a licence to
-    skip work where that pays. Under ``torch.compile`` tracing and CUDA-graph capture nothing is timed and auto's
-    kernel runs. ``"auto"`` always applies the plan's masks (exact kernels only).
+    walk never beat there (BENCHMARKS.md). An entry that picks dense attention then computes full attention, not its
+    tile mask: the plan becomes a licence to skip work where that pays. Under ``torch.compile`` tracing and
+    CUDA-graph capture nothing is timed and auto's kernel runs. ``"auto"`` always applies the plan's masks (exact
+    kernels only).
 
     Example:
         >>> import torch

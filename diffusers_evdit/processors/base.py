@@ -160,15 +160,15 @@ class TileSparseAttnProcessor:
         dense = is_dense(layout.num_frames, self.k)
         if unusual and not dense:
             raise NotImplementedError(
-                f"{self.where()}: tile-sparse attention runs without dropout, causal masking or grouped-query attention; "
-                "use a dense plan entry for this layer."
+                f"{self.where()}: tile-sparse attention runs without dropout, causal masking or grouped-query "
+                "attention; use a dense plan entry for this layer."
             )
         config = self.context_parallel()
         key_padding, explicit = model_mask_parts(attn_mask, q.shape[0], layout.seq_len, self.state)
         if explicit is not None and not dense:
             if config is not None:
-                raise NotImplementedError(f"{self.where()}: the model's own attention mask is not supported under context "
-                                          "parallelism with tile-sparse attention.")
+                raise NotImplementedError(f"{self.where()}: the model's own attention mask is not supported under "
+                                          "context parallelism with tile-sparse attention.")
             if key_padding is None:
                 return attend(q, k, v, combine_masks(explicit, self.state.tile_mask(layout, self.k, q.device)))
 
