@@ -107,6 +107,30 @@ def test_fastest_kernel_times_once_and_runs_autos_kernel_or_dense_on_cuda():
     assert len(att.tuner.choices) == 2
 
 
+def test_auto_runs_walk_on_mid_length_sequences_and_another_kernel_under_autograd_on_cuda():
+    """auto's CUDA rule: above 2048 tokens (here 2304) walk for inference, exact; under autograd walk has no backward,
+    so auto takes masked (or gathered for the sparsest masks), exact in both passes."""
+    from diffusers_evdit.kernels import TileAttention
+
+    layout = TileLayout(9, 256)
+    att = TileAttention()
+    for k, trained in ((1, "gathered"), (4, "masked")):
+        q, kk, v = (torch.randn(1, 2, layout.seq_len, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+        mask = paper_mask(9, 256, 0, False, k).cuda()
+        with torch.no_grad():
+            out = att(q, kk, v, layout, k)
+        assert _rel(out, attention_f64(q, kk, v, mask)) < 1e-2, k
+        qg = q.float().requires_grad_()
+        out = att(qg, kk.float(), v.float(), layout, k)
+        out.square().sum().backward()
+        qr = q.double().requires_grad_()
+        ref = attention_f64(qr, kk, v, mask)
+        ref.square().sum().backward()
+        assert _rel(out, ref.detach()) < 1e-4 and _rel(qg.grad, qr.grad) < 1e-3, k
+        assert sorted(kernel for kernel, _ in att._chosen.values()) == sorted(["walk", trained]), k
+        att._chosen.clear()
+
+
 @pytest.mark.parametrize("head_dim", [64, 96, 128])  # 96 (Open-Sora-Plan): lanes masked up to 128
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 1e-2), (torch.float32, 1e-4)])
 def test_walk_kernel_autotuned_on_cuda_with_strided_batched_inputs(head_dim, dtype, tol):
