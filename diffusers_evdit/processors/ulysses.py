@@ -126,7 +126,10 @@ def ulysses_tile_attention(
     cp = config.context_parallel_config
     has_text = layout.num_text_tokens > 0
     dense = is_dense(layout.num_frames, processor.k)
-    where = f"{type(processor).__name__} (layer {processor.layer_index})"
+
+    def where() -> str:  # built only on the way to an error: under torch.compile each read value is a per-layer guard
+        return f"{type(processor).__name__} (layer {processor.layer_index})"
+
     if dense and not has_text and dense_fn is not None:
         return dense_fn(q, k, v)  # the model's own call: diffusers' Ulysses / ring attention, as without a plan
     if cp.ring_degree > 1:
@@ -136,21 +139,21 @@ def ulysses_tile_attention(
             else f"its k:F-k mask (k={processor.k}) needs the full key sequence, which a ring step never holds"
         )
         raise NotImplementedError(
-            f"{where}: ring attention (ring_degree={cp.ring_degree}) is not supported by tile-sparse attention: "
+            f"{where()}: ring attention (ring_degree={cp.ring_degree}) is not supported by tile-sparse attention: "
             f"{reason}. Use Ulysses only: ContextParallelConfig(ulysses_degree=N), e.g. "
             "enable_tile_parallelism(pipe, ulysses_degree=N)."
         )
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
         raise NotImplementedError(
-            f"{where}: tile-sparse attention under context parallelism is inference-only; run the model under "
+            f"{where()}: tile-sparse attention under context parallelism is inference-only; run the model under "
             "torch.no_grad() (pipelines do)."
         )
     group, rank, world = _group_rank(cp._ulysses_mesh)
     batch, heads, seq_local, head_dim = q.shape
     if heads % world:
         raise ValueError(
-            f"{where}: {heads} attention heads do not divide over ulysses_degree={world}; choose a Ulysses degree that "
-            "divides the head count."
+            f"{where()}: {heads} attention heads do not divide over ulysses_degree={world}; choose a Ulysses degree "
+            "that divides the head count."
         )
     h_local = heads // world
     my_heads = slice(rank * h_local, (rank + 1) * h_local)
@@ -158,7 +161,7 @@ def ulysses_tile_attention(
     sv_local = sizes[rank]
     num_text = layout.num_text_tokens
     if seq_local != num_text + sv_local:
-        check_local_seq_len(layout, seq_local, cp, where)
+        check_local_seq_len(layout, seq_local, cp, where())
     text_first = layout.text_position == TEXT_FIRST
     local_video = slice(num_text, num_text + sv_local) if text_first else slice(0, sv_local)
     local_text = slice(0, num_text) if text_first else slice(sv_local, sv_local + num_text)
