@@ -31,10 +31,11 @@ def parse_args(argv=None):
     p.add_argument("--mlcd", default=None, help="MLCD row folder (default: MODEL/mlcd)")
     p.add_argument("--evdit", default=None, help="Efficient-vDiT row folder (default: MODEL/evdit)")
     p.add_argument("--rows", default="Base,MLCD,Efficient-vDiT", help="comma-separated rows to run")
-    p.add_argument("--extra-row", action="append", default=[], metavar="NAME=FOLDER[:PLAN][@STEPS]",
-                   help="another student row without CFG (e.g. a uniform plan + KD, to compare with the searched "
-                        "plan at equal sparsity); PLAN: saved (default), dense, uniform:K or a plan file; STEPS: "
-                        "denoising steps (default 4, e.g. @8 for an S=8 student); repeatable")
+    p.add_argument("--extra-row", action="append", default=[], metavar="NAME=FOLDER[:PLAN][@STEPS[cfgG]]",
+                   help="another student row (e.g. a uniform plan + KD, to compare with the searched plan at equal "
+                        "sparsity); PLAN: saved (default), dense, uniform:K or a plan file; STEPS: denoising steps "
+                        "(default 4, e.g. @8 for an S=8 student); cfgG: classifier-free guidance at scale G (default "
+                        "none, e.g. @4cfg1.5: two transformer calls a step); repeatable")
     p.add_argument("--base-steps", type=int, nargs="*", default=[], metavar="N",
                    help="more Base rows at N steps (the model's CFG, dense): the few-step curve without distillation")
     p.add_argument("--prompts", type=int, default=64, help="test prompts (default 64)")
@@ -79,12 +80,15 @@ def _rows(args):
     for spec in args.extra_row:
         name, sep, rest = spec.partition("=")
         rest, _, steps = rest.rpartition("@") if "@" in rest else (rest, "", "4")
+        steps, _, cfg = steps.partition("cfg")
         folder, _, plan = rest.partition(":")
-        if not sep or not name or not folder or not steps.isdigit() or int(steps) < 1:
-            raise SystemExit(f"--extra-row {spec!r}: use NAME=FOLDER, NAME=FOLDER:PLAN or NAME=FOLDER:PLAN@STEPS")
+        if (not sep or not name or not folder or not steps.isdigit() or int(steps) < 1
+                or (cfg and not cfg.replace(".", "", 1).isdigit())):
+            raise SystemExit(f"--extra-row {spec!r}: use NAME=FOLDER, NAME=FOLDER:PLAN, NAME=FOLDER:PLAN@STEPS or "
+                             "NAME=FOLDER:PLAN@STEPScfgG")
         plan = plan or "saved"
         folder = os.path.abspath(folder) if os.path.isdir(folder) else folder  # else: a subfolder of the model
-        rows.append(DemoRow(name, folder, int(steps), 1.0, None if plan == "dense" else plan))
+        rows.append(DemoRow(name, folder, int(steps), float(cfg) if cfg else 1.0, None if plan == "dense" else plan))
     return rows
 
 

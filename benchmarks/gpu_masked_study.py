@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from diffusers_evdit.bench.kernels import SMALL_SHAPES
-from diffusers_evdit.kernels import TileAttention
+from diffusers_evdit.kernels import TileAttention, walk
+from diffusers_evdit.kernels.walk import walk_available, walk_segments, walk_tile_attention
 from diffusers_evdit.masks import additive_tile_mask, element_sparsity, tile_mask
 
 BACKENDS = {"default": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION}
@@ -109,15 +110,43 @@ def enqueue_ms(fn, iters: int) -> float:
     return elapsed * 1e3 / iters
 
 
+def walk_launches(q, k, v, layout, k_ref: int, ref, fns: dict) -> dict:
+    """The walk kernel called directly, one launch (``walk/*``): through its autotuner (``tuned``) and with the
+    autotuner's chosen setting passed in (``pinned``), to split its host cost into the package's Python, the
+    autotuner's and the launch's own. Adds the callables to ``fns``; returns their errors."""
+    if not walk_available(q.device) or q.shape[2] <= 512:
+        return {}
+    tables = walk_segments(layout, k_ref).to(q.device)
+    errors = {}
+    run = lambda cfg=None: walk_tile_attention(q, k, v, tables, config=cfg)  # noqa: E731
+    for name in ("walk/tuned", "walk/pinned"):
+        try:
+            cfg = None
+            if name == "walk/pinned":
+                best = walk._walk_tuned.best_config
+                cfg = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+            out = run(cfg)
+            errors[name] = (out.double() - ref).abs().max().item()
+            fns[name] = (lambda c=cfg: run(c))
+        except Exception as err:  # noqa: BLE001 - recorded
+            errors[name] = f"refused: {str(err).splitlines()[0][:120]}"
+    return errors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--shapes", nargs="*", default=None, help="small shapes to run (default: all)")
+    parser.add_argument("--only-tile", action="store_true",
+                        help="dense and the package's paths only (tile/*, walk/*), not every SDPA backend")
     args = parser.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
     rows = []
     for shape in SMALL_SHAPES:
+        if args.shapes and shape.name not in args.shapes:
+            continue
         layout = shape.layout
         n = layout.seq_len
         g = torch.Generator(device=dev).manual_seed(0)
@@ -128,7 +157,7 @@ def main() -> None:
             ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=keep)
             fns = {"dense": lambda: F.scaled_dot_product_attention(q, k, v)}
             errors = {}
-            for name, (backend, mask) in variants(layout, k_ref, keep, dtype).items():
+            for name, (backend, mask) in ({} if args.only_tile else variants(layout, k_ref, keep, dtype)).items():
                 try:
                     out = call(q, k, v, backend, mask)
                     errors[name] = (out.double() - ref).abs().max().item()
@@ -144,6 +173,7 @@ def main() -> None:
                     fns[name] = (lambda a=attention: a(q, k, v, layout, k_ref))
                 except Exception as err:  # noqa: BLE001 - a kernel that refuses this input, recorded
                     errors[name] = f"refused: {str(err).splitlines()[0][:120]}"
+            errors.update(walk_launches(q, k, v, layout, k_ref, ref, fns))
             for fn in fns.values():  # warm-up
                 fn()
             torch.cuda.synchronize()

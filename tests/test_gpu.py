@@ -131,6 +131,30 @@ def test_auto_runs_walk_on_mid_length_sequences_and_another_kernel_under_autogra
         att._chosen.clear()
 
 
+def test_walk_launches_with_the_tuned_setting_after_its_first_call_on_cuda(monkeypatch):
+    """After the first call per (N, D, dtype, key padding) TileAttention keeps the autotuner's setting and launches
+    with it directly: the autotuner is not called again, and the output is the same to the bit."""
+    from diffusers_evdit.kernels import TileAttention, walk
+
+    layout = TileLayout(9, 256)
+    att = TileAttention("walk")
+    q, kk, v = (torch.randn(1, 2, layout.seq_len, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    first = att(q, kk, v, layout, 2)
+    assert list(att._walk_launches.values()) == [walk._walk_tuned.best_config.all_kwargs()]
+
+    class Refuses:
+        def __getitem__(self, grid):
+            raise AssertionError("the autotuner ran again for a pinned setting")
+
+    monkeypatch.setattr(walk, "_walk_tuned", Refuses())
+    assert torch.equal(att(q, kk, v, layout, 2), first)
+    assert torch.equal(att(q, kk, v, layout, 1), walk.walk_tile_attention(  # another mask, the same setting
+        q, kk, v, walk.walk_segments(layout, 1).to("cuda"), config=next(iter(att._walk_launches.values()))))
+    keep = torch.ones(1, layout.seq_len, dtype=torch.bool, device="cuda")
+    with pytest.raises(AssertionError, match="autotuner ran again"):  # key padding: a key of its own, tuned anew
+        att(q, kk, v, layout, 2, key_padding_mask=keep)
+
+
 @pytest.mark.parametrize("head_dim", [64, 96, 128])  # 96 (Open-Sora-Plan): lanes masked up to 128
 @pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float16, 1e-2), (torch.float32, 1e-4)])
 def test_walk_kernel_autotuned_on_cuda_with_strided_batched_inputs(head_dim, dtype, tol):

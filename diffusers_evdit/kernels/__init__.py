@@ -203,6 +203,7 @@ class TileAttention:
     fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": False}))
     _indices: dict = field(default_factory=dict, repr=False)
     _walk_tables: dict = field(default_factory=dict, repr=False)
+    _walk_launches: dict = field(default_factory=dict, repr=False)
     _side_streams: dict = field(default_factory=dict, repr=False)
     _masks: dict = field(default_factory=dict, repr=False)
     _chosen: dict = field(default_factory=dict, repr=False)
@@ -418,8 +419,8 @@ def _walk(attention: TileAttention, c: TileCall) -> torch.Tensor:
         global_rows = "walk" if attention.is_small(c) else "sdpa"
     tokens = attention.indices(c.layout, c.k_ref, c.q.device).global_tokens if global_rows == "sdpa" else None
     return walk_tile_attention(c.q, c.k, c.v, attention.walk_tables(c.layout, c.k_ref, c.q.device), c.scale,
-                               global_rows=global_rows, global_tokens=tokens,
-                               key_padding_mask=c.key_padding_mask)
+                               global_rows=global_rows, global_tokens=tokens, key_padding_mask=c.key_padding_mask,
+                               launch_settings=None if torch.compiler.is_compiling() else attention._walk_launches)
 
 
 def cached_outside_trace(store: dict, key, build):

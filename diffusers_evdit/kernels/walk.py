@@ -351,7 +351,8 @@ LOG2E = 1.4426950408889634
 
 
 def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None, config: dict | None = None,
-                        global_rows: str = "walk", global_tokens=None, key_padding_mask=None):
+                        global_rows: str = "walk", global_tokens=None, key_padding_mask=None,
+                        launch_settings: dict | None = None):
     """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs in one Triton launch (see the module docs).
 
     ``key_padding_mask`` (``[B, N]`` bool, True = keep) drops keys on top of the tile mask, anywhere in the sequence
@@ -364,7 +365,10 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
 
     ``tables`` comes from :func:`walk_segments` (on the inputs' device). On CUDA the key block size and the launch
     settings are autotuned once per (N, D); ``config`` fixes them instead: ``{"BLOCK_N": 64, "num_warps": 8,
-    "num_stages": 3}`` (any subset; the interpreter's default is ``{"BLOCK_N": 16}``).
+    "num_stages": 3}`` (any subset; the interpreter's default is ``{"BLOCK_N": 16}``). ``launch_settings``, a dict
+    the caller keeps, pins the autotuner's choice: the first call per (N, D, dtype, key padding) stores it there and
+    later calls launch with it directly, without the autotuner's per-call work on the host (about 25 us a call on an
+    H100 host, BENCHMARKS.md).
 
     Example:
         >>> import torch
@@ -400,7 +404,14 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     common = {"BLOCK_M": tables.block_m, "D0": d0, "D1": d1, "LANES0": d0 > head_dim, "LANES1": d0 + d1 > head_dim,
               "IEEE": q.dtype == torch.float32, "HAS_KEEP": keep is not None}
     if q.device.type == "cuda" and config is None:
-        _walk_tuned[grid](*args, **common)
+        key = (n, head_dim, q.dtype, keep is not None)
+        pinned = None if launch_settings is None else launch_settings.get(key)
+        if pinned is None:
+            _walk_tuned[grid](*args, **common)
+            if launch_settings is not None:  # the setting the autotuner just ran (one it tuned for this key)
+                launch_settings[key] = _walk_tuned.best_config.all_kwargs()
+        else:
+            _walk_kernel[grid](*args, **common, **pinned)
     else:
         _walk_kernel[grid](*args, **common, **{"BLOCK_N": 16, **(config or {})})
     if global_rows == "sdpa":  # rows of blocks the launch also covered (beside local rows) are written again, equal
