@@ -375,7 +375,7 @@ def test_compiled_planned_transformer_recompiles_only_on_a_new_shape():
 def test_regional_compile_traces_the_repeated_block_once_for_every_planned_layer(family):
     """compile_repeated_blocks (diffusers' regional compile) compiles one block and reuses it for every layer; a
     plan must not make each layer a recompile (per-layer processor code did, and past dynamo's recompile limit of 8
-    the remaining blocks ran uncompiled: a Wan2.1-1.3B-shaped model compiled 8 of its 30 blocks, stack-h200.json)."""
+    the remaining blocks ran uncompiled: a Wan2.1-1.3B-shaped model compiled 8 of its 30 blocks, stack.json run 0)."""
     graphs = {}
     for planned in (False, True):
         torch._dynamo.reset()
