@@ -123,8 +123,7 @@ def walk_launches(q, k, v, layout, k_ref: int, ref, fns: dict) -> dict:
         try:
             cfg = None
             if name == "walk/pinned":
-                best = walk._walk_tuned.best_config
-                cfg = {**best.kwargs, "num_warps": best.num_warps, "num_stages": best.num_stages}
+                cfg = walk._walk_tuned.best_config.all_kwargs()
             out = run(cfg)
             errors[name] = (out.double() - ref).abs().max().item()
             fns[name] = (lambda c=cfg: run(c))

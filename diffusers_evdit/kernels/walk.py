@@ -367,8 +367,8 @@ def walk_tile_attention(q, k, v, tables: WalkTables, scale: float | None = None,
     settings are autotuned once per (N, D); ``config`` fixes them instead: ``{"BLOCK_N": 64, "num_warps": 8,
     "num_stages": 3}`` (any subset; the interpreter's default is ``{"BLOCK_N": 16}``). ``launch_settings``, a dict
     the caller keeps, pins the autotuner's choice: the first call per (N, D, dtype, key padding) stores it there and
-    later calls launch with it directly, without the autotuner's per-call work on the host (about 25 us a call on an
-    H100 host, BENCHMARKS.md).
+    later calls launch with it directly, without the autotuner's per-call work on the host (BENCHMARKS.md, "Pinning
+    walk's launch setting").
 
     Example:
         >>> import torch
