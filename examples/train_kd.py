@@ -61,6 +61,7 @@ from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
     TINY_PREFIX,
     EMATarget,
+    ValidationVideos,
     add_data_args,
     add_lora_args,
     add_optimisation_args,
@@ -68,7 +69,6 @@ from diffusers_evdit.distill.training import (
     add_validation_args,
     build_data,
     caption_conditions,
-    frame_strip,
     make_latent_cache,
     stored_dtype,
 )
@@ -226,7 +226,6 @@ def main(argv=None) -> dict:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
 
-    from diffusers_evdit import data as evdit_data
     from diffusers_evdit import kd, mlcd
     from diffusers_evdit.plan import apply_mask_plan, get_mask_plan
     from diffusers_evdit.processors import family_for
@@ -440,57 +439,25 @@ def main(argv=None) -> dict:
     uncond_one = conditions([args.negative_prompt]) if (task == "mlcd" and guidance != 1.0) else None
 
     # ---- validation
-    val_dir = os.path.join(output_dir, "validation")
-    call_kwargs = dict(num_frames=args.num_frames, height=args.height, width=args.width,
-                       max_sequence_length=max_seq, output_type="np")
-    if prompt_template is not None:
-        call_kwargs["prompt_template"] = prompt_template
-
-    def generate(transformer, scheduler, steps, guidance_scale, seed, plan_for=None, kernel="auto"):
-        from diffusers_evdit import EfficientVDiTPipeline
-
-        vpipe = EfficientVDiTPipeline.from_pipe(pipe, transformer=transformer, scheduler=scheduler,
-                                                mask_plan=plan_for, kernel=kernel)
-        vpipe.set_progress_bar_config(disable=True)
-        kw = dict(call_kwargs, num_inference_steps=steps, guidance_scale=guidance_scale)
-        if family != "hunyuan_video" and guidance_scale > 1.0:
-            kw["negative_prompt"] = [args.negative_prompt] * len(validation_prompts)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        with torch.no_grad(), accelerator.autocast():
-            frames = vpipe(prompt=list(validation_prompts), generator=gen, **kw).frames
-        return np.asarray(frames, dtype=np.float32)
-
-    def log_videos(tag: str, videos: np.ndarray, step: int) -> None:
-        os.makedirs(val_dir, exist_ok=True)
-        paths = []
-        for i, frames in enumerate(videos):
-            path = os.path.join(val_dir, f"{tag}-step{step:06d}-{i}.gif")
-            evdit_data.save_video(frames, path, fps=args.validation_fps)
-            paths.append(path)
-        for tracker in accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_images(f"validation/{tag}", np.stack([frame_strip(v) for v in videos]), step,
-                                          dataformats="NHWC")
-            elif tracker.name == "wandb":
-                import wandb
-
-                tracker.log({f"validation/{tag}": [wandb.Video(p, fps=args.validation_fps, format="gif", caption=c)
-                                                   for p, c in zip(paths, validation_prompts)]}, step=step)
+    validation = ValidationVideos.from_args(args, pipe, accelerator, validation_prompts, output_dir, family, max_seq,
+                                            prompt_template)
 
     def run_validation(step: int) -> float:
         t0 = time.time()
         unwrapped.eval()
         # re-installs the same plan with the training kernel (from_pipe sets the plan of the transformer it gets)
-        videos = generate(unwrapped, save_scheduler, out_steps, out_guidance, args.validation_seed,
-                          plan_for=get_mask_plan(unwrapped), kernel=args.kernel)
+        videos = validation.generate(unwrapped, save_scheduler, out_steps, out_guidance, args.validation_seed,
+                                     mask_plan=get_mask_plan(unwrapped), kernel=args.kernel)
         unwrapped.train()
-        log_videos("student", videos, step)
-        logger.info("validation at step %d: %d videos in %s (%.1f s)", step, len(videos), val_dir, time.time() - t0)
+        validation.log("student", videos, step)
+        logger.info("validation at step %d: %d videos in %s (%.1f s)", step, len(videos), validation.out_dir,
+                    time.time() - t0)
         return time.time() - t0
 
     if args.validate_teacher and accelerator.is_main_process and teacher_module is not None:
-        videos = generate(teacher_module, teacher_pipe.scheduler, gen_steps, gen_guidance, args.validation_seed)
-        log_videos("teacher", videos, 0)
+        videos = validation.generate(teacher_module, teacher_pipe.scheduler, gen_steps, gen_guidance,
+                                     args.validation_seed)
+        validation.log("teacher", videos, 0)
 
     # ---- training
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps

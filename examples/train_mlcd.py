@@ -82,6 +82,7 @@ from diffusers_evdit.distill.common import call_default
 from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
     EMATarget,
+    ValidationVideos,
     add_data_args,
     add_lora_args,
     add_optimisation_args,
@@ -89,7 +90,6 @@ from diffusers_evdit.distill.training import (
     add_validation_args,
     build_data,
     caption_conditions,
-    frame_strip,
     load_teacher,
     make_latent_cache,
     stored_dtype,
@@ -185,7 +185,6 @@ def main(argv=None) -> dict:
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
 
-    from diffusers_evdit import data as evdit_data
     from diffusers_evdit import mlcd
     from diffusers_evdit.processors import family_for
     from diffusers_evdit.schedulers import stock_scheduler
@@ -340,60 +339,24 @@ def main(argv=None) -> dict:
     uncond_one = conditions([args.negative_prompt]) if guidance != 1.0 else None
 
     # ---- validation
-    val_dir = os.path.join(output_dir, "validation")
-    call_kwargs = dict(num_frames=args.num_frames, height=args.height, width=args.width,
-                       max_sequence_length=max_seq, output_type="np")
-    if prompt_template is not None:
-        call_kwargs["prompt_template"] = prompt_template
-
-    def generate(transformer, scheduler, prompts, steps, student_mode, seed):
-        from diffusers_evdit import EfficientVDiTPipeline
-
-        vpipe = EfficientVDiTPipeline.from_pipe(pipe, transformer=transformer, scheduler=scheduler)
-        vpipe.set_progress_bar_config(disable=True)
-        kw = dict(call_kwargs, num_inference_steps=steps)
-        if family == "hunyuan_video":
-            kw["guidance_scale"] = embedded
-        else:
-            kw["guidance_scale"] = 1.0 if student_mode else guidance
-            if not student_mode and guidance != 1.0:
-                kw["negative_prompt"] = [args.negative_prompt] * len(prompts)
-        gen = torch.Generator(device="cpu").manual_seed(seed)
-        with torch.no_grad(), accelerator.autocast():
-            frames = vpipe(prompt=list(prompts), generator=gen, **kw).frames
-        return np.asarray(frames, dtype=np.float32)
+    validation = ValidationVideos.from_args(args, pipe, accelerator, validation_prompts, output_dir, family, max_seq,
+                                            prompt_template)
+    student_guidance = embedded if family == "hunyuan_video" else 1.0  # HunyuanVideo: embedded guidance
+    teacher_guidance = embedded if family == "hunyuan_video" else guidance
 
     def student_weights():
         return ema.swapped() if (ema is not None and args.save_weights == "ema") else contextlib.nullcontext()
-
-    def log_videos(tag: str, videos: np.ndarray, step: int) -> list[str]:
-        os.makedirs(val_dir, exist_ok=True)
-        paths = []
-        for i, frames in enumerate(videos):
-            path = os.path.join(val_dir, f"{tag}-step{step:06d}-{i}.gif")
-            evdit_data.save_video(frames, path, fps=args.validation_fps)
-            paths.append(path)
-        for tracker in accelerator.trackers:
-            if tracker.name == "tensorboard":
-                strips = np.stack([frame_strip(v) for v in videos])
-                tracker.writer.add_images(f"validation/{tag}", strips, step, dataformats="NHWC")
-            elif tracker.name == "wandb":
-                import wandb
-
-                tracker.log({f"validation/{tag}": [wandb.Video(p, fps=args.validation_fps, format="gif",
-                                                               caption=c)
-                                                   for p, c in zip(paths, validation_prompts)]}, step=step)
-        return paths
 
     def run_validation(step: int, num_segments: int) -> float:
         t0 = time.time()
         sched = schedules[num_segments].inference_scheduler(teacher_scheduler)
         unwrapped.eval()
         with student_weights():
-            videos = generate(unwrapped, sched, validation_prompts, num_segments, True, args.validation_seed)
+            videos = validation.generate(unwrapped, sched, num_segments, student_guidance, args.validation_seed)
         unwrapped.train()
-        log_videos(f"student-S{num_segments}", videos, step)
-        logger.info("validation at step %d: %d videos in %s (%.1f s)", step, len(videos), val_dir, time.time() - t0)
+        validation.log(f"student-S{num_segments}", videos, step)
+        logger.info("validation at step %d: %d videos in %s (%.1f s)", step, len(videos), validation.out_dir,
+                    time.time() - t0)
         return time.time() - t0
 
     @contextlib.contextmanager
@@ -407,9 +370,9 @@ def main(argv=None) -> dict:
     if args.validate_teacher and accelerator.is_main_process:
         with teacher_transformer() as tmod:
             for steps in sorted({args.num_segments, base_steps}):
-                videos = generate(tmod, stock_scheduler(teacher_scheduler), validation_prompts, steps, False,
-                                  args.validation_seed)
-                log_videos(f"teacher-{steps}steps", videos, 0)
+                videos = validation.generate(tmod, stock_scheduler(teacher_scheduler), steps, teacher_guidance,
+                                             args.validation_seed)
+                validation.log(f"teacher-{steps}steps", videos, 0)
 
     # ---- training
     total_batch = args.train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps

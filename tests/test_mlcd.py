@@ -592,3 +592,34 @@ def test_train_script_init_student_continues_a_saved_student(tmp_path):
         run_script(["--teacher", "tiny:cogvideox", *TINY_ARGS[:-2], "--num_segments", 2, "--max_train_steps", 1,
                     "--init_student", a, "--output_dir", tmp_path / "d", "--checkpointing_steps", 0,
                     "--validation_steps", 0, "--no_final_validation"])
+
+
+def test_validation_videos_use_the_negative_prompt_only_under_real_guidance(tmp_path, monkeypatch):
+    """The training scripts' validation videos: a negative prompt goes with guidance above 1 (CFG), not with 1.0 (a
+    distilled student) and never for HunyuanVideo (its guidance_scale is embedded guidance); log writes one GIF a
+    prompt under the run's validation folder."""
+    from types import SimpleNamespace
+
+    from diffusers_evdit.distill.training import ValidationVideos
+
+    calls = []
+
+    class Recorder:
+        def set_progress_bar_config(self, **_):
+            pass
+
+        def __call__(self, prompt, generator, **kw):
+            calls.append(kw)
+            return SimpleNamespace(frames=np.zeros((len(prompt), 3, 8, 8, 3), dtype=np.float32))
+
+    monkeypatch.setattr(EfficientVDiTPipeline, "from_pipe", classmethod(lambda cls, pipe, **kw: Recorder()))
+    accelerator = SimpleNamespace(autocast=lambda: torch.autocast("cpu", enabled=False), trackers=[])
+    for family, guidance, negative in (("wan", 1.0, False), ("wan", 4.0, True), ("hunyuan_video", 6.0, False)):
+        videos = ValidationVideos(None, accelerator, ["a", "b"], str(tmp_path / "validation"), {"num_frames": 3},
+                                  negative_prompt="blurry", family=family)
+        out = videos.generate(None, None, steps=2, guidance_scale=guidance, seed=0)
+        assert out.shape == (2, 3, 8, 8, 3) and calls[-1]["guidance_scale"] == guidance
+        assert calls[-1].get("negative_prompt") == (["blurry", "blurry"] if negative else None), family
+    paths = videos.log("student", out, step=7)
+    assert [Path(p).name for p in paths] == ["student-step000007-0.gif", "student-step000007-1.gif"]
+    assert all(Path(p).is_file() for p in paths)

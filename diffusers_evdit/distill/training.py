@@ -1,5 +1,6 @@
 """What the distillation examples (``examples/train_mlcd.py``, ``examples/train_kd.py``) share: argument groups, the
-EMA target network, a resumable sampler, teacher loading, text and latent caches, and the training data.
+EMA target network, a resumable sampler, teacher loading, validation videos, text and latent caches, and the
+training data.
 
 These helpers read the scripts' ``argparse`` options (the groups defined here); they are library code so that each
 script stays a self-contained diffusers-style example without importing the other.
@@ -277,6 +278,78 @@ def frame_strip(frames: np.ndarray, max_frames: int = 8) -> np.ndarray:
     if arr.dtype != np.uint8:
         arr = (np.clip(arr, 0, 1) * 255).round().astype(np.uint8)
     return np.concatenate(list(arr), axis=1)
+
+
+class ValidationVideos:
+    """The validation videos of a training run: generated from its pipeline with a given transformer, scheduler and
+    guidance, saved as GIFs under ``out_dir`` and sent to the run's trackers (tensorboard: frame strips; wandb: the
+    GIFs with their prompts).
+
+    Args:
+        pipe: the run's pipeline (its text encoder and VAE are reused; the transformer and scheduler are swapped in).
+        accelerator: the run's ``accelerate.Accelerator`` (autocast and trackers).
+        prompts: the validation prompts, one video each.
+        out_dir: where the GIFs go (``<output_dir>/validation``).
+        call_kwargs: the pipeline call's fixed arguments (frames, size, text length, ...).
+        negative_prompt: the unconditional prompt where guidance is above 1.
+        fps: frames per second of the GIFs.
+        family: the model family; HunyuanVideo's ``guidance_scale`` is embedded guidance, so it gets no negative
+            prompt.
+    """
+
+    def __init__(self, pipe, accelerator, prompts, out_dir: str, call_kwargs: dict, negative_prompt: str = "",
+                 fps: int = 8, family: str | None = None):
+        self.pipe, self.accelerator, self.prompts = pipe, accelerator, list(prompts)
+        self.out_dir, self.call_kwargs, self.negative_prompt = out_dir, dict(call_kwargs), negative_prompt
+        self.fps, self.family = fps, family
+
+    @classmethod
+    def from_args(cls, args, pipe, accelerator, prompts, output_dir: str, family: str, max_sequence_length: int,
+                  prompt_template=None) -> "ValidationVideos":
+        """From the scripts' options (``add_data_args`` / ``add_validation_args`` groups)."""
+        call_kwargs = dict(num_frames=args.num_frames, height=args.height, width=args.width,
+                           max_sequence_length=max_sequence_length, output_type="np")
+        if prompt_template is not None:
+            call_kwargs["prompt_template"] = prompt_template
+        return cls(pipe, accelerator, prompts, os.path.join(output_dir, "validation"), call_kwargs,
+                   args.negative_prompt, args.validation_fps, family)
+
+    def generate(self, transformer, scheduler, steps: int, guidance_scale: float, seed: int, mask_plan=None,
+                 kernel: str = "auto") -> np.ndarray:
+        """One video per prompt, float32 ``[V, F, H, W, 3]`` in [0, 1]; ``mask_plan`` is installed on
+        ``transformer`` with ``kernel`` (``None``: dense)."""
+        from ..pipeline import EfficientVDiTPipeline
+
+        vpipe = EfficientVDiTPipeline.from_pipe(self.pipe, transformer=transformer, scheduler=scheduler,
+                                                mask_plan=mask_plan, kernel=kernel)
+        vpipe.set_progress_bar_config(disable=True)
+        kw = dict(self.call_kwargs, num_inference_steps=steps, guidance_scale=guidance_scale)
+        if self.family != "hunyuan_video" and guidance_scale > 1.0:
+            kw["negative_prompt"] = [self.negative_prompt] * len(self.prompts)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        with torch.no_grad(), self.accelerator.autocast():
+            frames = vpipe(prompt=self.prompts, generator=gen, **kw).frames
+        return np.asarray(frames, dtype=np.float32)
+
+    def log(self, tag: str, videos: np.ndarray, step: int) -> list[str]:
+        """Save ``videos`` as ``<out_dir>/<tag>-step<step>-<i>.gif`` and send them to the trackers; the paths."""
+        from ..data import save_video
+
+        os.makedirs(self.out_dir, exist_ok=True)
+        paths = []
+        for i, frames in enumerate(videos):
+            paths.append(os.path.join(self.out_dir, f"{tag}-step{step:06d}-{i}.gif"))
+            save_video(frames, paths[-1], fps=self.fps)
+        for tracker in self.accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.writer.add_images(f"validation/{tag}", np.stack([frame_strip(v) for v in videos]), step,
+                                          dataformats="NHWC")
+            elif tracker.name == "wandb":
+                import wandb
+
+                tracker.log({f"validation/{tag}": [wandb.Video(p, fps=self.fps, format="gif", caption=c)
+                                                   for p, c in zip(paths, self.prompts)]}, step=step)
+        return paths
 
 
 
