@@ -49,7 +49,6 @@ import json
 import logging
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -70,6 +69,7 @@ from diffusers_evdit.distill.training import (
     build_data,
     caption_conditions,
     make_latent_cache,
+    setup_accelerator,
     stored_dtype,
 )
 
@@ -221,8 +221,6 @@ def hunyuan_grid_sigmas(family: str, steps: int):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
 
@@ -233,40 +231,15 @@ def main(argv=None) -> dict:
 
     t_start = time.time()
     output_dir = os.path.abspath(args.output_dir)
-    report_to = None if args.report_to == "none" else args.report_to
-    if report_to in ("tensorboard", "all"):
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            if report_to == "tensorboard":
-                print("train_kd: tensorboard is not installed; logging to losses.jsonl only", file=sys.stderr)
-                report_to = None
     task = args.task_loss
     if task == "auto":
         task = "mlcd" if (read_json(args.teacher, MLCD_CONFIG) or read_json(args.student, MLCD_CONFIG)) else "diffusion"
     use_features = args.kd_weight > 0
     if not use_features and task in ("output", "none"):
         raise SystemExit(f"--kd_weight 0 with --task_loss {task} trains on nothing; use diffusion or mlcd")
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=report_to,
-        project_config=ProjectConfiguration(project_dir=output_dir,
-                                            logging_dir=os.path.join(output_dir, args.logging_dir)),
-        # the feature loss alone leaves the output head unused
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=task in ("none",))],
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if not accelerator.is_main_process:
-        logger.setLevel(logging.WARNING)
-    set_seed(args.seed)
-    if args.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if accelerator.is_main_process:
-        os.makedirs(output_dir, exist_ok=True)
+    # the feature loss alone leaves the output head unused
+    accelerator, weight_dtype = setup_accelerator(args, output_dir, logger, find_unused_parameters=task == "none")
     device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     # ---- pipelines: the dense teacher, the student's starting point
     teacher_pipe = load_pipeline(args.teacher, mask_plan=None) if args.teacher else None

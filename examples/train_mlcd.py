@@ -70,7 +70,6 @@ import copy
 import json
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -92,6 +91,7 @@ from diffusers_evdit.distill.training import (
     caption_conditions,
     load_teacher,
     make_latent_cache,
+    setup_accelerator,
     stored_dtype,
     teacher_generation_settings,
 )
@@ -180,8 +180,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
     from diffusers.training_utils import cast_training_params
 
@@ -191,36 +189,8 @@ def main(argv=None) -> dict:
 
     t_start = time.time()
     output_dir = os.path.abspath(args.output_dir)
-    report_to = args.report_to
-    if report_to in ("tensorboard", "all"):
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            if report_to == "tensorboard":
-                print("train_mlcd: tensorboard is not installed; logging to losses.jsonl only (--report_to none)",
-                      file=sys.stderr)
-                report_to = None
-    if report_to == "none":
-        report_to = None
-    accelerator = Accelerator(
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        mixed_precision=args.mixed_precision,
-        log_with=report_to,
-        project_config=ProjectConfiguration(project_dir=output_dir,
-                                            logging_dir=os.path.join(output_dir, args.logging_dir)),
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
-    )
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    if not accelerator.is_main_process:
-        logger.setLevel(logging.WARNING)
-    set_seed(args.seed)
-    if args.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if accelerator.is_main_process:
-        os.makedirs(output_dir, exist_ok=True)
+    accelerator, weight_dtype = setup_accelerator(args, output_dir, logger)
     device = accelerator.device
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
     # ---- teacher pipeline, student, teacher and target predictors
     pipe, is_tiny = load_teacher(args.teacher, args.revision)

@@ -223,6 +223,45 @@ class ResumableSampler(Sampler):
         return sys.maxsize
 
 
+def setup_accelerator(args, output_dir: str, logger: logging.Logger, find_unused_parameters: bool = False):
+    """The scripts' ``accelerate.Accelerator`` from their options (``add_optimisation_args`` / ``add_output_args``):
+    trackers (``--report_to``; tensorboard is dropped with a note where it is not installed), mixed precision,
+    gradient accumulation and the logging folder; then the log format (``logger`` quiet off the main process), the
+    seed, TF32 where asked and the output folder. Returns ``(accelerator, weight_dtype)``, the dtype of the mixed
+    precision (float32 without it)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration, set_seed
+
+    report_to = None if args.report_to == "none" else args.report_to
+    if report_to in ("tensorboard", "all"):
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            if report_to == "tensorboard":
+                print(f"{logger.name}: tensorboard is not installed; logging to losses.jsonl only (--report_to none)",
+                      file=sys.stderr)
+                report_to = None
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with=report_to,
+        project_config=ProjectConfiguration(project_dir=output_dir,
+                                            logging_dir=os.path.join(output_dir, args.logging_dir)),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)],
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    if not accelerator.is_main_process:
+        logger.setLevel(logging.WARNING)
+    set_seed(args.seed)
+    if args.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if accelerator.is_main_process:
+        os.makedirs(output_dir, exist_ok=True)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    return accelerator, weight_dtype
+
+
 def load_teacher(spec: str, revision: str | None = None):
     """The dense teacher pipeline (an ``EfficientVDiT<Base>`` instance) and whether it is a tiny test pipeline."""
     from ..pipeline import EfficientVDiTPipeline
