@@ -14,6 +14,8 @@ import json
 import logging
 import os
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -319,6 +321,7 @@ def frame_strip(frames: np.ndarray, max_frames: int = 8) -> np.ndarray:
     return np.concatenate(list(arr), axis=1)
 
 
+@dataclass
 class ValidationVideos:
     """The validation videos of a training run: generated from its pipeline with a given transformer, scheduler and
     guidance, saved as GIFs under ``out_dir`` and sent to the run's trackers (tensorboard: frame strips; wandb: the
@@ -336,11 +339,14 @@ class ValidationVideos:
             prompt.
     """
 
-    def __init__(self, pipe, accelerator, prompts, out_dir: str, call_kwargs: dict, negative_prompt: str = "",
-                 fps: int = 8, family: str | None = None):
-        self.pipe, self.accelerator, self.prompts = pipe, accelerator, list(prompts)
-        self.out_dir, self.call_kwargs, self.negative_prompt = out_dir, dict(call_kwargs), negative_prompt
-        self.fps, self.family = fps, family
+    pipe: Any
+    accelerator: Any
+    prompts: list[str]
+    out_dir: str
+    call_kwargs: dict
+    negative_prompt: str = ""
+    fps: int = 8
+    family: str | None = None
 
     @classmethod
     def from_args(cls, args, pipe, accelerator, prompts, output_dir: str, family: str, max_sequence_length: int,
@@ -367,7 +373,7 @@ class ValidationVideos:
             kw["negative_prompt"] = [self.negative_prompt] * len(self.prompts)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         with torch.no_grad(), self.accelerator.autocast():
-            frames = vpipe(prompt=self.prompts, generator=gen, **kw).frames
+            frames = vpipe(prompt=list(self.prompts), generator=gen, **kw).frames
         return np.asarray(frames, dtype=np.float32)
 
     def log(self, tag: str, videos: np.ndarray, step: int) -> list[str]:
