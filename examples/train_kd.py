@@ -54,7 +54,7 @@ import time
 import numpy as np
 import torch
 
-from diffusers_evdit.distill.checkpoints import save_checkpoint, trim_loss_log
+from diffusers_evdit.distill.checkpoints import save_checkpoint
 from diffusers_evdit.distill.common import call_default
 from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
@@ -70,6 +70,7 @@ from diffusers_evdit.distill.training import (
     caption_conditions,
     make_latent_cache,
     setup_accelerator,
+    start_logging,
     stored_dtype,
 )
 
@@ -389,21 +390,10 @@ def main(argv=None) -> dict:
         teacher_predict = base_predictor.with_transformer(teacher_module)
         teacher_capture = kd.LayerOutputCapture(teacher_module)
     solver_predict = base_predictor.with_transformer(solver_module) if solver_module is not None else None
-    if ema is not None:
-        def target_predict(z, t, c):
-            with ema.swapped():
-                return plain_predict(z, t, c)
-    else:
-        target_predict = plain_predict
+    target_predict = ema.target(plain_predict) if ema is not None else plain_predict
 
     dataset, validation_prompts, global_step, micro_step, loader = build_data(args, accelerator, output_dir)
-    if args.resume_from_checkpoint and accelerator.is_main_process:  # rows a killed run logged past the checkpoint
-        trim_loss_log(os.path.join(output_dir, "losses.jsonl"), global_step)
-
-    if accelerator.is_main_process:
-        config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
-                  for k, v in vars(args).items()}
-        accelerator.init_trackers(args.tracker_project_name, config=config)
+    start_logging(args, accelerator, output_dir, global_step)
 
     # ---- text conditioning (cached by caption)
     conditions = caption_conditions(pipe, device, max_seq, prompt_template)

@@ -76,7 +76,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusers_evdit.distill.checkpoints import save_checkpoint, trim_loss_log
+from diffusers_evdit.distill.checkpoints import save_checkpoint
 from diffusers_evdit.distill.common import call_default
 from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
@@ -92,6 +92,7 @@ from diffusers_evdit.distill.training import (
     load_teacher,
     make_latent_cache,
     setup_accelerator,
+    start_logging,
     stored_dtype,
     teacher_generation_settings,
 )
@@ -286,21 +287,10 @@ def main(argv=None) -> dict:
             with mlcd.adapters_disabled(unwrapped):
                 return plain_predict(z, t, c)
 
-    if ema is not None:
-        def target_predict(z, t, c):
-            with ema.swapped():
-                return plain_predict(z, t, c)
-    else:
-        target_predict = plain_predict
+    target_predict = ema.target(plain_predict) if ema is not None else plain_predict
 
     dataset, validation_prompts, global_step, micro_step, loader = build_data(args, accelerator, output_dir)
-    if args.resume_from_checkpoint and accelerator.is_main_process:  # rows a killed run logged past the checkpoint
-        trim_loss_log(os.path.join(output_dir, "losses.jsonl"), global_step)
-
-    if accelerator.is_main_process:
-        config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
-                  for k, v in vars(args).items()}
-        accelerator.init_trackers(args.tracker_project_name, config=config)
+    start_logging(args, accelerator, output_dir, global_step)
 
     # ---- text conditioning (cached by caption)
     conditions = caption_conditions(pipe, device, max_seq, prompt_template)

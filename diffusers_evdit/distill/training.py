@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from .checkpoints import resume_checkpoint
+from .checkpoints import resume_checkpoint, trim_loss_log
 
 __all__ = [
     "MAX_LATENT_CACHE_ITEMS",
@@ -180,6 +180,13 @@ class EMATarget:
                 for p, b in zip(self.params, backup):
                     p.copy_(b)
 
+    def target(self, predict):
+        """``predict`` run with the EMA weights swapped in: the target network ``f_target`` of the MLCD loss."""
+        def predict_with_ema(*args, **kwargs):
+            with self.swapped():
+                return predict(*args, **kwargs)
+        return predict_with_ema
+
     def state_dict(self) -> dict:
         return {"decay": self.decay, "shadow": [s.cpu() for s in self.shadow]}
 
@@ -262,6 +269,17 @@ def setup_accelerator(args, output_dir: str, logger: logging.Logger, find_unused
         os.makedirs(output_dir, exist_ok=True)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     return accelerator, weight_dtype
+
+
+def start_logging(args, accelerator, output_dir: str, global_step: int) -> None:
+    """Before the first step: drop the loss-log rows a killed run wrote past the checkpoint it resumes from, and
+    start the trackers with the run's options (main process)."""
+    if not accelerator.is_main_process:
+        return
+    if args.resume_from_checkpoint:
+        trim_loss_log(os.path.join(output_dir, "losses.jsonl"), global_step)
+    config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in vars(args).items()}
+    accelerator.init_trackers(args.tracker_project_name, config=config)
 
 
 def load_teacher(spec: str, revision: str | None = None):
