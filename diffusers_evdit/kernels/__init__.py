@@ -357,11 +357,10 @@ class TileAttention:
         and choosing is a measurable share of it (BENCHMARKS.md, "Short sequences on a GPU")."""
         if self.kernel == "fastest" or c.key_padding_mask is not None or torch.compiler.is_compiling():
             return None
-        q, k, v = c.q, c.k, c.v
+        q = c.q
         device = q.device
         threads = torch.get_num_threads() if device.type == "cpu" else 0
-        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        return (c.layout, c.k_ref, q.shape, k.shape, v.shape, q.dtype, device, needs_grad, threads,
+        return (c.layout, c.k_ref, q.shape, c.k.shape, c.v.shape, q.dtype, device, c.needs_grad, threads,
                 c.dense_fn is None)
 
     def _tunes(self, q: torch.Tensor) -> bool:

@@ -54,7 +54,7 @@ class TileCall:
     @property
     def needs_grad(self) -> bool:
         """Whether autograd records this call (gradients enabled and an input requires them)."""
-        return torch.is_grad_enabled() and any(t.requires_grad for t in (self.q, self.k, self.v))
+        return torch.is_grad_enabled() and (self.q.requires_grad or self.k.requires_grad or self.v.requires_grad)
 
     def pads_video(self) -> bool:
         """Whether the key-padding mask drops a video token (data-dependent: a device sync, and a graph break under
