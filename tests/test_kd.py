@@ -27,7 +27,7 @@ from diffusers_evdit.plan import apply_mask_plan
 from diffusers_evdit.tiny import TinyVideo, tiny_inputs, tiny_transformer
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"  # experiment runners (reproduce_tables)
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"  # experiment runners (reproduce_tables and its modules)
 FAMILIES = ("cogvideox", "wan", "hunyuan_video")
 VIDEO = TinyVideo(frames=4, height=8, width=8)
 
@@ -186,7 +186,7 @@ def test_kd_with_the_mlcd_loss_records_only_the_student_call():
 
 
 def _import(name):
-    folder = str(BENCHMARKS if name == "reproduce_tables" else EXAMPLES)
+    folder = str(BENCHMARKS if (BENCHMARKS / f"{name}.py").is_file() else EXAMPLES)
     sys.path.insert(0, folder)
     try:
         return __import__(name)
@@ -307,7 +307,7 @@ def test_reproduce_kd_extra_args_reach_every_kd_run_and_win(tmp_path):
     script = _import("reproduce_tables")
     args = script.parse_args(["--work_dir", str(tmp_path), "--kd_learning_rate", "1e-4", "--device", "cpu",
                               "--kd_extra_args", "--learning_rate 3e-5 --use_lora --lora_rank 16"])
-    argv = script.kd_argv(args, str(tmp_path / "kd"), 1.0, ["--plan", "uniform:2"])
+    argv = _import("stage_runs").kd_argv(args, str(tmp_path / "kd"), 1.0, ["--plan", "uniform:2"])
     kd = _import("train_kd").parse_args(argv + ["--teacher", "x"])
     assert kd.learning_rate == 3e-5 and kd.use_lora and kd.lora_rank == 16 and kd.plan == "uniform:2"
 
@@ -389,14 +389,14 @@ def test_train_kd_latent_cache_file_is_built_once_then_loaded_without_rendering(
 
 
 def test_matched_sparsity_check_interpolates_the_uniform_curve_at_the_searched_sparsity():
-    script = _import("reproduce_tables")
+    report = _import("quality_report")
     uniform = [{"name": "MLCD_2:2+KD", "sparsity": 0.2, "frechet": 0.3, "plan": [2, 2]},
                {"name": "MLCD_1:3+KD", "sparsity": 0.5, "frechet": 0.6, "plan": [1, 1]}]
     searched = [{"name": "Ours_r=a", "sparsity": 0.35, "frechet": 0.44, "plan": [2, 1]},  # curve there: 0.45
                 {"name": "Ours_r=b", "sparsity": 0.35, "frechet": 0.46, "plan": [1, 2]},
                 {"name": "Ours_r=c", "sparsity": 0.7, "frechet": 0.1, "plan": [1, 0]},  # beyond the curve
                 {"name": "Ours_r=d", "sparsity": 0.5, "frechet": 0.6, "plan": [1, 1]}]  # a uniform plan itself
-    got = script.matched_sparsity(searched, uniform)
+    got = report.matched_sparsity(searched, uniform)
     assert [(p["ours"], p["ours_better"]) for p in got] == [("Ours_r=a", True), ("Ours_r=b", False)]
     assert got[0]["uniform_frechet_at_sparsity"] == pytest.approx(0.3 + (0.6 - 0.3) * 0.15 / 0.3)
 

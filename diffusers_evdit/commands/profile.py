@@ -22,7 +22,8 @@ from ..progress import progress_mode
 DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _int_list(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
+    """``"1,2,3"`` as ``[1, 2, 3]``: an argparse type (a clear error for anything else)."""
     try:
         return [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -30,7 +31,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def _latent(text: str) -> tuple[int, int, int]:
-    values = _int_list(text)
+    values = int_list(text)
     if len(values) != 3:
         raise argparse.ArgumentTypeError(f"--latent takes FRAMES,HEIGHT,WIDTH, got {text!r}")
     return tuple(values)
@@ -117,7 +118,7 @@ def _cmd_profile(args) -> int:
         pairs = None
     else:
         pairs = [(g * args.prompts, g * args.prompts + 1) for g in range(len(args.timesteps))] if args.prompts >= 2 else []
-    layers = None if args.layers in (None, "all") else _int_list(args.layers)
+    layers = None if args.layers in (None, "all") else int_list(args.layers)
     profile = profile_attention(
         transformer, inputs, layers=layers, pairs=pairs, max_queries=args.max_queries, query_chunk=args.query_chunk,
         kernel=args.kernel, progress=progress_mode(args.quiet or args.no_progress) == "bar",
@@ -152,7 +153,7 @@ def register(sub) -> None:
     add_model_arguments(p)
     p.add_argument("--out", required=True, help="output folder (summary.json, heatmap_layer*.png, curves.png)")
     p.add_argument("--layers", default=None, help="comma-separated plan-layer indices (default: all)")
-    p.add_argument("--timesteps", type=_int_list, default=[500], help="comma-separated timesteps (default 500)")
+    p.add_argument("--timesteps", type=int_list, default=[500], help="comma-separated timesteps (default 500)")
     p.add_argument("--prompts", type=int, default=2,
                    help="random prompts per timestep; the first two are compared for data independence (default 2)")
     p.add_argument("--max-queries", type=int, default=None, help="evenly spaced video queries per layer (default all)")

@@ -19,7 +19,7 @@ import os
 import sys
 
 from ..progress import progress_mode
-from .profile import _int_list, add_model_arguments, load_model, make_inputs
+from .profile import int_list, add_model_arguments, load_model, make_inputs
 
 
 def _load_runtimes(path: str):
@@ -43,7 +43,7 @@ def _cmd_search(args) -> int:
     transformer, device, dtype = load_model(args)
     timesteps = sample_timesteps(args.num_timesteps, args.seed)
     inputs = make_inputs(args, transformer, timesteps, [args.seed])
-    masks = _int_list(args.masks) if args.masks else None
+    masks = int_list(args.masks) if args.masks else None
     progress = progress_mode(args.quiet or args.no_progress) == "bar"  # the search's tqdm bar: terminals only
 
     if args.estimate_cost:

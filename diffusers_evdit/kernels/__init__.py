@@ -46,35 +46,17 @@ KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk", "mas
 FASTEST_MARGIN = 0.02
 MERGES = ("auto", "eager", "compiled", "triton")
 
-# Sequences up to this many tokens are "small": there a kernel's number of calls, not the pairs it skips, decides
-# its time. On the CPU "auto" runs the keysets kernel (two dense calls, no mask, no merge) for masks that skip more
-# than masked_max_sparsity(threads) of the pairs and one SDPA call with the explicit tile mask (masked) for lighter
-# ones; under autograd keysets above SMALL_TRAIN_MIN_SPARSITY, masked below; with a key-padding mask a kernel that
-# takes it. The crossovers come from timing dense SDPA, masked, keysets and the
-# three-call kernel it replaced (regrouped: LSE-merged) in alternating rounds (medians of 15-25) on the development
-# machine's 2-core shared CPU, on the demo model's layout (8 frames x 64 tokens, 4 heads of 64, 2026-12-05;
-# BENCHMARKS.md "Short sequences on the CPU", keyset-study-cpu.json): at 1 thread keysets beat dense for k <= 4
-# (1.10-2.34x) and beat masked at k = 5 (sparsity 0.09: 0.98x against 0.95x), tying it at k = 6 (0.03); at 2 threads
-# its smaller calls parallelise worse: 1.00-1.95x for k <= 4 (sparsity >= 0.19), 0.93x against masked's 0.95x at
-# k = 5, and in the machine's intermittent slow mode (dense 2.15 ms instead of 1.76; cause unknown, reusing the
-# gather buffers did not help) keysets fell to 0.70-0.88x at k = 2..4 while masked held 0.94-0.95x
-# (kernels-cpu-demo-keysets-t2.json, first_rule_run), so with more than one thread keysets only takes masks
-# skipping more than 60% (k = 1 here: 1.30-1.95x). Forward + backward (backward_run in kernels-cpu-demo-keysets-t1
-# and -t2.json): keysets was the fastest from k = 3 (sparsity 0.31) on at both thread counts (k = 1: 2.33x dense at
-# 1 thread, 2.02x at 2, against split's 2.24x / 1.80x; k = 3: 1.17x against split's 1.11x at 1 thread, 1.03x against
-# masked's 0.97x at 2), masked below (0.97-0.98x). Longer CPU layouts (8 x 128 up to 16 x 256) take split.
-# CUDA (H100, `evdit bench kernels --shapes small`, kernels-small-h100.json): every call is a kernel launch, so one
-# masked SDPA call is the fastest exact kernel up to 2048 tokens (demo 8 x 64 and 8 x 256, every k); from there to
-# 4516 tokens (Wan2.1-1.3B 33 frames and CogVideoX-5B 49 frames at 240p) masked still leads for masks skipping up to
-# ~half the pairs (Wan: 0.30 ms against split's 1.4-2.0 ms), and gathered for the sparsest ones (sparsity ~0.7:
-# 0.18 ms against masked's 0.30 on Wan; 0.44 against split's 0.40 on CogVideoX). Longer sequences take split (the
-# full-size tables). The walk kernel, one Triton launch with the reference frames and text inside it
-# (walk_global="walk"), beat both above 2048 tokens on an H200 (gpu-masked-study.json runs[1], 2026-12-06: Wan 240p
-# 4:5 / 2:7 / 1:8 0.66 / 1.00 / 1.15x of dense against masked's 0.54x; CogVideoX 240p 6:7 / 3:10 0.79 / 1.19x
-# against 0.60 / 0.61x) and on an H100 (kernels-small-h100.json walk_rule_run: Wan 0.68 / 1.05 / 1.22x, CogVideoX
-# 0.80 / 1.20 / 2.09x against masked's 0.53-0.62x and gathered's 0.42-1.50x). At 2048 tokens the hosts disagreed
-# (H100 0.80x against masked's 0.62x; H200 0.22-0.30x: its Python launch, ~100 us there, outweighs the call), so
-# auto runs walk from 2049 tokens, without gradients, outside torch.compile and CUDA-graph capture.
+# Sequences up to SMALL_SEQ_LEN tokens are "small": there a kernel's number of calls, not the pairs it skips, decides
+# its time, so "auto" picks by the measured crossovers below rather than by sparsity alone.
+# CPU: keysets (two dense calls, no mask, no merge) for masks skipping more than masked_max_sparsity(threads) of the
+# pairs, one SDPA call with the tile mask (masked) for lighter ones; under autograd keysets above
+# SMALL_TRAIN_MIN_SPARSITY, masked below. Longer CPU layouts take split.
+# CUDA: masked up to CUDA_MASKED_SEQ_LEN tokens (every call is a launch there); above it walk (one Triton launch,
+# inference only, outside torch.compile tracing and CUDA-graph capture), else gathered for masks skipping more than
+# CUDA_GATHERED_MIN_SPARSITY and masked for the others. Longer sequences take split.
+# The measurements behind each constant (devices, dates, ratios): BENCHMARKS.md "Short sequences on the CPU" and
+# "Short sequences on a GPU" (kernels-cpu-demo-keysets-t*.json, keyset-study-cpu.json, kernels-small-h100.json,
+# gpu-masked-study.json).
 SMALL_SEQ_LEN = {"cpu": 512, "cuda": 4608}
 CUDA_MASKED_SEQ_LEN = 2048  # CUDA sequences up to this length run masked for every mask
 CUDA_GATHERED_MIN_SPARSITY = 0.6  # longer small CUDA sequences run gathered above this sparsity
@@ -294,9 +276,9 @@ class TileAttention:
         only; under ``torch.compile`` any key-padding mask takes a kernel that handles every mask, so the check
         adds no graph break), and on short sequences (:data:`SMALL_SEQ_LEN`) one masked SDPA call (on CUDA above
         :data:`CUDA_MASKED_SEQ_LEN` tokens the ``walk`` kernel where it runs, else ``gathered`` for masks skipping
-        more than :data:`CUDA_GATHERED_MIN_SPARSITY` and ``masked`` for the others) or, on the CPU
-        for masks that skip more than :func:`masked_max_sparsity` of the pairs (it depends on the thread count),
-        ``keysets`` (without a key-padding mask, else ``split``; under autograd for masks skipping more than
+        more than :data:`CUDA_GATHERED_MIN_SPARSITY` and ``masked`` for the others) or, on the CPU, ``keysets``
+        for masks that skip more than :func:`masked_max_sparsity` of the pairs (it depends on the thread count;
+        without a key-padding mask, else ``split``; under autograd for masks skipping more than
         :data:`SMALL_TRAIN_MIN_SPARSITY`, else ``masked``). ``fastest``: the same, then a call may
         still run dense attention (see the class docs). A named kernel runs as named.
         """

@@ -23,7 +23,13 @@ def selector(positions: list[int], device) -> Selector:
     return torch.tensor(positions, dtype=torch.long, device=device)
 
 
-def _merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The half-open ``(start, stop)`` ranges sorted, empty ones dropped and touching ones joined.
+
+    Example:
+        >>> merge_ranges([(4, 6), (0, 2), (2, 3), (5, 5)])
+        [(0, 3), (4, 6)]
+    """
     merged: list[tuple[int, int]] = []
     for start, stop in sorted(r for r in ranges if r[1] > r[0]):
         if merged and merged[-1][1] == start:
@@ -65,7 +71,7 @@ def tile_indices(layout: TileLayout, k: int, device) -> TileIndices:
     nonrefs = non_reference_frames(layout.num_frames, k)
     ranges = [(layout.frame_slice(f).start, layout.frame_slice(f).stop) for f in refs]
     ranges.append((layout.text_slice.start, layout.text_slice.stop))
-    merged = _merge_ranges(ranges)
+    merged = merge_ranges(ranges)
     if len(merged) == 1:
         global_tokens: Selector = slice(*merged[0])
     else:
@@ -77,5 +83,5 @@ def tile_indices(layout: TileLayout, k: int, device) -> TileIndices:
         nonref_frames=selector(list(nonrefs), device),
         global_tokens=global_tokens,
         num_global=sum(b - a for a, b in merged),
-        nonref_runs=tuple(slice(a, b) for a, b in _merge_ranges([(f, f + 1) for f in nonrefs])),
+        nonref_runs=tuple(slice(a, b) for a, b in merge_ranges([(f, f + 1) for f in nonrefs])),
     )

@@ -30,7 +30,7 @@ import torch
 
 from ..layout import TileLayout
 from ..masks import is_dense, reference_frames
-from .indices import _merge_ranges
+from .indices import merge_ranges
 from .triton_support import tl, triton, triton_runs
 
 GLOBAL = -1  # the group of text and reference-frame tokens
@@ -177,7 +177,7 @@ def walk_segments(layout: TileLayout, k: int, block_m: int = BLOCK_M) -> WalkTab
     group = token_groups(layout, k)
     n = layout.seq_len
     refs = reference_frames(layout.num_frames, k)
-    global_ranges = _merge_ranges([(layout.frame_slice(f).start, layout.frame_slice(f).stop) for f in refs]
+    global_ranges = merge_ranges([(layout.frame_slice(f).start, layout.frame_slice(f).stop) for f in refs]
                                   + [(layout.text_slice.start, layout.text_slice.stop)])
     full: list[list[tuple[int, int, int]]] = []
     local: list[list[tuple[int, int, int]]] = []
