@@ -59,20 +59,19 @@ from diffusers_evdit.distill.common import call_default
 from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
     TINY_PREFIX,
-    EMATarget,
     ValidationVideos,
     add_data_args,
+    add_lora_adapter,
     add_lora_args,
     add_optimisation_args,
     add_output_args,
     add_validation_args,
-    build_data,
-    caption_conditions,
-    make_latent_cache,
+    freeze_components,
+    prepare_optimisation,
     setup_accelerator,
     start_logging,
-    stored_dtype,
 )
+from diffusers_evdit.distill.training_data import build_data, caption_conditions, make_latent_cache
 
 logger = logging.getLogger("train_kd")
 
@@ -222,9 +221,6 @@ def hunyuan_grid_sigmas(family: str, steps: int):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import cast_training_params
-
     from diffusers_evdit import kd, mlcd
     from diffusers_evdit.plan import apply_mask_plan, get_mask_plan
     from diffusers_evdit.processors import family_for
@@ -328,12 +324,7 @@ def main(argv=None) -> dict:
             embedded = args.embedded_guidance_scale or gen_guidance or 6.0
 
     # ---- models
-    orig_dtypes = {name: stored_dtype(init_spec, name) or c.dtype for name, c in pipe.components.items()
-                   if isinstance(c, torch.nn.Module)}
-    for name, module in pipe.components.items():
-        if isinstance(module, torch.nn.Module) and name != "transformer":
-            module.requires_grad_(False).eval()
-            module.to(device, dtype=torch.bfloat16 if weight_dtype == torch.bfloat16 else torch.float32)
+    orig_dtypes = freeze_components(pipe, init_spec, device, weight_dtype)
     teacher_module = None
     if use_features:
         teacher_module = teacher_pipe.transformer
@@ -353,31 +344,10 @@ def main(argv=None) -> dict:
         solver_module.requires_grad_(False).eval().to(device, dtype=weight_dtype)
     student.to(device)
     if args.use_lora:
-        from peft import LoraConfig
-
         student.requires_grad_(False)
-        student.add_adapter(LoraConfig(
-            r=args.lora_rank, lora_alpha=args.lora_alpha or args.lora_rank, init_lora_weights="gaussian",
-            target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
-        ))
-        if weight_dtype != torch.float32:
-            cast_training_params(student, dtype=torch.float32)
-    if args.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    params = [p for p in student.parameters() if p.requires_grad]
-    if not params:
-        raise SystemExit("No trainable parameters (check --lora_target_modules).")
-    ema = EMATarget(params, args.ema_decay) if (task == "mlcd" and args.ema_decay > 0) else None
-
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
-    student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    unwrapped = accelerator.unwrap_model(student)
+        add_lora_adapter(student, args, weight_dtype)
+    student, optimizer, lr_scheduler, ema, unwrapped = prepare_optimisation(args, accelerator, student,
+                                                                            use_ema=task == "mlcd")
     kd.check_trainable_kernel(unwrapped)
 
     base_predictor = mlcd.TransformerPredictor(unwrapped, embedded_guidance_scale=embedded,
@@ -478,7 +448,7 @@ def main(argv=None) -> dict:
                 out = step_loss(batch, gen)
             accelerator.backward(out.loss)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -80,22 +80,21 @@ from diffusers_evdit.distill.checkpoints import save_checkpoint
 from diffusers_evdit.distill.common import call_default
 from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
-    EMATarget,
     ValidationVideos,
     add_data_args,
+    add_lora_adapter,
     add_lora_args,
     add_optimisation_args,
     add_output_args,
     add_validation_args,
-    build_data,
-    caption_conditions,
+    freeze_components,
     load_teacher,
-    make_latent_cache,
+    prepare_optimisation,
     setup_accelerator,
     start_logging,
-    stored_dtype,
     teacher_generation_settings,
 )
+from diffusers_evdit.distill.training_data import build_data, caption_conditions, make_latent_cache
 
 logger = logging.getLogger("train_mlcd")
 
@@ -181,9 +180,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    from diffusers.optimization import get_scheduler
-    from diffusers.training_utils import cast_training_params
-
     from diffusers_evdit import mlcd
     from diffusers_evdit.processors import family_for
     from diffusers_evdit.schedulers import stock_scheduler
@@ -227,30 +223,16 @@ def main(argv=None) -> dict:
     grid = mlcd.DiffusionGrid.from_scheduler(teacher_scheduler, teacher_steps, sigmas=grid_sigmas)
     schedules = {s: mlcd.MLCDSchedule(grid, s, args.solver_steps) for s in sorted(set(args.segment_schedule))}
 
-    # dtypes to save in: as the teacher's files are stored (diffusers loads them upcast to float32)
-    orig_dtypes = {name: stored_dtype(args.teacher, name) or c.dtype for name, c in pipe.components.items()
-                   if isinstance(c, torch.nn.Module)}
+    orig_dtypes = freeze_components(pipe, args.teacher, device, weight_dtype)
     student = pipe.transformer
     student.requires_grad_(False)
-    for name, module in pipe.components.items():
-        if isinstance(module, torch.nn.Module) and name != "transformer":
-            module.requires_grad_(False).eval()
-            # VAE and text encoders: bf16 when training in bf16, else fp32 (T5 and the VAEs overflow in fp16)
-            module.to(device, dtype=torch.bfloat16 if weight_dtype == torch.bfloat16 else torch.float32)
     if args.use_lora and args.snapshot_steps:
         raise SystemExit("--snapshot_steps saves fused full weights; with --use_lora, save checkpoints instead.")
     if args.use_lora and args.init_student:
         raise SystemExit("--init_student starts full weights; with --use_lora, train from the teacher instead.")
     if args.use_lora:
-        from peft import LoraConfig
-
         student.to(device, dtype=weight_dtype)
-        student.add_adapter(LoraConfig(
-            r=args.lora_rank, lora_alpha=args.lora_alpha or args.lora_rank, init_lora_weights="gaussian",
-            target_modules=[m.strip() for m in args.lora_target_modules.split(",") if m.strip()],
-        ))
-        if weight_dtype != torch.float32:
-            cast_training_params(student, dtype=torch.float32)
+        add_lora_adapter(student, args, weight_dtype)
         teacher_module = None
     else:
         teacher_module = copy.deepcopy(student).to(device, dtype=weight_dtype).eval()
@@ -258,22 +240,7 @@ def main(argv=None) -> dict:
             load_student_weights(student, args.init_student)
         student.to(device, dtype=torch.float32).requires_grad_(True)
     student.train()
-    if args.gradient_checkpointing:
-        student.enable_gradient_checkpointing()
-    params = [p for p in student.parameters() if p.requires_grad]
-    if not params:
-        raise SystemExit("No trainable parameters (check --lora_target_modules).")
-    ema = EMATarget(params, args.ema_decay) if args.ema_decay > 0 else None
-
-    optimizer = torch.optim.AdamW(params, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-                                  weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
-    lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer,
-                                 num_warmup_steps=args.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=args.max_train_steps * accelerator.num_processes)
-    student, optimizer, lr_scheduler = accelerator.prepare(student, optimizer, lr_scheduler)
-    if ema is not None:
-        accelerator.register_for_checkpointing(ema)
-    unwrapped = accelerator.unwrap_model(student)
+    student, optimizer, lr_scheduler, ema, unwrapped = prepare_optimisation(args, accelerator, student, use_ema=True)
 
     student_predict = base_predictor.with_transformer(student)
     student_predict.embedded_guidance_scale = embedded
@@ -416,7 +383,7 @@ def main(argv=None) -> dict:
                                      loss_type=args.loss_type, huber_c=args.huber_c)
             accelerator.backward(out.loss)
             if accelerator.sync_gradients and args.max_grad_norm > 0:
-                accelerator.clip_grad_norm_(params, args.max_grad_norm)
+                accelerator.clip_grad_norm_(student.parameters(), args.max_grad_norm)
             optimizer.step()
             lr_scheduler.step()
             optimizer.zero_grad(set_to_none=True)

@@ -294,7 +294,7 @@ def test_cached_posteriors_give_the_latents_of_the_vae(family):
         torch.testing.assert_close(x0, ref_x0)
     torch.testing.assert_close(encode_videos(pipe, videos, sample_posterior=False), mean)
 
-    from diffusers_evdit.distill.training import LatentCache
+    from diffusers_evdit.distill.training_data import LatentCache
 
     calls = []
     encode = pipe.vae.encode

@@ -7,7 +7,8 @@ the tile-sparse student), and what the training examples share.
 * :mod:`.predictors`: a diffusers transformer as a predictor, prompt and video encoding;
 * :mod:`.capture`: forward hooks recording each plan layer's attention and MLP outputs;
 * :mod:`.kd`: the knowledge-distillation loss and the sparse student;
-* :mod:`.training`: argument groups, data, EMA and sampler shared by ``examples/train_mlcd.py`` / ``train_kd.py``;
+* :mod:`.training`: argument groups, accelerator, LoRA, optimiser, EMA and validation videos shared by
+  ``examples/train_mlcd.py`` / ``train_kd.py``; :mod:`.training_data`: their data, text and latent caches;
 * :mod:`.checkpoints`: atomic training checkpoints and resuming from the last complete one.
 
 The few-step schedulers stay in :mod:`diffusers_evdit.schedulers`: saved pipelines name that module in
