@@ -67,7 +67,9 @@ from diffusers_evdit.distill.training import (
     add_output_args,
     add_validation_args,
     freeze_components,
+    load_pipeline,
     prepare_optimisation,
+    read_folder_json,
     setup_accelerator,
     start_logging,
 )
@@ -164,39 +166,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def load_pipeline(spec: str, mask_plan="saved"):
-    """An ``EfficientVDiT<Base>`` pipeline from a folder (``mask_plan``: ``"saved"`` or ``None``) or
-    ``tiny:<family>``."""
-    from diffusers_evdit import EfficientVDiTPipeline
-    import diffusers_evdit.schedulers  # noqa: F401  (MLCD schedulers load by name)
-
-    if spec.startswith(TINY_PREFIX):
-        from diffusers_evdit.tiny import TINY_FAMILIES, tiny_pipeline
-
-        family = spec[len(TINY_PREFIX):]
-        if family not in TINY_FAMILIES:
-            raise SystemExit(f"{spec}: unknown tiny family; use one of "
-                             f"{', '.join(TINY_PREFIX + f for f in TINY_FAMILIES)}")
-        return EfficientVDiTPipeline.from_pipe(tiny_pipeline(family))
-    if not os.path.isfile(os.path.join(spec, "model_index.json")):
-        raise SystemExit(f"{spec}: not a pipeline folder (no model_index.json)")
-    return EfficientVDiTPipeline.from_pretrained(spec, mask_plan=mask_plan)
-
-
-def read_json(folder: str | None, name: str) -> dict:
-    """``folder/name`` as a dict; {} when absent (or for tiny:<family> specs)."""
-    if not folder or folder.startswith(TINY_PREFIX):
-        return {}
-    path = os.path.join(folder, name)
-    if not os.path.isfile(path):
-        return {}
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict):
-        raise SystemExit(f"{path} must hold a JSON object")
-    return data
-
-
 def resolve_plan(spec: str, transformer, saved):
     """The student's plan from ``--plan`` (``saved``: ``saved``, the --student folder's plan)."""
     from diffusers_evdit.demo import parse_plan
@@ -230,7 +199,7 @@ def main(argv=None) -> dict:
     output_dir = os.path.abspath(args.output_dir)
     task = args.task_loss
     if task == "auto":
-        task = "mlcd" if (read_json(args.teacher, MLCD_CONFIG) or read_json(args.student, MLCD_CONFIG)) else "diffusion"
+        task = "mlcd" if (read_folder_json(args.teacher, MLCD_CONFIG) or read_folder_json(args.student, MLCD_CONFIG)) else "diffusion"
     use_features = args.kd_weight > 0
     if not use_features and task in ("output", "none"):
         raise SystemExit(f"--kd_weight 0 with --task_loss {task} trains on nothing; use diffusion or mlcd")
@@ -258,7 +227,7 @@ def main(argv=None) -> dict:
         raise SystemExit("--teacher and --student hold different transformer classes")
 
     # generation settings of the student: flags, else its folder's evdit_demo.json, else the pipeline's defaults
-    saved = read_json(init_spec, "evdit_demo.json")
+    saved = read_folder_json(init_spec, "evdit_demo.json")
     args.num_frames = args.num_frames or saved.get("num_frames", 29)
     args.height = args.height or saved.get("height", 128)
     args.width = args.width or saved.get("width", 128)
@@ -275,7 +244,7 @@ def main(argv=None) -> dict:
     uncond_prob = args.uncond_prob if args.uncond_prob is not None else (0.0 if task == "mlcd" else 0.1)
 
     # ---- task loss setup
-    mlcd_cfg = read_json(args.teacher, MLCD_CONFIG) or read_json(args.student, MLCD_CONFIG)
+    mlcd_cfg = read_folder_json(args.teacher, MLCD_CONFIG) or read_folder_json(args.student, MLCD_CONFIG)
     save_scheduler = pipe.scheduler
     out_steps, out_guidance = gen_steps, gen_guidance
     solver_module = None
@@ -287,7 +256,7 @@ def main(argv=None) -> dict:
         solver_spec = args.mlcd_teacher or mlcd_cfg.get("teacher")
         if not solver_spec:
             raise SystemExit("--task_loss mlcd needs --mlcd_teacher (no mlcd_config.json names the MLCD teacher)")
-        solver_saved = read_json(solver_spec, "evdit_demo.json")
+        solver_saved = read_folder_json(solver_spec, "evdit_demo.json")
         if solver_spec == args.teacher and args.mlcd_teacher_plan == "dense" and teacher_pipe is not None:
             solver_pipe = teacher_pipe
         else:
@@ -538,7 +507,7 @@ def main(argv=None) -> dict:
         metadata["kd"] = {k: v for k, v in provenance.items() if k != "plan_layers"}
         final_plan.metadata = metadata
         if args.eval_prompts:
-            teacher_saved = read_json(args.teacher, "evdit_demo.json") if args.teacher != init_spec else saved
+            teacher_saved = read_folder_json(args.teacher, "evdit_demo.json") if args.teacher != init_spec else saved
             t_steps = teacher_saved.get("num_inference_steps") or gen_steps
             t_guidance = teacher_saved.get("guidance_scale", gen_guidance)
             summary["eval"] = evaluate(args, pipe, unwrapped, final_plan, teacher_module, teacher_pipe, save_scheduler,

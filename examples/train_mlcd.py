@@ -80,6 +80,7 @@ from diffusers_evdit.distill.checkpoints import save_checkpoint
 from diffusers_evdit.distill.common import call_default
 from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
+    TINY_PREFIX,
     ValidationVideos,
     add_data_args,
     add_lora_adapter,
@@ -88,11 +89,11 @@ from diffusers_evdit.distill.training import (
     add_output_args,
     add_validation_args,
     freeze_components,
-    load_teacher,
+    load_pipeline,
     prepare_optimisation,
+    read_folder_json,
     setup_accelerator,
     start_logging,
-    teacher_generation_settings,
 )
 from diffusers_evdit.distill.training_data import build_data, caption_conditions, make_latent_cache
 
@@ -190,12 +191,13 @@ def main(argv=None) -> dict:
     device = accelerator.device
 
     # ---- teacher pipeline, student, teacher and target predictors
-    pipe, is_tiny = load_teacher(args.teacher, args.revision)
+    pipe = load_pipeline(args.teacher, revision=args.revision)
+    is_tiny = args.teacher.startswith(TINY_PREFIX)
     pipe.set_progress_bar_config(disable=True)
     family = family_for(pipe.transformer).name
     base_predictor = mlcd.TransformerPredictor.from_pipeline(pipe)  # refuses unsupported pipelines early
     # generation settings: flags, else the teacher folder's evdit_demo.json, else the pipeline's defaults
-    saved = teacher_generation_settings(args.teacher)
+    saved = read_folder_json(args.teacher, "evdit_demo.json")
     args.num_frames = args.num_frames or saved.get("num_frames", 29)
     args.height = args.height or saved.get("height", 128)
     args.width = args.width or saved.get("width", 128)

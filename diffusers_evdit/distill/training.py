@@ -34,10 +34,10 @@ __all__ = [
     "add_validation_args",
     "frame_strip",
     "freeze_components",
-    "load_teacher",
+    "load_pipeline",
     "prepare_optimisation",
+    "read_folder_json",
     "stored_dtype",
-    "teacher_generation_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -296,8 +296,11 @@ def start_logging(args, accelerator, output_dir: str, global_step: int) -> None:
     accelerator.init_trackers(args.tracker_project_name, config=config)
 
 
-def load_teacher(spec: str, revision: str | None = None):
-    """The dense teacher pipeline (an ``EfficientVDiT<Base>`` instance) and whether it is a tiny test pipeline."""
+def load_pipeline(spec: str, mask_plan: str | None = None, revision: str | None = None):
+    """An ``EfficientVDiT<Base>`` pipeline from a pipeline folder or Hub id (``mask_plan="saved"`` installs the
+    folder's saved plan, ``None`` loads it dense) or from ``tiny:<family>`` (a tiny random pipeline: tests, CPU dry
+    runs). The few-step MLCD schedulers a distilled folder names load too."""
+    from .. import schedulers  # noqa: F401  (MLCD schedulers load by name)
     from ..pipeline import EfficientVDiTPipeline
 
     if spec.startswith(TINY_PREFIX):
@@ -305,17 +308,22 @@ def load_teacher(spec: str, revision: str | None = None):
 
         family = spec[len(TINY_PREFIX):]
         if family not in TINY_FAMILIES:
-            raise SystemExit(f"--teacher {spec}: unknown tiny family; use one of "
+            raise SystemExit(f"{spec}: unknown tiny family; use one of "
                              f"{', '.join(TINY_PREFIX + f for f in TINY_FAMILIES)}")
-        return EfficientVDiTPipeline.from_pipe(tiny_pipeline(family)), True
+        return EfficientVDiTPipeline.from_pipe(tiny_pipeline(family))
+    if os.path.isdir(spec) and not os.path.isfile(os.path.join(spec, "model_index.json")):
+        raise SystemExit(f"{spec}: not a pipeline folder (no model_index.json)")
     kwargs = {"revision": revision} if revision else {}
-    return EfficientVDiTPipeline.from_pretrained(spec, mask_plan=None, **kwargs), False
+    return EfficientVDiTPipeline.from_pretrained(spec, mask_plan=mask_plan, **kwargs)
 
 
-def teacher_generation_settings(spec: str) -> dict:
-    """The teacher folder's ``evdit_demo.json`` (generation settings of the demo model) as a dict; {} if none."""
-    path = os.path.join(spec, "evdit_demo.json")
-    if spec.startswith(TINY_PREFIX) or not os.path.isfile(path):
+def read_folder_json(spec: str | None, name: str) -> dict:
+    """``spec/name`` (e.g. the generation settings ``evdit_demo.json``) as a dict; {} when absent, without a
+    folder, or for ``tiny:<family>``."""
+    if not spec or spec.startswith(TINY_PREFIX):
+        return {}
+    path = os.path.join(spec, name)
+    if not os.path.isfile(path):
         return {}
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
