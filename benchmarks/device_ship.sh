@@ -100,6 +100,7 @@ compare)
     timeout $((590 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base --prompts 64 --seeds 3 \
         --workers 12 --timing-videos 3 "${rows[@]}" --extra-row "MLCD=mlcd:dense" \
         --extra-row "Efficient-vDiT=evdit:saved" --out "$OUT/compare-rows.json" 2>&1 | grep -v '%|' | tail -n 14
+    python benchmarks/compare_summary.py "$OUT/compare-rows.json" --runs runs/cmp  # summary + kd_runs, in place
     tar czf "$OUT/compare-runs.tar.gz" runs/cmp/*.log runs/cmp/*/kd_config.json runs/cmp/*/losses.jsonl \
         runs/cmp/*/mask_plan.json 2>/dev/null
     ;;
