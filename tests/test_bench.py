@@ -179,3 +179,31 @@ def test_train_step_reports_a_failing_model_and_goes_on(monkeypatch):
     monkeypatch.setattr(train, "bench_train_model", flaky)
     rows = train.run_train_step_benchmark(None, ("tiny_cogvideox_lora", "tiny_wan"), "cpu", "gathered", reps=1)["rows"]
     assert "out of memory" in rows[0]["error"] and rows[1]["model"] == "tiny_wan" and rows[1]["speedup"] > 0
+
+
+def test_compare_summary_pairs_each_test_video_across_training_seeds():
+    """benchmarks/compare_summary.py: per-seed means and the paired searched - uniform difference, against numbers
+    worked out by hand for two seeds x two rounds of two videos."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compare_summary.py"
+    spec = importlib.util.spec_from_file_location("compare_summary", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+
+    def row(name, videos):
+        return {"name": name, "rounds": [{"per_video_final": videos[:2]}, {"per_video_final": videos[2:]}]}
+
+    data = {"rows": [row("Base", [0.9] * 4), row("searched-s0", [0.5, 0.6, 0.7, 0.8]),
+                     row("uniform-s0", [0.4, 0.6, 0.7, 0.6]), row("searched-s1", [0.3, 0.2, 0.1, 0.2]),
+                     row("uniform-s1", [0.3, 0.4, 0.1, 0.2]), row("searched-s2", [0.0] * 4)]}  # s2: no uniform row
+    s = script.summarize(data)
+    assert s["searched"]["per_training_seed"] == [0.65, 0.2] and s["uniform"]["per_training_seed"] == [0.575, 0.25]
+    assert s["searched"]["mean"] == 0.425 and s["searched"]["std"] == pytest.approx(0.3182, abs=1e-4)
+    # per video, mean over seeds of searched - uniform: (0.1+0)/2, (0-0.2)/2, 0, (0.2+0)/2 = 0.05, -0.1, 0, 0.1
+    d = s["paired_searched_minus_uniform"]
+    assert d["mean"] == pytest.approx(0.0125) and d["n_videos"] == 4 and d["training_seeds"] == [0, 1]
+    assert d["stderr"] == pytest.approx(statistics.stdev([0.05, -0.1, 0.0, 0.1]) / 2, abs=1e-4)
+    with pytest.raises(SystemExit, match="no training seed"):
+        script.summarize({"rows": [row("searched-s0", [0.5] * 4)]})
