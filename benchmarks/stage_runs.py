@@ -63,7 +63,8 @@ def budget_args(args, minutes: float) -> list[str]:
 
 
 def example_command(name: str, argv: list[str]) -> list[str]:
-    """The command line of ``examples/<name>.py`` with ``argv`` (the training scripts run as scripts, never imported)."""
+    """The command line of ``examples/<name>.py`` with ``argv`` (the training scripts run as scripts, never
+    imported)."""
     return [sys.executable, os.path.join(EXAMPLES, f"{name}.py"), *map(str, argv)]
 
 

@@ -32,9 +32,10 @@ MODELS = {  # the 240p shapes of `evdit bench kernels --shapes small` (3510 and 
     "wan2.1-1.3b_33f_240p": StepModel("wan2.1-1.3b_33f_240p", "wan",
                                       dict(num_attention_heads=12, ffn_dim=8960, num_layers=30), (9, 30, 52), 512,
                                       (4, 2, 1)),
-    "cogvideox-5b_49f_240p": StepModel("cogvideox-5b_49f_240p", "cogvideox",
-                                       dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True),
-                                       (13, 30, 44), 226, (6, 3, 1)),
+    "cogvideox-5b_49f_240p": StepModel(
+        "cogvideox-5b_49f_240p", "cogvideox",
+        dict(num_attention_heads=48, num_layers=42, use_rotary_positional_embeddings=True), (13, 30, 44), 226,
+        (6, 3, 1)),
 }
 
 

@@ -51,7 +51,6 @@ import math
 import os
 import time
 
-import numpy as np
 import torch
 
 from diffusers_evdit.distill.checkpoints import save_checkpoint
@@ -180,11 +179,6 @@ def resolve_plan(spec: str, transformer, saved):
     return plan
 
 
-def hunyuan_grid_sigmas(family: str, steps: int):
-    """HunyuanVideo's pipeline passes linspace(1, 0, N + 1)[:-1] as sigmas; the others use set_timesteps(N)."""
-    return np.linspace(1.0, 0.0, steps + 1)[:-1].tolist() if family == "hunyuan_video" else None
-
-
 # --------------------------------------------------------------------------------------------------------- main
 
 
@@ -199,7 +193,8 @@ def main(argv=None) -> dict:
     output_dir = os.path.abspath(args.output_dir)
     task = args.task_loss
     if task == "auto":
-        task = "mlcd" if (read_folder_json(args.teacher, MLCD_CONFIG) or read_folder_json(args.student, MLCD_CONFIG)) else "diffusion"
+        has_mlcd = read_folder_json(args.teacher, MLCD_CONFIG) or read_folder_json(args.student, MLCD_CONFIG)
+        task = "mlcd" if has_mlcd else "diffusion"
     use_features = args.kd_weight > 0
     if not use_features and task in ("output", "none"):
         raise SystemExit(f"--kd_weight 0 with --task_loss {task} trains on nothing; use diffusion or mlcd")
@@ -280,7 +275,7 @@ def main(argv=None) -> dict:
             if guidance is None:
                 guidance = solver_saved.get("guidance_scale") or call_default(solver_pipe, "guidance_scale", 1.0)
         grid = mlcd.DiffusionGrid.from_scheduler(teacher_scheduler, int(teacher_steps),
-                                                 sigmas=hunyuan_grid_sigmas(family, int(teacher_steps)))
+                                                 sigmas=mlcd.pipeline_sigmas(family, int(teacher_steps)))
         schedule = mlcd.MLCDSchedule(grid, int(num_segments), int(solver_steps))
         save_scheduler = schedule.inference_scheduler(teacher_scheduler)
         out_steps = int(num_segments)
@@ -288,7 +283,8 @@ def main(argv=None) -> dict:
     else:
         grid_steps = args.grid_steps or int(gen_steps)
         base_sched = stock_scheduler(pipe.scheduler)
-        grid = mlcd.DiffusionGrid.from_scheduler(base_sched, grid_steps, sigmas=hunyuan_grid_sigmas(family, grid_steps))
+        grid = mlcd.DiffusionGrid.from_scheduler(base_sched, grid_steps,
+                                                 sigmas=mlcd.pipeline_sigmas(family, grid_steps))
         if family == "hunyuan_video":
             embedded = args.embedded_guidance_scale or gen_guidance or 6.0
 

@@ -73,7 +73,6 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffusers_evdit.distill.checkpoints import save_checkpoint
@@ -221,8 +220,8 @@ def main(argv=None) -> dict:
     max_seq = args.max_sequence_length or saved.get("max_sequence_length") or call_default(
         pipe, "max_sequence_length", 226)
     teacher_scheduler = stock_scheduler(pipe.scheduler)
-    grid_sigmas = np.linspace(1.0, 0.0, teacher_steps + 1)[:-1].tolist() if family == "hunyuan_video" else None
-    grid = mlcd.DiffusionGrid.from_scheduler(teacher_scheduler, teacher_steps, sigmas=grid_sigmas)
+    grid = mlcd.DiffusionGrid.from_scheduler(teacher_scheduler, teacher_steps,
+                                             sigmas=mlcd.pipeline_sigmas(family, teacher_steps))
     schedules = {s: mlcd.MLCDSchedule(grid, s, args.solver_steps) for s in sorted(set(args.segment_schedule))}
 
     orig_dtypes = freeze_components(pipe, args.teacher, device, weight_dtype)

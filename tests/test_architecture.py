@@ -185,6 +185,15 @@ def test_no_module_over_600_lines():
     assert not stale, f"remove from OVERSIZED_PENDING_SPLIT (gone or small now): {stale}"
 
 
+def test_no_script_over_600_lines():
+    """The examples, benchmark and docs scripts follow the package's rule (one job a file)."""
+    scripts = [p for folder in ("examples", "benchmarks", "docs") for p in sorted((ROOT / folder).glob("*.py"))]
+    assert len(scripts) > 10, "the scripts were not found"
+    over = sorted(f"{p.relative_to(ROOT).as_posix()} ({n} lines)" for p in scripts
+                  if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES)
+    assert not over, f"scripts over {MAX_LINES} lines (split them by job): {over}"
+
+
 # ------------------------------------------------------------------------------------------------ the map of modules
 
 

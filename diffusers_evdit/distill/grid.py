@@ -11,12 +11,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..schedulers import is_ddpm_scheduler, is_flow_scheduler, stock_scheduler
 from .common import PREDICTION_TYPES, broadcast_coefficients, check_prediction_type
 
-__all__ = ["PREDICTION_TYPES", "DiffusionGrid", "ddim_jump", "predicted_x0_and_noise"]
+__all__ = ["PREDICTION_TYPES", "DiffusionGrid", "ddim_jump", "pipeline_sigmas", "predicted_x0_and_noise"]
+
+
+def pipeline_sigmas(family: str, num_steps: int) -> list[float] | None:
+    """The custom sigmas a family's diffusers pipeline passes to its scheduler for ``num_steps`` steps (the
+    ``sigmas`` of :meth:`DiffusionGrid.from_scheduler`): HunyuanVideo passes ``linspace(1, 0, N + 1)[:-1]``; the
+    others call ``set_timesteps(N)`` (``None``).
+
+    Example:
+        >>> pipeline_sigmas("hunyuan_video", 4), pipeline_sigmas("wan", 4)
+        ([1.0, 0.75, 0.5, 0.25], None)
+    """
+    return np.linspace(1.0, 0.0, num_steps + 1)[:-1].tolist() if family == "hunyuan_video" else None
 
 
 def predicted_x0_and_noise(
