@@ -194,3 +194,30 @@ def test_keysets_compiles_without_graph_breaks():
     with torch.no_grad():
         out = run(q, k, v)
     assert (out.double() - attention_f64(q, k, v, paper_mask(6, 10, 4, False, 2))).abs().max().item() < 2e-6
+
+
+def test_inference_reuses_the_key_set_buffers_without_changing_a_result():
+    """Without autograd the key and value sets go into buffers kept between calls (per thread, shape and
+    inference mode); every output still matches float64 masked SDPA and is not touched by the next call."""
+    layout = TileLayout(6, 10, 5, "last")
+    att = TileAttention("keysets")
+    q, k, v = (torch.randn(2, layout.seq_len, 3, 16).transpose(1, 2) for _ in range(3))  # processors' memory
+    with torch.no_grad():
+        first = att(q, k, v, layout, 2)
+        kept = first.clone()
+        second = att(2 * q, k.flip(2), v + 1, layout, 2)
+    assert len(att._keyset_buffers) == 1
+    assert torch.equal(first, kept)  # the second call wrote its key sets into the same buffers, not into `first`
+    for out, (qq, kk, vv) in ((first, (q, k, v)), (second, (2 * q, k.flip(2), v + 1))):
+        assert (out.double() - _reference(qq, kk, vv, paper_mask(6, 10, 5, False, 2))).abs().max().item() < 2e-6
+    with torch.no_grad():  # another k: another key-set size, another pair of buffers
+        att(q, k, v, layout, 3)
+    with torch.inference_mode():  # buffers made here cannot be written outside inference mode: kept apart
+        att(q, k, v, layout, 2)
+    with torch.no_grad():
+        att(q, k, v, layout, 2)
+    assert len(att._keyset_buffers) == 3
+    qg = q.clone().requires_grad_(True)
+    fresh = TileAttention("keysets")
+    fresh(qg, k, v, layout, 2).sum().backward()  # under autograd: new tensors (the frames' call saves them)
+    assert not fresh._keyset_buffers and qg.grad is not None

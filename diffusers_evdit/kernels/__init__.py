@@ -20,6 +20,7 @@ and, otherwise, the first kernel of its preference order that supports the call 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -31,7 +32,7 @@ from .dense import dense_attention
 from .flex import FlexTileKernel, tile_block_mask
 from .gathered import gathered_tile_attention
 from .indices import TileIndices, tile_indices
-from .keysets import keyset_plan, keyset_tile_attention
+from .keysets import gather_buffer_shapes, keyset_plan, keyset_tile_attention
 from .compiled import CompiledFn
 from .registry import KernelRegistry, KernelSpec, TileCall, UnsupportedKernelError
 from .split import merge_partial_attention, split_tile_attention
@@ -190,6 +191,7 @@ class TileAttention:
     _masks: dict = field(default_factory=dict, repr=False)
     _chosen: dict = field(default_factory=dict, repr=False)
     _keyset_plans: dict = field(default_factory=dict, repr=False)
+    _keyset_buffers: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         check_kernel(self.kernel)
@@ -426,7 +428,18 @@ def _masked(attention: TileAttention, c: TileCall) -> torch.Tensor:
 def _keysets(attention: TileAttention, c: TileCall) -> torch.Tensor:
     plan = cached_outside_trace(attention._keyset_plans, (c.layout, c.k_ref, c.q.device),
                                 lambda: keyset_plan(c.layout, c.k_ref, c.q.device))
-    return keyset_tile_attention(c.q, c.k, c.v, plan, c.scale)
+    buffers = None
+    if not c.needs_grad and attention.is_small(c) and not torch.compiler.is_compiling():
+        # inference on a short sequence: the key sets go into buffers kept per thread and shape; new ones each call
+        # made some CPU processes fault in fresh pages every call (BENCHMARKS.md, "Short sequences on the CPU").
+        # Inference tensors (made under inference_mode) cannot be written outside it, so that is in the key too.
+        shapes = gather_buffer_shapes(c.k, c.v, plan)
+        key = (threading.get_ident(), torch.is_inference_mode_enabled(), c.k.device, c.k.dtype, c.v.dtype, shapes)
+        buffers = attention._keyset_buffers.get(key)
+        if buffers is None:
+            buffers = attention._keyset_buffers[key] = (torch.empty(shapes[0], dtype=c.k.dtype, device=c.k.device),
+                                                        torch.empty(shapes[1], dtype=c.v.dtype, device=c.v.device))
+    return keyset_tile_attention(c.q, c.k, c.v, plan, c.scale, gather_buffers=buffers)
 
 
 def tile_attention(q, k, v, layout: TileLayout, k_ref: int | None, key_padding_mask=None, kernel="auto", scale=None):

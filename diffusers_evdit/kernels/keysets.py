@@ -119,13 +119,30 @@ def _heads_first(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2)
 
 
-def keyset_tile_attention(q, k, v, plan: KeySetPlan, scale: float | None = None) -> torch.Tensor:
+def gather_buffer_shapes(k: torch.Tensor, v: torch.Tensor, plan: KeySetPlan) -> tuple[tuple[int, ...], ...]:
+    """The shapes of the key and value sets of ``[B, H, N, D]`` keys and values (``gather_buffers`` of
+    :func:`keyset_tile_attention`).
+
+    Example:
+        >>> plan = keyset_plan(TileLayout(num_frames=4, tokens_per_frame=2), 2, "cpu")
+        >>> gather_buffer_shapes(torch.zeros(1, 3, 8, 16), torch.zeros(1, 3, 8, 16), plan)
+        ((1, 12, 3, 16), (1, 12, 3, 16))
+    """
+    return tuple((x.shape[0], plan.key_sets.numel(), x.shape[1], x.shape[3]) for x in (k, v))
+
+
+def keyset_tile_attention(q, k, v, plan: KeySetPlan, scale: float | None = None,
+                          gather_buffers: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Exact ``k:F-k`` tile attention of ``[B, H, N, D]`` inputs in two dense SDPA calls (see the module docstring).
 
     ``plan`` comes from :func:`keyset_plan`. The output is a ``[B, H, N, D]`` view of ``[B, N, H, D]`` memory (what
     dense SDPA returns for the processors' inputs, so merging the heads afterwards is a view); it is put together
     by one ``torch.cat`` of the runs of consecutive tokens of the two results (measured faster than a slice copy per
     run or ``index_copy_``). No key-padding mask; differentiable.
+
+    ``gather_buffers``: two ``[B, M * (L_global + T), H, D]`` tensors (:func:`gather_buffer_shapes`) that receive
+    the key and value sets instead of new tensors, for inference (not under autograd: the frames' call would save
+    them for backward). Kept between calls, they spare the allocator fresh pages every call.
 
     Example:
         >>> from diffusers_evdit.masks import tile_mask
@@ -144,7 +161,12 @@ def keyset_tile_attention(q, k, v, plan: KeySetPlan, scale: float | None = None)
 
     # (2) each non-reference frame against the global tokens and itself, the frames folded into the batch
     qn = _tokens(q, plan.nonref_tokens).reshape(b * m, t, h, d)
-    kn, vn = (_tokens(x, plan.key_sets).reshape(b * m, lg + t, h, d) for x in (k, v))
+    if gather_buffers is None:
+        kn, vn = (_tokens(x, plan.key_sets) for x in (k, v))
+    else:
+        kn, vn = (torch.index_select(x.transpose(1, 2), 1, plan.key_sets, out=buf) for x, buf in zip((k, v),
+                                                                                                   gather_buffers))
+    kn, vn = (x.reshape(b * m, lg + t, x.shape[2], x.shape[3]) for x in (kn, vn))
     o_frames = F.scaled_dot_product_attention(*(_heads_first(x) for x in (qn, kn, vn)), scale=scale)
 
     # the results, [B, L, H, D] each, put together in sequence order by one cat of their runs
