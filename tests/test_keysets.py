@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from reference import attention_f64, paper_mask
 
 from diffusers_evdit.kernels import (
-    SMALL_MASKED_MAX_SPARSITY,
     SMALL_TRAIN_MIN_SPARSITY,
     TileAttention,
     UnsupportedKernelError,
+    masked_max_sparsity,
     tile_attention,
 )
 from diffusers_evdit.kernels.keysets import keyset_plan, keyset_tile_attention
@@ -105,10 +105,10 @@ def test_keysets_gradients_match_float64_masked_attention(k_ref):
 
 
 def test_auto_on_the_demo_layout_picks_by_sparsity_and_falls_back():
-    """CPU, no gradients: keysets for the sparser masks, masked for the light ones, dense where k = F - 1 keeps
-    every pair; under autograd keysets for the sparse masks and masked for
+    """CPU, no gradients: keysets for the sparser masks, masked for the light ones (the crossover depends on the
+    thread count), dense where k = F - 1 keeps every pair; under autograd keysets for the sparse masks and masked for
     the lighter ones, with exact gradients; with a key-padding mask a kernel that takes it."""
-    limit = SMALL_MASKED_MAX_SPARSITY
+    limit = masked_max_sparsity(torch.get_num_threads())
     q, k, v = _inputs(DEMO, 1, 2, 8, seed=1)
     att = TileAttention()
     seen = set()
@@ -155,7 +155,7 @@ def test_auto_with_padded_text_on_a_short_sequence_takes_split():
     keep = torch.ones(2, layout.seq_len, dtype=torch.bool)
     keep[1, -2:] = False
     att = TileAttention()
-    assert element_sparsity(layout, 1) > SMALL_MASKED_MAX_SPARSITY
+    assert element_sparsity(layout, 1) > masked_max_sparsity(torch.get_num_threads())
     with torch.no_grad():
         assert att.choose(layout, 1, q.device) == "keysets"
         assert att.choose(layout, 1, q.device, keep) == "split"

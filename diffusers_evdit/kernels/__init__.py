@@ -49,9 +49,9 @@ MERGES = ("auto", "eager", "compiled", "triton")
 
 # Sequences up to SMALL_SEQ_LEN tokens are "small": there a kernel's number of calls, not the pairs it skips, decides
 # its time, so "auto" picks by the measured crossovers below rather than by sparsity alone.
-# CPU: keysets (two dense calls, no mask, no merge) for masks skipping more than SMALL_MASKED_MAX_SPARSITY of the
-# pairs, one SDPA call with the tile mask (masked) for lighter ones, at every thread count; under autograd keysets
-# above SMALL_TRAIN_MIN_SPARSITY, masked below. Longer CPU layouts take split.
+# CPU: keysets (two dense calls, no mask, no merge) for masks skipping more than masked_max_sparsity(threads) of the
+# pairs, one SDPA call with the tile mask (masked) for lighter ones; under autograd keysets above
+# SMALL_TRAIN_MIN_SPARSITY, masked below. Longer CPU layouts take split.
 # CUDA: masked up to CUDA_MASKED_SEQ_LEN tokens (every call is a launch there); above it walk (one Triton launch,
 # inference only, outside torch.compile tracing and CUDA-graph capture), else gathered for masks skipping more than
 # CUDA_GATHERED_MIN_SPARSITY and masked for the others. Longer sequences take split.
@@ -61,8 +61,27 @@ MERGES = ("auto", "eager", "compiled", "triton")
 SMALL_SEQ_LEN = {"cpu": 512, "cuda": 4608}
 CUDA_MASKED_SEQ_LEN = 2048  # CUDA sequences up to this length run masked for every mask
 CUDA_GATHERED_MIN_SPARSITY = 0.6  # longer small CUDA sequences run gathered above this sparsity
-SMALL_MASKED_MAX_SPARSITY = 0.05  # short CPU sequences without autograd: keysets above, masked below
+SMALL_MASKED_MAX_SPARSITY = 0.05  # one CPU thread
+SMALL_MASKED_MAX_SPARSITY_THREADED = 0.15  # several CPU threads
 SMALL_TRAIN_MIN_SPARSITY = 0.25  # under autograd: keysets above, masked below
+
+
+@torch.compiler.assume_constant_result
+def cpu_threads() -> int:
+    """torch's CPU thread count, read as a constant under ``torch.compile`` (no graph break; a compiled graph keeps
+    the kernel chosen when it was traced)."""
+    return torch.get_num_threads()
+
+
+def masked_max_sparsity(threads: int) -> float:
+    """The sparsity up to which ``auto`` runs ``masked`` rather than ``keysets`` on a short CPU sequence, for
+    ``threads`` torch CPU threads (measured crossovers above).
+
+    Example:
+        >>> masked_max_sparsity(1), masked_max_sparsity(2)
+        (0.05, 0.15)
+    """
+    return SMALL_MASKED_MAX_SPARSITY if threads <= 1 else SMALL_MASKED_MAX_SPARSITY_THREADED
 
 
 # The merge is compiled (one fused pass) only for inputs this large: each distinct run length compiles once (seconds),
@@ -242,7 +261,7 @@ class TileAttention:
                 return walk + ("gathered", "split")
             return walk + ("masked", "gathered")
         # keysets' backward is autograd's through its two calls; split takes a key-padding mask that keysets refuses
-        limit = SMALL_TRAIN_MIN_SPARSITY if call.needs_grad else SMALL_MASKED_MAX_SPARSITY
+        limit = SMALL_TRAIN_MIN_SPARSITY if call.needs_grad else masked_max_sparsity(cpu_threads())
         if sparsity > limit:
             return ("keysets", "split", "gathered")
         return ("masked", "gathered")
@@ -260,8 +279,8 @@ class TileAttention:
         adds no graph break), and on short sequences (:data:`SMALL_SEQ_LEN`) one masked SDPA call (on CUDA above
         :data:`CUDA_MASKED_SEQ_LEN` tokens the ``walk`` kernel where it runs, else ``gathered`` for masks skipping
         more than :data:`CUDA_GATHERED_MIN_SPARSITY` and ``masked`` for the others) or, on the CPU, ``keysets``
-        for masks that skip more than :data:`SMALL_MASKED_MAX_SPARSITY` of the pairs (without a key-padding mask,
-        else ``split``; under autograd for masks skipping more than
+        for masks that skip more than :func:`masked_max_sparsity` of the pairs (it depends on the thread count;
+        without a key-padding mask, else ``split``; under autograd for masks skipping more than
         :data:`SMALL_TRAIN_MIN_SPARSITY`, else ``masked``). ``fastest``: the same, then a call may
         still run dense attention (see the class docs). A named kernel runs as named.
         """
@@ -323,7 +342,10 @@ class TileAttention:
         if self.kernel == "fastest" or c.key_padding_mask is not None or torch.compiler.is_compiling():
             return None
         q = c.q
-        return (c.layout, c.k_ref, q.shape, c.k.shape, c.v.shape, q.dtype, q.device, c.needs_grad, c.dense_fn is None)
+        device = q.device
+        threads = torch.get_num_threads() if device.type == "cpu" else 0
+        return (c.layout, c.k_ref, q.shape, c.k.shape, c.v.shape, q.dtype, device, c.needs_grad, threads,
+                c.dense_fn is None)
 
     def _tunes(self, q: torch.Tensor) -> bool:
         """Whether this call may time kernels: ``fastest``, on CUDA (or a tuner with its own timer), outside
