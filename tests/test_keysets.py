@@ -221,3 +221,17 @@ def test_inference_reuses_the_key_set_buffers_without_changing_a_result():
     fresh = TileAttention("keysets")
     fresh(qg, k, v, layout, 2).sum().backward()  # under autograd: new tensors (the frames' call saves them)
     assert not fresh._keyset_buffers and qg.grad is not None
+
+
+def test_kept_key_set_buffers_are_bounded(monkeypatch):
+    import diffusers_evdit.kernels as kernels
+
+    monkeypatch.setattr(kernels, "MAX_KEYSET_BUFFERS", 2)
+    layout = TileLayout(7, 5)
+    att = TileAttention("keysets")
+    q, k, v = (torch.randn(1, 2, layout.seq_len, 8) for _ in range(3))
+    with torch.no_grad():
+        for k_ref in (1, 2, 3, 4):  # four key-set sizes
+            out = att(q, k, v, layout, k_ref)
+            assert (out.double() - _reference(q, k, v, paper_mask(7, 5, 0, False, k_ref))).abs().max() < 2e-6
+            assert len(att._keyset_buffers) <= 2

@@ -64,6 +64,7 @@ CUDA_GATHERED_MIN_SPARSITY = 0.6  # longer small CUDA sequences run gathered abo
 SMALL_MASKED_MAX_SPARSITY = 0.05  # one CPU thread
 SMALL_MASKED_MAX_SPARSITY_THREADED = 0.15  # several CPU threads
 SMALL_TRAIN_MIN_SPARSITY = 0.25  # under autograd: keysets above, masked below
+MAX_KEYSET_BUFFERS = 32  # pairs of kept key-set buffers a TileAttention holds (per thread, shape and inference mode)
 
 
 @torch.compiler.assume_constant_result
@@ -429,14 +430,16 @@ def _keysets(attention: TileAttention, c: TileCall) -> torch.Tensor:
     plan = cached_outside_trace(attention._keyset_plans, (c.layout, c.k_ref, c.q.device),
                                 lambda: keyset_plan(c.layout, c.k_ref, c.q.device))
     buffers = None
-    if not c.needs_grad and attention.is_small(c) and not torch.compiler.is_compiling():
-        # inference on a short sequence: the key sets go into buffers kept per thread and shape; new ones each call
-        # made some CPU processes fault in fresh pages every call (BENCHMARKS.md, "Short sequences on the CPU").
+    if c.q.device.type == "cpu" and not c.needs_grad and attention.is_small(c) and not torch.compiler.is_compiling():
+        # CPU inference on a short sequence: the key sets go into buffers kept per thread and shape; new ones each
+        # call made some processes fault in fresh pages every call (BENCHMARKS.md, "Short sequences on the CPU").
         # Inference tensors (made under inference_mode) cannot be written outside it, so that is in the key too.
         shapes = gather_buffer_shapes(c.k, c.v, plan)
-        key = (threading.get_ident(), torch.is_inference_mode_enabled(), c.k.device, c.k.dtype, c.v.dtype, shapes)
+        key = (threading.get_ident(), torch.is_inference_mode_enabled(), c.k.dtype, c.v.dtype, shapes)
         buffers = attention._keyset_buffers.get(key)
         if buffers is None:
+            if len(attention._keyset_buffers) >= MAX_KEYSET_BUFFERS:  # many threads or shapes: start afresh
+                attention._keyset_buffers.clear()
             buffers = attention._keyset_buffers[key] = (torch.empty(shapes[0], dtype=c.k.dtype, device=c.k.device),
                                                         torch.empty(shapes[1], dtype=c.v.dtype, device=c.v.device))
     return keyset_tile_attention(c.q, c.k, c.v, plan, c.scale, gather_buffers=buffers)
