@@ -1,4 +1,4 @@
-"""Tests of the synthetic captioned-video generator (diffusers_evdit.data)."""
+"""Tests of the synthetic captioned-video generator and the video-folder datasets (diffusers_evdit.data)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from diffusers_evdit.data import (
     SceneSpec,
     SyntheticVideoDataset,
     SyntheticVideoStream,
+    VideoFolderDataset,
     caption,
     caption_vocabulary,
     collate_videos,
@@ -32,6 +33,7 @@ from diffusers_evdit.data import (
     render,
     sample_scene,
     save_video,
+    save_video_folder,
     tensor_to_frames,
     trajectory,
     video_grid,
@@ -344,3 +346,42 @@ def test_prompt_split_partitions_heldout_captions_evenly():
     caps = {sample_scene(np.random.default_rng([3, i]), split="heldout").caption() for i in range(400)}
     share = sum(prompt_split(c) == "test" for c in caps) / len(caps)
     assert 0.35 < share < 0.65
+
+
+def test_video_folder_dataset_layouts_and_errors(tmp_path):
+    ds = SyntheticVideoDataset(3, num_frames=9, height=32, width=32)
+    folder = save_video_folder(ds, tmp_path / "meta")
+    vf = VideoFolderDataset(folder, num_frames=5, height=16, width=24, frame_stride=2)
+    item = vf[1]
+    assert len(vf) == 3 and item["video"].shape == (3, 5, 16, 24) and item["caption"] == ds[1]["caption"]
+    assert -1.0 <= item["video"].min() and item["video"].max() <= 1.0
+    # videos.txt + prompts.txt, and sidecar captions
+    pair = tmp_path / "pair"
+    (pair / "clips").mkdir(parents=True)
+    side = tmp_path / "side" / "videos"
+    side.mkdir(parents=True)
+    for i in range(2):
+        frames = ((ds[i]["video"].permute(1, 2, 3, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+        save_video(frames, pair / "clips" / f"{i}.gif")
+        save_video(frames, side / f"{i}.gif")
+        (side / f"{i}.txt").write_text(ds[i]["caption"])
+    (pair / "videos.txt").write_text("clips/0.gif\nclips/1.gif\n")
+    (pair / "prompts.txt").write_text(f"{ds[0]['caption']}\n{ds[1]['caption']}\n")
+    for root in (pair, side.parent):
+        vf = VideoFolderDataset(root, num_frames=9, height=32, width=32)
+        assert [vf[i]["caption"] for i in range(2)] == [ds[0]["caption"], ds[1]["caption"]]
+        assert np.abs(vf[0]["video"].numpy() - ds[0]["video"].numpy()).mean() < 0.05  # GIF palette only
+    with pytest.raises(ValueError, match="frames"):
+        VideoFolderDataset(pair, num_frames=13, height=32, width=32)[0]
+    (side / "2.gif").write_bytes((side / "0.gif").read_bytes())
+    with pytest.raises(ValueError, match="no caption file"):
+        VideoFolderDataset(side.parent)
+    mp4 = tmp_path / "mp4"
+    mp4.mkdir()
+    (mp4 / "a.mp4").write_bytes(b"")
+    (mp4 / "a.txt").write_text("a red circle moving left on a dark background")
+    try:
+        import imageio  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="imageio"):
+            VideoFolderDataset(mp4, num_frames=9, height=32, width=32)[0]
