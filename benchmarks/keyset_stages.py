@@ -47,12 +47,8 @@ def staged_keysets(totals: dict, fresh: bool):
                                                   scale=scale)
         marks.append((time.perf_counter(), faults()))
         qn = ks._tokens(q, plan.nonref_tokens).reshape(b * m, t, h, d)
-        if fresh or gather_buffers is None:
-            kn, vn = (ks._tokens(x, plan.key_sets) for x in (k, v))
-        else:
-            kn, vn = (torch.index_select(x.transpose(1, 2), 1, plan.key_sets, out=buf)
-                      for x, buf in zip((k, v), gather_buffers))
-        kn, vn = (x.reshape(b * m, lg + t, h, d) for x in (kn, vn))
+        buffers = (None, None) if fresh or gather_buffers is None else gather_buffers
+        kn, vn = (ks._tokens(x, plan.key_sets, out).reshape(b * m, lg + t, h, d) for x, out in zip((k, v), buffers))
         marks.append((time.perf_counter(), faults()))
         o_frames = F.scaled_dot_product_attention(*(ks._heads_first(x) for x in (qn, kn, vn)), scale=scale)
         marks.append((time.perf_counter(), faults()))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..layout import TileLayout
 from ..masks import non_reference_frames, reference_frames
-from .indices import Selector, selector
+from .indices import Selector, merge_ranges, selector
 
 
 @dataclass(frozen=True)
@@ -65,17 +65,6 @@ def _runs(global_ranges: list[tuple[int, int]], nonref_ranges: list[tuple[int, i
     return tuple(runs)
 
 
-def _ranges(tokens: list[int]) -> list[tuple[int, int]]:
-    """Sorted ``tokens`` as ``(start, stop)`` ranges of consecutive positions."""
-    ranges: list[list[int]] = []
-    for t in tokens:
-        if ranges and ranges[-1][1] == t:
-            ranges[-1][1] = t + 1
-        else:
-            ranges.append([t, t + 1])
-    return [(a, b) for a, b in ranges]
-
-
 def keyset_plan(layout: TileLayout, k: int, device) -> KeySetPlan:
     """Build the :class:`KeySetPlan` of a sparse entry ``k`` (``k < F``) on ``layout`` (cache it per layout and ``k``).
 
@@ -98,20 +87,20 @@ def keyset_plan(layout: TileLayout, k: int, device) -> KeySetPlan:
         global_tokens=selector(global_list, device),
         nonref_tokens=selector(nonref_list, device),
         key_sets=torch.tensor([t for frame in frames for t in global_list + frame], dtype=torch.long, device=device),
-        runs=_runs(_ranges(global_list), _ranges(nonref_list)),
+        runs=_runs(*(merge_ranges([(t, t + 1) for t in tokens]) for tokens in (global_list, nonref_list))),
         num_nonref=len(frames),
         tokens_per_frame=layout.tokens_per_frame,
         num_global=len(global_list),
     )
 
 
-def _tokens(x: torch.Tensor, sel: Selector) -> torch.Tensor:
+def _tokens(x: torch.Tensor, sel: Selector, out: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` (``[B, H, N, D]``) restricted to the tokens ``sel`` as ``[B, L, H, D]``: a view for a slice, one
-    ``index_select`` (whole token rows of ``[B, N, H, D]`` memory) for an index tensor."""
+    ``index_select`` (whole token rows of ``[B, N, H, D]`` memory) for an index tensor, into ``out`` if given."""
     xt = x.transpose(1, 2)
     if isinstance(sel, slice):
         return xt[:, sel]
-    return xt.index_select(1, sel)
+    return torch.index_select(xt, 1, sel, out=out) if out is not None else xt.index_select(1, sel)
 
 
 def _heads_first(x: torch.Tensor) -> torch.Tensor:
@@ -161,12 +150,8 @@ def keyset_tile_attention(q, k, v, plan: KeySetPlan, scale: float | None = None,
 
     # (2) each non-reference frame against the global tokens and itself, the frames folded into the batch
     qn = _tokens(q, plan.nonref_tokens).reshape(b * m, t, h, d)
-    if gather_buffers is None:
-        kn, vn = (_tokens(x, plan.key_sets) for x in (k, v))
-    else:
-        kn, vn = (torch.index_select(x.transpose(1, 2), 1, plan.key_sets, out=buf) for x, buf in zip((k, v),
-                                                                                                   gather_buffers))
-    kn, vn = (x.reshape(b * m, lg + t, x.shape[2], x.shape[3]) for x in (kn, vn))
+    kn, vn = (_tokens(x, plan.key_sets, out).reshape(b * m, lg + t, x.shape[1], x.shape[3])
+              for x, out in zip((k, v), gather_buffers or (None, None)))
     o_frames = F.scaled_dot_product_attention(*(_heads_first(x) for x in (qn, kn, vn)), scale=scale)
 
     # the results, [B, L, H, D] each, put together in sequence order by one cat of their runs
