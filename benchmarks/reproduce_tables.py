@@ -224,11 +224,10 @@ def repo_path(path: str) -> str:
 def make_smoke_model(folder: str) -> str:
     """A random tiny demo pipeline folder (structure of the shipped model; 4 latent frames of 16 tokens)."""
     from diffusers_evdit import EfficientVDiTPipeline
-    from diffusers_evdit.demo import GenerationConfig
-    from diffusers_evdit.tiny import tiny_demo_pipeline
+    from diffusers_evdit.demo import GenerationConfig, build_demo_pipeline
 
     if not os.path.isfile(os.path.join(folder, "model_index.json")):
-        EfficientVDiTPipeline.from_pipe(tiny_demo_pipeline()).save_pretrained(folder)
+        EfficientVDiTPipeline.from_pipe(build_demo_pipeline("tiny")).save_pretrained(folder)
         GenerationConfig.tiny().save(folder)
     return folder
 

@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     args.quiet, args.verbose = getattr(args, "quiet", False), getattr(args, "verbose", False)
+    # the process's own command line, for subcommands that relaunch it (``generate --cp N`` under torchrun); None when
+    # this call's arguments came from elsewhere
+    own = sys.argv[1:]
+    args.command_line = own if argv is None or list(argv) == own else None
     set_verbosity(args.quiet, args.verbose, bars=progress_mode(args.quiet) == "bar")
     try:
         return args.func(args)

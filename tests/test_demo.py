@@ -27,7 +27,6 @@ from diffusers_evdit.demo import (
     run_demo,
 )
 from diffusers_evdit.metrics import psnr, ssim
-from diffusers_evdit.tiny import tiny_demo_pipeline
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 sys.path.insert(0, str(EXAMPLES))
@@ -244,7 +243,8 @@ def test_flow_matching_targets_match_the_pipeline_sampler():
     integer timesteps) land on the data latent, and decoding de-normalises with latents_mean/std."""
     from train_demo_t2v import flow_matching_batch
 
-    pipe = tiny_demo_pipeline()
+    pipe = build_demo_pipeline("tiny")
+    pipe.set_progress_bar_config(disable=True)
     z = pipe.vae.config.z_dim
     mean, std = torch.linspace(-0.5, 0.5, z), torch.linspace(0.5, 2.0, z)
     pipe.vae.register_to_config(latents_mean=mean.tolist(), latents_std=std.tolist())

@@ -239,3 +239,21 @@ def test_generate_cp_relaunch_needs_the_command_line(capsys, monkeypatch):
     argv = ["generate", "--model", "unused", "--prompt", "p", "--cp", "2", "--out", "unused.gif"]
     assert main(argv) == 2
     assert "torchrun --nproc-per-node N" in capsys.readouterr().err
+
+
+def test_generate_cp_relaunches_the_process_command_line_under_torchrun(monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from diffusers_evdit.cli import main
+
+    argv = ["generate", "--model", "unused", "--prompt", "p", "--cp", "2", "--out", "unused.gif"]
+    calls = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["evdit", *argv])
+    monkeypatch.setattr(subprocess, "call", lambda cmd, env: calls.append((cmd, env)) or 0)
+    assert main() == 0
+    (cmd, env), = calls
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m"]
+    assert cmd[6:] == ["diffusers_evdit.cli", *argv]
+    assert "running: -m torch.distributed.run" in capsys.readouterr().out

@@ -98,17 +98,10 @@ def _relaunch_with_torchrun(args) -> int:
     import subprocess
     import sys
 
-    from ..cli import build_parser
     from ..parallel import SAFE_MULTI_GPU_ENV
 
-    argv = sys.argv[1:]
-    ignore = ("quiet", "verbose")
-    try:
-        parsed = {k: v for k, v in vars(build_parser().parse_args(argv)).items() if k not in ignore}
-        same = parsed == {k: v for k, v in vars(args).items() if k not in ignore}
-    except SystemExit:
-        same = False
-    if not same:
+    argv = getattr(args, "command_line", None)
+    if argv is None:
         raise ValueError(
             "--cp N relaunches the evdit command line under torchrun, but this call did not come from the command "
             "line; launch it yourself: torchrun --nproc-per-node N -m diffusers_evdit.cli generate ... --cp N."

@@ -224,23 +224,3 @@ def tiny_pipeline_inputs(pipe, seed: int = 0, num_frames: int = 13, size: int = 
     if type(pipe).__name__.endswith("HunyuanVideoPipeline"):
         kwargs["prompt_template"] = {"template": "{}", "crop_start": 0}
     return kwargs
-
-
-def tiny_demo_pipeline(seed: int = 0):
-    """A random ``WanPipeline`` with the structure of the shipped demo model (:mod:`diffusers_evdit.demo`), tiny.
-
-    Same classes as the demo model (Wan VAE with 4x/8x compression, UMT5 encoder with the caption tokenizer, Wan
-    transformer, UniPC flow scheduler) in the ``"tiny"`` sizes; call it with
-    ``diffusers_evdit.demo.GenerationConfig.tiny().call_kwargs()`` (13 frames of 64x64: 4 latent frames of 16
-    tokens). Random weights: plumbing only.
-
-    Example:
-        >>> pipe = tiny_demo_pipeline()
-        >>> type(pipe).__name__, pipe.transformer.config.num_layers
-        ('WanPipeline', 2)
-    """
-    from ..demo import build_demo_pipeline
-
-    pipe = build_demo_pipeline("tiny", seed=seed)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
