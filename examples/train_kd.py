@@ -186,7 +186,6 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     from diffusers_evdit import kd, mlcd
     from diffusers_evdit.plan import apply_mask_plan, get_mask_plan
-    from diffusers_evdit.processors import family_for
     from diffusers_evdit.schedulers import stock_scheduler
 
     t_start = time.time()
@@ -213,7 +212,7 @@ def main(argv=None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     if getattr(pipe, "transformer_2", None) is not None:
         raise SystemExit("Pipelines with two transformers (Wan 2.2 A14B) are not supported; distil one transformer.")
-    family = family_for(pipe.transformer).name
+    family = mlcd.check_predictor_family(pipe.transformer)  # refuses families distillation cannot drive
     is_tiny = init_spec.startswith(TINY_PREFIX)
     if args.eval_prompts and family == "hunyuan_video":
         raise SystemExit("--eval_prompts (the evdit eval metrics) supports CogVideoX and Wan pipelines only.")

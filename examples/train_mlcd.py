@@ -181,7 +181,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> dict:
     args = parse_args(argv)
     from diffusers_evdit import mlcd
-    from diffusers_evdit.processors import family_for
     from diffusers_evdit.schedulers import stock_scheduler
 
     t_start = time.time()
@@ -193,7 +192,7 @@ def main(argv=None) -> dict:
     pipe = load_pipeline(args.teacher, revision=args.revision)
     is_tiny = args.teacher.startswith(TINY_PREFIX)
     pipe.set_progress_bar_config(disable=True)
-    family = family_for(pipe.transformer).name
+    family = mlcd.check_predictor_family(pipe.transformer)  # refuses families distillation cannot drive
     base_predictor = mlcd.TransformerPredictor.from_pipeline(pipe)  # refuses unsupported pipelines early
     # generation settings: flags, else the teacher folder's evdit_demo.json, else the pipeline's defaults
     saved = read_folder_json(args.teacher, "evdit_demo.json")

@@ -424,3 +424,31 @@ def test_render_rewrites_the_markdown_and_checks_of_a_finished_table(tmp_path):
     md = (tmp_path / "quality.md").read_text()
     assert "within 0.01 of Base's final_score at >= 5x speedup: Ours_r=0.1." in md
     assert "Ours_r=0.1 (35.0%): 0.440 vs uniform 0.450: searched better" in md
+
+
+@pytest.mark.parametrize("family", ["ltx_video", "mochi", "hunyuan_video15", "skyreels_v2"])
+def test_distillation_refuses_transformers_it_cannot_drive_and_says_plans_still_work(family):
+    from diffusers_evdit.mlcd import PREDICTOR_FAMILIES, check_predictor_family
+    from diffusers_evdit.processors import family_for
+
+    transformer = tiny_transformer(family)
+    assert family_for(transformer).name not in PREDICTOR_FAMILIES
+    with pytest.raises(NotImplementedError) as info:
+        TransformerPredictor(transformer)
+    message = str(info.value)
+    assert type(transformer).__name__ in message and "mask plans" in message
+    with pytest.raises(NotImplementedError, match=type(transformer).__name__):
+        check_predictor_family(transformer)
+
+
+def test_distillation_encoders_refuse_a_pipeline_of_another_family():
+    from diffusers_evdit.mlcd import encode_prompts, encode_video_posteriors
+    from diffusers_evdit.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline("ltx_video")
+    with pytest.raises(NotImplementedError, match="LTXVideoTransformer3DModel"):
+        encode_prompts(pipe, ["a dog"])
+    with pytest.raises(NotImplementedError, match="LTXVideoTransformer3DModel"):
+        encode_video_posteriors(pipe, torch.zeros(1, 3, 9, 32, 32))
+    for family in ("cogvideox", "wan", "hunyuan_video"):
+        assert TransformerPredictor(tiny_transformer(family)).family == family

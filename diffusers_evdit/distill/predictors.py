@@ -13,13 +13,41 @@ from ..processors import family_for
 from .common import call_default, unwrap
 
 __all__ = [
+    "PREDICTOR_FAMILIES",
     "TransformerPredictor",
+    "check_predictor_family",
     "adapters_disabled",
     "draw_posterior",
     "encode_prompts",
     "encode_video_posteriors",
     "encode_videos",
 ]
+
+
+#: Transformer families whose pipeline calls, text conditioning and latent scaling the distillation code reproduces.
+PREDICTOR_FAMILIES = ("cogvideox", "wan", "hunyuan_video")
+
+
+def check_predictor_family(transformer: nn.Module) -> str:
+    """The family name of ``transformer`` (possibly wrapped) if distillation supports it, else ``NotImplementedError``.
+
+    Every supported transformer takes mask plans for inference; MLCD and KD also need the way its pipeline calls it,
+    encodes prompts and scales latents, written here for :data:`PREDICTOR_FAMILIES` only.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> check_predictor_family(tiny_transformer("wan"))
+        'wan'
+    """
+    module = unwrap(transformer)
+    family = family_for(module).name
+    if family not in PREDICTOR_FAMILIES:
+        raise NotImplementedError(
+            f"Distillation (MLCD, KD) supports CogVideoX, Wan and HunyuanVideo transformers, not "
+            f"{type(module).__name__}; mask plans (apply_mask_plan, EfficientVDiTPipeline) still work on it, "
+            "undistilled."
+        )
+    return family
 
 
 class TransformerPredictor:
@@ -56,8 +84,7 @@ class TransformerPredictor:
     def __init__(self, transformer: nn.Module, embedded_guidance_scale: float = 6.0,
                  vae_scale_factor_spatial: int = 8, attention_kwargs: dict | None = None):
         self.transformer = transformer
-        module = unwrap(transformer)
-        self.family = family_for(module).name
+        self.family = check_predictor_family(transformer)
         self.embedded_guidance_scale = float(embedded_guidance_scale)
         self.vae_scale_factor_spatial = int(vae_scale_factor_spatial)
         self.attention_kwargs = attention_kwargs
@@ -167,7 +194,7 @@ def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_se
         torch.Size([2, 8, 16])
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    family = family_for(unwrap(pipe.transformer)).name
+    family = check_predictor_family(pipe.transformer)
     device = device if device is not None else pipe._execution_device
     msl = max_sequence_length or call_default(pipe, "max_sequence_length", 226)
     with torch.no_grad():
@@ -198,8 +225,8 @@ def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, t
     """
     if videos.ndim != 5 or videos.shape[1] != 3:
         raise ValueError(f"videos must be (B, 3, T, H, W) in [-1, 1], got shape {tuple(videos.shape)}.")
+    family = check_predictor_family(pipe.transformer)
     vae = pipe.vae
-    family = family_for(unwrap(pipe.transformer)).name
     t = videos.shape[2]
     if (t - 1) % 4 != 0:
         raise ValueError(f"The video VAEs need 4k + 1 frames, got {t}; use e.g. {4 * ((t - 1) // 4) + 1}.")
