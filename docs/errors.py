@@ -48,6 +48,7 @@ def render(cases, to_improve: dict) -> str:
 
 
 def _cases():
+    sys.path.insert(0, str(ROOT / "tests"))  # the cases import the tests' helpers (input_state)
     spec = importlib.util.spec_from_file_location("evdit_error_cases", ROOT / "tests" / "test_errors.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there

@@ -9,7 +9,6 @@ change needed is in ``TO_IMPROVE``). ``python docs/errors.py`` renders docs/erro
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import sys
 from dataclasses import dataclass
@@ -20,16 +19,16 @@ import pytest
 import torch
 from diffusers import CogVideoXDDIMScheduler, FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler
 
-from diffusers_evdit import (EfficientVDiTPipeline, MaskPlan, TileLayout, apply_mask_plan, get_mask_plan,
-                             supported_models)
+from diffusers_evdit import EfficientVDiTPipeline, MaskPlan, TileLayout, apply_mask_plan, supported_models
 from diffusers_evdit.distill import checkpoints, training
 from diffusers_evdit.distill.grid import DiffusionGrid, predicted_x0_and_noise
 from diffusers_evdit.distill.kd import kd_loss, make_sparse_student
 from diffusers_evdit.distill.mlcd import MLCDSchedule, mlcd_loss
-from diffusers_evdit.distill.predictors import encode_videos
+from diffusers_evdit.distill.predictors import TransformerPredictor, encode_videos
 from diffusers_evdit.kernels import tile_attention
 from diffusers_evdit.schedulers import mlcd_scheduler_from
 from diffusers_evdit.tiny import tiny_inputs, tiny_pipeline, tiny_transformer
+from input_state import unchanged
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -48,47 +47,6 @@ class Refusal:
     error: type
     message: str  # exact; ``<tmp>`` stands for the temporary folder
     fix: str | None  # the part of the message naming the fix
-
-
-# ------------------------------------------------------------------------------------------------------- state
-
-
-def _module_state(model: torch.nn.Module):
-    processors = tuple((name, type(p).__name__, getattr(p, "k", None))
-                       for name, p in getattr(model, "attn_processors", {}).items())
-    plan = get_mask_plan(model) if hasattr(model, "attn_processors") else None
-    params = hashlib.sha256(b"".join(p.detach().cpu().contiguous().numpy().tobytes()
-                                     for p in model.state_dict().values())).hexdigest()
-    return processors, None if plan is None else plan.to_dict(), len(model._forward_pre_hooks), params
-
-
-def _folder_state(folder: Path):
-    return sorted((str(p.relative_to(folder)), p.read_bytes() if p.is_file() else None) for p in folder.rglob("*"))
-
-
-def _state(obj):
-    if isinstance(obj, torch.nn.Module):
-        return _module_state(obj)
-    if isinstance(obj, Path):
-        return _folder_state(obj)
-    if hasattr(obj, "components"):  # a pipeline
-        return {k: _module_state(v) for k, v in obj.components.items() if isinstance(v, torch.nn.Module)}
-    if isinstance(obj, torch.Tensor):
-        return obj.clone()
-    raise TypeError(type(obj))
-
-
-@contextlib.contextmanager
-def unchanged(*objects):
-    """Run the block (which must raise) and assert every object is exactly as before."""
-    before = [_state(o) for o in objects]
-    try:
-        yield
-    finally:
-        after = [_state(o) for o in objects]
-        for b, a in zip(before, after):
-            same = torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
-            assert same, "the refused call modified its input"
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
@@ -324,6 +282,12 @@ def _walk_kernel_training(tmp):
         kd_loss(student, teacher, tiny_inputs(teacher))
 
 
+def _distill_family(tmp):
+    transformer = tiny_transformer("ltx_video")
+    with unchanged(transformer):
+        TransformerPredictor(transformer)
+
+
 def _video_frames(tmp):
     pipe = tiny_pipeline("wan")
     videos = torch.zeros(1, 3, 8, 32, 32)
@@ -511,6 +475,11 @@ CASES = [
             "The student's tile kernel is 'walk', whose backward pass is not exact. Train with "
             "apply_mask_plan(student, plan) (kernel='auto' picks an exact one) or kernel='gathered' (or 'flex' on "
             "CUDA); the saved plan runs with the fast kernel at inference.", "Train with"),
+    Refusal("distill-family", "distillation", "an LTX-Video transformer for MLCD / KD (`TransformerPredictor`)",
+            _distill_family, NotImplementedError,
+            "Distillation (MLCD, KD) supports CogVideoX, Wan and HunyuanVideo transformers, not "
+            "LTXVideoTransformer3DModel; mask plans (apply_mask_plan, EfficientVDiTPipeline) still work on it, "
+            "undistilled.", "mask plans (apply_mask_plan, EfficientVDiTPipeline) still work"),
     Refusal("video-frames", "distillation", "8-frame videos for a video VAE", _video_frames, ValueError,
             "The video VAEs need 4k + 1 frames, got 8; use e.g. 5.", "use e.g. 5"),
     Refusal("scheduler-sigmas", "schedulers", "milestone sigmas that rise (refused by `set_timesteps`)",
