@@ -1,5 +1,5 @@
-"""The other stages on new families: greedy search (LTX-Video, HunyuanVideo 1.5) and the pipeline's save / load round
-trip (LTX-Video) on tiny random models."""
+"""The other stages on new families: greedy search and the pipeline's save / load round trip (LTX-Video, HunyuanVideo
+1.5) on tiny random models."""
 
 from __future__ import annotations
 
@@ -40,8 +40,13 @@ def test_greedy_search_on_new_families(name):
     assert _mse_to_dense(model, cached, inputs) < threshold
 
 
-def test_ltx_video_pipeline_save_load_round_trip(tmp_path):
-    base = tiny_pipeline("ltx_video")
+@pytest.mark.parametrize("name, transformer_class", [
+    ("ltx_video", "LTXVideoTransformer3DModel"),
+    # 1000 + 256 text and 729 (zero, masked) image tokens beside 64 video tokens; classifier-free guidance via a guider
+    ("hunyuan_video15", "HunyuanVideo15Transformer3DModel"),
+])
+def test_pipeline_save_load_round_trip_on_new_families(tmp_path, name, transformer_class):
+    base = tiny_pipeline(name)
     n = num_plan_layers(base.transformer)
     plan = MaskPlan([1] * (n - 1) + [None], metadata={"source": "test"})
     dense = base(**tiny_pipeline_inputs(base)).frames
@@ -50,7 +55,7 @@ def test_ltx_video_pipeline_save_load_round_trip(tmp_path):
     pipe.save_pretrained(tmp_path)
     loaded = EfficientVDiTPipeline.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
-    assert type(loaded.transformer).__name__ == "LTXVideoTransformer3DModel"
+    assert type(loaded.transformer).__name__ == transformer_class
     assert loaded.mask_plan == plan
     again = loaded(**tiny_pipeline_inputs(loaded)).frames
     assert torch.allclose(again, out, atol=1e-4, rtol=1e-4)  # weights re-read from safetensors: ~1e-6 rounding

@@ -144,7 +144,8 @@ def _ltx2_inputs(model, v, randn, padded):
 
 
 def _hunyuan15_inputs(model, v, randn, padded):
-    return dict(hidden_states=randn(v.batch, 4, v.frames, v.height, v.width), timestep=_timestep(v).float(),
+    channels = model.config.in_channels  # 9 = 4 latent + 4 condition + 1 mask channels (the T2V pipeline)
+    return dict(hidden_states=randn(v.batch, channels, v.frames, v.height, v.width), timestep=_timestep(v).float(),
                 encoder_hidden_states=randn(v.batch, v.text_tokens, 16), encoder_attention_mask=_mask(v, padded),
                 encoder_hidden_states_2=randn(v.batch, 3, 8), encoder_attention_mask_2=torch.ones(v.batch, 3),
                 image_embeds=randn(v.batch, 4, 12))
@@ -206,7 +207,7 @@ TINY_MODELS: dict[str, TinyModel] = {
         audio_in_channels=4, audio_out_channels=4, audio_num_attention_heads=2, audio_attention_head_dim=8,
         audio_cross_attention_dim=16, num_layers=n, caption_channels=16), _ltx2_inputs, patch=(1, 1, 1)),
     "hunyuan_video15": TinyModel("HunyuanVideo15Transformer3DModel", lambda n: dict(
-        in_channels=4, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=n,
+        in_channels=9, out_channels=4, num_attention_heads=2, attention_head_dim=16, num_layers=n,
         num_refiner_layers=1, text_embed_dim=16, text_embed_2_dim=8, image_embed_dim=12, rope_axes_dim=(4, 6, 6),
         target_size=64, task_type="t2v"), _hunyuan15_inputs, patch=(1, 1, 1),
         extra_tokens=lambda v, padded: 4 + 3 + v.text_tokens),

@@ -7,7 +7,8 @@ import torch
 
 from .models import TINY_FAMILIES, tiny_transformer
 
-TINY_PIPELINES = TINY_FAMILIES + ("ltx_video",)  # families with a tiny pipeline (LTX-Video: 4x spatial VAE)
+# families with a tiny pipeline (LTX-Video: 4x spatial VAE; HunyuanVideo 1.5: fixed 1000 + 256 text tokens)
+TINY_PIPELINES = TINY_FAMILIES + ("ltx_video", "hunyuan_video15")
 
 TINY_VOCAB = (
     "a an the of and in on with to is are at by from it this that dog cat panda fox bird fish horse monkey red blue "
@@ -50,13 +51,20 @@ def tiny_tokenizer(add_eos: bool = True, add_bos: bool = False):
 
 
 def tiny_vae(family: str, seed: int = 0) -> torch.nn.Module:
-    """A tiny random video VAE of ``family`` with 4 latent channels, 8x spatial and 4x temporal compression.
+    """A tiny random video VAE of ``family`` with 4 latent channels, 8x spatial and 4x temporal compression (LTX-Video:
+    4x spatial).
 
     Example:
         >>> type(tiny_vae("wan")).__name__
         'AutoencoderKLWan'
     """
-    from diffusers import AutoencoderKLCogVideoX, AutoencoderKLHunyuanVideo, AutoencoderKLLTXVideo, AutoencoderKLWan
+    from diffusers import (
+        AutoencoderKLCogVideoX,
+        AutoencoderKLHunyuanVideo,
+        AutoencoderKLHunyuanVideo15,
+        AutoencoderKLLTXVideo,
+        AutoencoderKLWan,
+    )
 
     torch.manual_seed(seed)
     if family == "cogvideox":
@@ -106,6 +114,11 @@ def tiny_vae(family: str, seed: int = 0) -> torch.nn.Module:
             decoder_inject_noise=(False,) * 5, upsample_residual=(False,) * 4, upsample_factor=(1,) * 4,
             timestep_conditioning=False, patch_size=1, patch_size_t=1, encoder_causal=True, decoder_causal=False,
         )
+    elif family == "hunyuan_video15":
+        vae = AutoencoderKLHunyuanVideo15(
+            latent_channels=4, block_out_channels=(8,) * 4, layers_per_block=1, spatial_compression_ratio=8,
+            temporal_compression_ratio=4,
+        )
     else:
         raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_PIPELINES)}.")
     return vae.eval()
@@ -118,8 +131,10 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
     (UMT5 encoder, ``FlowMatchEulerDiscreteScheduler``), with ``two_transformers=True`` a Wan 2.2 A14B-style pipeline
     with ``transformer_2`` (seed ``seed + 1``) and ``boundary_ratio=0.875`` (so with 2 steps, step 0 runs
     ``transformer`` and step 1 ``transformer_2``); ``"hunyuan_video"``: ``HunyuanVideoPipeline`` (Llama + CLIP
-    encoders); ``"ltx_video"``: ``LTXPipeline`` (T5 encoder, 4x spatial / 4x temporal VAE, unpatched latents). The
-    transformers are :func:`tiny_transformer` (float32, eval). Call it with :func:`tiny_pipeline_inputs`.
+    encoders); ``"ltx_video"``: ``LTXPipeline`` (T5 encoder, 4x spatial / 4x temporal VAE, unpatched latents);
+    ``"hunyuan_video15"``: ``HunyuanVideo15Pipeline`` (Qwen2.5-VL text model + ByT5 encoders, a
+    ``ClassifierFreeGuidance`` guider, 9-channel T2V transformer input, fixed 1000 + 256 text tokens). The transformers
+    are :func:`tiny_transformer` (float32, eval). Call it with :func:`tiny_pipeline_inputs`.
 
     Example:
         >>> pipe = tiny_pipeline("wan", two_transformers=True)
@@ -180,6 +195,8 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
             transformer_2=tiny_transformer(family, num_layers=num_layers, seed=seed + 1) if two_transformers else None,
             boundary_ratio=0.875 if two_transformers else None,
         )
+    elif family == "hunyuan_video15":
+        pipe = _tiny_hunyuan_video15(transformer, vae)
     else:
         ids = dict(vocab_size=TINY_TEXT_VOCAB_SIZE, pad_token_id=0, bos_token_id=3, eos_token_id=1)
         llama = LlamaConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=2,
@@ -201,10 +218,55 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
     return pipe
 
 
+def _tiny_hunyuan_video15(transformer, vae):
+    """``HunyuanVideo15Pipeline`` around ``transformer`` and ``vae``; the text encoders are drawn from the current seed.
+
+    The pipeline renders its chat template, pads it to ``tokenizer_max_length + crop_start`` (1000 + 108) tokens and
+    drops the first ``crop_start`` hidden states (the system prompt of the real Qwen template). The tiny template
+    stands a run of ``crop_start`` ``<s>`` tokens in for that system prompt, so the crop leaves the user prompt and
+    an end-of-turn ``</s>`` (an empty negative prompt keeps one valid token, as with the real template). The
+    MLLM embedding is ``hidden_states[-3]``: 3 Qwen layers make it the output of a layer, not the token embedding.
+    ByT5 runs only on quoted (glyph) text in the prompt.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, HunyuanVideo15Pipeline
+    from diffusers.guiders import ClassifierFreeGuidance
+    from transformers import ByT5Tokenizer, Qwen2_5_VLTextConfig, Qwen2_5_VLTextModel, T5Config, T5EncoderModel
+
+    head_dim = 8
+    qwen = Qwen2_5_VLTextConfig(
+        vocab_size=TINY_TEXT_VOCAB_SIZE, hidden_size=transformer.config.text_embed_dim, intermediate_size=32,
+        num_hidden_layers=3, num_attention_heads=transformer.config.text_embed_dim // head_dim, num_key_value_heads=2,
+        head_dim=head_dim, max_position_embeddings=2048, pad_token_id=0, bos_token_id=3, eos_token_id=1,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]},  # sums to 4
+    )
+    byt5_tokenizer = ByT5Tokenizer()  # byte-level: no vocabulary file
+    byt5 = T5Config(vocab_size=len(byt5_tokenizer), d_model=transformer.config.text_embed_2_dim, d_kv=4, d_ff=16,
+                    num_layers=1, num_heads=2, relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+                    decoder_start_token_id=0)
+    pipe = HunyuanVideo15Pipeline(
+        text_encoder=Qwen2_5_VLTextModel(qwen).eval(),
+        tokenizer=tiny_tokenizer(add_eos=False),
+        transformer=transformer,
+        vae=vae,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0),
+        text_encoder_2=T5EncoderModel(byt5).eval(),
+        tokenizer_2=byt5_tokenizer,
+        guider=ClassifierFreeGuidance(guidance_scale=6.0),
+    )
+    pipe.tokenizer.chat_template = (
+        "{{ '<s> ' * %d }}{%% for message in messages %%}{%% if message['role'] == 'user' %%}"
+        "{{ message['content'] }} </s>{%% endif %%}{%% endfor %%}" % pipe.prompt_template_encode_start_idx
+    )
+    return pipe
+
+
 def tiny_pipeline_inputs(pipe, seed: int = 0, num_frames: int = 13, size: int = 32, steps: int = 2,
                          output_type: str = "latent") -> dict:
     """Call arguments for a pipeline from :func:`tiny_pipeline`: 13 frames (4 latent frames) of ``size x size``
     pixels (``4 x 4`` latent, 4 tokens a frame after 2x2 patching), ``steps`` steps, 8 text tokens, seeded.
+
+    ``HunyuanVideo15Pipeline`` has fixed text lengths (no ``max_sequence_length``); its prompt quotes a glyph text so
+    that the ByT5 encoder runs too.
 
     Example:
         >>> pipe = tiny_pipeline("cogvideox")
@@ -223,4 +285,7 @@ def tiny_pipeline_inputs(pipe, seed: int = 0, num_frames: int = 13, size: int = 
     )
     if type(pipe).__name__.endswith("HunyuanVideoPipeline"):
         kwargs["prompt_template"] = {"template": "{}", "crop_start": 0}
+    if type(pipe).__name__.endswith("HunyuanVideo15Pipeline"):
+        del kwargs["max_sequence_length"]
+        kwargs["prompt"] += ' by a sign that says "bamboo"'
     return kwargs
