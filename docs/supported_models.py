@@ -32,8 +32,10 @@ MORE_TESTS = {
     "HunyuanVideoTransformer3DModel": "every kernel incl. the padding mask, pipeline, search, analysis, MLCD, KD, "
     "Ulysses, CUDA; I2V `token_replace` config",
     "SkyReelsV2Transformer3DModel": "diffusion forcing (block-causal mask AND tile mask)",
-    "HunyuanVideo15Transformer3DModel": "padded text (outer-product mask as key padding, `test_dropin.py`)",
-    "LTXVideoTransformer3DModel": "`torch.compile(fullgraph=True)`",
+    "HunyuanVideo15Transformer3DModel": "padded text (outer-product mask as key padding, `test_dropin.py`), "
+    "pipeline from_pipe / save / load and search (`test_families_stages.py`)",
+    "LTXVideoTransformer3DModel": "`torch.compile(fullgraph=True)`, pipeline from_pipe / save / load and search "
+    "(`test_families_stages.py`), Ulysses",
     "MochiTransformer3DModel": "per-sample valid text (padded batch)",
 }
 BENCHMARKS = {
