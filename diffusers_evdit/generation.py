@@ -265,6 +265,9 @@ def _patch(config) -> tuple[int, int, int]:
 
 
 def _uses_cfg(pipe, settings: dict) -> bool:
+    guider = getattr(pipe, "guider", None)  # pipelines whose guidance is a component (HunyuanVideo 1.5)
+    if guider is not None:
+        return float(getattr(guider, "guidance_scale", 0) or 0) > 1.0
     if "true_cfg_scale" in inspect.signature(pipe.__call__).parameters:  # HunyuanVideo: embedded guidance
         return False
     return float(settings.get("guidance_scale") or 0) > 1.0
@@ -294,7 +297,8 @@ def estimate_work(pipe, settings: dict, sparsity: float = 0.0) -> WorkEstimate:
     tokens_per_frame = (int(settings["height"]) // ss // ph) * (int(settings["width"]) // ss // pw)
     text = 0
     if family_for(transformer).text_position != "none":
-        text = int(settings.get("max_sequence_length") or 226)
+        # the call's text length, else a fixed one the pipeline keeps (HunyuanVideo 1.5: 1000), else CogVideoX's 226
+        text = int(settings.get("max_sequence_length") or getattr(pipe, "tokenizer_max_length", None) or 226)
     steps = int(settings.get("num_inference_steps") or 50)
     calls = 2 if _uses_cfg(pipe, settings) else 1
     n = frames * tokens_per_frame + text

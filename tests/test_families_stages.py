@@ -60,3 +60,20 @@ def test_pipeline_save_load_round_trip_on_new_families(tmp_path, name, transform
     again = loaded(**tiny_pipeline_inputs(loaded)).frames
     assert torch.allclose(again, out, atol=1e-4, rtol=1e-4)  # weights re-read from safetensors: ~1e-6 rounding
     assert (out - dense).abs().max() > 1e-4  # the plan changed the output
+
+
+def test_work_estimate_of_hunyuan_video15_counts_its_guider_calls_and_fixed_text_length():
+    """``evdit generate``'s work line on a pipeline whose guidance is a component and whose text length is fixed:
+    checked against the transformer calls of a real run and the text length they carry."""
+    from diffusers_evdit.generation import estimate_work
+
+    pipe = tiny_pipeline("hunyuan_video15")
+    texts = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: texts.append(kwargs["encoder_hidden_states"].shape[1]), with_kwargs=True)
+    call = tiny_pipeline_inputs(pipe)
+    pipe(**call)
+    work = estimate_work(pipe, {k: call[k] for k in ("num_frames", "height", "width", "num_inference_steps")})
+    assert work.transformer_calls == len(texts) == 4  # 2 steps x (conditional + unconditional)
+    assert work.text_tokens == texts[0] == 1000
+    assert (work.latent_frames, work.tokens_per_frame) == (4, 16)
