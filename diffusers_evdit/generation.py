@@ -25,8 +25,10 @@ __all__ = [
     "LEGACY_GENERATION_FILE",
     "GenerationDefaults",
     "WorkEstimate",
+    "call_arguments",
     "device_flops",
     "estimate_work",
+    "guider_scale",
     "pipeline_call_defaults",
     "resolve_call",
 ]
@@ -186,13 +188,48 @@ def pipeline_call_defaults(pipe) -> dict:
     return out
 
 
+def guider_scale(pipe) -> float | None:
+    """The guidance scale of a pipeline whose classifier-free guidance is a component (``pipe.guider``: HunyuanVideo
+    1.5) rather than a ``__call__`` argument; ``None`` for other pipelines.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> guider_scale(tiny_pipeline("wan")) is None
+        True
+    """
+    guider = getattr(pipe, "guider", None)
+    if guider is None or not hasattr(guider, "guidance_scale"):
+        return None
+    if "guidance_scale" in inspect.signature(pipe.__call__).parameters:
+        return None
+    return float(guider.guidance_scale)
+
+
+def call_arguments(pipe, settings: dict) -> dict:
+    """``pipe(**call_arguments(pipe, settings))``: the settings of :func:`resolve_call` as call arguments. A guider
+    pipeline's ``guidance_scale`` is not an argument: it goes onto ``pipe.guider`` (a new guider, ``guider.new``).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> pipe = tiny_pipeline("wan")
+        >>> sorted(call_arguments(pipe, {"num_frames": 9, "guidance_scale": 5.0, "fps": 8}))
+        ['guidance_scale', 'num_frames']
+    """
+    call = {k: v for k, v in settings.items() if k != "fps"}
+    if guider_scale(pipe) is not None and "guidance_scale" in call:
+        scale = float(call.pop("guidance_scale"))
+        if scale != guider_scale(pipe):
+            pipe.guider = pipe.guider.new(guidance_scale=scale)
+    return call
+
+
 def resolve_call(pipe, defaults: GenerationDefaults | None = None, **overrides) -> tuple[dict, dict]:
     """The generation settings of one call and where each came from.
 
     Order: ``overrides`` (not ``None``) > ``defaults`` (default: ``pipe.generation_defaults``) > the pipeline's
     ``__call__`` defaults. Returns ``(settings, sources)``: ``settings`` has the call keys the pipeline takes plus
-    ``fps``; ``sources[key]`` is ``"argument"``, ``"model"`` or ``"pipeline"``. Raises ``ValueError`` for an
-    override the pipeline's ``__call__`` does not take.
+    ``fps`` (and ``guidance_scale`` for a pipeline with a guider, see :func:`call_arguments`); ``sources[key]`` is
+    ``"argument"``, ``"model"`` or ``"pipeline"``. Raises ``ValueError`` for an override the pipeline does not take.
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_pipeline
@@ -202,13 +239,17 @@ def resolve_call(pipe, defaults: GenerationDefaults | None = None, **overrides) 
     """
     if defaults is None:
         defaults = getattr(pipe, "generation_defaults", None)
-    params = inspect.signature(pipe.__call__).parameters
+    params = set(inspect.signature(pipe.__call__).parameters)
     settings, sources = {}, {}
     for key, value in pipeline_call_defaults(pipe).items():
         settings[key], sources[key] = value, "pipeline"
+    if guider_scale(pipe) is not None:
+        params.add("guidance_scale")
+        settings["guidance_scale"], sources["guidance_scale"] = guider_scale(pipe), "pipeline"
     if defaults is not None:
-        for key, value in defaults.call_kwargs(pipe).items():
-            settings[key], sources[key] = value, "model"
+        for key, value in defaults.call_kwargs().items():
+            if key in params:
+                settings[key], sources[key] = value, "model"
     settings["fps"], sources["fps"] = (defaults.fps, "model") if defaults and defaults.config.fps else (DEFAULT_FPS,
                                                                                                       "pipeline")
     for key, value in overrides.items():
@@ -265,9 +306,8 @@ def _patch(config) -> tuple[int, int, int]:
 
 
 def _uses_cfg(pipe, settings: dict) -> bool:
-    guider = getattr(pipe, "guider", None)  # pipelines whose guidance is a component (HunyuanVideo 1.5)
-    if guider is not None:
-        return float(getattr(guider, "guidance_scale", 0) or 0) > 1.0
+    if guider_scale(pipe) is not None:  # guidance is a component (HunyuanVideo 1.5)
+        return float(settings.get("guidance_scale", guider_scale(pipe))) > 1.0
     if "true_cfg_scale" in inspect.signature(pipe.__call__).parameters:  # HunyuanVideo: embedded guidance
         return False
     return float(settings.get("guidance_scale") or 0) > 1.0

@@ -77,3 +77,30 @@ def test_work_estimate_of_hunyuan_video15_counts_its_guider_calls_and_fixed_text
     assert work.transformer_calls == len(texts) == 4  # 2 steps x (conditional + unconditional)
     assert work.text_tokens == texts[0] == 1000
     assert (work.latent_frames, work.tokens_per_frame) == (4, 16)
+
+
+def test_generate_guidance_scale_goes_onto_the_guider_of_hunyuan_video15(tmp_path, capsys):
+    """``evdit generate --guidance-scale`` on a pipeline whose guidance is a component: the scale reaches the guider
+    (1.0 turns classifier-free guidance off: one transformer call a step, as the work line says)."""
+    from diffusers_evdit.cli import main
+    from diffusers_evdit.generation import call_arguments, estimate_work, resolve_call
+
+    pipe = tiny_pipeline("hunyuan_video15")
+    settings, sources = resolve_call(pipe)
+    assert (settings["guidance_scale"], sources["guidance_scale"]) == (6.0, "pipeline")
+    settings = resolve_call(pipe, num_frames=13, height=32, width=32, num_inference_steps=2, guidance_scale=1.0)[0]
+    call = call_arguments(pipe, settings)
+    assert "guidance_scale" not in call and "fps" not in call and pipe.guider.guidance_scale == 1.0
+    calls = []
+    pipe.transformer.register_forward_pre_hook(lambda module, args: calls.append(1))
+    pipe(prompt="a red panda", output_type="latent", **call)
+    assert len(calls) == estimate_work(pipe, settings).transformer_calls == 2  # guidance off: one call a step
+
+    EfficientVDiTPipeline.from_pipe(tiny_pipeline("hunyuan_video15")).save_pretrained(tmp_path / "model")
+    argv = ["generate", "--model", str(tmp_path / "model"), "--prompt", "a red panda", "--frames", "13", "--height",
+            "32", "--width", "32", "--steps", "2", "--out", str(tmp_path / "v.gif")]
+    assert main([*argv, "--guidance-scale", "1.0"]) == 0
+    printed = capsys.readouterr().out
+    assert "guidance_scale=1.0 (flag)" in printed and "2 steps x 1 = 2 transformer calls" in printed
+    assert main(argv) == 0
+    assert "2 steps x 2 = 4 transformer calls" in capsys.readouterr().out

@@ -165,7 +165,7 @@ def _cmd_generate(args) -> int:
 
     import torch
 
-    from ..generation import device_flops, estimate_work, resolve_call
+    from ..generation import call_arguments, device_flops, estimate_work, resolve_call
     from ..layout import TileLayout
     from ..pipeline import EfficientVDiTPipeline
     from ..plan import MaskPlan
@@ -227,7 +227,7 @@ def _cmd_generate(args) -> int:
         guidance_scale=args.guidance_scale, negative_prompt=args.negative_prompt, fps=args.fps,
     )
     fps = int(settings.pop("fps"))
-    call = {"prompt": args.prompt, "output_type": "pil", **settings}
+    call = {"prompt": args.prompt, "output_type": "pil", **call_arguments(pipe, settings)}
     if args.seed is None and args.cp > 1:
         args.seed = 0  # every rank must start from the same noise
         say("--cp: no --seed given, using seed 0 on every rank")
@@ -318,7 +318,8 @@ def register(sub) -> None:
     gen.add_argument("--frames", type=int, default=None, help=f"video frames ({model_default})")
     gen.add_argument("--height", type=int, default=None, help=f"pixels ({model_default})")
     gen.add_argument("--width", type=int, default=None, help=f"pixels ({model_default})")
-    gen.add_argument("--guidance-scale", type=float, default=None, help=model_default)
+    gen.add_argument("--guidance-scale", type=float, default=None,
+                     help=f"classifier-free guidance; set on pipe.guider where the pipeline has one ({model_default})")
     gen.add_argument("--seed", type=int, default=None)
     gen.add_argument("--fps", type=int, default=None, help="frames per second of the file (default: the model's, 8)")
     gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
