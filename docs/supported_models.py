@@ -31,7 +31,8 @@ MORE_TESTS = {
     "`torch.compile`, threads (`test_dropin.py`), the demo model and notebooks 01/02",
     "HunyuanVideoTransformer3DModel": "every kernel incl. the padding mask, pipeline, search, analysis, MLCD, KD, "
     "Ulysses, CUDA; I2V `token_replace` config",
-    "SkyReelsV2Transformer3DModel": "diffusion forcing (block-causal mask AND tile mask)",
+    "SkyReelsV2Transformer3DModel": "diffusion forcing (block-causal mask AND tile mask); text-to-video pipeline, "
+    "MLCD (predictor against the pipeline's own sampling, `test_mlcd.py`)",
     "HunyuanVideo15Transformer3DModel": "padded text (outer-product mask as key padding, `test_dropin.py`), "
     "pipeline from_pipe / save / load and search (`test_families_stages.py`)",
     "LTXVideoTransformer3DModel": "`torch.compile(fullgraph=True)`, pipeline from_pipe / save / load and search "

@@ -107,7 +107,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g = p.add_argument_group("teacher and distillation")
     g.add_argument("--teacher", required=True,
                    help="teacher pipeline: a folder (or Hub id) of a CogVideoX / Wan / HunyuanVideo pipeline, or "
-                        "tiny:cogvideox | tiny:wan | tiny:hunyuan_video (tiny random pipeline, for tests)")
+                        "tiny:cogvideox | tiny:wan | tiny:hunyuan_video | tiny:skyreels_v2 (tiny random pipeline, for tests)")
     g.add_argument("--revision", default=None, help="Hub revision of --teacher")
     g.add_argument("--teacher_steps", type=int, default=None,
                    help="N, the teacher's step count the segments split (default: the teacher's default steps, from "

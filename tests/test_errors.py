@@ -477,7 +477,7 @@ CASES = [
             "CUDA); the saved plan runs with the fast kernel at inference.", "Train with"),
     Refusal("distill-family", "distillation", "an LTX-Video transformer for MLCD / KD (`TransformerPredictor`)",
             _distill_family, NotImplementedError,
-            "Distillation (MLCD, KD) supports CogVideoX, Wan and HunyuanVideo transformers, not "
+            "Distillation (MLCD, KD) supports CogVideoX, Wan, HunyuanVideo and SkyReels-V2 transformers, not "
             "LTXVideoTransformer3DModel; mask plans (apply_mask_plan, EfficientVDiTPipeline) still work on it, "
             "undistilled.", "mask plans (apply_mask_plan, EfficientVDiTPipeline) still work"),
     Refusal("video-frames", "distillation", "8-frame videos for a video VAE", _video_frames, ValueError,

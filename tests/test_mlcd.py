@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
@@ -22,6 +23,7 @@ from diffusers import (
 
 from diffusers_evdit import EfficientVDiTPipeline
 from diffusers_evdit.data import SyntheticVideoDataset, save_video_folder
+from diffusers_evdit.distill.common import call_default
 from diffusers_evdit.mlcd import (
     DiffusionGrid,
     MLCDPoints,
@@ -249,7 +251,7 @@ def test_guidance_batched_equals_two_calls():
 # ------------------------------------------------------------------------------------- family adapters (tiny)
 
 
-@pytest.mark.parametrize("family", ["cogvideox", "wan", "hunyuan_video"])
+@pytest.mark.parametrize("family", ["cogvideox", "wan", "hunyuan_video", "skyreels_v2"])
 def test_predictor_and_milestone_sampler_reproduce_the_pipeline(family):
     """S = N segments with TransformerPredictor + the grid give the pipeline's own latents (adapter kwargs right)."""
     pipe = tiny_pipeline(family)
@@ -263,12 +265,12 @@ def test_predictor_and_milestone_sampler_reproduce_the_pipeline(family):
         uncond, w = None, 1.0
     else:
         grid = DiffusionGrid.from_scheduler(pipe.scheduler, 2)
-        uncond, w = encode_prompts(pipe, [""], max_sequence_length=8), (6.0 if family == "cogvideox" else 5.0)
+        uncond, w = encode_prompts(pipe, [""], max_sequence_length=8), call_default(pipe, "guidance_scale")
     got = MLCDSchedule(grid, 2).sample(predict, noise, cond, uncond, w)
     torch.testing.assert_close(got, ref.float(), rtol=1e-5, atol=1e-4 if family == "cogvideox" else 1e-5)
 
 
-@pytest.mark.parametrize("family", ["wan", "cogvideox"])
+@pytest.mark.parametrize("family", ["wan", "cogvideox", "skyreels_v2"])
 def test_cached_posteriors_give_the_latents_of_the_vae(family):
     """encode_video_posteriors is the VAE posterior in the transformer's layout and scale (reference: the VAE's own
     DiagonalGaussianDistribution and the pipelines' normalisation, written out here), and --cache_latents' LatentCache
@@ -279,7 +281,7 @@ def test_cached_posteriors_give_the_latents_of_the_vae(family):
     dist = pipe.vae.encode(videos).latent_dist
     z = dist.sample(torch.Generator().manual_seed(1))
     cfg = pipe.vae.config
-    if family == "wan":
+    if family != "cogvideox":  # Wan's VAE (SkyReels-V2 too)
         shift = torch.tensor(cfg.latents_mean).view(1, -1, 1, 1, 1)
         scale = torch.tensor(cfg.latents_std).view(1, -1, 1, 1, 1)
         ref_mean, ref_x0 = (dist.mean - shift) / scale, (z - shift) / scale
@@ -582,3 +584,17 @@ def test_validation_videos_use_the_negative_prompt_only_under_real_guidance(tmp_
     paths = videos.log("student", out, step=7)
     assert [Path(p).name for p in paths] == ["student-step000007-0.gif", "student-step000007-1.gif"]
     assert all(Path(p).is_file() for p in paths)
+
+
+def test_train_script_distils_a_skyreels_v2_pipeline_and_refuses_ltx_video(tmp_path):
+    """A family beyond the first three end to end: two MLCD steps on SkyReels-V2 save a student that loads and samples
+    in S steps; a family the predictor cannot drive stops before training, naming the class."""
+    common = [*TINY_ARGS, "--num_segments", 2, "--checkpointing_steps", 0, "--validation_steps", 0,
+              "--no_final_validation", "--max_train_steps", 2]
+    result = run_script(["--teacher", "tiny:skyreels_v2", *common, "--output_dir", tmp_path / "sky"])
+    assert len(result["losses"]) == 2 and all(math.isfinite(row["loss"]) for row in result["losses"])
+    pipe = EfficientVDiTPipeline.from_pretrained(tmp_path / "sky")
+    assert type(pipe.transformer).__name__ == "SkyReelsV2Transformer3DModel" and pipe.scheduler.mlcd_num_steps == 2
+    with pytest.raises(NotImplementedError, match="LTXVideoTransformer3DModel"):
+        run_script(["--teacher", "tiny:ltx_video", *common, "--output_dir", tmp_path / "ltx"])
+    assert not (tmp_path / "ltx" / "model_index.json").exists()

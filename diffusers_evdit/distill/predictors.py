@@ -25,7 +25,9 @@ __all__ = [
 
 
 #: Transformer families whose pipeline calls, text conditioning and latent scaling the distillation code reproduces.
-PREDICTOR_FAMILIES = ("cogvideox", "wan", "hunyuan_video")
+PREDICTOR_FAMILIES = ("cogvideox", "wan", "hunyuan_video", "skyreels_v2")
+#: Families called, conditioned and scaled as Wan is (SkyReels-V2 text-to-video: a Wan transformer and VAE).
+WAN_LIKE = ("wan", "skyreels_v2")
 
 
 def check_predictor_family(transformer: nn.Module) -> str:
@@ -41,9 +43,14 @@ def check_predictor_family(transformer: nn.Module) -> str:
     """
     module = unwrap(transformer)
     family = family_for(module).name
+    if family == "skyreels_v2" and (module.config.get("num_frame_per_block") or 1) > 1:
+        raise NotImplementedError(
+            "Distillation of diffusion-forcing SkyReels-V2 transformers (num_frame_per_block > 1: per-frame "
+            "timesteps) is not supported; distil a text-to-video SkyReels-V2 model. Mask plans still work on it."
+        )
     if family not in PREDICTOR_FAMILIES:
         raise NotImplementedError(
-            f"Distillation (MLCD, KD) supports CogVideoX, Wan and HunyuanVideo transformers, not "
+            f"Distillation (MLCD, KD) supports CogVideoX, Wan, HunyuanVideo and SkyReels-V2 transformers, not "
             f"{type(module).__name__}; mask plans (apply_mask_plan, EfficientVDiTPipeline) still work on it, "
             "undistilled."
         )
@@ -51,14 +58,14 @@ def check_predictor_family(transformer: nn.Module) -> str:
 
 
 class TransformerPredictor:
-    """``predict(latents, timesteps, cond)`` for a diffusers CogVideoX, Wan or HunyuanVideo transformer.
+    """``predict(latents, timesteps, cond)`` for a diffusers CogVideoX, Wan, HunyuanVideo or SkyReels-V2 transformer.
 
     Calls the transformer with the keyword arguments its pipeline uses:
 
     * CogVideoX: latents ``(B, F, C, H, W)``, ``cond = {"encoder_hidden_states"}``; ``image_rotary_emb`` is computed
       as ``CogVideoXPipeline._prepare_rotary_positional_embeddings`` does (1.0 and 1.5 layouts) and cached;
       integer timesteps.
-    * Wan: latents ``(B, C, F, H, W)``, ``cond = {"encoder_hidden_states"}``.
+    * Wan and SkyReels-V2 (text-to-video): latents ``(B, C, F, H, W)``, ``cond = {"encoder_hidden_states"}``.
     * HunyuanVideo: latents ``(B, C, F, H, W)``, ``cond = {"encoder_hidden_states", "encoder_attention_mask",
       "pooled_projections"}``; ``guidance = embedded_guidance_scale * 1000`` (the pipeline's ``guidance_scale``,
       default 6.0) when the transformer has guidance embeddings.
@@ -148,7 +155,7 @@ class TransformerPredictor:
             if config.use_rotary_positional_embeddings:
                 kwargs["image_rotary_emb"] = self._cogvideox_rope(f, h, w, latents.device)
             timestep = timesteps.long()
-        elif self.family == "wan":
+        elif self.family in WAN_LIKE:
             timestep = timesteps.float()
         else:  # hunyuan_video
             timestep = timesteps.float()
@@ -238,7 +245,7 @@ def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, t
             scale = vae.config.scaling_factor
             return ((mean * scale).permute(0, 2, 1, 3, 4).contiguous(),
                     (std * scale).permute(0, 2, 1, 3, 4).contiguous())
-        if family == "wan":
+        if family in WAN_LIKE:
             shift = torch.tensor(vae.config.latents_mean, device=mean.device, dtype=mean.dtype).view(1, -1, 1, 1, 1)
             scale = torch.tensor(vae.config.latents_std, device=mean.device, dtype=mean.dtype).view(1, -1, 1, 1, 1)
             return (mean - shift) / scale, std / scale

@@ -304,12 +304,12 @@ def load_pipeline(spec: str, mask_plan: str | None = None, revision: str | None 
     from ..pipeline import EfficientVDiTPipeline
 
     if spec.startswith(TINY_PREFIX):
-        from ..tiny import TINY_FAMILIES, tiny_pipeline
+        from ..tiny import TINY_PIPELINES, tiny_pipeline
 
         family = spec[len(TINY_PREFIX):]
-        if family not in TINY_FAMILIES:
+        if family not in TINY_PIPELINES:
             raise SystemExit(f"{spec}: unknown tiny family; use one of "
-                             f"{', '.join(TINY_PREFIX + f for f in TINY_FAMILIES)}")
+                             f"{', '.join(TINY_PREFIX + f for f in TINY_PIPELINES)}")
         return EfficientVDiTPipeline.from_pipe(tiny_pipeline(family))
     if os.path.isdir(spec) and not os.path.isfile(os.path.join(spec, "model_index.json")):
         raise SystemExit(f"{spec}: not a pipeline folder (no model_index.json)")

@@ -7,8 +7,9 @@ import torch
 
 from .models import TINY_FAMILIES, tiny_transformer
 
-# families with a tiny pipeline (LTX-Video: 4x spatial VAE; HunyuanVideo 1.5: fixed 1000 + 256 text tokens)
-TINY_PIPELINES = TINY_FAMILIES + ("ltx_video", "hunyuan_video15")
+# families with a tiny pipeline (LTX-Video: 4x spatial VAE; HunyuanVideo 1.5: fixed 1000 + 256 text tokens; SkyReels-V2:
+# Wan's components)
+TINY_PIPELINES = TINY_FAMILIES + ("ltx_video", "hunyuan_video15", "skyreels_v2")
 
 TINY_VOCAB = (
     "a an the of and in on with to is are at by from it this that dog cat panda fox bird fish horse monkey red blue "
@@ -79,7 +80,7 @@ def tiny_vae(family: str, seed: int = 0) -> torch.nn.Module:
             norm_num_groups=2,
             temporal_compression_ratio=4,
         )
-    elif family == "wan":
+    elif family in ("wan", "skyreels_v2"):
         vae = AutoencoderKLWan(
             base_dim=3,
             z_dim=4,
@@ -133,7 +134,8 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
     ``transformer`` and step 1 ``transformer_2``); ``"hunyuan_video"``: ``HunyuanVideoPipeline`` (Llama + CLIP
     encoders); ``"ltx_video"``: ``LTXPipeline`` (T5 encoder, 4x spatial / 4x temporal VAE, unpatched latents);
     ``"hunyuan_video15"``: ``HunyuanVideo15Pipeline`` (Qwen2.5-VL text model + ByT5 encoders, a
-    ``ClassifierFreeGuidance`` guider, 9-channel T2V transformer input, fixed 1000 + 256 text tokens). The transformers
+    ``ClassifierFreeGuidance`` guider, 9-channel T2V transformer input, fixed 1000 + 256 text tokens); ``"skyreels_v2"``:
+    ``SkyReelsV2Pipeline`` (Wan's components; prompts are cleaned with ``ftfy``). The transformers
     are :func:`tiny_transformer` (float32, eval). Call it with :func:`tiny_pipeline_inputs`.
 
     Example:
@@ -147,6 +149,7 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
         FlowMatchEulerDiscreteScheduler,
         HunyuanVideoPipeline,
         LTXPipeline,
+        SkyReelsV2Pipeline,
         WanPipeline,
     )
     from transformers import (
@@ -197,6 +200,14 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
         )
     elif family == "hunyuan_video15":
         pipe = _tiny_hunyuan_video15(transformer, vae)
+    elif family == "skyreels_v2":
+        pipe = SkyReelsV2Pipeline(
+            tokenizer=tiny_tokenizer(),
+            text_encoder=UMT5EncoderModel(UMT5Config(**t5)).eval(),
+            vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),  # as the tiny Wan: MLCD's grid steps as it does
+            transformer=transformer,
+        )
     else:
         ids = dict(vocab_size=TINY_TEXT_VOCAB_SIZE, pad_token_id=0, bos_token_id=3, eos_token_id=1)
         llama = LlamaConfig(hidden_size=16, intermediate_size=32, num_attention_heads=2, num_key_value_heads=2,
