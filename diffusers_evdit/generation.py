@@ -216,9 +216,10 @@ def call_arguments(pipe, settings: dict) -> dict:
         ['guidance_scale', 'num_frames']
     """
     call = {k: v for k, v in settings.items() if k != "fps"}
-    if guider_scale(pipe) is not None and "guidance_scale" in call:
+    current = guider_scale(pipe)
+    if current is not None and "guidance_scale" in call:
         scale = float(call.pop("guidance_scale"))
-        if scale != guider_scale(pipe):
+        if scale != current:
             pipe.guider = pipe.guider.new(guidance_scale=scale)
     return call
 
@@ -243,9 +244,10 @@ def resolve_call(pipe, defaults: GenerationDefaults | None = None, **overrides) 
     settings, sources = {}, {}
     for key, value in pipeline_call_defaults(pipe).items():
         settings[key], sources[key] = value, "pipeline"
-    if guider_scale(pipe) is not None:
+    guided = guider_scale(pipe)
+    if guided is not None:
         params.add("guidance_scale")
-        settings["guidance_scale"], sources["guidance_scale"] = guider_scale(pipe), "pipeline"
+        settings["guidance_scale"], sources["guidance_scale"] = guided, "pipeline"
     if defaults is not None:
         for key, value in defaults.call_kwargs().items():
             if key in params:
@@ -306,8 +308,9 @@ def _patch(config) -> tuple[int, int, int]:
 
 
 def _uses_cfg(pipe, settings: dict) -> bool:
-    if guider_scale(pipe) is not None:  # guidance is a component (HunyuanVideo 1.5)
-        return float(settings.get("guidance_scale", guider_scale(pipe))) > 1.0
+    guided = guider_scale(pipe)
+    if guided is not None:  # guidance is a component (HunyuanVideo 1.5)
+        return float(settings.get("guidance_scale", guided)) > 1.0
     if "true_cfg_scale" in inspect.signature(pipe.__call__).parameters:  # HunyuanVideo: embedded guidance
         return False
     return float(settings.get("guidance_scale") or 0) > 1.0

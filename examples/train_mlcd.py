@@ -106,8 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     g = p.add_argument_group("teacher and distillation")
     g.add_argument("--teacher", required=True,
-                   help="teacher pipeline: a folder (or Hub id) of a CogVideoX / Wan / HunyuanVideo pipeline, or "
-                        "tiny:cogvideox | tiny:wan | tiny:hunyuan_video | tiny:skyreels_v2 (tiny random pipeline, for tests)")
+                   help="teacher pipeline: a folder (or Hub id) of a CogVideoX / Wan / HunyuanVideo / SkyReels-V2 "
+                        "pipeline, or tiny:cogvideox | tiny:wan | tiny:hunyuan_video | tiny:skyreels_v2 (tiny random "
+                        "pipeline, for tests)")
     g.add_argument("--revision", default=None, help="Hub revision of --teacher")
     g.add_argument("--teacher_steps", type=int, default=None,
                    help="N, the teacher's step count the segments split (default: the teacher's default steps, from "
@@ -192,8 +193,8 @@ def main(argv=None) -> dict:
     pipe = load_pipeline(args.teacher, revision=args.revision)
     is_tiny = args.teacher.startswith(TINY_PREFIX)
     pipe.set_progress_bar_config(disable=True)
-    family = mlcd.check_predictor_family(pipe.transformer)  # refuses families distillation cannot drive
-    base_predictor = mlcd.TransformerPredictor.from_pipeline(pipe)  # refuses unsupported pipelines early
+    base_predictor = mlcd.TransformerPredictor.from_pipeline(pipe)  # refuses unsupported pipelines and families early
+    family = base_predictor.family
     # generation settings: flags, else the teacher folder's evdit_demo.json, else the pipeline's defaults
     saved = read_folder_json(args.teacher, "evdit_demo.json")
     args.num_frames = args.num_frames or saved.get("num_frames", 29)

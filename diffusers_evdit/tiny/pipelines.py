@@ -134,9 +134,9 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
     ``transformer`` and step 1 ``transformer_2``); ``"hunyuan_video"``: ``HunyuanVideoPipeline`` (Llama + CLIP
     encoders); ``"ltx_video"``: ``LTXPipeline`` (T5 encoder, 4x spatial / 4x temporal VAE, unpatched latents);
     ``"hunyuan_video15"``: ``HunyuanVideo15Pipeline`` (Qwen2.5-VL text model + ByT5 encoders, a
-    ``ClassifierFreeGuidance`` guider, 9-channel T2V transformer input, fixed 1000 + 256 text tokens); ``"skyreels_v2"``:
-    ``SkyReelsV2Pipeline`` (Wan's components; prompts are cleaned with ``ftfy``). The transformers
-    are :func:`tiny_transformer` (float32, eval). Call it with :func:`tiny_pipeline_inputs`.
+    ``ClassifierFreeGuidance`` guider, 9-channel T2V transformer input, fixed 1000 + 256 text tokens);
+    ``"skyreels_v2"``: ``SkyReelsV2Pipeline`` (Wan's components; prompts are cleaned with ``ftfy``). The
+    transformers are :func:`tiny_transformer` (float32, eval). Call it with :func:`tiny_pipeline_inputs`.
 
     Example:
         >>> pipe = tiny_pipeline("wan", two_transformers=True)
