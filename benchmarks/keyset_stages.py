@@ -12,6 +12,10 @@ several processes::
 ``TileAttention`` writes the key and value sets of inference calls into buffers it keeps between calls;
 ``--fresh-gathers`` makes new tensors every call instead (as before 2026-12-07), to tell page faults apart from the
 rest of the slow mode.
+
+``staged_keysets`` is a copy of ``keyset_tile_attention``'s body with timers between its stages;
+``tests/test_keysets.py`` checks it against the kernel and a float64 reference, so a change to the kernel that the
+copy misses fails there.
 """
 
 from __future__ import annotations
@@ -77,7 +81,21 @@ def main(argv=None) -> dict:
     layout = TileLayout(8, 64)
     q, k, v = (torch.randn(1, layout.seq_len, 4, 64).transpose(1, 2) for _ in range(3))  # the processors' memory
     totals = {name: [0.0, 0] for name in STAGES}
-    kernels.keyset_tile_attention = staged_keysets(totals, args.fresh_gathers)
+    stock = kernels.keyset_tile_attention
+    kernels.keyset_tile_attention = staged_keysets(totals, args.fresh_gathers)  # what TileAttention("keysets") runs
+    try:
+        out = _time(args, layout, q, k, v, totals)
+    finally:
+        kernels.keyset_tile_attention = stock
+    print(json.dumps(out) if args.json else
+          f"k={args.k}: dense {out['dense_us']:.0f} us, masked {out['masked_vs_dense']:.3f}x, keysets "
+          f"{out['keysets_vs_dense']:.3f}x; keysets' stages (us) {out['stage_us']}, page faults a call "
+          f"{out['stage_faults']}")
+    return out
+
+
+def _time(args, layout, q, k, v, totals: dict) -> dict:
+    """Interleaved rounds of dense, masked and keysets; keysets' stage totals per call."""
     keysets, masked = TileAttention("keysets"), TileAttention("masked")
     fns = {"dense": lambda: F.scaled_dot_product_attention(q, k, v),
            "masked": lambda: masked(q, k, v, layout, args.k), "keysets": lambda: keysets(q, k, v, layout, args.k)}
@@ -96,17 +114,12 @@ def main(argv=None) -> dict:
             seconds[name].append((time.perf_counter() - t0) / c)
             calls += c if name == "keysets" else 0
     dense = statistics.median(seconds["dense"])
-    out = {"k": args.k, "threads": args.threads, "fresh_gathers": args.fresh_gathers,
-           "dense_us": round(1e6 * dense, 1),
-           "masked_vs_dense": round(dense / statistics.median(seconds["masked"]), 3),
-           "keysets_vs_dense": round(dense / statistics.median(seconds["keysets"]), 3),
-           "stage_us": {n: round(1e6 * s / calls, 1) for n, (s, _) in totals.items()},
-           "stage_faults": {n: round(f / calls, 1) for n, (_, f) in totals.items()}}
-    print(json.dumps(out) if args.json else
-          f"k={args.k}: dense {out['dense_us']:.0f} us, masked {out['masked_vs_dense']:.3f}x, keysets "
-          f"{out['keysets_vs_dense']:.3f}x; keysets' stages (us) {out['stage_us']}, page faults a call "
-          f"{out['stage_faults']}")
-    return out
+    return {"k": args.k, "threads": args.threads, "fresh_gathers": args.fresh_gathers,
+            "dense_us": round(1e6 * dense, 1),
+            "masked_vs_dense": round(dense / statistics.median(seconds["masked"]), 3),
+            "keysets_vs_dense": round(dense / statistics.median(seconds["keysets"]), 3),
+            "stage_us": {n: round(1e6 * s / calls, 1) for n, (s, _) in totals.items()},
+            "stage_faults": {n: round(f / calls, 1) for n, (_, f) in totals.items()}}
 
 
 if __name__ == "__main__":

@@ -235,3 +235,44 @@ def test_kept_key_set_buffers_are_bounded(monkeypatch):
             out = att(q, k, v, layout, k_ref)
             assert (out.double() - _reference(q, k, v, paper_mask(7, 5, 0, False, k_ref))).abs().max() < 2e-6
             assert len(att._keyset_buffers) <= 2
+
+
+def _keyset_stages_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "keyset_stages.py"
+    spec = importlib.util.spec_from_file_location("keyset_stages", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+
+
+@pytest.mark.parametrize("fresh", [False, True])
+def test_keyset_stages_benchmark_times_the_kernel_it_claims(fresh):
+    """benchmarks/keyset_stages.py times a copy of keyset_tile_attention's body with timers between its stages: the
+    copy must give the kernel's result (float64 reference) on every layout and k, fill every stage, and the script
+    must put the stock kernel back when it is done."""
+    import diffusers_evdit.kernels as kernels
+
+    script = _keyset_stages_script()
+    for case in LAYOUTS:
+        frames, tpf, nt, pos = case
+        layout = TileLayout(frames, tpf, nt, pos)
+        q, k, v = _inputs(layout, 2, 3, 16, seed=frames, stride="transposed")
+        for k_ref in range(1, frames - 1):
+            plan = keyset_plan(layout, k_ref, q.device)
+            totals = {name: [0.0, 0] for name in script.STAGES}
+            buffers = None
+            if not fresh:
+                buffers = tuple(torch.empty(s) for s in (kernels.keysets.gather_buffer_shapes(k, v, plan)))
+            out = script.staged_keysets(totals, fresh)(q, k, v, plan, 0.3, buffers)
+            assert torch.equal(out, keyset_tile_attention(q, k, v, plan, 0.3)), (case, k_ref)
+            ref = _reference(q, k, v, paper_mask(frames, tpf, nt, pos == "first", k_ref), scale=0.3)
+            assert (out.double() - ref).abs().max() < 2e-6, (case, k_ref)
+            assert all(seconds > 0 for seconds, _ in totals.values()), totals
+    stock = kernels.keyset_tile_attention
+    result = script.main(["--k", "4", "--threads", str(torch.get_num_threads()), "--rounds", "1", "--round-s",
+                          "0.01", "--json"] + (["--fresh-gathers"] if fresh else []))
+    assert kernels.keyset_tile_attention is stock
+    assert set(result["stage_us"]) == set(script.STAGES) and result["keysets_vs_dense"] > 0
