@@ -108,7 +108,7 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=10, help="CUDA-synchronised steps a variant a round (their mean)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    if not torch.cuda.is_available() or not walk_available():
+    if not torch.cuda.is_available() or not walk_available("cuda"):
         raise SystemExit("walk_step_pinning.py needs a CUDA GPU with Triton")
     torch.backends.cuda.matmul.allow_tf32 = True
     rows = [row for name in args.models for row in bench(MODELS[name], args.rounds, args.steps)]
