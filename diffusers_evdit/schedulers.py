@@ -4,8 +4,8 @@ A pipeline distilled with multi-step latent consistency distillation (:mod:`diff
 deterministic jump per segment: from milestone ``t_S`` (pure noise) to ``t_{S-1}``, ..., to ``t_0`` (clean). The
 stock diffusers schedulers do exactly these jumps when given the milestones:
 
-* flow matching (Wan, HunyuanVideo): ``FlowMatchEulerDiscreteScheduler`` with the milestone sigmas. Its Euler step
-  ``x + (sigma_next - sigma) * v`` is the exact jump for a velocity prediction;
+* flow matching (Wan, HunyuanVideo, SkyReels-V2, LTX-Video): ``FlowMatchEulerDiscreteScheduler`` with the milestone
+  sigmas. Its Euler step ``x + (sigma_next - sigma) * v`` is the exact jump for a velocity prediction;
 * DDPM-style (CogVideoX, epsilon / v-prediction / sample): the DDIM step ``a_s * x0 + s_s * eps`` between consecutive
   milestones, with CogVideoX's noise schedule (``snr_shift_scale``, zero terminal SNR).
 
@@ -95,7 +95,8 @@ def _note_requested_steps(scheduler, requested: int | None, num_steps: int) -> N
 
 
 class MLCDFlowMatchEulerScheduler(FlowMatchEulerDiscreteScheduler):
-    """``FlowMatchEulerDiscreteScheduler`` that samples at fixed MLCD milestones (Wan, HunyuanVideo students).
+    """``FlowMatchEulerDiscreteScheduler`` that samples at fixed MLCD milestones (Wan, HunyuanVideo, SkyReels-V2 and
+    LTX-Video students).
 
     ``mlcd_sigmas`` are the ``S`` milestone sigmas, descending, *as used* (already shifted: they are not shifted
     again); the terminal sigma 0 is appended. ``mlcd_timesteps`` are the transformer timesteps at those milestones

@@ -36,7 +36,8 @@ MORE_TESTS = {
     "HunyuanVideo15Transformer3DModel": "padded text (outer-product mask as key padding, `test_dropin.py`), "
     "pipeline from_pipe / save / load and search (`test_families_stages.py`)",
     "LTXVideoTransformer3DModel": "`torch.compile(fullgraph=True)`, pipeline from_pipe / save / load and search "
-    "(`test_families_stages.py`), Ulysses",
+    "(`test_families_stages.py`), Ulysses, MLCD and KD (predictor against the pipeline's own sampling, "
+    "`test_ltx_distill.py`)",
     "MochiTransformer3DModel": "per-sample valid text (padded batch)",
 }
 BENCHMARKS = {

@@ -87,9 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     g = p.add_argument_group("teacher, student and loss")
     g.add_argument("--teacher", default=None,
-                   help="dense teacher pipeline: a folder of a CogVideoX / Wan / HunyuanVideo / SkyReels-V2 pipeline "
-                        "(its saved plan is ignored), or tiny:cogvideox | tiny:wan | tiny:hunyuan_video | "
-                        "tiny:skyreels_v2 (random, for tests)")
+                   help="dense teacher pipeline: a folder of a CogVideoX / Wan / HunyuanVideo / SkyReels-V2 / "
+                        "LTX-Video pipeline (its saved plan is ignored), or tiny:cogvideox | tiny:wan | "
+                        "tiny:hunyuan_video | tiny:skyreels_v2 | tiny:ltx_video (random, for tests)")
     g.add_argument("--student", default=None,
                    help="pipeline folder to start the student from (default: a copy of --teacher); its saved plan is "
                         "used unless --plan is given")
@@ -227,8 +227,8 @@ def main(argv=None) -> dict:
     args.height = args.height or saved.get("height", 128)
     args.width = args.width or saved.get("width", 128)
     args.validation_fps = args.validation_fps or saved.get("fps", 8)
-    if (args.num_frames - 1) % 4:
-        raise SystemExit(f"num_frames must be 4k+1 for the video VAEs, got {args.num_frames}")
+    if problem := mlcd.num_frames_error(pipe, args.num_frames):  # LTX-Video's VAE takes 8k + 1
+        raise SystemExit(f"--num_frames: {problem}")
     gen_steps = saved.get("num_inference_steps") or call_default(pipe, "num_inference_steps", 50)
     gen_guidance = saved.get("guidance_scale")
     if gen_guidance is None:
@@ -274,8 +274,8 @@ def main(argv=None) -> dict:
                 guidance = mlcd_cfg.get("teacher_guidance_scale")
             if guidance is None:
                 guidance = solver_saved.get("guidance_scale") or call_default(solver_pipe, "guidance_scale", 1.0)
-        grid = mlcd.DiffusionGrid.from_scheduler(teacher_scheduler, int(teacher_steps),
-                                                 sigmas=mlcd.pipeline_sigmas(family, int(teacher_steps)))
+        grid = mlcd.pipeline_grid(solver_pipe, teacher_steps, args.num_frames, args.height, args.width,
+                                  teacher_scheduler)
         schedule = mlcd.MLCDSchedule(grid, int(num_segments), int(solver_steps))
         save_scheduler = schedule.inference_scheduler(teacher_scheduler)
         out_steps = int(num_segments)
@@ -283,8 +283,7 @@ def main(argv=None) -> dict:
     else:
         grid_steps = args.grid_steps or int(gen_steps)
         base_sched = stock_scheduler(pipe.scheduler)
-        grid = mlcd.DiffusionGrid.from_scheduler(base_sched, grid_steps,
-                                                 sigmas=mlcd.pipeline_sigmas(family, grid_steps))
+        grid = mlcd.pipeline_grid(pipe, grid_steps, args.num_frames, args.height, args.width, base_sched)
         if family == "hunyuan_video":
             embedded = args.embedded_guidance_scale or gen_guidance or 6.0
 

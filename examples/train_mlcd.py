@@ -106,9 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     g = p.add_argument_group("teacher and distillation")
     g.add_argument("--teacher", required=True,
-                   help="teacher pipeline: a folder (or Hub id) of a CogVideoX / Wan / HunyuanVideo / SkyReels-V2 "
-                        "pipeline, or tiny:cogvideox | tiny:wan | tiny:hunyuan_video | tiny:skyreels_v2 (tiny random "
-                        "pipeline, for tests)")
+                   help="teacher pipeline: a folder (or Hub id) of a CogVideoX / Wan / HunyuanVideo / SkyReels-V2 / "
+                        "LTX-Video pipeline, or tiny:cogvideox | tiny:wan | tiny:hunyuan_video | tiny:skyreels_v2 | "
+                        "tiny:ltx_video (tiny random pipeline, for tests)")
     g.add_argument("--revision", default=None, help="Hub revision of --teacher")
     g.add_argument("--teacher_steps", type=int, default=None,
                    help="N, the teacher's step count the segments split (default: the teacher's default steps, from "
@@ -201,8 +201,8 @@ def main(argv=None) -> dict:
     args.height = args.height or saved.get("height", 128)
     args.width = args.width or saved.get("width", 128)
     args.validation_fps = args.validation_fps or saved.get("fps", 8)
-    if (args.num_frames - 1) % 4:
-        raise SystemExit(f"num_frames must be 4k+1 for the video VAEs, got {args.num_frames}")
+    if problem := mlcd.num_frames_error(pipe, args.num_frames):  # LTX-Video's VAE takes 8k + 1
+        raise SystemExit(f"--num_frames: {problem}")
     base_steps = saved.get("num_inference_steps") or call_default(pipe, "num_inference_steps", 50)
     teacher_steps = args.teacher_steps or base_steps
     if family == "hunyuan_video":
@@ -220,8 +220,7 @@ def main(argv=None) -> dict:
     max_seq = args.max_sequence_length or saved.get("max_sequence_length") or call_default(
         pipe, "max_sequence_length", 226)
     teacher_scheduler = stock_scheduler(pipe.scheduler)
-    grid = mlcd.DiffusionGrid.from_scheduler(teacher_scheduler, teacher_steps,
-                                             sigmas=mlcd.pipeline_sigmas(family, teacher_steps))
+    grid = mlcd.pipeline_grid(pipe, teacher_steps, args.num_frames, args.height, args.width, teacher_scheduler)
     schedules = {s: mlcd.MLCDSchedule(grid, s, args.solver_steps) for s in sorted(set(args.segment_schedule))}
 
     orig_dtypes = freeze_components(pipe, args.teacher, device, weight_dtype)

@@ -283,7 +283,7 @@ def _walk_kernel_training(tmp):
 
 
 def _distill_family(tmp):
-    transformer = tiny_transformer("ltx_video")
+    transformer = tiny_transformer("mochi")
     with unchanged(transformer):
         TransformerPredictor(transformer)
 
@@ -475,10 +475,10 @@ CASES = [
             "The student's tile kernel is 'walk', whose backward pass is not exact. Train with "
             "apply_mask_plan(student, plan) (kernel='auto' picks an exact one) or kernel='gathered' (or 'flex' on "
             "CUDA); the saved plan runs with the fast kernel at inference.", "Train with"),
-    Refusal("distill-family", "distillation", "an LTX-Video transformer for MLCD / KD (`TransformerPredictor`)",
+    Refusal("distill-family", "distillation", "a Mochi transformer for MLCD / KD (`TransformerPredictor`)",
             _distill_family, NotImplementedError,
-            "Distillation (MLCD, KD) supports CogVideoX, Wan, HunyuanVideo and SkyReels-V2 transformers, not "
-            "LTXVideoTransformer3DModel; mask plans (apply_mask_plan, EfficientVDiTPipeline) still work on it, "
+            "Distillation (MLCD, KD) supports CogVideoX, Wan, HunyuanVideo, SkyReels-V2 and LTX-Video transformers, "
+            "not MochiTransformer3DModel; mask plans (apply_mask_plan, EfficientVDiTPipeline) still work on it, "
             "undistilled.", "mask plans (apply_mask_plan, EfficientVDiTPipeline) still work"),
     Refusal("video-frames", "distillation", "8-frame videos for a video VAE", _video_frames, ValueError,
             "The video VAEs need 4k + 1 frames, got 8; use e.g. 5.", "use e.g. 5"),

@@ -586,7 +586,7 @@ def test_validation_videos_use_the_negative_prompt_only_under_real_guidance(tmp_
     assert all(Path(p).is_file() for p in paths)
 
 
-def test_train_script_distils_a_skyreels_v2_pipeline_and_refuses_ltx_video(tmp_path):
+def test_train_script_distils_a_skyreels_v2_pipeline_and_refuses_hunyuan_video15(tmp_path):
     """A family beyond the first three end to end: two MLCD steps on SkyReels-V2 save a student that loads and samples
     in S steps; a family the predictor cannot drive stops before training, naming the class."""
     common = [*TINY_ARGS, "--num_segments", 2, "--checkpointing_steps", 0, "--validation_steps", 0,
@@ -595,6 +595,6 @@ def test_train_script_distils_a_skyreels_v2_pipeline_and_refuses_ltx_video(tmp_p
     assert len(result["losses"]) == 2 and all(math.isfinite(row["loss"]) for row in result["losses"])
     pipe = EfficientVDiTPipeline.from_pretrained(tmp_path / "sky")
     assert type(pipe.transformer).__name__ == "SkyReelsV2Transformer3DModel" and pipe.scheduler.mlcd_num_steps == 2
-    with pytest.raises(NotImplementedError, match="LTXVideoTransformer3DModel"):
-        run_script(["--teacher", "tiny:ltx_video", *common, "--output_dir", tmp_path / "ltx"])
-    assert not (tmp_path / "ltx" / "model_index.json").exists()
+    with pytest.raises(NotImplementedError, match="HunyuanVideo15Transformer3DModel"):
+        run_script(["--teacher", "tiny:hunyuan_video15", *common, "--output_dir", tmp_path / "hv15"])
+    assert not (tmp_path / "hv15" / "model_index.json").exists()

@@ -69,7 +69,7 @@ def kd_layers(transformer: nn.Module) -> list[KDLayer]:
         else:
             raise TypeError(
                 f"{type(block).__name__} ({block_name}) has no MLP module (ff / ffn / act_mlp); knowledge distillation "
-                "supports the CogVideoX, Wan and HunyuanVideo blocks of diffusers."
+                "supports the CogVideoX, Wan, HunyuanVideo and LTX-Video blocks of diffusers."
             )
     return layers
 

@@ -1,7 +1,7 @@
 """The teacher's sampling grid and the exact deterministic DDIM / Euler jump on it (MLCD and KD share them).
 
 ``x_t = a(t) x0 + s(t) eps``. DDPM-style models (CogVideoX): ``a = sqrt(alphas_cumprod)``,
-``s = sqrt(1 - alphas_cumprod)``, epsilon / v / sample prediction. Flow matching (Wan, HunyuanVideo):
+``s = sqrt(1 - alphas_cumprod)``, epsilon / v / sample prediction. Flow matching (Wan, HunyuanVideo, LTX-Video):
 ``x_t = (1 - sigma) x0 + sigma eps``, the model predicts the velocity ``v = eps - x0`` and the jump is the Euler step
 ``x + (sigma_s - sigma_t) v``, exact for the predicted velocity.
 """
@@ -17,19 +17,48 @@ import torch
 from ..schedulers import is_ddpm_scheduler, is_flow_scheduler, stock_scheduler
 from .common import PREDICTION_TYPES, broadcast_coefficients, check_prediction_type
 
-__all__ = ["PREDICTION_TYPES", "DiffusionGrid", "ddim_jump", "pipeline_sigmas", "predicted_x0_and_noise"]
+__all__ = ["PREDICTION_TYPES", "DiffusionGrid", "ddim_jump", "pipeline_mu", "pipeline_sigmas",
+           "predicted_x0_and_noise"]
 
 
 def pipeline_sigmas(family: str, num_steps: int) -> list[float] | None:
     """The custom sigmas a family's diffusers pipeline passes to its scheduler for ``num_steps`` steps (the
-    ``sigmas`` of :meth:`DiffusionGrid.from_scheduler`): HunyuanVideo passes ``linspace(1, 0, N + 1)[:-1]``; the
-    others call ``set_timesteps(N)`` (``None``).
+    ``sigmas`` of :meth:`DiffusionGrid.from_scheduler`): HunyuanVideo passes ``linspace(1, 0, N + 1)[:-1]``,
+    LTX-Video ``linspace(1, 1 / N, N)``; the others call ``set_timesteps(N)`` (``None``).
 
     Example:
-        >>> pipeline_sigmas("hunyuan_video", 4), pipeline_sigmas("wan", 4)
-        ([1.0, 0.75, 0.5, 0.25], None)
+        >>> pipeline_sigmas("hunyuan_video", 4), pipeline_sigmas("ltx_video", 4), pipeline_sigmas("wan", 4)
+        ([1.0, 0.75, 0.5, 0.25], [1.0, 0.75, 0.5, 0.25], None)
     """
-    return np.linspace(1.0, 0.0, num_steps + 1)[:-1].tolist() if family == "hunyuan_video" else None
+    if family == "hunyuan_video":
+        return np.linspace(1.0, 0.0, num_steps + 1)[:-1].tolist()
+    if family == "ltx_video":
+        return np.linspace(1.0, 1.0 / num_steps, num_steps).tolist()
+    return None
+
+
+def pipeline_mu(family: str, scheduler, video_sequence_length: int) -> float | None:
+    """The ``mu`` (dynamic-shifting parameter, the ``mu`` of :meth:`DiffusionGrid.from_scheduler`) a family's
+    diffusers pipeline passes to ``scheduler``: LTX-Video's ``calculate_shift`` of the latent video's
+    ``frames x height x width`` with the scheduler's ``base_image_seq_len``, ``max_image_seq_len``, ``base_shift``
+    and ``max_shift`` (diffusers' defaults where the config has none); the others pass none (``None``). A scheduler
+    without ``use_dynamic_shifting`` ignores it.
+
+    Example:
+        >>> from diffusers import FlowMatchEulerDiscreteScheduler
+        >>> sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+        ...                                         base_image_seq_len=1024, max_image_seq_len=4096)
+        >>> round(pipeline_mu("ltx_video", sched, 4096), 4), pipeline_mu("wan", sched, 4096)
+        (2.05, None)
+    """
+    if family != "ltx_video":
+        return None
+    from diffusers.pipelines.ltx.pipeline_ltx import calculate_shift
+
+    config = scheduler.config
+    return calculate_shift(video_sequence_length, config.get("base_image_seq_len", 256),
+                           config.get("max_image_seq_len", 4096), config.get("base_shift", 0.5),
+                           config.get("max_shift", 1.15))
 
 
 def predicted_x0_and_noise(
@@ -159,9 +188,10 @@ class DiffusionGrid:
                 ``prediction_type`` ``epsilon`` / ``v_prediction`` / ``sample`` (``CogVideoXDDIMScheduler``,
                 ``CogVideoXDPMScheduler``, ``DDIMScheduler``, ...).
             num_steps: ``N``, the teacher's step count (e.g. 50).
-            sigmas: flow matching: custom pre-shift sigmas as the pipeline passes them (HunyuanVideo passes
-                ``linspace(1, 0, N + 1)[:-1]``); ``None``: ``set_timesteps(N)`` as in Wan.
-            mu: flow matching with ``use_dynamic_shifting``: the shift parameter the pipeline would pass.
+            sigmas: flow matching: custom pre-shift sigmas as the pipeline passes them (:func:`pipeline_sigmas`:
+                HunyuanVideo passes ``linspace(1, 0, N + 1)[:-1]``); ``None``: ``set_timesteps(N)`` as in Wan.
+            mu: flow matching with ``use_dynamic_shifting``: the shift parameter the pipeline would pass
+                (:func:`pipeline_mu`: LTX-Video's depends on the latent video's size).
 
         Example:
             >>> from diffusers import FlowMatchEulerDiscreteScheduler

@@ -23,6 +23,9 @@ mean over all elements of its tensors.
   ``to_add_out``; MLP = the ``ff`` (video) and ``ff_context`` (text) outputs.
 * HunyuanVideo single-stream blocks: attention = ``attn`` output ``(video, text)`` (pre-only: no output
   projection); MLP = ``act_mlp(proj_mlp(x))``, the MLP branch before the ``proj_out`` it shares with attention.
+* LTX-Video (``LTXVideoTransformerBlock``): attention = ``attn1`` output (video self-attention, after ``to_out``,
+  before ``gate_msa``; the text cross-attention ``attn2`` is not a plan layer and is not captured); MLP = ``ff``
+  output (before ``gate_mlp``).
 
 **Kernels.** The student trains with a kernel whose backward pass is exact: ``"auto"`` (default; under autograd
 it picks ``split``, whose backward reuses each key set's dense backward), ``"split"``, ``"gathered"`` or ``"flex"``

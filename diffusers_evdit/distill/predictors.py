@@ -11,6 +11,7 @@ from torch import nn
 
 from ..processors import family_for
 from .common import call_default, unwrap
+from .grid import DiffusionGrid, pipeline_mu, pipeline_sigmas
 
 __all__ = [
     "PREDICTOR_FAMILIES",
@@ -21,11 +22,13 @@ __all__ = [
     "encode_prompts",
     "encode_video_posteriors",
     "encode_videos",
+    "num_frames_error",
+    "pipeline_grid",
 ]
 
 
 #: Transformer families whose pipeline calls, text conditioning and latent scaling the distillation code reproduces.
-PREDICTOR_FAMILIES = ("cogvideox", "wan", "hunyuan_video", "skyreels_v2")
+PREDICTOR_FAMILIES = ("cogvideox", "wan", "hunyuan_video", "skyreels_v2", "ltx_video")
 #: Families called, conditioned and scaled as Wan is (SkyReels-V2 text-to-video: a Wan transformer and VAE).
 WAN_LIKE = ("wan", "skyreels_v2")
 
@@ -50,15 +53,16 @@ def check_predictor_family(transformer: nn.Module) -> str:
         )
     if family not in PREDICTOR_FAMILIES:
         raise NotImplementedError(
-            f"Distillation (MLCD, KD) supports CogVideoX, Wan, HunyuanVideo and SkyReels-V2 transformers, not "
-            f"{type(module).__name__}; mask plans (apply_mask_plan, EfficientVDiTPipeline) still work on it, "
+            "Distillation (MLCD, KD) supports CogVideoX, Wan, HunyuanVideo, SkyReels-V2 and LTX-Video transformers, "
+            f"not {type(module).__name__}; mask plans (apply_mask_plan, EfficientVDiTPipeline) still work on it, "
             "undistilled."
         )
     return family
 
 
 class TransformerPredictor:
-    """``predict(latents, timesteps, cond)`` for a diffusers CogVideoX, Wan, HunyuanVideo or SkyReels-V2 transformer.
+    """``predict(latents, timesteps, cond)`` for a diffusers CogVideoX, Wan, HunyuanVideo, SkyReels-V2 or LTX-Video
+    transformer.
 
     Calls the transformer with the keyword arguments its pipeline uses:
 
@@ -69,6 +73,10 @@ class TransformerPredictor:
     * HunyuanVideo: latents ``(B, C, F, H, W)``, ``cond = {"encoder_hidden_states", "encoder_attention_mask",
       "pooled_projections"}``; ``guidance = embedded_guidance_scale * 1000`` (the pipeline's ``guidance_scale``,
       default 6.0) when the transformer has guidance embeddings.
+    * LTX-Video: latents ``(B, C, F, H, W)``, packed into tokens with ``LTXPipeline._pack_latents`` (the transformer's
+      ``patch_size`` / ``patch_size_t``) and the output unpacked back with ``_unpack_latents``;
+      ``cond = {"encoder_hidden_states", "encoder_attention_mask"}``; the latent grid size (``num_frames``,
+      ``height``, ``width``) and ``rope_interpolation_scale`` are passed as ``LTXPipeline`` passes them.
 
     Latents and conditioning tensors are cast to the transformer's dtype, as the pipelines do; the output is in the
     transformer's dtype. ``transformer`` may be wrapped (DDP, ``torch.compile``): it is called as given and its
@@ -79,6 +87,9 @@ class TransformerPredictor:
         embedded_guidance_scale: HunyuanVideo's embedded guidance.
         vae_scale_factor_spatial: CogVideoX: the VAE's spatial factor (8), for the RoPE crop region.
         attention_kwargs: passed to the transformer (e.g. LoRA scale).
+        rope_interpolation_scale: LTX-Video: ``(temporal / frame_rate, spatial, spatial)`` with the VAE's
+            compression ratios, as ``LTXPipeline`` computes it (:meth:`from_pipeline` reads them from the pipeline's
+            VAE, at its default ``frame_rate`` 25); ``None``: LTXPipeline's values without a VAE, ``(8 / 25, 32, 32)``.
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_transformer
@@ -89,12 +100,16 @@ class TransformerPredictor:
     """
 
     def __init__(self, transformer: nn.Module, embedded_guidance_scale: float = 6.0,
-                 vae_scale_factor_spatial: int = 8, attention_kwargs: dict | None = None):
+                 vae_scale_factor_spatial: int = 8, attention_kwargs: dict | None = None,
+                 rope_interpolation_scale: tuple[float, float, float] | None = None):
         self.transformer = transformer
         self.family = check_predictor_family(transformer)
         self.embedded_guidance_scale = float(embedded_guidance_scale)
         self.vae_scale_factor_spatial = int(vae_scale_factor_spatial)
         self.attention_kwargs = attention_kwargs
+        if rope_interpolation_scale is None:
+            rope_interpolation_scale = (8 / 25, 32, 32)
+        self.rope_interpolation_scale = tuple(rope_interpolation_scale)
         self._rope_cache: dict = {}
 
     @property
@@ -113,7 +128,7 @@ class TransformerPredictor:
     def with_transformer(self, transformer: nn.Module) -> "TransformerPredictor":
         """The same settings on another transformer of the same family (student / target / teacher)."""
         other = TransformerPredictor(transformer, self.embedded_guidance_scale, self.vae_scale_factor_spatial,
-                                     self.attention_kwargs)
+                                     self.attention_kwargs, self.rope_interpolation_scale)
         if other.family != self.family:
             raise TypeError(f"Expected a {self.family} transformer, got a {other.family} one.")
         return other
@@ -157,6 +172,8 @@ class TransformerPredictor:
             timestep = timesteps.long()
         elif self.family in WAN_LIKE:
             timestep = timesteps.float()
+        elif self.family == "ltx_video":
+            return self._ltx_video(latents.to(dtype), timesteps.float(), kwargs)
         else:  # hunyuan_video
             timestep = timesteps.float()
             if "encoder_attention_mask" not in kwargs or "pooled_projections" not in kwargs:
@@ -167,9 +184,26 @@ class TransformerPredictor:
         return self.transformer(hidden_states=latents.to(dtype), timestep=timestep,
                                 attention_kwargs=self.attention_kwargs, return_dict=False, **kwargs)[0]
 
+    def _ltx_video(self, latents: torch.Tensor, timestep: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """LTXPipeline's transformer call on 5-D latents: packed to tokens, unpacked back to ``(B, C, F, H, W)``."""
+        from diffusers import LTXPipeline
+
+        if "encoder_attention_mask" not in kwargs:
+            raise TypeError("LTX-Video needs cond['encoder_attention_mask'] (see encode_prompts).")
+        config = self.module.config
+        p, p_t = config.patch_size, config.patch_size_t
+        _, _, f, h, w = latents.shape
+        frames, height, width = f // p_t, h // p, w // p  # the token grid (LTX-Video: patch size 1, the latent's)
+        out = self.transformer(hidden_states=LTXPipeline._pack_latents(latents, p, p_t), timestep=timestep,
+                               num_frames=frames, height=height, width=width,
+                               rope_interpolation_scale=self.rope_interpolation_scale,
+                               attention_kwargs=self.attention_kwargs, return_dict=False, **kwargs)[0]
+        return LTXPipeline._unpack_latents(out, frames, height, width, p, p_t)
+
     @classmethod
     def from_pipeline(cls, pipe, transformer: nn.Module | None = None, **kwargs) -> "TransformerPredictor":
-        """A predictor for ``pipe.transformer`` (or ``transformer``) with the pipeline's settings.
+        """A predictor for ``pipe.transformer`` (or ``transformer``) with the pipeline's settings (LTX-Video: the
+        ``rope_interpolation_scale`` of the pipeline's VAE at its default ``frame_rate``).
 
         Refuses pipelines this adapter cannot reproduce: Wan 2.2 with two experts (``transformer_2``) and Wan
         ``expand_timesteps`` (TI2V) pipelines.
@@ -182,8 +216,43 @@ class TransformerPredictor:
         if pipe.config.get("expand_timesteps", False):
             raise NotImplementedError("Wan pipelines with expand_timesteps=True (TI2V) are not supported by MLCD.")
         vsf = getattr(pipe, "vae_scale_factor_spatial", 8)
-        return cls(transformer if transformer is not None else pipe.transformer, vae_scale_factor_spatial=vsf,
-                   **kwargs)
+        predictor = cls(transformer if transformer is not None else pipe.transformer, vae_scale_factor_spatial=vsf,
+                        **kwargs)
+        if predictor.family == "ltx_video" and kwargs.get("rope_interpolation_scale") is None:
+            spatial = pipe.vae_spatial_compression_ratio
+            predictor.rope_interpolation_scale = (
+                pipe.vae_temporal_compression_ratio / call_default(pipe, "frame_rate", 25), spatial, spatial)
+        return predictor
+
+
+def pipeline_grid(pipe, num_steps: int, num_frames: int, height: int, width: int, scheduler=None) -> DiffusionGrid:
+    """The grid ``pipe`` samples on with ``num_steps`` steps of ``scheduler`` (default: ``pipe.scheduler``) for videos
+    of ``num_frames x height x width`` pixels: :meth:`DiffusionGrid.from_scheduler` with the pipeline's
+    :func:`pipeline_sigmas` and :func:`pipeline_mu`.
+
+    Only LTX-Video's grid depends on the size: its ``mu`` is computed from the latent video's
+    ``frames x height x width`` as ``LTXPipeline`` computes them (``(num_frames - 1) // temporal compression + 1``,
+    ``height // spatial compression``, ``width // spatial compression``), so a student distilled on this grid samples
+    on the teacher's timesteps at that resolution.
+
+    Example:
+        >>> from diffusers import FlowMatchEulerDiscreteScheduler
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> pipe = tiny_pipeline("ltx_video")
+        >>> sched = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_shift=0.95, max_shift=2.05,
+        ...                                         base_image_seq_len=1024, max_image_seq_len=4096)
+        >>> [round(s, 3) for s in pipeline_grid(pipe, 2, 13, 32, 32, sched).sigmas.tolist()]  # 4 x 8 x 8 latent
+        [1.0, 0.663, 0.0]
+    """
+    family = check_predictor_family(pipe.transformer)
+    scheduler = scheduler if scheduler is not None else pipe.scheduler
+    mu = None
+    if family == "ltx_video":
+        spatial = pipe.vae_spatial_compression_ratio
+        frames = (num_frames - 1) // pipe.vae_temporal_compression_ratio + 1
+        mu = pipeline_mu(family, scheduler, frames * (height // spatial) * (width // spatial))
+    return DiffusionGrid.from_scheduler(scheduler, int(num_steps), sigmas=pipeline_sigmas(family, int(num_steps)),
+                                        mu=mu)
 
 
 def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_sequence_length: int | None = None,
@@ -192,7 +261,8 @@ def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_se
 
     Uses ``pipe.encode_prompt`` with the pipeline's default ``max_sequence_length`` (and, for HunyuanVideo, its
     default ``prompt_template``) unless given. Returns ``{"encoder_hidden_states": ...}`` (CogVideoX, Wan) plus
-    ``"encoder_attention_mask"`` and ``"pooled_projections"`` (HunyuanVideo). Runs without gradients.
+    ``"encoder_attention_mask"`` (LTX-Video: the tokenizer's boolean mask) and ``"pooled_projections"``
+    (HunyuanVideo). Runs without gradients.
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_pipeline
@@ -211,9 +281,28 @@ def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_se
             embeds, pooled, mask = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, dtype=dtype,
                                                       max_sequence_length=msl, **kwargs)
             return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "pooled_projections": pooled}
+        if family == "ltx_video":
+            embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
+                                                    max_sequence_length=msl, device=device, dtype=dtype)
+            return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask}
         embeds, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False, max_sequence_length=msl,
                                        device=device, dtype=dtype)
         return {"encoder_hidden_states": embeds}
+
+
+def num_frames_error(pipe, num_frames: int) -> str | None:
+    """Why ``pipe``'s VAE cannot encode clips of ``num_frames`` frames, with the nearest count that works below it;
+    ``None`` where it can. The video VAEs take ``k n + 1`` frames, ``k`` their temporal compression: 4, LTX-Video's 8.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> num_frames_error(tiny_pipeline("wan"), 9), num_frames_error(tiny_pipeline("wan"), 8)
+        (None, 'The video VAEs need 4k + 1 frames, got 8; use e.g. 5.')
+    """
+    k = pipe.vae_temporal_compression_ratio if check_predictor_family(pipe.transformer) == "ltx_video" else 4
+    if (num_frames - 1) % k == 0:
+        return None
+    return f"The video VAEs need {k}k + 1 frames, got {num_frames}; use e.g. {k * ((num_frames - 1) // k) + 1}."
 
 
 def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,9 +323,9 @@ def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, t
         raise ValueError(f"videos must be (B, 3, T, H, W) in [-1, 1], got shape {tuple(videos.shape)}.")
     family = check_predictor_family(pipe.transformer)
     vae = pipe.vae
-    t = videos.shape[2]
-    if (t - 1) % 4 != 0:
-        raise ValueError(f"The video VAEs need 4k + 1 frames, got {t}; use e.g. {4 * ((t - 1) // 4) + 1}.")
+    problem = num_frames_error(pipe, videos.shape[2])
+    if problem:
+        raise ValueError(problem)
     param = next(vae.parameters())
     with torch.no_grad():
         dist = vae.encode(videos.to(device=param.device, dtype=param.dtype)).latent_dist
@@ -249,6 +338,12 @@ def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, t
             shift = torch.tensor(vae.config.latents_mean, device=mean.device, dtype=mean.dtype).view(1, -1, 1, 1, 1)
             scale = torch.tensor(vae.config.latents_std, device=mean.device, dtype=mean.dtype).view(1, -1, 1, 1, 1)
             return (mean - shift) / scale, std / scale
+        if family == "ltx_video":  # LTXPipeline._normalize_latents: (z - mean) * scaling_factor / std
+            from diffusers import LTXPipeline
+
+            sf = vae.config.scaling_factor
+            return (LTXPipeline._normalize_latents(mean, vae.latents_mean, vae.latents_std, sf),
+                    LTXPipeline._normalize_latents(std, torch.zeros_like(vae.latents_mean), vae.latents_std, sf))
         return mean * vae.config.scaling_factor, std * vae.config.scaling_factor
 
 
@@ -270,8 +365,10 @@ def encode_videos(pipe, videos: torch.Tensor, generator: torch.Generator | None 
     """Clean latents ``x0`` of pixel videos ``(B, 3, T, H, W)`` in [-1, 1], in the transformer's layout and scale.
 
     The inverse of each pipeline's decoding: CogVideoX ``z * scaling_factor`` permuted to ``(B, F, C, H, W)``; Wan
-    ``(z - latents_mean) / latents_std``; HunyuanVideo ``z * scaling_factor``. ``T`` must be ``4 k + 1`` for these
-    VAEs. ``sample_posterior=False`` uses the posterior mode. Runs without gradients, in the VAE's dtype.
+    ``(z - latents_mean) / latents_std``; HunyuanVideo ``z * scaling_factor``; LTX-Video
+    ``(z - latents_mean) * scaling_factor / latents_std`` (``LTXPipeline._normalize_latents``, unpacked
+    ``(B, C, F, H, W)``). ``T`` must be ``4 k + 1`` for these VAEs (LTX-Video: ``k`` is the VAE's temporal
+    compression, 8). ``sample_posterior=False`` uses the posterior mode. Runs without gradients, in the VAE's dtype.
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_pipeline
