@@ -28,7 +28,8 @@ MORE_TESTS = {
     "CogVideoXTransformer3DModel": "every kernel (`test_processors.py`), pipeline from_pipe / save / load / `evdit "
     "generate`, search, analysis, MLCD, KD, Ulysses (2 processes), CUDA (`test_gpu.py`)",
     "WanTransformer3DModel": "the same, plus Wan 2.2 `transformer_2`, LoRA, offloading, FirstBlockCache, "
-    "`torch.compile`, threads (`test_dropin.py`), the demo model and notebooks 01/02",
+    "`torch.compile`, threads (`test_dropin.py`), the demo model and notebooks 01/02; Wan 2.2 TI2V text-to-video "
+    "(`expand_timesteps`) MLCD and KD (predictor against the pipeline's own sampling, `test_wan22_ti2v_distill.py`)",
     "HunyuanVideoTransformer3DModel": "every kernel incl. the padding mask, pipeline, search, analysis, MLCD, KD, "
     "Ulysses, CUDA; I2V `token_replace` config",
     "SkyReelsV2Transformer3DModel": "diffusion forcing (block-causal mask AND tile mask); text-to-video pipeline, "

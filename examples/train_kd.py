@@ -314,8 +314,8 @@ def main(argv=None) -> dict:
                                                                             use_ema=task == "mlcd")
     kd.check_trainable_kernel(unwrapped)
 
-    base_predictor = mlcd.TransformerPredictor(unwrapped, embedded_guidance_scale=embedded,
-                                               vae_scale_factor_spatial=getattr(pipe, "vae_scale_factor_spatial", 8))
+    base_predictor = mlcd.TransformerPredictor.from_pipeline(pipe, transformer=unwrapped,  # Wan TI2V: per-token t
+                                                             embedded_guidance_scale=embedded)
     student_predict = base_predictor.with_transformer(student)
     plain_predict = base_predictor.with_transformer(unwrapped)
     student_capture = kd.LayerOutputCapture(unwrapped)

@@ -69,7 +69,11 @@ class TransformerPredictor:
     * CogVideoX: latents ``(B, F, C, H, W)``, ``cond = {"encoder_hidden_states"}``; ``image_rotary_emb`` is computed
       as ``CogVideoXPipeline._prepare_rotary_positional_embeddings`` does (1.0 and 1.5 layouts) and cached;
       integer timesteps.
-    * Wan and SkyReels-V2 (text-to-video): latents ``(B, C, F, H, W)``, ``cond = {"encoder_hidden_states"}``.
+    * Wan and SkyReels-V2 (text-to-video): latents ``(B, C, F, H, W)``, ``cond = {"encoder_hidden_states"}``. With
+      ``expand_timesteps`` (Wan 2.2 TI2V-5B run text-to-video by ``WanPipeline(expand_timesteps=True)``) the
+      timestep is per token, ``(B, seq_len)``, each sample's timestep repeated over its
+      ``F / p_t * H / p_h * W / p_w`` tokens (the transformer's ``patch_size``), as the pipeline builds it from a
+      mask of ones (``(mask[0][0][:, ::2, ::2] * t).flatten()``, the same for Wan 2.2's ``(1, 2, 2)`` patches).
     * HunyuanVideo: latents ``(B, C, F, H, W)``, ``cond = {"encoder_hidden_states", "encoder_attention_mask",
       "pooled_projections"}``; ``guidance = embedded_guidance_scale * 1000`` (the pipeline's ``guidance_scale``,
       default 6.0) when the transformer has guidance embeddings.
@@ -90,6 +94,9 @@ class TransformerPredictor:
         rope_interpolation_scale: LTX-Video: ``(temporal / frame_rate, spatial, spatial)`` with the VAE's
             compression ratios, as ``LTXPipeline`` computes it (:meth:`from_pipeline` reads them from the pipeline's
             VAE, at its default ``frame_rate`` 25); ``None``: LTXPipeline's values without a VAE, ``(8 / 25, 32, 32)``.
+        expand_timesteps: Wan: per-token timesteps, as ``WanPipeline`` passes them when its config has
+            ``expand_timesteps`` (Wan 2.2 TI2V-5B; :meth:`from_pipeline` reads it). Text-to-video only: the image
+            conditioning of TI2V's image-to-video mode (clean first-frame latents at timestep 0) is not reproduced.
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_transformer
@@ -97,13 +104,22 @@ class TransformerPredictor:
         >>> cond = {"encoder_hidden_states": torch.randn(1, 7, 16)}
         >>> predict(torch.randn(1, 4, 2, 8, 8), torch.tensor([500.0]), cond).shape
         torch.Size([1, 4, 2, 8, 8])
+        >>> per_token = TransformerPredictor(tiny_transformer("wan"), expand_timesteps=True)
+        >>> per_token.wan_timestep(torch.randn(2, 4, 2, 8, 8), torch.tensor([900.0, 100.0])).shape  # 2 x 4 x 4 tokens
+        torch.Size([2, 32])
     """
 
     def __init__(self, transformer: nn.Module, embedded_guidance_scale: float = 6.0,
                  vae_scale_factor_spatial: int = 8, attention_kwargs: dict | None = None,
-                 rope_interpolation_scale: tuple[float, float, float] | None = None):
+                 rope_interpolation_scale: tuple[float, float, float] | None = None, expand_timesteps: bool = False):
         self.transformer = transformer
         self.family = check_predictor_family(transformer)
+        if expand_timesteps and self.family != "wan":
+            raise NotImplementedError(
+                f"expand_timesteps (per-token timesteps of WanPipeline, Wan 2.2 TI2V) is for Wan transformers, not "
+                f"{type(self.module).__name__}."
+            )
+        self.expand_timesteps = bool(expand_timesteps)
         self.embedded_guidance_scale = float(embedded_guidance_scale)
         self.vae_scale_factor_spatial = int(vae_scale_factor_spatial)
         self.attention_kwargs = attention_kwargs
@@ -128,7 +144,7 @@ class TransformerPredictor:
     def with_transformer(self, transformer: nn.Module) -> "TransformerPredictor":
         """The same settings on another transformer of the same family (student / target / teacher)."""
         other = TransformerPredictor(transformer, self.embedded_guidance_scale, self.vae_scale_factor_spatial,
-                                     self.attention_kwargs, self.rope_interpolation_scale)
+                                     self.attention_kwargs, self.rope_interpolation_scale, self.expand_timesteps)
         if other.family != self.family:
             raise TypeError(f"Expected a {self.family} transformer, got a {other.family} one.")
         return other
@@ -171,7 +187,7 @@ class TransformerPredictor:
                 kwargs["image_rotary_emb"] = self._cogvideox_rope(f, h, w, latents.device)
             timestep = timesteps.long()
         elif self.family in WAN_LIKE:
-            timestep = timesteps.float()
+            timestep = self.wan_timestep(latents, timesteps)
         elif self.family == "ltx_video":
             return self._ltx_video(latents.to(dtype), timesteps.float(), kwargs)
         else:  # hunyuan_video
@@ -183,6 +199,19 @@ class TransformerPredictor:
                                                 device=latents.device)
         return self.transformer(hidden_states=latents.to(dtype), timestep=timestep,
                                 attention_kwargs=self.attention_kwargs, return_dict=False, **kwargs)[0]
+
+    def wan_timestep(self, latents: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """Wan: the ``timestep`` argument its pipeline passes for ``(B,)`` timesteps on latents ``(B, C, F, H, W)``:
+        float ``(B,)``, or with ``expand_timesteps`` float ``(B, seq_len)``, each sample's timestep on each of its
+        ``(F // p_t) * (H // p_h) * (W // p_w)`` tokens."""
+        timesteps = torch.as_tensor(timesteps, device=latents.device).float()
+        if timesteps.ndim == 0:
+            timesteps = timesteps.expand(latents.shape[0])
+        if not self.expand_timesteps:
+            return timesteps
+        p_t, p_h, p_w = self.module.config.patch_size
+        _, _, f, h, w = latents.shape
+        return timesteps[:, None].expand(-1, (f // p_t) * (h // p_h) * (w // p_w))
 
     def _ltx_video(self, latents: torch.Tensor, timestep: torch.Tensor, kwargs: dict) -> torch.Tensor:
         """LTXPipeline's transformer call on 5-D latents: packed to tokens, unpacked back to ``(B, C, F, H, W)``."""
@@ -203,18 +232,22 @@ class TransformerPredictor:
     @classmethod
     def from_pipeline(cls, pipe, transformer: nn.Module | None = None, **kwargs) -> "TransformerPredictor":
         """A predictor for ``pipe.transformer`` (or ``transformer``) with the pipeline's settings (LTX-Video: the
-        ``rope_interpolation_scale`` of the pipeline's VAE at its default ``frame_rate``).
+        ``rope_interpolation_scale`` of the pipeline's VAE at its default ``frame_rate``; Wan: the pipeline's
+        ``expand_timesteps``, Wan 2.2 TI2V-5B run text-to-video, unless given).
 
-        Refuses pipelines this adapter cannot reproduce: Wan 2.2 with two experts (``transformer_2``) and Wan
-        ``expand_timesteps`` (TI2V) pipelines.
+        Refuses pipelines this adapter cannot reproduce: Wan 2.2 with two experts (``transformer_2``).
+
+        Example:
+            >>> from diffusers_evdit.tiny import tiny_pipeline
+            >>> TransformerPredictor.from_pipeline(tiny_pipeline("wan", expand_timesteps=True)).expand_timesteps
+            True
         """
         if getattr(pipe, "transformer_2", None) is not None:
             raise NotImplementedError(
                 "Pipelines with two transformers (Wan 2.2 A14B: transformer_2 below boundary_ratio) are not "
                 "supported by MLCD yet; distil a single-transformer pipeline."
             )
-        if pipe.config.get("expand_timesteps", False):
-            raise NotImplementedError("Wan pipelines with expand_timesteps=True (TI2V) are not supported by MLCD.")
+        kwargs.setdefault("expand_timesteps", bool(pipe.config.get("expand_timesteps", False)))
         vsf = getattr(pipe, "vae_scale_factor_spatial", 8)
         predictor = cls(transformer if transformer is not None else pipe.transformer, vae_scale_factor_spatial=vsf,
                         **kwargs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from .models import TINY_FAMILIES, tiny_transformer
+from .models import TINY_FAMILIES, TINY_MODELS, tiny_transformer
 
 # families with a tiny pipeline (LTX-Video: 4x spatial VAE; HunyuanVideo 1.5: fixed 1000 + 256 text tokens; SkyReels-V2:
 # Wan's components)
@@ -125,14 +125,41 @@ def tiny_vae(family: str, seed: int = 0) -> torch.nn.Module:
     return vae.eval()
 
 
-def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transformers: bool = False):
+def _tiny_wan22_vae(seed: int = 0) -> torch.nn.Module:
+    """A tiny random Wan 2.2 VAE (``AutoencoderKLWan`` as in Wan 2.2 TI2V-5B): residual blocks, pixels patchified
+    2 x 2 (``in_channels`` / ``out_channels`` 12), 3 spatial downsamplings (16x spatial, 4x temporal compression),
+    48 latent channels with random ``latents_mean`` / ``latents_std``.
+
+    Example:
+        >>> vae = _tiny_wan22_vae()
+        >>> vae.encode(torch.zeros(1, 3, 5, 32, 32)).latent_dist.mean.shape
+        torch.Size([1, 48, 2, 2, 2])
+    """
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(seed)
+    g, z_dim = torch.Generator().manual_seed(seed), 48
+    return AutoencoderKLWan(
+        base_dim=4, decoder_base_dim=4, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+        temperal_downsample=[False, True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
+        scale_factor_temporal=4, scale_factor_spatial=16,
+        latents_mean=(torch.randn(z_dim, generator=g) * 0.2).tolist(),
+        latents_std=(torch.rand(z_dim, generator=g) + 0.5).tolist(),
+    ).eval()
+
+
+def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transformers: bool = False,
+                  expand_timesteps: bool = False):
     """A tiny random diffusers pipeline of ``family`` with every component built in code (no download).
 
     ``"cogvideox"``: ``CogVideoXPipeline`` (T5 encoder, ``CogVideoXDDIMScheduler``); ``"wan"``: ``WanPipeline``
     (UMT5 encoder, ``FlowMatchEulerDiscreteScheduler``), with ``two_transformers=True`` a Wan 2.2 A14B-style pipeline
     with ``transformer_2`` (seed ``seed + 1``) and ``boundary_ratio=0.875`` (so with 2 steps, step 0 runs
-    ``transformer`` and step 1 ``transformer_2``); ``"hunyuan_video"``: ``HunyuanVideoPipeline`` (Llama + CLIP
-    encoders); ``"ltx_video"``: ``LTXPipeline`` (T5 encoder, 4x spatial / 4x temporal VAE, unpatched latents);
+    ``transformer`` and step 1 ``transformer_2``), with ``expand_timesteps=True`` a Wan 2.2 TI2V-5B-style one
+    (per-token timesteps; a Wan 2.2 VAE, residual, 2 x 2 pixel patches, 48 latent channels, 16x spatial compression,
+    random ``latents_mean`` / ``latents_std``; a 48-channel transformer; flow shift 5; sizes in multiples of 32
+    pixels); ``"hunyuan_video"``: ``HunyuanVideoPipeline`` (Llama + CLIP encoders); ``"ltx_video"``: ``LTXPipeline``
+    (T5 encoder, 4x spatial / 4x temporal VAE, unpatched latents);
     ``"hunyuan_video15"``: ``HunyuanVideo15Pipeline`` (Qwen2.5-VL text model + ByT5 encoders, a
     ``ClassifierFreeGuidance`` guider, 9-channel T2V transformer input, fixed 1000 + 256 text tokens);
     ``"skyreels_v2"``: ``SkyReelsV2Pipeline`` (Wan's components; prompts are cleaned with ``ftfy``). The
@@ -142,6 +169,9 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
         >>> pipe = tiny_pipeline("wan", two_transformers=True)
         >>> type(pipe).__name__, type(pipe.transformer_2).__name__
         ('WanPipeline', 'WanTransformer3DModel')
+        >>> ti2v = tiny_pipeline("wan", expand_timesteps=True)
+        >>> ti2v.config.expand_timesteps, ti2v.vae_scale_factor_spatial, ti2v.transformer.config.in_channels
+        (True, 16, 48)
     """
     from diffusers import (
         CogVideoXDDIMScheduler,
@@ -165,10 +195,14 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
 
     if family not in TINY_PIPELINES:
         raise ValueError(f"Unknown tiny family {family!r}; choose one of {', '.join(TINY_PIPELINES)}.")
-    if two_transformers and family != "wan":
-        raise ValueError("two_transformers=True is the Wan 2.2 layout; use family='wan'.")
-    transformer = tiny_transformer(family, num_layers=num_layers, seed=seed)
-    vae = tiny_vae(family, seed=seed)
+    if (two_transformers or expand_timesteps) and family != "wan":
+        raise ValueError("two_transformers=True and expand_timesteps=True are Wan 2.2 layouts; use family='wan'.")
+    if two_transformers and expand_timesteps:
+        raise ValueError("Wan 2.2 TI2V (expand_timesteps=True) has one transformer; drop two_transformers.")
+    if expand_timesteps:
+        transformer, vae = _tiny_wan22_ti2v_transformer(num_layers, seed), _tiny_wan22_vae(seed)
+    else:
+        transformer, vae = tiny_transformer(family, num_layers=num_layers, seed=seed), tiny_vae(family, seed=seed)
     torch.manual_seed(seed)
     t5 = dict(vocab_size=TINY_TEXT_VOCAB_SIZE, d_model=16, d_kv=8, d_ff=32, num_layers=1, num_heads=2,
               relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
@@ -193,10 +227,11 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
             tokenizer=tiny_tokenizer(),
             text_encoder=UMT5EncoderModel(UMT5Config(**t5)).eval(),
             vae=vae,
-            scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=5.0 if expand_timesteps else 3.0),
             transformer=transformer,
             transformer_2=tiny_transformer(family, num_layers=num_layers, seed=seed + 1) if two_transformers else None,
             boundary_ratio=0.875 if two_transformers else None,
+            expand_timesteps=expand_timesteps,
         )
     elif family == "hunyuan_video15":
         pipe = _tiny_hunyuan_video15(transformer, vae)
@@ -227,6 +262,15 @@ def tiny_pipeline(family: str, num_layers: int = 2, seed: int = 0, two_transform
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _tiny_wan22_ti2v_transformer(num_layers: int, seed: int) -> torch.nn.Module:
+    """The tiny Wan transformer with Wan 2.2 TI2V-5B's 48 latent channels in and out (its ``(1, 2, 2)`` patches)."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    config = {**TINY_MODELS["wan"].config(num_layers), "in_channels": 48, "out_channels": 48}
+    return diffusers.WanTransformer3DModel(**config).eval()
 
 
 def _tiny_hunyuan_video15(transformer, vae):
