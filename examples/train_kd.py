@@ -227,8 +227,8 @@ def main(argv=None) -> dict:
     args.height = args.height or saved.get("height", 128)
     args.width = args.width or saved.get("width", 128)
     args.validation_fps = args.validation_fps or saved.get("fps", 8)
-    if problem := mlcd.num_frames_error(pipe, args.num_frames):  # LTX-Video's VAE takes 8k + 1
-        raise SystemExit(f"--num_frames: {problem}")
+    if problem := mlcd.clip_size_error(pipe, args.num_frames, args.height, args.width):  # frames, patches
+        raise SystemExit(f"--num_frames / --height / --width: {problem}")
     gen_steps = saved.get("num_inference_steps") or call_default(pipe, "num_inference_steps", 50)
     gen_guidance = saved.get("guidance_scale")
     if gen_guidance is None:

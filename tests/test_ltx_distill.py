@@ -206,3 +206,21 @@ def test_frame_counts_follow_the_vae_temporal_compression():
     assert num_frames_error(pipe, 33) is None
     assert num_frames_error(pipe, 29) == "The video VAEs need 8k + 1 frames, got 29; use e.g. 25."
     assert num_frames_error(tiny_pipeline("wan"), 29) is None
+
+
+def test_training_scripts_refuse_clips_that_are_not_whole_patches_before_training(tmp_path):
+    """clip_size_error: heights and widths in whole transformer patches of the latent (the tiny LTX VAE compresses 4x,
+    its transformer patches 1x1; Wan's 8x and 2x2); both scripts stop on it before training, naming the fix."""
+    from diffusers_evdit.mlcd import clip_size_error
+
+    ltx, wan = tiny_pipeline("ltx_video"), tiny_pipeline("wan")
+    assert clip_size_error(ltx, 9, 32, 36) is None and clip_size_error(wan, 9, 32, 48) is None
+    assert clip_size_error(wan, 9, 32, 40).endswith("multiples of 16 pixels (the VAE compresses 8x, the transformer "
+                                                    "patches 2x2), got 32x40; use e.g. 32x32.")
+    assert clip_size_error(wan, 11, 32, 40).startswith("The video VAEs need 4k + 1 frames")  # frames first
+    size = [a if a != 32 else 30 for a in SIZE]  # --height 30 --width 30
+    for script in ("train_mlcd", "train_kd"):
+        extra = ["--plan", "uniform:1"] if script == "train_kd" else []
+        with pytest.raises(SystemExit, match="multiples of 4 pixels .* got 30x30; use e.g. 28x28"):
+            run_example(script, ["--teacher", "tiny:ltx_video", *size, *extra, "--output_dir", tmp_path / script])
+        assert not (tmp_path / script / "model_index.json").exists()

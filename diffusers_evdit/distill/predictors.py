@@ -18,6 +18,7 @@ __all__ = [
     "TransformerPredictor",
     "check_predictor_family",
     "adapters_disabled",
+    "clip_size_error",
     "draw_posterior",
     "encode_prompts",
     "encode_video_posteriors",
@@ -336,6 +337,32 @@ def num_frames_error(pipe, num_frames: int) -> str | None:
     if (num_frames - 1) % k == 0:
         return None
     return f"The video VAEs need {k}k + 1 frames, got {num_frames}; use e.g. {k * ((num_frames - 1) // k) + 1}."
+
+
+def clip_size_error(pipe, num_frames: int, height: int, width: int) -> str | None:
+    """Why ``pipe`` cannot be trained on clips of ``num_frames x height x width`` pixels (``None`` where it can): the
+    frame count of :func:`num_frames_error`, and a height and width in whole transformer patches of the VAE's latent
+    (multiples of the VAE's spatial compression times the patch size: 16 for CogVideoX, Wan 2.1 and HunyuanVideo, 32
+    for LTX-Video and Wan 2.2 TI2V).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> ti2v = tiny_pipeline("wan", expand_timesteps=True)  # Wan 2.2's VAE compresses 16x
+        >>> clip_size_error(ti2v, 9, 64, 96), clip_size_error(ti2v, 9, 48, 64).split(", got ")[1]
+        (None, '48x64; use e.g. 32x64.')
+    """
+    frames = num_frames_error(pipe, num_frames)
+    if frames:
+        return frames
+    vae = getattr(pipe, "vae_scale_factor_spatial", None) or pipe.vae_spatial_compression_ratio
+    patch = pipe.transformer.config.patch_size
+    patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
+    step = vae * patch
+    if height % step == 0 and width % step == 0:
+        return None
+    return (f"Clips for {type(pipe).__name__} need a height and width in multiples of {step} pixels (the VAE "
+            f"compresses {vae}x, the transformer patches {patch}x{patch}), got {height}x{width}; use e.g. "
+            f"{max(step, height // step * step)}x{max(step, width // step * step)}.")
 
 
 def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
