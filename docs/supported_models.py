@@ -35,7 +35,9 @@ MORE_TESTS = {
     "SkyReelsV2Transformer3DModel": "diffusion forcing (block-causal mask AND tile mask); text-to-video pipeline, "
     "MLCD (predictor against the pipeline's own sampling, `test_mlcd.py`)",
     "HunyuanVideo15Transformer3DModel": "padded text (outer-product mask as key padding, `test_dropin.py`), "
-    "pipeline from_pipe / save / load and search (`test_families_stages.py`)",
+    "pipeline from_pipe / save / load and search (`test_families_stages.py`), text-to-video MLCD and KD (predictor "
+    "and guider CFG against the pipeline's own sampling, `test_hunyuan_video15_distill.py`), gradients through the "
+    "padded text (`test_backward.py`)",
     "LTXVideoTransformer3DModel": "`torch.compile(fullgraph=True)`, pipeline from_pipe / save / load and search "
     "(`test_families_stages.py`), Ulysses, MLCD and KD (predictor against the pipeline's own sampling, "
     "`test_ltx_distill.py`)",

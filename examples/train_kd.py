@@ -215,7 +215,7 @@ def main(argv=None) -> dict:
         raise SystemExit("Pipelines with two transformers (Wan 2.2 A14B) are not supported; distil one transformer.")
     family = mlcd.check_predictor_family(pipe.transformer)  # refuses families distillation cannot drive
     is_tiny = init_spec.startswith(TINY_PREFIX)
-    if args.eval_prompts and family == "hunyuan_video":
+    if args.eval_prompts and family in ("hunyuan_video", "hunyuan_video15"):
         raise SystemExit("--eval_prompts (the evdit eval metrics) supports CogVideoX and Wan pipelines only.")
     plan = resolve_plan(args.plan, pipe.transformer, saved_plan)
     if teacher_pipe is not None and type(teacher_pipe.transformer) is not type(pipe.transformer):
@@ -232,7 +232,7 @@ def main(argv=None) -> dict:
     gen_steps = saved.get("num_inference_steps") or call_default(pipe, "num_inference_steps", 50)
     gen_guidance = saved.get("guidance_scale")
     if gen_guidance is None:
-        gen_guidance = call_default(pipe, "guidance_scale", 1.0)
+        gen_guidance = mlcd.pipeline_guidance_scale(pipe)
     max_seq = args.max_sequence_length or saved.get("max_sequence_length") or call_default(
         pipe, "max_sequence_length", 226)
     prompt_template = TINY_HUNYUAN_TEMPLATE if (is_tiny and family == "hunyuan_video") else None
@@ -273,7 +273,7 @@ def main(argv=None) -> dict:
             if guidance is None:
                 guidance = mlcd_cfg.get("teacher_guidance_scale")
             if guidance is None:
-                guidance = solver_saved.get("guidance_scale") or call_default(solver_pipe, "guidance_scale", 1.0)
+                guidance = solver_saved.get("guidance_scale") or mlcd.pipeline_guidance_scale(solver_pipe)
         grid = mlcd.pipeline_grid(solver_pipe, teacher_steps, args.num_frames, args.height, args.width,
                                   teacher_scheduler)
         schedule = mlcd.MLCDSchedule(grid, int(num_segments), int(solver_steps))

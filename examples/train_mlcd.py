@@ -205,16 +205,16 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--num_frames / --height / --width: {problem}")
     base_steps = saved.get("num_inference_steps") or call_default(pipe, "num_inference_steps", 50)
     teacher_steps = args.teacher_steps or base_steps
+    if args.eval_prompts and family in ("hunyuan_video", "hunyuan_video15"):
+        raise SystemExit("--eval_prompts (the evdit eval metrics) supports CogVideoX and Wan pipelines only.")
     if family == "hunyuan_video":
         guidance = 1.0 if args.guidance_scale is None else args.guidance_scale
         embedded = args.embedded_guidance_scale or saved.get("guidance_scale") or call_default(
             pipe, "guidance_scale", 6.0)
-        if args.eval_prompts:
-            raise SystemExit("--eval_prompts (the evdit eval metrics) supports CogVideoX and Wan pipelines only.")
     else:
         guidance = args.guidance_scale
         if guidance is None:
-            guidance = saved.get("guidance_scale") or call_default(pipe, "guidance_scale", 1.0)
+            guidance = saved.get("guidance_scale") or mlcd.pipeline_guidance_scale(pipe)
         embedded = 6.0
     prompt_template = TINY_HUNYUAN_TEMPLATE if (is_tiny and family == "hunyuan_video") else None
     max_seq = args.max_sequence_length or saved.get("max_sequence_length") or call_default(
@@ -503,6 +503,8 @@ def save_pipeline(args, pipe, unwrapped, ema, scheduler, orig_dtypes, output_dir
             tensor = next(pipe.components[name].parameters(), None)
             placements[name] = (tensor.device, tensor.dtype) if tensor is not None else None
             components[name] = pipe.components[name].to("cpu", dtype=dtype)
+    if getattr(pipe, "guider", None) is not None:  # HunyuanVideo 1.5: the student samples without CFG
+        components["guider"] = pipe.guider.new(guidance_scale=1.0)
     out = EfficientVDiTPipeline.from_pipe(pipe, transformer=transformer, scheduler=scheduler, **components)
     out.save_pretrained(output_dir)
     for name, placement in placements.items():  # training may go on (a snapshot): the encoders back where they were

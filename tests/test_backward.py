@@ -163,6 +163,28 @@ def test_transformer_gradients_with_split_match_float64_masked_reference(family)
     assert max((a - b).abs().max().item() for a, b in zip(dense, ref)) > 1e-4  # the mask changes the gradients
 
 
+def test_hunyuan_video15_gradients_through_its_padded_text_match_masked_sdpa():
+    """HunyuanVideo 1.5 pads its text with an outer-product mask: the processor fills the padded query rows from the
+    model's own call after the tile kernel (in place, so into a copy when autograd saved the kernel's output, as
+    split's backward does). Gradients with split equal those of one masked SDPA call (float64), padded rows
+    included. (The float64 softmax reference of the test above gives NaN on rows whose keys are all masked.)"""
+    model = tiny_transformer("hunyuan_video15", num_layers=2).double().train()
+    inputs = _double(tiny_inputs(model, VIDEO))
+    assert not bool(inputs["encoder_attention_mask"].bool().all())  # some text is padded
+    grads = {}
+    for kernel in ("masked", "split"):
+        apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 2), kernel=kernel)
+        try:
+            grads[kernel] = _model_grads(model, inputs)
+        finally:
+            remove_mask_plan(model)
+    assert len(grads["split"]) == len(grads["masked"]) > 2
+    assert all(bool(torch.isfinite(g).all()) for g in grads["split"])
+    assert max((a - b).abs().max().item() for a, b in zip(grads["split"], grads["masked"])) < TOL
+    dense = _model_grads(model, inputs)
+    assert max((a - b).abs().max().item() for a, b in zip(dense, grads["masked"])) > 1e-4
+
+
 def test_gradient_checkpointing_and_bf16_autocast_train_with_split():
     model = tiny_transformer("wan", num_layers=2).train()
     inputs = tiny_inputs(model, VIDEO)

@@ -477,9 +477,9 @@ CASES = [
             "CUDA); the saved plan runs with the fast kernel at inference.", "Train with"),
     Refusal("distill-family", "distillation", "a Mochi transformer for MLCD / KD (`TransformerPredictor`)",
             _distill_family, NotImplementedError,
-            "Distillation (MLCD, KD) supports CogVideoX, Wan, HunyuanVideo, SkyReels-V2 and LTX-Video transformers, "
-            "not MochiTransformer3DModel; mask plans (apply_mask_plan, EfficientVDiTPipeline) still work on it, "
-            "undistilled.", "mask plans (apply_mask_plan, EfficientVDiTPipeline) still work"),
+            "Distillation (MLCD, KD) supports CogVideoX, Wan, HunyuanVideo, SkyReels-V2, LTX-Video and HunyuanVideo "
+            "1.5 transformers, not MochiTransformer3DModel; mask plans (apply_mask_plan, EfficientVDiTPipeline) "
+            "still work on it, undistilled.", "mask plans (apply_mask_plan, EfficientVDiTPipeline) still work"),
     Refusal("video-frames", "distillation", "8-frame videos for a video VAE", _video_frames, ValueError,
             "The video VAEs need 4k + 1 frames, got 8; use e.g. 5.", "use e.g. 5"),
     Refusal("scheduler-sigmas", "schedulers", "milestone sigmas that rise (refused by `set_timesteps`)",

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, LTXPipeline
+from example_scripts import run_example
 
 from diffusers_evdit import EfficientVDiTPipeline
 from diffusers_evdit.data import SyntheticVideoDataset
@@ -23,8 +22,6 @@ from diffusers_evdit.mlcd import (
     pipeline_grid,
 )
 from diffusers_evdit.tiny import tiny_pipeline, tiny_pipeline_inputs
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def ltx_scheduler():
@@ -134,20 +131,6 @@ def test_kd_captures_the_video_self_attention_and_mlp_of_every_ltx_block():
 
 
 # ------------------------------------------------------------------------------------------- the example scripts
-
-
-def run_example(name, args):
-    """examples/<name>.py main() in this process (accelerate's singleton state reset between runs)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        script = __import__(name)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return script.main([str(a) for a in args])
 
 
 SIZE = ["--num_frames", 9, "--height", 32, "--width", 32, "--max_sequence_length", 8, "--report_to", "none",

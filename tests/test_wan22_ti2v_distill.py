@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from diffusers import WanTransformer3DModel
+from example_scripts import run_example
 
 from diffusers_evdit import EfficientVDiTPipeline
 from diffusers_evdit.data import SyntheticVideoDataset
@@ -31,8 +30,6 @@ from diffusers_evdit.mlcd import (
     pipeline_grid,
 )
 from diffusers_evdit.tiny import tiny_pipeline, tiny_pipeline_inputs
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def record_timesteps(transformer):
@@ -152,20 +149,6 @@ def test_posteriors_are_in_the_scale_the_pipeline_decodes():
 
 
 # ------------------------------------------------------------------------------------------- the example scripts
-
-
-def run_example(name, args):
-    """examples/<name>.py main() in this process (accelerate's singleton state reset between runs)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        script = __import__(name)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return script.main([str(a) for a in args])
 
 
 SIZE = ["--num_frames", 9, "--height", 64, "--width", 64, "--max_sequence_length", 8, "--report_to", "none",

@@ -25,7 +25,8 @@ class KDLayer:
         block_name: the block holding the layer (``"blocks.3"``, ``"single_transformer_blocks.0"``).
         attention_name: the self-attention module (``"blocks.3.attn1"``).
         attention: that module; its forward output (a tensor or a ``(video, text)`` tuple) is the attention output.
-        mlp_names: the MLP modules (``("blocks.3.ffn",)``; HunyuanVideo double blocks: ``ff`` and ``ff_context``).
+        mlp_names: the MLP modules (``("blocks.3.ffn",)``; HunyuanVideo double blocks and HunyuanVideo 1.5 blocks:
+            ``ff`` and ``ff_context``).
         mlp: those modules; their forward outputs together are the MLP output.
 
     Example:
@@ -69,7 +70,7 @@ def kd_layers(transformer: nn.Module) -> list[KDLayer]:
         else:
             raise TypeError(
                 f"{type(block).__name__} ({block_name}) has no MLP module (ff / ffn / act_mlp); knowledge distillation "
-                "supports the CogVideoX, Wan, HunyuanVideo and LTX-Video blocks of diffusers."
+                "supports the CogVideoX, Wan, HunyuanVideo, LTX-Video and HunyuanVideo 1.5 blocks of diffusers."
             )
     return layers
 

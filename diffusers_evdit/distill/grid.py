@@ -23,14 +23,15 @@ __all__ = ["PREDICTION_TYPES", "DiffusionGrid", "ddim_jump", "pipeline_mu", "pip
 
 def pipeline_sigmas(family: str, num_steps: int) -> list[float] | None:
     """The custom sigmas a family's diffusers pipeline passes to its scheduler for ``num_steps`` steps (the
-    ``sigmas`` of :meth:`DiffusionGrid.from_scheduler`): HunyuanVideo passes ``linspace(1, 0, N + 1)[:-1]``,
-    LTX-Video ``linspace(1, 1 / N, N)``; the others call ``set_timesteps(N)`` (``None``).
+    ``sigmas`` of :meth:`DiffusionGrid.from_scheduler`): HunyuanVideo and HunyuanVideo 1.5 pass
+    ``linspace(1, 0, N + 1)[:-1]``, LTX-Video ``linspace(1, 1 / N, N)``; the others call ``set_timesteps(N)``
+    (``None``).
 
     Example:
         >>> pipeline_sigmas("hunyuan_video", 4), pipeline_sigmas("ltx_video", 4), pipeline_sigmas("wan", 4)
         ([1.0, 0.75, 0.5, 0.25], [1.0, 0.75, 0.5, 0.25], None)
     """
-    if family == "hunyuan_video":
+    if family in ("hunyuan_video", "hunyuan_video15"):
         return np.linspace(1.0, 0.0, num_steps + 1)[:-1].tolist()
     if family == "ltx_video":
         return np.linspace(1.0, 1.0 / num_steps, num_steps).tolist()

@@ -26,6 +26,9 @@ mean over all elements of its tensors.
 * LTX-Video (``LTXVideoTransformerBlock``): attention = ``attn1`` output (video self-attention, after ``to_out``,
   before ``gate_msa``; the text cross-attention ``attn2`` is not a plan layer and is not captured); MLP = ``ff``
   output (before ``gate_mlp``).
+* HunyuanVideo 1.5 (``HunyuanVideo15TransformerBlock``, double-stream only): attention = ``attn`` output
+  ``(video, text)`` after ``to_out`` / ``to_add_out`` (the text side holds the image, ByT5 and Qwen tokens, padded
+  ones included); MLP = the ``ff`` (video) and ``ff_context`` (text) outputs.
 
 **Kernels.** The student trains with a kernel whose backward pass is exact: ``"auto"`` (default; under autograd
 it picks ``split``, whose backward reuses each key set's dense backward), ``"split"``, ``"gathered"`` or ``"flex"``

@@ -12,6 +12,7 @@ from torch import nn
 from ..processors import family_for
 from .common import call_default, unwrap
 from .grid import DiffusionGrid, pipeline_mu, pipeline_sigmas
+from .hunyuan_video15 import guider_guidance_scale, hunyuan_video15_inputs, hunyuan_video15_prompts
 
 __all__ = [
     "PREDICTOR_FAMILIES",
@@ -25,11 +26,12 @@ __all__ = [
     "encode_videos",
     "num_frames_error",
     "pipeline_grid",
+    "pipeline_guidance_scale",
 ]
 
 
 #: Transformer families whose pipeline calls, text conditioning and latent scaling the distillation code reproduces.
-PREDICTOR_FAMILIES = ("cogvideox", "wan", "hunyuan_video", "skyreels_v2", "ltx_video")
+PREDICTOR_FAMILIES = ("cogvideox", "wan", "hunyuan_video", "skyreels_v2", "ltx_video", "hunyuan_video15")
 #: Families called, conditioned and scaled as Wan is (SkyReels-V2 text-to-video: a Wan transformer and VAE).
 WAN_LIKE = ("wan", "skyreels_v2")
 
@@ -54,16 +56,16 @@ def check_predictor_family(transformer: nn.Module) -> str:
         )
     if family not in PREDICTOR_FAMILIES:
         raise NotImplementedError(
-            "Distillation (MLCD, KD) supports CogVideoX, Wan, HunyuanVideo, SkyReels-V2 and LTX-Video transformers, "
-            f"not {type(module).__name__}; mask plans (apply_mask_plan, EfficientVDiTPipeline) still work on it, "
-            "undistilled."
+            "Distillation (MLCD, KD) supports CogVideoX, Wan, HunyuanVideo, SkyReels-V2, LTX-Video and HunyuanVideo "
+            f"1.5 transformers, not {type(module).__name__}; mask plans (apply_mask_plan, EfficientVDiTPipeline) "
+            "still work on it, undistilled."
         )
     return family
 
 
 class TransformerPredictor:
-    """``predict(latents, timesteps, cond)`` for a diffusers CogVideoX, Wan, HunyuanVideo, SkyReels-V2 or LTX-Video
-    transformer.
+    """``predict(latents, timesteps, cond)`` for a diffusers CogVideoX, Wan, HunyuanVideo, SkyReels-V2, LTX-Video or
+    HunyuanVideo 1.5 transformer.
 
     Calls the transformer with the keyword arguments its pipeline uses:
 
@@ -82,6 +84,11 @@ class TransformerPredictor:
       ``patch_size`` / ``patch_size_t``) and the output unpacked back with ``_unpack_latents``;
       ``cond = {"encoder_hidden_states", "encoder_attention_mask"}``; the latent grid size (``num_frames``,
       ``height``, ``width``) and ``rope_interpolation_scale`` are passed as ``LTXPipeline`` passes them.
+    * HunyuanVideo 1.5 (text-to-video): latents ``(B, C, F, H, W)``, concatenated with the zero condition latents and
+      zero mask of ``HunyuanVideo15Pipeline`` (``2 C + 1`` channels) and called with all-zero ``image_embeds``
+      (:func:`~.hunyuan_video15.hunyuan_video15_inputs`); ``cond = {"encoder_hidden_states",
+      "encoder_attention_mask", "encoder_hidden_states_2", "encoder_attention_mask_2"}`` (Qwen2.5-VL and ByT5);
+      float timesteps. The output is the ``C``-channel velocity.
 
     Latents and conditioning tensors are cast to the transformer's dtype, as the pipelines do; the output is in the
     transformer's dtype. ``transformer`` may be wrapped (DDP, ``torch.compile``): it is called as given and its
@@ -191,6 +198,12 @@ class TransformerPredictor:
             timestep = self.wan_timestep(latents, timesteps)
         elif self.family == "ltx_video":
             return self._ltx_video(latents.to(dtype), timesteps.float(), kwargs)
+        elif self.family == "hunyuan_video15":
+            missing = {"encoder_attention_mask", "encoder_hidden_states_2", "encoder_attention_mask_2"} - set(kwargs)
+            if missing:
+                raise TypeError(f"HunyuanVideo 1.5 needs cond[{sorted(missing)}] (see encode_prompts).")
+            latents, kwargs["image_embeds"] = hunyuan_video15_inputs(self.module, latents.to(dtype))
+            timestep = timesteps.to(dtype)
         else:  # hunyuan_video
             timestep = timesteps.float()
             if "encoder_attention_mask" not in kwargs or "pooled_projections" not in kwargs:
@@ -289,6 +302,25 @@ def pipeline_grid(pipe, num_steps: int, num_frames: int, height: int, width: int
                                         mu=mu)
 
 
+def pipeline_guidance_scale(pipe, fallback: float = 1.0) -> float:
+    """The classifier-free guidance scale ``w`` of ``uncond + w (cond - uncond)`` that ``pipe`` samples with by
+    default (the MLCD teacher's guidance, :func:`~.mlcd.guided_prediction`): the default ``guidance_scale`` of its
+    ``__call__`` (``fallback`` without one), or for a pipeline that guides with a component (``pipe.guider``:
+    HunyuanVideo 1.5) the scale of that guider (:func:`~.hunyuan_video15.guider_guidance_scale`, which refuses guiders
+    of another formula). HunyuanVideo's default ``guidance_scale`` (returned as the others') is embedded guidance.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> pipeline_guidance_scale(tiny_pipeline("wan")), pipeline_guidance_scale(tiny_pipeline("hunyuan_video15"))
+        (5.0, 6.0)
+    """
+    from ..generation import guider_scale
+
+    if guider_scale(pipe) is not None:
+        return guider_guidance_scale(pipe.guider)
+    return float(call_default(pipe, "guidance_scale", fallback))
+
+
 def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_sequence_length: int | None = None,
                    prompt_template: dict | None = None) -> dict:
     """Text conditioning for :class:`TransformerPredictor` with the pipeline's own text encoder(s).
@@ -296,7 +328,8 @@ def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_se
     Uses ``pipe.encode_prompt`` with the pipeline's default ``max_sequence_length`` (and, for HunyuanVideo, its
     default ``prompt_template``) unless given. Returns ``{"encoder_hidden_states": ...}`` (CogVideoX, Wan) plus
     ``"encoder_attention_mask"`` (LTX-Video: the tokenizer's boolean mask) and ``"pooled_projections"``
-    (HunyuanVideo). Runs without gradients.
+    (HunyuanVideo); HunyuanVideo 1.5 also ``"encoder_hidden_states_2"`` and ``"encoder_attention_mask_2"`` (ByT5 of
+    quoted text), at its fixed text lengths (``max_sequence_length`` is not used). Runs without gradients.
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_pipeline
@@ -315,6 +348,8 @@ def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_se
             embeds, pooled, mask = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device, dtype=dtype,
                                                       max_sequence_length=msl, **kwargs)
             return {"encoder_hidden_states": embeds, "encoder_attention_mask": mask, "pooled_projections": pooled}
+        if family == "hunyuan_video15":
+            return hunyuan_video15_prompts(pipe, prompts, device=device, dtype=dtype)
         if family == "ltx_video":
             embeds, mask, _, _ = pipe.encode_prompt(prompts, do_classifier_free_guidance=False,
                                                     max_sequence_length=msl, device=device, dtype=dtype)
@@ -326,14 +361,17 @@ def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_se
 
 def num_frames_error(pipe, num_frames: int) -> str | None:
     """Why ``pipe``'s VAE cannot encode clips of ``num_frames`` frames, with the nearest count that works below it;
-    ``None`` where it can. The video VAEs take ``k n + 1`` frames, ``k`` their temporal compression: 4, LTX-Video's 8.
+    ``None`` where it can. The video VAEs take ``k n + 1`` frames, ``k`` their temporal compression: 4, LTX-Video's 8
+    (HunyuanVideo 1.5: its pipeline's ``vae_scale_factor_temporal``, 4).
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_pipeline
         >>> num_frames_error(tiny_pipeline("wan"), 9), num_frames_error(tiny_pipeline("wan"), 8)
         (None, 'The video VAEs need 4k + 1 frames, got 8; use e.g. 5.')
     """
-    k = pipe.vae_temporal_compression_ratio if check_predictor_family(pipe.transformer) == "ltx_video" else 4
+    family = check_predictor_family(pipe.transformer)
+    k = {"ltx_video": getattr(pipe, "vae_temporal_compression_ratio", 4),
+         "hunyuan_video15": getattr(pipe, "vae_scale_factor_temporal", 4)}.get(family, 4)
     if (num_frames - 1) % k == 0:
         return None
     return f"The video VAEs need {k}k + 1 frames, got {num_frames}; use e.g. {k * ((num_frames - 1) // k) + 1}."
@@ -387,8 +425,13 @@ def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, t
     if problem:
         raise ValueError(problem)
     param = next(vae.parameters())
+    videos = videos.to(device=param.device, dtype=param.dtype)
     with torch.no_grad():
-        dist = vae.encode(videos.to(device=param.device, dtype=param.dtype)).latent_dist
+        if family == "hunyuan_video15":  # one clip at a time: its VAE's causal attention mask takes no batch
+            dists = [vae.encode(video[None]).latent_dist for video in videos]
+            mean, std = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
+            return mean * vae.config.scaling_factor, std * vae.config.scaling_factor
+        dist = vae.encode(videos).latent_dist
         mean, std = dist.mean, dist.std
         if family == "cogvideox":
             scale = vae.config.scaling_factor
@@ -427,8 +470,10 @@ def encode_videos(pipe, videos: torch.Tensor, generator: torch.Generator | None 
     The inverse of each pipeline's decoding: CogVideoX ``z * scaling_factor`` permuted to ``(B, F, C, H, W)``; Wan
     ``(z - latents_mean) / latents_std``; HunyuanVideo ``z * scaling_factor``; LTX-Video
     ``(z - latents_mean) * scaling_factor / latents_std`` (``LTXPipeline._normalize_latents``, unpacked
-    ``(B, C, F, H, W)``). ``T`` must be ``4 k + 1`` for these VAEs (LTX-Video: ``k`` is the VAE's temporal
-    compression, 8). ``sample_posterior=False`` uses the posterior mode. Runs without gradients, in the VAE's dtype.
+    ``(B, C, F, H, W)``); HunyuanVideo 1.5 ``z * scaling_factor`` (the pipeline decodes ``latents / scaling_factor``;
+    clips are encoded one at a time, as its VAE takes no batch). ``T`` must be ``4 k + 1`` for these VAEs
+    (LTX-Video: ``k`` is the VAE's temporal compression, 8). ``sample_posterior=False`` uses the posterior mode. Runs
+    without gradients, in the VAE's dtype.
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_pipeline

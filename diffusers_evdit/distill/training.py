@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import json
 import logging
 import os
@@ -403,14 +404,19 @@ class ValidationVideos:
                  kernel: str = "auto") -> np.ndarray:
         """One video per prompt, float32 ``[V, F, H, W, 3]`` in [0, 1]; ``mask_plan`` is installed on
         ``transformer`` with ``kernel`` (``None``: dense)."""
+        from ..generation import call_arguments
         from ..pipeline import EfficientVDiTPipeline
 
         vpipe = EfficientVDiTPipeline.from_pipe(self.pipe, transformer=transformer, scheduler=scheduler,
                                                 mask_plan=mask_plan, kernel=kernel)
         vpipe.set_progress_bar_config(disable=True)
-        kw = dict(self.call_kwargs, num_inference_steps=steps, guidance_scale=guidance_scale)
+        # a guider pipeline (HunyuanVideo 1.5) takes its scale on pipe.guider; arguments it lacks (text length) drop
+        kw = call_arguments(vpipe, dict(self.call_kwargs, num_inference_steps=steps, guidance_scale=guidance_scale))
         if self.family != "hunyuan_video" and guidance_scale > 1.0:
             kw["negative_prompt"] = [self.negative_prompt] * len(self.prompts)
+        takes = inspect.signature(type(vpipe).__call__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in takes.values()):
+            kw = {k: v for k, v in kw.items() if k in takes}
         gen = torch.Generator(device="cpu").manual_seed(seed)
         with torch.no_grad(), self.accelerator.autocast():
             frames = vpipe(prompt=list(self.prompts), generator=gen, **kw).frames

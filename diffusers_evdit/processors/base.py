@@ -179,6 +179,8 @@ class TileSparseAttnProcessor:
             # an outer product of key padding (HunyuanVideo 1.5): the tile kernels with the padding give every valid
             # query row; the padded query rows (every key masked) come from the model's own call on those rows
             out = self.tile_attention(q, k, v, layout, key_padding, dense_fn)
+            if out.requires_grad:  # the rows below are written in place: not into a tensor autograd saved (KD)
+                out = out.clone()
             for b, rows in enumerate(~key_padding):
                 rows = rows.nonzero().squeeze(1)
                 if rows.numel():
