@@ -87,9 +87,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     g = p.add_argument_group("teacher, student and loss")
     g.add_argument("--teacher", default=None,
-                   help="dense teacher pipeline: a folder of a CogVideoX / Wan / HunyuanVideo / SkyReels-V2 / "
-                        "LTX-Video pipeline (its saved plan is ignored), or tiny:cogvideox | tiny:wan | "
-                        "tiny:hunyuan_video | tiny:skyreels_v2 | tiny:ltx_video (random, for tests)")
+                   help="dense teacher pipeline: a folder of a pipeline distillation drives (README, Limitations; "
+                        "its saved plan is ignored), or tiny:FAMILY, a tiny random pipeline for tests (cogvideox, "
+                        "wan, hunyuan_video, skyreels_v2, ltx_video, hunyuan_video15)")
     g.add_argument("--student", default=None,
                    help="pipeline folder to start the student from (default: a copy of --teacher); its saved plan is "
                         "used unless --plan is given")

@@ -106,9 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     g = p.add_argument_group("teacher and distillation")
     g.add_argument("--teacher", required=True,
-                   help="teacher pipeline: a folder (or Hub id) of a CogVideoX / Wan / HunyuanVideo / SkyReels-V2 / "
-                        "LTX-Video pipeline, or tiny:cogvideox | tiny:wan | tiny:hunyuan_video | tiny:skyreels_v2 | "
-                        "tiny:ltx_video (tiny random pipeline, for tests)")
+                   help="teacher pipeline: a folder (or Hub id) of a pipeline distillation drives (README, "
+                        "Limitations), or tiny:FAMILY, a tiny random pipeline for tests (cogvideox, wan, "
+                        "hunyuan_video, skyreels_v2, ltx_video, hunyuan_video15)")
     g.add_argument("--revision", default=None, help="Hub revision of --teacher")
     g.add_argument("--teacher_steps", type=int, default=None,
                    help="N, the teacher's step count the segments split (default: the teacher's default steps, from "
