@@ -65,9 +65,10 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic", help="'synthetic' or a folder of captioned videos")
     g.add_argument("--num_frames", type=int, default=None,
-                   help="frames per clip, 4k+1 (default: the teacher's evdit_demo.json, else 29)")
-    g.add_argument("--height", type=int, default=None, help="default: evdit_demo.json, else 128")
-    g.add_argument("--width", type=int, default=None, help="default: evdit_demo.json, else 128")
+                   help="frames per clip, 4k+1 (LTX-Video: 8k+1; default: the teacher's evdit_demo.json, else 29)")
+    g.add_argument("--height", type=int, default=None,
+                   help="a multiple of 16 (LTX-Video, Wan 2.2 TI2V: 32); default: evdit_demo.json, else 128")
+    g.add_argument("--width", type=int, default=None, help="as --height")
     g.add_argument("--frame_stride", type=int, default=1, help="folder datasets: take every n-th frame")
     g.add_argument("--synthetic_num_samples", type=int, default=1_000_000)
     g.add_argument("--cache_latents", action="store_true",
