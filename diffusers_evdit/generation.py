@@ -31,6 +31,8 @@ __all__ = [
     "guider_scale",
     "pipeline_call_defaults",
     "resolve_call",
+    "token_patch",
+    "vae_compression",
 ]
 
 #: The defaults file of a pipeline folder (written by ``EfficientVDiTPipeline.save_pretrained``).
@@ -179,12 +181,12 @@ def pipeline_call_defaults(pipe) -> dict:
     out = {k: params[k].default for k in CALL_KEYS if k in params and params[k].default is not inspect.Parameter.empty}
     cfg = getattr(pipe, "transformer", None)
     cfg = getattr(cfg, "config", {}) if cfg is not None else {}
-    scale = getattr(pipe, "vae_scale_factor_spatial", 8)
+    temporal, spatial = vae_compression(pipe)
     for key, sample in (("height", "sample_height"), ("width", "sample_width")):
         if out.get(key) is None and cfg.get(sample):
-            out[key] = int(cfg[sample]) * scale
+            out[key] = int(cfg[sample]) * spatial
     if out.get("num_frames") is None and cfg.get("sample_frames"):
-        out["num_frames"] = (int(cfg["sample_frames"]) - 1) * getattr(pipe, "vae_scale_factor_temporal", 4) + 1
+        out["num_frames"] = (int(cfg["sample_frames"]) - 1) * temporal + 1
     return out
 
 
@@ -300,11 +302,34 @@ class WorkEstimate:
                 f"about {self.flops / 1e12:.2g} TFLOP")
 
 
-def _patch(config) -> tuple[int, int, int]:
+def token_patch(config) -> tuple[int, int, int]:
+    """``(t, h, w)``: the latent frames, rows and columns one token of a transformer with ``config`` covers (a
+    ``patch_size`` tuple, or an int with ``patch_size_t``).
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_transformer
+        >>> token_patch(tiny_transformer("wan").config), token_patch(tiny_transformer("cogvideox").config)
+        ((1, 2, 2), (1, 2, 2))
+    """
     p = config.get("patch_size", 1)
     if isinstance(p, (list, tuple)):
         return tuple(int(x or 1) for x in p)
     return (int(config.get("patch_size_t") or 1), int(p), int(p))
+
+
+def vae_compression(pipe) -> tuple[int, int]:
+    """``(temporal, spatial)`` compression of ``pipe``'s VAE: diffusers calls them ``vae_scale_factor_temporal`` /
+    ``_spatial`` on most video pipelines and ``vae_temporal_compression_ratio`` / ``vae_spatial_compression_ratio``
+    on LTX-Video's; ``(4, 8)`` where the pipeline names neither.
+
+    Example:
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> vae_compression(tiny_pipeline("wan")), vae_compression(tiny_pipeline("ltx_video"))
+        ((4, 8), (4, 4))
+    """
+    temporal = getattr(pipe, "vae_scale_factor_temporal", None) or getattr(pipe, "vae_temporal_compression_ratio", None)
+    spatial = getattr(pipe, "vae_scale_factor_spatial", None) or getattr(pipe, "vae_spatial_compression_ratio", None)
+    return int(temporal or 4), int(spatial or 8)
 
 
 def _uses_cfg(pipe, settings: dict) -> bool:
@@ -332,9 +357,8 @@ def estimate_work(pipe, settings: dict, sparsity: float = 0.0) -> WorkEstimate:
 
     transformer = getattr(pipe.transformer, "_orig_mod", pipe.transformer)
     config = transformer.config
-    pt, ph, pw = _patch(config)
-    st = getattr(pipe, "vae_scale_factor_temporal", 4)
-    ss = getattr(pipe, "vae_scale_factor_spatial", 8)
+    pt, ph, pw = token_patch(config)
+    st, ss = vae_compression(pipe)
     frames = (int(settings["num_frames"]) - 1) // st + 1
     frames = -(-frames // pt)
     tokens_per_frame = (int(settings["height"]) // ss // ph) * (int(settings["width"]) // ss // pw)

@@ -79,6 +79,22 @@ def test_work_estimate_of_hunyuan_video15_counts_its_guider_calls_and_fixed_text
     assert (work.latent_frames, work.tokens_per_frame) == (4, 16)
 
 
+def test_work_estimate_of_ltx_video_reads_its_vae_compression():
+    """LTX-Video's pipeline names its VAE factors ``vae_*_compression_ratio`` (the others ``vae_scale_factor_*``):
+    the work line's tokens a call are those the transformer of a real run receives."""
+    from diffusers_evdit.generation import estimate_work
+
+    pipe = tiny_pipeline("ltx_video")
+    tokens = []
+    pipe.transformer.register_forward_pre_hook(
+        lambda module, args, kwargs: tokens.append(kwargs["hidden_states"].shape[1]), with_kwargs=True)
+    call = tiny_pipeline_inputs(pipe)
+    pipe(**call, guidance_scale=1.0)
+    work = estimate_work(pipe, {k: call[k] for k in ("num_frames", "height", "width", "num_inference_steps")})
+    assert work.latent_frames * work.tokens_per_frame == tokens[0] == 4 * 8 * 8
+    assert work.transformer_calls == len(tokens) == 2
+
+
 def test_generate_guidance_scale_goes_onto_the_guider_of_hunyuan_video15(tmp_path, capsys):
     """``evdit generate --guidance-scale`` on a pipeline whose guidance is a component: the scale reaches the guider
     (1.0 turns classifier-free guidance off: one transformer call a step, as the work line says)."""

@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..generation import guider_scale, token_patch, vae_compression
 from ..processors import family_for
 from .common import call_default, unwrap
 from .grid import DiffusionGrid, pipeline_mu, pipeline_sigmas
@@ -262,13 +263,11 @@ class TransformerPredictor:
                 "supported by MLCD yet; distil a single-transformer pipeline."
             )
         kwargs.setdefault("expand_timesteps", bool(pipe.config.get("expand_timesteps", False)))
-        vsf = getattr(pipe, "vae_scale_factor_spatial", 8)
-        predictor = cls(transformer if transformer is not None else pipe.transformer, vae_scale_factor_spatial=vsf,
-                        **kwargs)
+        temporal, spatial = vae_compression(pipe)
+        predictor = cls(transformer if transformer is not None else pipe.transformer,
+                        vae_scale_factor_spatial=spatial, **kwargs)
         if predictor.family == "ltx_video" and kwargs.get("rope_interpolation_scale") is None:
-            spatial = pipe.vae_spatial_compression_ratio
-            predictor.rope_interpolation_scale = (
-                pipe.vae_temporal_compression_ratio / call_default(pipe, "frame_rate", 25), spatial, spatial)
+            predictor.rope_interpolation_scale = (temporal / call_default(pipe, "frame_rate", 25), spatial, spatial)
         return predictor
 
 
@@ -295,8 +294,8 @@ def pipeline_grid(pipe, num_steps: int, num_frames: int, height: int, width: int
     scheduler = scheduler if scheduler is not None else pipe.scheduler
     mu = None
     if family == "ltx_video":
-        spatial = pipe.vae_spatial_compression_ratio
-        frames = (num_frames - 1) // pipe.vae_temporal_compression_ratio + 1
+        temporal, spatial = vae_compression(pipe)
+        frames = (num_frames - 1) // temporal + 1
         mu = pipeline_mu(family, scheduler, frames * (height // spatial) * (width // spatial))
     return DiffusionGrid.from_scheduler(scheduler, int(num_steps), sigmas=pipeline_sigmas(family, int(num_steps)),
                                         mu=mu)
@@ -314,8 +313,6 @@ def pipeline_guidance_scale(pipe, fallback: float = 1.0) -> float:
         >>> pipeline_guidance_scale(tiny_pipeline("wan")), pipeline_guidance_scale(tiny_pipeline("hunyuan_video15"))
         (5.0, 6.0)
     """
-    from ..generation import guider_scale
-
     if guider_scale(pipe) is not None:
         return guider_guidance_scale(pipe.guider)
     return float(call_default(pipe, "guidance_scale", fallback))
@@ -361,17 +358,16 @@ def encode_prompts(pipe, prompts: Sequence[str], device=None, dtype=None, max_se
 
 def num_frames_error(pipe, num_frames: int) -> str | None:
     """Why ``pipe``'s VAE cannot encode clips of ``num_frames`` frames, with the nearest count that works below it;
-    ``None`` where it can. The video VAEs take ``k n + 1`` frames, ``k`` their temporal compression: 4, LTX-Video's 8
-    (HunyuanVideo 1.5: its pipeline's ``vae_scale_factor_temporal``, 4).
+    ``None`` where it can. The video VAEs take ``k n + 1`` frames, ``k`` their temporal compression
+    (:func:`~diffusers_evdit.generation.vae_compression`): 4, LTX-Video's 8.
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_pipeline
         >>> num_frames_error(tiny_pipeline("wan"), 9), num_frames_error(tiny_pipeline("wan"), 8)
         (None, 'The video VAEs need 4k + 1 frames, got 8; use e.g. 5.')
     """
-    family = check_predictor_family(pipe.transformer)
-    k = {"ltx_video": getattr(pipe, "vae_temporal_compression_ratio", 4),
-         "hunyuan_video15": getattr(pipe, "vae_scale_factor_temporal", 4)}.get(family, 4)
+    check_predictor_family(pipe.transformer)
+    k = vae_compression(pipe)[0]
     if (num_frames - 1) % k == 0:
         return None
     return f"The video VAEs need {k}k + 1 frames, got {num_frames}; use e.g. {k * ((num_frames - 1) // k) + 1}."
@@ -392,9 +388,8 @@ def clip_size_error(pipe, num_frames: int, height: int, width: int) -> str | Non
     frames = num_frames_error(pipe, num_frames)
     if frames:
         return frames
-    vae = getattr(pipe, "vae_scale_factor_spatial", None) or pipe.vae_spatial_compression_ratio
-    patch = pipe.transformer.config.patch_size
-    patch = patch[-1] if isinstance(patch, (tuple, list)) else patch
+    vae = vae_compression(pipe)[1]
+    patch = token_patch(unwrap(pipe.transformer).config)[2]
     step = vae * patch
     if height % step == 0 and width % step == 0:
         return None
@@ -427,12 +422,9 @@ def encode_video_posteriors(pipe, videos: torch.Tensor) -> tuple[torch.Tensor, t
     param = next(vae.parameters())
     videos = videos.to(device=param.device, dtype=param.dtype)
     with torch.no_grad():
-        if family == "hunyuan_video15":  # one clip at a time: its VAE's causal attention mask takes no batch
-            dists = [vae.encode(video[None]).latent_dist for video in videos]
-            mean, std = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
-            return mean * vae.config.scaling_factor, std * vae.config.scaling_factor
-        dist = vae.encode(videos).latent_dist
-        mean, std = dist.mean, dist.std
+        # HunyuanVideo 1.5: one clip at a time (its VAE's causal attention mask takes no batch)
+        dists = [vae.encode(v).latent_dist for v in (videos.split(1) if family == "hunyuan_video15" else [videos])]
+        mean, std = torch.cat([d.mean for d in dists]), torch.cat([d.std for d in dists])
         if family == "cogvideox":
             scale = vae.config.scaling_factor
             return ((mean * scale).permute(0, 2, 1, 3, 4).contiguous(),
