@@ -102,10 +102,10 @@ def score_videos(
 
 def _layout_for(pipe, generation: GenerationConfig):
     """The self-attention layout of a Wan-style transformer for ``generation`` (no text in self-attention)."""
+    from ..generation import vae_compression
     from ..layout import layout_from_latents
 
-    sf_t = getattr(pipe, "vae_scale_factor_temporal", 4)
-    sf_s = getattr(pipe, "vae_scale_factor_spatial", 8)
+    sf_t, sf_s = vae_compression(pipe)
     latent = ((generation.num_frames - 1) // sf_t + 1, generation.height // sf_s, generation.width // sf_s)
     patch = pipe.transformer.config.patch_size
     return layout_from_latents(latent, tuple(patch) if isinstance(patch, (list, tuple)) else patch)
