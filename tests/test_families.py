@@ -56,6 +56,9 @@ def tile_masked_sdpa(name: str, video: TinyVideo, k: int):
 
     def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
         n = query.shape[-2]
+        device = query.device.type  # under autocast, SDPA casts its inputs and output to the autocast dtype
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else query.dtype
+        query, key, value = query.to(dtype), key.to(dtype), value.to(dtype)
         if n == key.shape[-2] and n >= frames * tokens:
             calls.append(n)
             tile = paper_mask(frames, tokens, n - frames * tokens, spec.text_first, k).to(query.device)
@@ -69,7 +72,7 @@ def tile_masked_sdpa(name: str, video: TinyVideo, k: int):
             attn_mask = attn_mask.double()
         out = original(query.double(), key.double(), value.double(), attn_mask=attn_mask, dropout_p=dropout_p,
                        is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
-        return out.to(query.dtype)
+        return out.to(dtype)
 
     torch.nn.functional.scaled_dot_product_attention = sdpa
     try:
@@ -120,6 +123,25 @@ def test_tile_plan_equals_stock_forward_with_explicit_tile_mask(case, k):
         remove_mask_plan(model)
     assert (out - reference).abs().max().item() <= TOL
     assert (out - stock).abs().max().item() > 1e-4  # the mask really changed the output
+
+
+def test_tile_plan_under_bf16_autocast_equals_the_masked_stock_forward(case):
+    """Mixed precision as the distillation scripts run it (``--mixed_precision bf16``: autocast): SDPA casts query,
+    key and value to bfloat16 itself, so the processor must too; CogVideoX's and HunyuanVideo's RoPE hand it float32
+    query and key beside a bfloat16 value. Against the stock forward under the same autocast with the tile mask."""
+    name, model, inputs, _ = case
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        stock = _run(model, inputs).float()
+        with tile_masked_sdpa(name, _video(name), 1):
+            reference = _run(model, inputs).float()
+        apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1))
+        try:
+            out = _run(model, inputs).float()
+        finally:
+            remove_mask_plan(model)
+    error = ((out - reference).norm() / reference.norm()).item()
+    assert error < 0.01, error  # bf16 rounding; the mask itself moves the output 3x as far or more (below)
+    assert ((stock - reference).norm() / reference.norm()).item() > 3 * error
 
 
 def test_remove_restores_the_stock_output_exactly(case):

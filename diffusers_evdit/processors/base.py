@@ -156,6 +156,7 @@ class TileSparseAttnProcessor:
         seq_len = q.shape[2]
         if k.shape[2] != seq_len:
             return attend(q, k, v, attn_mask)  # a cross-attention inside the same processor
+        q, k, v = autocast_inputs(q, k, v)
         layout = self.sequence_layout(seq_len)
         dense = is_dense(layout.num_frames, self.k)
         if unusual and not dense:
@@ -255,6 +256,19 @@ class TileSparseAttnProcessor:
     def is_dense_on(self, layout: TileLayout) -> bool:
         """Whether this layer's entry is dense on ``layout`` (``k=None`` or ``k >= F``)."""
         return is_dense(layout.num_frames, self.k)
+
+
+def autocast_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """``q, k, v`` as SDPA itself would take them under autocast: in the autocast dtype.
+
+    The processor receives the model's call before autocast's cast, and some models hand SDPA mixed dtypes under
+    mixed precision (CogVideoX's and HunyuanVideo's RoPE return float32 query and key beside a bfloat16 value), which
+    autocast casts to its dtype. Outside autocast the tensors are returned as they are."""
+    device = q.device.type
+    if not torch.is_autocast_enabled(device):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t.is_floating_point() else t for t in (q, k, v))
 
 
 def model_mask_parts(mask, batch: int, seq_len: int, state: TileState | None = None):
