@@ -130,11 +130,15 @@ def test_tile_plan_under_bf16_autocast_equals_the_masked_stock_forward(case):
     key and value to bfloat16 itself, so the processor must too; CogVideoX's and HunyuanVideo's RoPE hand it float32
     query and key beside a bfloat16 value. Against the stock forward under the same autocast with the tile mask."""
     name, model, inputs, _ = case
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    _check_under_bf16_autocast(name, model, inputs, "cpu")
+
+
+def _check_under_bf16_autocast(name, model, inputs, device, kernel="auto"):
+    with torch.autocast(device, dtype=torch.bfloat16):
         stock = _run(model, inputs).float()
         with tile_masked_sdpa(name, _video(name), 1):
             reference = _run(model, inputs).float()
-        apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1))
+        apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1), kernel=kernel)
         try:
             out = _run(model, inputs).float()
         finally:
@@ -203,12 +207,7 @@ def test_readme_table_is_generated_from_the_registry():
 def test_every_family_on_cuda(name, kernel):
     """The same comparison on CUDA with each fast kernel (float32; float64 reference)."""
     model = tiny_transformer(name, num_layers=2).cuda()
-    inputs = {key: value.cuda() if torch.is_tensor(value) else value
-              for key, value in tiny_inputs(model, _video(name)).items()}
-    if isinstance(inputs.get("image_rotary_emb"), tuple):
-        inputs["image_rotary_emb"] = tuple(t.cuda() for t in inputs["image_rotary_emb"])
-    if isinstance(inputs.get("visual_rope_pos"), list):
-        inputs["visual_rope_pos"] = [t.cuda() for t in inputs["visual_rope_pos"]]
+    inputs = _cuda_inputs(model, name)
     with tile_masked_sdpa(name, _video(name), 1):
         reference = _run(model, inputs)
     apply_mask_plan(model, MaskPlan.uniform(num_plan_layers(model), 1), kernel=kernel)
@@ -219,3 +218,22 @@ def test_every_family_on_cuda(name, kernel):
         assert kernel == "flex" and (head_dim or 16) % 16 and "multiple of 16" in str(err), err
         pytest.skip(f"the tiny {name} has head_dim {head_dim}: flex refuses it on CUDA ({err})")
     assert (out - reference).abs().max().item() <= 1e-4
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["split", "gathered"])
+@pytest.mark.parametrize("name", CASES)
+def test_every_family_under_bf16_autocast_on_cuda(name, kernel):
+    """The bf16 autocast comparison above on CUDA, where the distillation scripts run mixed precision."""
+    model = tiny_transformer(name, num_layers=2).cuda()
+    _check_under_bf16_autocast(name, model, _cuda_inputs(model, name), "cuda", kernel)
+
+
+def _cuda_inputs(model, name):
+    inputs = {key: value.cuda() if torch.is_tensor(value) else value
+              for key, value in tiny_inputs(model, _video(name)).items()}
+    if isinstance(inputs.get("image_rotary_emb"), tuple):
+        inputs["image_rotary_emb"] = tuple(t.cuda() for t in inputs["image_rotary_emb"])
+    if isinstance(inputs.get("visual_rope_pos"), list):
+        inputs["visual_rope_pos"] = [t.cuda() for t in inputs["visual_rope_pos"]]
+    return inputs
