@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import DiffusionPipeline
+from example_scripts import run_example
 
 from diffusers_evdit.distill.checkpoints import MARKER, checkpoint_dirs, find_checkpoint, trim_loss_log
 
@@ -72,18 +73,7 @@ def _run(script, argv, fault=None, k=0) -> int:
 
 def _run_here(script, argv) -> None:
     """An uninterrupted reference run in this process (no interpreter start-up; accelerate's singletons reset)."""
-    import importlib
-
-    from accelerate.state import AcceleratorState, GradientState
-
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        module = importlib.import_module(script)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    module.main([str(a) for a in argv])
+    run_example(script, argv)
 
 
 def _kill_at_random_moment(script, argv, out: Path, after_step: int, seed: int) -> int:

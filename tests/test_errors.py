@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,10 +27,10 @@ from diffusers_evdit.distill.predictors import TransformerPredictor, encode_vide
 from diffusers_evdit.kernels import tile_attention
 from diffusers_evdit.schedulers import mlcd_scheduler_from
 from diffusers_evdit.tiny import tiny_inputs, tiny_pipeline, tiny_transformer
+from example_scripts import import_script
 from input_state import unchanged
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ROOT / "examples"
 
 
 class UsageError(Exception):
@@ -63,19 +62,11 @@ def _layout_inputs():
     return layout, q
 
 
-def _script(name: str):
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(str(EXAMPLES))
-
-
 def _cli(script: str, argv: list[str]):
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr):
         try:
-            _script(script).parse_args(argv)
+            import_script(script).parse_args(argv)
         except SystemExit as err:
             assert err.code == 2
             raise UsageError(stderr.getvalue().strip().splitlines()[-1].split("error: ", 1)[1]) from None
@@ -323,7 +314,7 @@ def _ema_mismatch(tmp):
 def _init_student_missing(tmp):
     student = tiny_transformer("wan")
     with unchanged(student, tmp):
-        _script("train_mlcd").load_student_weights(student, str(tmp))
+        import_script("train_mlcd").load_student_weights(student, str(tmp))
 
 
 def _init_student_other_class(tmp):
@@ -331,7 +322,7 @@ def _init_student_other_class(tmp):
     (tmp / "transformer" / "config.json").write_text('{"_class_name": "CogVideoXTransformer3DModel"}')
     student = tiny_transformer("wan")
     with unchanged(student, tmp):
-        _script("train_mlcd").load_student_weights(student, str(tmp))
+        import_script("train_mlcd").load_student_weights(student, str(tmp))
 
 
 def _cli_frames(tmp):

@@ -6,11 +6,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from example_scripts import import_script, run_example
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
 from diffusers_evdit import EfficientVDiTPipeline, MaskPlan, get_mask_plan, num_plan_layers
@@ -27,8 +26,6 @@ from diffusers_evdit.mlcd import DiffusionGrid, MLCDSchedule, TransformerPredict
 from diffusers_evdit.plan import apply_mask_plan
 from diffusers_evdit.tiny import TinyVideo, tiny_inputs, tiny_transformer
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"  # experiment runners (reproduce_tables and its modules)
 FAMILIES = ("cogvideox", "wan", "hunyuan_video")
 VIDEO = TinyVideo(frames=4, height=8, width=8)
 
@@ -186,22 +183,8 @@ def test_kd_with_the_mlcd_loss_records_only_the_student_call():
 # ---------------------------------------------------------------------------------------------------- the scripts
 
 
-def _import(name):
-    folder = str(BENCHMARKS if (BENCHMARKS / f"{name}.py").is_file() else EXAMPLES)
-    sys.path.insert(0, folder)
-    try:
-        return __import__(name)
-    finally:
-        sys.path.remove(folder)
-
-
 def run_kd(args):
-    from accelerate.state import AcceleratorState, GradientState
-
-    script = _import("train_kd")
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return script.main([str(a) for a in args])
+    return run_example("train_kd", args)
 
 
 TINY = ["--num_frames", 9, "--height", 32, "--width", 32, "--max_sequence_length", 8, "--train_batch_size", 1,
@@ -257,7 +240,7 @@ def test_train_kd_in_bf16_mixed_precision_on_a_model_whose_rope_returns_float32(
 
 
 def test_reproduce_tables_smoke_writes_the_tables(tmp_path):
-    script = _import("reproduce_tables")
+    script = import_script("reproduce_tables")
     result = script.main(["--smoke", "--work_dir", str(tmp_path / "work"), "--out_dir", str(tmp_path / "out"),
                           "--ratios", "0.1", "--uniform_ks", "2,1", "--jobs", "2", "--mlcd_learning_rate", "2e-4"])
     data = json.loads((tmp_path / "out" / "quality.json").read_text())
@@ -303,7 +286,7 @@ def test_reproduce_tables_smoke_writes_the_tables(tmp_path):
 
 
 def test_reproduce_clock_reserves_the_evaluations_and_never_starves_a_training_run(capsys):
-    script = _import("reproduce_tables")
+    script = import_script("reproduce_tables")
     clock = script.Clock(2.0, min_train_minutes=0.5)
     clock.eval_s = 10.0
     left_s = clock.deadline - clock.start - (3 * 10.0 + 5.0)  # 3 evaluations of 10 s and 5 s of slack kept
@@ -315,16 +298,16 @@ def test_reproduce_clock_reserves_the_evaluations_and_never_starves_a_training_r
 
 
 def test_reproduce_kd_extra_args_reach_every_kd_run_and_win(tmp_path):
-    script = _import("reproduce_tables")
+    script = import_script("reproduce_tables")
     args = script.parse_args(["--work_dir", str(tmp_path), "--kd_learning_rate", "1e-4", "--device", "cpu",
                               "--kd_extra_args", "--learning_rate 3e-5 --use_lora --lora_rank 16"])
-    argv = _import("stage_runs").kd_argv(args, str(tmp_path / "kd"), 1.0, ["--plan", "uniform:2"])
-    kd = _import("train_kd").parse_args(argv + ["--teacher", "x"])
+    argv = import_script("stage_runs").kd_argv(args, str(tmp_path / "kd"), 1.0, ["--plan", "uniform:2"])
+    kd = import_script("train_kd").parse_args(argv + ["--teacher", "x"])
     assert kd.learning_rate == 3e-5 and kd.use_lora and kd.lora_rank == 16 and kd.plan == "uniform:2"
 
 
 def test_reproduce_tables_stops_after_max_kd_waves_and_resumes(tmp_path):
-    script = _import("reproduce_tables")
+    script = import_script("reproduce_tables")
     common = ["--smoke", "--work_dir", str(tmp_path / "work"), "--out_dir", str(tmp_path / "out"), "--ratios", "0.1",
               "--uniform_ks", "2", "--jobs", "2"]
     with pytest.raises(SystemExit) as stop:  # first call: search + the first KD wave (ours_r=0.1, uniform_k=2)
@@ -356,7 +339,7 @@ def test_reproduce_tables_stops_after_max_kd_waves_and_resumes(tmp_path):
 
 
 def test_reproduce_resume_reuses_only_a_kd_run_of_the_same_teacher_and_plan(tmp_path):
-    script = _import("reproduce_tables")
+    script = import_script("reproduce_tables")
     run = tmp_path / "kd"
     run.mkdir()
     (run / "model_index.json").write_text("{}")
@@ -400,7 +383,7 @@ def test_train_kd_latent_cache_file_is_built_once_then_loaded_without_rendering(
 
 
 def test_matched_sparsity_check_interpolates_the_uniform_curve_at_the_searched_sparsity():
-    report = _import("quality_report")
+    report = import_script("quality_report")
     uniform = [{"name": "MLCD_2:2+KD", "sparsity": 0.2, "frechet": 0.3, "plan": [2, 2]},
                {"name": "MLCD_1:3+KD", "sparsity": 0.5, "frechet": 0.6, "plan": [1, 1]}]
     searched = [{"name": "Ours_r=a", "sparsity": 0.35, "frechet": 0.44, "plan": [2, 1]},  # curve there: 0.45
@@ -413,7 +396,7 @@ def test_matched_sparsity_check_interpolates_the_uniform_curve_at_the_searched_s
 
 
 def test_render_rewrites_the_markdown_and_checks_of_a_finished_table(tmp_path):
-    script = _import("reproduce_tables")
+    script = import_script("reproduce_tables")
     row = lambda name, sparsity, frechet, plan, score: {  # noqa: E731
         "name": name, "steps": 4, "sparsity": sparsity, "final_score": score, "frechet": frechet, "plan": plan,
         "speedup": 6.0, "step_speedup": 1.2, "step_speedup_source": "derived", "speedup_incl_cfg": 12.0}

@@ -7,12 +7,12 @@ import copy
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from example_scripts import import_script, run_example
 from diffusers import (
     CogVideoXDDIMScheduler,
     DDIMScheduler,
@@ -42,7 +42,6 @@ from diffusers_evdit.mlcd import (
 from diffusers_evdit.schedulers import MLCDDDIMScheduler, MLCDFlowMatchEulerScheduler, stock_scheduler
 from diffusers_evdit.tiny import tiny_pipeline, tiny_pipeline_inputs, tiny_transformer
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def ddpm_scheduler(prediction_type: str):
@@ -382,17 +381,7 @@ def test_inference_scheduler_steps_through_the_milestones(name, tmp_path):
 
 
 def run_script(args):
-    """examples/train_mlcd.py main() in this process (accelerate's singleton state reset between runs)."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        import train_mlcd
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    return train_mlcd.main([str(a) for a in args])
+    return run_example("train_mlcd", args)
 
 
 TINY_ARGS = ["--num_frames", 9, "--height", 32, "--width", 32, "--teacher_steps", 8, "--max_sequence_length", 8,
@@ -489,12 +478,7 @@ def test_mlcd_table_scores_students_against_the_teacher_on_the_same_prompts(tmp_
     run_script(["--teacher", teacher, "--num_segments", 2, "--max_train_steps", 1, "--train_batch_size", 2,
                 "--report_to", "none", "--output_dir", student, "--checkpointing_steps", 0,
                 "--validation_steps", 0, "--no_final_validation"])
-    benchmarks = str(EXAMPLES.parent / "benchmarks")
-    sys.path.insert(0, benchmarks)
-    try:
-        import mlcd_table
-    finally:
-        sys.path.remove(benchmarks)
+    mlcd_table = import_script("mlcd_table")
     out = tmp_path / "res" / "mlcd.json"
     common = ["--teacher", str(teacher), "--students", str(student), "--prompts", "2", "--device", "cpu",
               "--out", str(out)]
