@@ -6,8 +6,9 @@
 # Parts, each under its own time cap and all under one budget (DEVICE_BENCH_BUDGET, default 510 s after setup); a
 # part that fails or hits its cap is reported and the next one runs. DEVICE_BENCH_PARTS picks parts by name
 # (default: tests kernels-small kernels-bwd train-step kernels-fa4):
-#   1. the CUDA tests of the kernels (-m gpu: tests/test_kernels.py, tests/test_backward.py where present, and the
-#      FlashAttention-4 block-sparsity tests)                                        -> device-bench.log
+#   1. the CUDA tests of the kernels and of mixed precision (-m gpu, 8 workers: tests/test_kernels.py,
+#      tests/test_backward.py, the FlashAttention-4 block-sparsity tests, every family under bf16 autocast and the
+#      distillation scripts in bf16)                                                 -> device-bench.log
 #   2. `evdit bench kernels --shapes small` (forward; the demo model's shape and three up to CogVideoX's; kernel
 #      "auto" timed too: rows carry auto_vs_dense)
 #                                                                                    -> kernels-small-<gpu>.json
@@ -61,8 +62,9 @@ else
           --extra-row "MLCD + searched plan at 3:5's budget, no KD=mlcd:$PWD/benchmarks/results/plans/searched-budget-3of8.json"
           --extra-row "MLCD + uniform 4:4, no KD=mlcd:uniform:4" --extra-row "MLCD + uniform 3:5, no KD=mlcd:uniform:3"
           --extra-row "MLCD + uniform 2:6, no KD=mlcd:uniform:2" --extra-row "MLCD + uniform 1:7, no KD=mlcd:uniform:1")
-    tests=(-m gpu)
-    for f in tests/test_kernels.py tests/test_backward.py tests/test_fa4_blocks.py; do
+    tests=(-m gpu -p no:benchmark -n 8)
+    for f in tests/test_kernels.py tests/test_backward.py tests/test_fa4_blocks.py \
+        tests/test_families.py tests/test_distill_mixed_precision.py; do
         [ -f "$f" ] && tests+=("$f")
     done
 fi
@@ -102,7 +104,7 @@ keep() {  # copy a result into $OUT
     return 0
 }
 
-part tests 75 $PY -m pytest -q -rs "${tests[@]}"
+part tests 120 $PY -m pytest -q -rs "${tests[@]}"
 tail -n 15 "$LOG"
 
 r=$RESULTS/kernels-small-$gpu.json
