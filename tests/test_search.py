@@ -383,3 +383,22 @@ def test_refinement_measures_losses_around_the_plan_and_never_raises_the_plan_lo
         budget_search(t, inputs, refine_rounds=1, loss="layer", **kwargs)
     with pytest.raises(ValueError, match="refine_rounds must be an integer"):
         budget_search(t, inputs, refine_rounds=-1, **kwargs)
+
+
+def test_dropped_attention_mass_of_the_mass_plan_script_equals_the_masked_softmax_mass():
+    """benchmarks/mass_plan.py's per-mask loss: the attention probability each k:F-k mask removes, averaged over the
+    video queries, against the softmax written out in float64 with the paper's mask."""
+    from example_scripts import import_script
+    from reference import paper_mask
+
+    from diffusers_evdit import TileLayout
+
+    layout = TileLayout(4, 3, 2, "first")
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 3, layout.seq_len, 8, generator=g) for _ in range(2))
+    got = import_script("mass_plan").dropped_mass(q, k, layout, [3, 2, 1])
+    p = torch.softmax((q.double() @ k.double().transpose(-1, -2)) * 8 ** -0.5, dim=-1)[:, :, 2:]  # video queries
+    for value, m in zip(got, [3, 2, 1]):
+        outside = ~paper_mask(4, 3, 2, True, m)[2:]
+        assert value == pytest.approx(float((p * outside).sum(-1).mean()), abs=1e-6)
+    assert got[0] == pytest.approx(0) and 0 < got[1] < got[2] < 1  # 3 of 4 frames: nothing dropped; then more
