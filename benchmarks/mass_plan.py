@@ -1,6 +1,6 @@
 """A plan from attention mass: the k:F-k plan at a uniform plan's pair budget that drops the least attention.
 
-    python benchmarks/mass_plan.py --uniform 3 --out benchmarks/results/plans/mass-budget-3of8.json
+    python benchmarks/mass_plan.py --uniform 3 --out PLAN.json   # result: plan-losses-cpu.json, mass_3of8
 
 The budget search of ``equal_sparsity_plan.py`` with another per-layer loss: instead of a layer's output error, the
 share of the dense student's attention probability that each ``k:F-k`` mask removes (mean over its queries, heads,
