@@ -159,6 +159,23 @@ def test_kd_step_trains_the_student_through_the_sparse_plan():
     assert all(torch.equal(a, p) for a, p in zip(teacher_before, teacher.parameters()))
 
 
+@pytest.mark.parametrize("name", ["wan2.1-1.3b_81f_480p", "cogvideox-5b_49f_480p"])
+def test_full_size_train_models_take_their_inputs(name):
+    """The full-size rows' inputs fit their model's config (16 latent channels, 4096-wide text): one forward on the
+    meta device, no memory and no GPU. The 4-channel inputs of the tiny configs failed here on an H100."""
+    import torch
+
+    from diffusers_evdit.bench.train import TRAIN_MODELS, build_teacher, make_inputs
+
+    spec, meta = TRAIN_MODELS[name], torch.device("meta")
+    model = build_teacher(spec, meta, torch.bfloat16)
+    inputs = make_inputs(model, spec, meta, torch.bfloat16)
+    with torch.no_grad():
+        out = model(**inputs, return_dict=False)[0]
+    assert out.shape == inputs["hidden_states"].shape
+    assert inputs["encoder_hidden_states"].shape[1:] == (spec.video.text_tokens, 4096)
+
+
 def test_train_step_refuses_full_size_models_on_cpu():
     from diffusers_evdit.bench.train import run_train_step_benchmark
 

@@ -74,14 +74,16 @@ def _wan_config(**extra):
     return config
 
 
-def _wan_inputs(model, v, randn, padded):
-    return dict(hidden_states=randn(v.batch, 4, v.frames, v.height, v.width),
-                encoder_hidden_states=randn(v.batch, v.text_tokens, 16), timestep=_timestep(v))
+def _wan_inputs(model, v, randn, padded):  # channels and text width from the config: full-size configs too
+    c = model.config
+    return dict(hidden_states=randn(v.batch, c.in_channels, v.frames, v.height, v.width),
+                encoder_hidden_states=randn(v.batch, v.text_tokens, c.text_dim), timestep=_timestep(v))
 
 
 def _cogvideox_inputs(model, v, randn, padded):
-    return dict(hidden_states=randn(v.batch, v.frames, 4, v.height, v.width),
-                encoder_hidden_states=randn(v.batch, v.text_tokens, 16), timestep=_timestep(v),
+    c = model.config
+    return dict(hidden_states=randn(v.batch, v.frames, c.in_channels, v.height, v.width),
+                encoder_hidden_states=randn(v.batch, v.text_tokens, c.text_embed_dim), timestep=_timestep(v),
                 image_rotary_emb=cogvideox_rotary_emb(model, v.frames, v.height, v.width, "cpu"))
 
 
