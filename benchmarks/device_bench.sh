@@ -74,19 +74,21 @@ BUDGET=${DEVICE_BENCH_BUDGET:-510}
 PARTS=" ${DEVICE_BENCH_PARTS:-tests kernels-small kernels-bwd train-step kernels-fa4} "
 START=$SECONDS
 
-# part NAME CAP_S COMMAND...: run under min(CAP_S, what is left of the budget); report, never stop the script
+# part NAME CAP_S COMMAND...: run under min(CAP_S, what is left of the budget); report, never stop the script.
+# Returns 1 when the part did not run (not selected, or no budget left), so that `part ... && keep FILE` copies only
+# what this call wrote, not a committed result of the same name.
 part() {
     local name=$1 cap=$2
     shift 2
     local left=$((BUDGET - (SECONDS - START)))
     if [[ $PARTS != *" $name "* ]]; then
         echo "== $name: not in DEVICE_BENCH_PARTS" | tee -a "$LOG"
-        return 0
+        return 1
     fi
     [ "$cap" -gt "$left" ] && cap=$left
     if [ "$cap" -lt 15 ]; then
         echo "== $name: skipped, ${left}s of the budget left" | tee -a "$LOG"
-        return 0
+        return 1
     fi
     echo "== $name (cap ${cap}s, $((SECONDS - START))s used)" | tee -a "$LOG"
     timeout --kill-after=10 "$cap" "$@" >>"$LOG" 2>&1
@@ -108,8 +110,7 @@ part tests 120 $PY -m pytest -q -rs "${tests[@]}"
 tail -n 15 "$LOG"
 
 r=$RESULTS/kernels-small-$gpu.json
-part kernels-small 100 $PY -m diffusers_evdit.cli bench kernels "${small[@]}" --out "$r"
-keep "$r"
+part kernels-small 100 $PY -m diffusers_evdit.cli bench kernels "${small[@]}" --out "$r" && keep "$r"
 
 if [[ $PARTS == *" quality-wallclock "* ]]; then  # the quality tables' rows timed on the demo model (issue 21)
     tables=(benchmarks/results/quality.json benchmarks/results/quality-shipped/quality.json)
@@ -123,23 +124,18 @@ fi
 
 r=$RESULTS/demo-rows-$gpu.json
 part demo-eval "${DEVICE_BENCH_DEMO_CAP:-400}" $PY benchmarks/eval_demo_rows.py "${demo[@]}" --out "$r" \
-    --plot "${r%.json}.png"
-keep "$r"
-keep "${r%.json}.png"
+    --plot "${r%.json}.png" && keep "$r" && keep "${r%.json}.png"
 
 r=$RESULTS/kernels-bwd-$gpu.json
-part kernels-bwd 190 $PY -m diffusers_evdit.cli bench kernels "${full[@]}" --out "$r"
-keep "$r"
+part kernels-bwd 190 $PY -m diffusers_evdit.cli bench kernels "${full[@]}" --out "$r" && keep "$r"
 
 r=$RESULTS/train-step-$gpu.json
-part train-step 110 $PY -m diffusers_evdit.cli bench train-step "${train[@]}" --out "$r"
-keep "$r"
+part train-step 110 $PY -m diffusers_evdit.cli bench train-step "${train[@]}" --out "$r" && keep "$r"
 
 fa4_runs() { $PY -c "from diffusers_evdit.kernels.fa4 import fa4_available as a; import sys; sys.exit(not a())"; }
 if [ "${DEVICE_BENCH_CPU:-0}" = 1 ] || fa4_runs; then
     r=$RESULTS/kernels-fa4-$gpu.json
-    part kernels-fa4 60 $PY -m diffusers_evdit.cli bench kernels "${fa4[@]}" --out "$r"
-    keep "$r"
+    part kernels-fa4 60 $PY -m diffusers_evdit.cli bench kernels "${fa4[@]}" --out "$r" && keep "$r"
 else
     echo "== kernels-fa4: skipped: FlashAttention-4 does not run here ($($PY -c "
 import importlib.util, torch
