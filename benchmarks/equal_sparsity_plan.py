@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -34,37 +35,59 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+@dataclass
+class StudentCalls:
+    """A student's recorded sampling calls and what a plan search over them needs."""
+
+    path: str  # the base pipeline folder
+    pipe: object  # the student pipeline (dense)
+    prompts: list  # the training prompts it sampled
+    calls: list  # its transformer calls (keyword arguments)
+    layout: object  # TileLayout of the demo's generation settings
+    masks: list  # the k of each k:F-k option
+    kept: dict  # each option's share of kept (query, key) pairs, "dense" included
+    num_layers: int
+
+
+def recorded_student_calls(model=None, row="mlcd", search_prompts=2, seed=0, device=None) -> StudentCalls:
+    """Sample ``search_prompts`` training prompts with the 4-step student ``row`` of ``model`` (dense) and record its
+    transformer calls (shared with ``mass_plan.py``)."""
+    from diffusers_evdit import TileLayout
     from diffusers_evdit.analysis import record_transformer_inputs
     from diffusers_evdit.data import SyntheticVideoDataset
-    from diffusers_evdit import TileLayout
     from diffusers_evdit.demo import DemoRow, load_pipeline, load_row, plan_summary, resolve_model
-    from diffusers_evdit.masks import element_sparsity, format_mask
-    from diffusers_evdit.search import budget_search, plan_output_loss
+    from diffusers_evdit.masks import element_sparsity
     from diffusers_evdit.search.options import default_masks
 
-    path = resolve_model(args.model)
-    base, gen = load_pipeline(path, device=args.device)
-    row = DemoRow(args.row, args.row, steps=4, guidance_scale=1.0)
-    pipe = load_row(base, path, row, seed=args.seed)
+    path = resolve_model(model)
+    base, gen = load_pipeline(path, device=device)
+    demo_row = DemoRow(row, row, steps=4, guidance_scale=1.0)
+    pipe = load_row(base, path, demo_row, seed=seed)
     pipe.set_mask_plan(None)
-    row_gen = row.generation(gen)
-    ds = SyntheticVideoDataset(num_samples=1000, seed=args.seed + 7, split="train")
-    prompts = [ds.scene(i).caption() for i in range(args.search_prompts)]
+    row_gen = demo_row.generation(gen)
+    ds = SyntheticVideoDataset(num_samples=1000, seed=seed + 7, split="train")
+    prompts = [ds.scene(i).caption() for i in range(search_prompts)]
     with record_transformer_inputs(pipe.transformer, device=None) as calls, torch.no_grad():
-        pipe(prompt=prompts, generator=torch.Generator("cpu").manual_seed(args.seed), output_type="latent",
+        pipe(prompt=prompts, generator=torch.Generator("cpu").manual_seed(seed), output_type="latent",
              **row_gen.call_kwargs())
     info = plan_summary(pipe, row_gen)  # the layout of the demo's generation settings
     layout = TileLayout(info["latent_frames"], info["tokens_per_frame"])
     masks = default_masks(layout.num_frames)
     kept = {k: 1.0 - element_sparsity(layout, k) for k in masks}
     kept["dense"] = 1.0
-    num_layers = len(pipe.transformer.blocks)
-    budget = num_layers * kept[args.uniform]
-    plan = budget_search(pipe.transformer, calls, budget_s=budget, masks=masks, runtimes=kept, solver="exact",
-                         progress=True, refine_rounds=args.refine_rounds)
-    plan.metadata.update(source=f"{args.row} of {os.path.relpath(path)}", search_prompts=prompts,
+    return StudentCalls(path, pipe, prompts, list(calls), layout, masks, kept, len(pipe.transformer.blocks))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    from diffusers_evdit.masks import element_sparsity, format_mask
+    from diffusers_evdit.search import budget_search, plan_output_loss
+
+    rec = recorded_student_calls(args.model, args.row, args.search_prompts, args.seed, args.device)
+    pipe, calls, layout, num_layers = rec.pipe, rec.calls, rec.layout, rec.num_layers
+    plan = budget_search(pipe.transformer, calls, budget_s=num_layers * rec.kept[args.uniform], masks=rec.masks,
+                         runtimes=rec.kept, solver="exact", progress=True, refine_rounds=args.refine_rounds)
+    plan.metadata.update(source=f"{args.row} of {os.path.relpath(rec.path)}", search_prompts=rec.prompts,
                          inputs="recorded sampling calls of the student (training prompts)",
                          budget="kept (query, key) pairs of the uniform plan " + format_mask(layout.num_frames,
                                                                                               args.uniform),

@@ -49,29 +49,14 @@ def dropped_mass(q, k, layout, masks) -> list[float]:
 
 def main(argv=None):
     args = parse_args(argv)
-    from diffusers_evdit import TileLayout
-    from diffusers_evdit.analysis import input_timestep, instrument, record_transformer_inputs
-    from diffusers_evdit.data import SyntheticVideoDataset
-    from diffusers_evdit.demo import DemoRow, load_pipeline, load_row, plan_summary, resolve_model
+    from equal_sparsity_plan import recorded_student_calls  # beside this script
+
+    from diffusers_evdit.analysis import input_timestep, instrument
     from diffusers_evdit.masks import element_sparsity, format_mask
     from diffusers_evdit.search import LossTable, budget_search, plan_output_loss
-    from diffusers_evdit.search.options import default_masks
 
-    path = resolve_model(args.model)
-    base, gen = load_pipeline(path, device="cpu")
-    row = DemoRow(args.row, args.row, steps=4, guidance_scale=1.0)
-    pipe = load_row(base, path, row, seed=args.seed)
-    pipe.set_mask_plan(None)
-    row_gen = row.generation(gen)
-    ds = SyntheticVideoDataset(num_samples=1000, seed=args.seed + 7, split="train")
-    prompts = [ds.scene(i).caption() for i in range(args.search_prompts)]
-    with record_transformer_inputs(pipe.transformer, device=None) as calls, torch.no_grad():
-        pipe(prompt=prompts, generator=torch.Generator("cpu").manual_seed(args.seed), output_type="latent",
-             **row_gen.call_kwargs())
-    info = plan_summary(pipe, row_gen)
-    layout = TileLayout(info["latent_frames"], info["tokens_per_frame"])
-    masks = default_masks(layout.num_frames)
-    num_layers = len(pipe.transformer.blocks)
+    rec = recorded_student_calls(args.model, args.row, args.search_prompts, args.seed, device="cpu")
+    pipe, calls, layout, masks, num_layers = rec.pipe, rec.calls, rec.layout, rec.masks, rec.num_layers
     sums = [[0.0] * len(masks) for _ in range(num_layers)]
 
     def observe(proc, q, k, v, seen_layout, key_padding_mask):
@@ -83,12 +68,10 @@ def main(argv=None):
             pipe.transformer(**call)
     table = LossTable(masks, sums, [input_timestep(c) for c in calls], "attention_mass", "mean", len(calls) * num_layers,
                       True)
-    kept = {m: 1.0 - element_sparsity(layout, m) for m in masks}
-    kept["dense"] = 1.0
-    plan = budget_search(pipe.transformer, calls, budget_s=num_layers * kept[args.uniform], masks=masks, runtimes=kept,
-                         solver="exact", progress=False, loss_table=table)
+    plan = budget_search(pipe.transformer, calls, budget_s=num_layers * rec.kept[args.uniform], masks=masks,
+                         runtimes=rec.kept, solver="exact", progress=False, loss_table=table)
     uniform_mass = sum(row[masks.index(args.uniform)] for row in sums)
-    plan.metadata.update(source=f"{args.row} of {os.path.relpath(path)}", search_prompts=prompts,
+    plan.metadata.update(source=f"{args.row} of {os.path.relpath(rec.path)}", search_prompts=rec.prompts,
                          inputs="recorded sampling calls of the student (training prompts)",
                          loss="attention mass each mask drops (mean over video queries, heads, prompts and calls)",
                          budget="kept (query, key) pairs of the uniform plan " + format_mask(layout.num_frames,
