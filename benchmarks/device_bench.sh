@@ -12,7 +12,7 @@
 #   2. `evdit bench kernels --shapes small` (forward; the demo model's shape and three up to CogVideoX's; kernel
 #      "auto" timed too: rows carry auto_vs_dense)
 #                                                                                    -> kernels-small-<gpu>.json
-#   3. `evdit bench kernels --backward` on the five full-size shapes (1 round)      -> kernels-bwd-<gpu>.json
+#   3. `evdit bench kernels --backward` on the five full-size shapes (2 rounds)     -> kernels-bwd-<gpu>.json
 #   4. `evdit bench train-step` on Wan2.1-1.3B 81f 480p, dense vs 1:20 student        -> train-step-<gpu>.json
 #      (DEVICE_BENCH_TRAIN_MODELS="wan2.1-1.3b_81f_480p cogvideox-5b_49f_480p" adds CogVideoX-5B)
 #   6. (demo-eval, not in the default parts) the demo rows on >= 64 held-out test prompts x 3 seeds with their
@@ -51,8 +51,10 @@ else
     gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())" 2>/dev/null || echo gpu)
     small=(--shapes small --kernels auto masked keysets split gathered flex --rounds 3 --rep-ms 50)
     # the five full-size shapes, smallest first (a part cut by its cap keeps the shapes it finished)
-    full=(--shapes cogvideox5b_49f_480p osp_29f_720p wan2.1-14b_81f_480p osp_93f_720p hunyuan_129f_720p
-          --backward --kernels auto split gathered flex --rounds 1 --rep-ms 50)
+    # (auto runs split on these shapes; flex's backward was 1.2-1.6x behind it in the first run, kernels-h100.json
+    # backward_run, whose single round of 50 ms left up to 23% noise: now 2 rounds of 200 ms, fewer kernels)
+    full=(--shapes cogvideox5b_49f_480p wan2.1-14b_81f_480p osp_29f_720p osp_93f_720p hunyuan_129f_720p
+          --backward --kernels auto gathered --rounds 2 --rep-ms 200)
     # shellcheck disable=SC2206
     train=(--models ${DEVICE_BENCH_TRAIN_MODELS:-wan2.1-1.3b_81f_480p} --reps 2)
     fa4=(--shapes full --kernels split fa4 fa4_kv64 --rounds 1 --rep-ms 50)
