@@ -21,17 +21,24 @@ from dataclasses import dataclass
 import torch
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def student_search_parser(description: str) -> argparse.ArgumentParser:
+    """The options of a search over the student's recorded calls at a uniform plan's budget (shared with
+    ``mass_plan.py``)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", default=None, help="base pipeline folder (default: the shipped demo model)")
     p.add_argument("--row", default="mlcd", help="student subfolder of the model whose calls are searched")
     p.add_argument("--uniform", type=int, required=True, help="k of the uniform plan whose sparsity is the budget")
     p.add_argument("--search-prompts", type=int, default=2, help="training prompts whose sampling feeds the search")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    return p
+
+
+def parse_args(argv=None):
+    p = student_search_parser(__doc__.split("\n")[0])
     p.add_argument("--refine-rounds", type=int, default=0,
                    help="rounds of joint refinement around the plan found (budget_search's refine_rounds)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", required=True)
     return p.parse_args(argv)
 
 

@@ -12,21 +12,15 @@ validation prompts); each mask's "runtime" is the share of (query, key) pairs it
 
 from __future__ import annotations
 
-import argparse
 import os
 
 import torch
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=None, help="base pipeline folder (default: the shipped demo model)")
-    p.add_argument("--row", default="mlcd", help="student subfolder of the model whose calls are measured")
-    p.add_argument("--uniform", type=int, required=True, help="k of the uniform plan whose sparsity is the budget")
-    p.add_argument("--search-prompts", type=int, default=2, help="training prompts whose sampling feeds the search")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
-    return p.parse_args(argv)
+    from equal_sparsity_plan import student_search_parser  # beside this script
+
+    return student_search_parser(__doc__.split("\n")[0]).parse_args(argv)
 
 
 def dropped_mass(q, k, layout, masks) -> list[float]:
