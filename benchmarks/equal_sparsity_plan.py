@@ -53,7 +53,10 @@ class StudentCalls:
     layout: object  # TileLayout of the demo's generation settings
     masks: list  # the k of each k:F-k option
     kept: dict  # each option's share of kept (query, key) pairs, "dense" included
-    num_layers: int
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.pipe.transformer.blocks)
 
 
 def recorded_student_calls(model=None, row="mlcd", search_prompts=2, seed=0, device=None) -> StudentCalls:
@@ -82,7 +85,7 @@ def recorded_student_calls(model=None, row="mlcd", search_prompts=2, seed=0, dev
     masks = default_masks(layout.num_frames)
     kept = {k: 1.0 - element_sparsity(layout, k) for k in masks}
     kept["dense"] = 1.0
-    return StudentCalls(path, pipe, prompts, list(calls), layout, masks, kept, len(pipe.transformer.blocks))
+    return StudentCalls(path, pipe, prompts, list(calls), layout, masks, kept)
 
 
 def main(argv=None):
