@@ -46,7 +46,8 @@ if [ "${DEVICE_BENCH_CPU:-0}" = 1 ]; then  # CPU-sized equivalents, to check thi
 else
     # shellcheck disable=SC1091
     source benchmarks/device_setup.sh 2>&1 | tee -a "$LOG" || { echo "device_setup.sh failed" | tee -a "$LOG"; }
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    # (sourced through a pipe, i.e. in a subshell: its exports do not reach here; dsl_packages: FlashAttention-4)
+    export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD PYTHONUNBUFFERED=1
     PY=python3
     gpu=$($PY -c "import torch; print(torch.cuda.get_device_name().split()[1].lower())" 2>/dev/null || echo gpu)
     small=(--shapes small --kernels auto masked keysets split gathered flex --rounds 3 --rep-ms 50)

@@ -1,7 +1,25 @@
 # Source on the device machine (repo root): installs the carried wheels (.whl/) and puts the repo on PYTHONPATH.
 # .whl/ holds diffusers (the image has none) and ftfy + wcwidth (SkyReels-V2's pipeline cleans prompts with ftfy):
 #   pip download -d .whl --no-deps diffusers==0.42.1 ftfy wcwidth
+#
+# FlashAttention-4 (optional) does not fit one call: its CUTLASS DSL compiler library is ~61 MiB even as .tar.xz and
+# the tracked tree is ~50 MiB of a call's 64. So it travels in two calls on one warm machine (README's device notes):
+#   here:  .fa4/      flash-attn-4, nvidia-cutlass-dsl (+ -libs-base), quack-kernels, apache-tvm-ffi,
+#                     torch-c-dlpack-ext wheels (cp312, --no-deps, ~8 MiB)
+#          .fa4big/   cu13.tar.xz: the unpacked nvidia-cutlass-dsl-libs-cu13 wheel, `xz -9e` (~61 MiB)
+#   call 1 (demo_model/ and benchmarks/results/ moved out of the tree for its duration), carry .fa4big:
+#          mkdir -p .fa4site && xz -dc .fa4big/cu13.tar.xz | tar -C .fa4site -xf -
+#   call 2, within the machine's 30 s idle window, carry .whl and .fa4: this script merges .fa4site (an ignored
+#          path, kept on the warm machine) into /tmp/site.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || return 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+if compgen -G ".fa4/*.whl" >/dev/null && [ -d .fa4site/nvidia_cutlass_dsl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .fa4/*.whl || return 1
+    cp -r .fa4site/. /tmp/site/  # the compiler library beside the DSL's Python (one nvidia_cutlass_dsl tree)
+    # the wheel's .pth line, which --target installs do not run
+    export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD
+    python3 -c "import flash_attn.cute.interface; print('FlashAttention-4 imports')" || echo "FlashAttention-4 fails"
+fi
 python3 -c "import torch, diffusers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, torch.cuda.get_device_name())"

@@ -10,7 +10,7 @@ Two ways to lay out the tokens, counted exactly from the layouts (no GPU, no tim
 
 Either bound caps ``pct_of_ideal`` of ``evdit bench kernels`` for such a kernel before any kernel inefficiency.
 
-    python benchmarks/fa4_block_bounds.py --json benchmarks/results/fa4-block-bounds.json
+    python benchmarks/fa4_block_bounds.py --json FILE   # kept as block_bounds in benchmarks/results/kernels-fa4-h100.json
 """
 
 from __future__ import annotations

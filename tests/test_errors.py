@@ -366,7 +366,7 @@ CASES = [
             "plan must be a MaskPlan, got list; load files with MaskPlan.load(path).", "MaskPlan.load(path)"),
     Refusal("kernel-name", "mask plans", "`kernel=\"fast\"`", _unknown_kernel, ValueError,
             "Unknown tile-attention kernel 'fast'; choose one of auto, fastest, dense, gathered, split, flex, walk, "
-            "masked, keysets.",
+            "masked, keysets, fa4.",
             "choose one of"),
     Refusal("k-zero", "mask plans", "`k = 0` in a plan entry", _k_zero, ValueError,
             "MaskPlan layer 1: A mask needs k >= 1 reference frames (frame 0 is always one), got k=0. Use None for "

@@ -78,7 +78,7 @@ def test_blocks_match_the_explicit_mask_pair_by_pair(frames, tpf, text, pos, k, 
                 assert bool(tile.any()) and (ragged or not bool(tile.all())), (i, j)
             else:
                 assert not bool(tile.any()), (i, j)
-    fwd, bwd = sp.forward_lists(), sp.backward_lists()
+    fwd, bwd = sp.forward_lists, sp.backward_lists
     assert torch.equal(_decode(fwd["full_block_cnt"], fwd["full_block_idx"], qb, kb), sp.full)
     assert torch.equal(_decode(fwd["mask_block_cnt"], fwd["mask_block_idx"], qb, kb), sp.partial)
     assert torch.equal(_decode(bwd["full_block_cnt"], bwd["full_block_idx"], kb, qb), sp.full.T)
@@ -100,7 +100,7 @@ def _emulate_fa4(q, k, v, sp):
     the code rule (and the sequence end), others skipped."""
     n, scale = q.shape[2], q.shape[-1] ** -0.5
     out = torch.empty(*q.shape[:3], v.shape[-1], dtype=torch.float64)
-    fwd = sp.forward_lists()
+    fwd = sp.forward_lists
     for i in range(sp.full.shape[0]):
         rows = torch.arange(i * sp.q_block, min((i + 1) * sp.q_block, n))
         cols, keep = [], []

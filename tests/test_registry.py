@@ -10,6 +10,7 @@ from reference import attention_f64, paper_mask
 from diffusers_evdit.kernels import (
     KERNELS,
     TILE_KERNELS,
+    KernelSpec,
     TileAttention,
     TileCall,
     UnsupportedKernelError,
@@ -33,7 +34,7 @@ def _inputs(layout, batch=1, heads=2, dim=8, seed=0, requires_grad=False):
 def test_every_named_kernel_is_registered_in_order():
     assert TILE_KERNELS.names()[: len(KERNELS) - 2] == KERNELS[2:]
     assert set(TILE_KERNELS.trainable("cpu")) == {"dense", "gathered", "split", "masked", "keysets"}
-    assert set(TILE_KERNELS.trainable("cuda")) == {"dense", "gathered", "split", "masked", "flex", "keysets"}
+    assert set(TILE_KERNELS.trainable("cuda")) == {"dense", "gathered", "split", "masked", "flex", "keysets", "fa4"}
 
 
 def test_declared_constraints_refuse_with_the_fix():
@@ -134,6 +135,72 @@ def test_auto_on_short_gpu_sequences():
     assert att.preference(TileCall(placeholder, placeholder, placeholder, wan_240p, 1)) == ("walk", "gathered", "split")
     assert att.preference(TileCall(*(torch.empty(1, 1, DEMO.seq_len, 0, device=meta),) * 3, DEMO, 2)) == (
         "masked", "gathered")
+
+
+def test_auto_tries_fa4_first_on_long_sequences_where_it_was_measured(monkeypatch):
+    """Long sequences (from FA4_MIN_SEQ_LEN tokens) on a GPU of prefers_fa4 put fa4 before split; shorter ones,
+    traces and other devices do not. The fa4 kernel's own constraints still decide: on the meta device (which stands
+    for a GPU here) it is refused, so split runs."""
+    import diffusers_evdit.kernels as kernels
+
+    meta = torch.device("meta")
+    att = TileAttention()
+    cog_480p = TileLayout(13, 1350, 226, "first")  # CogVideoX-5B 49f 480p: 17776 tokens
+    mid = TileLayout(13, 900, 226, "first")  # 11926 tokens: long for auto, short for fa4
+    assert mid.seq_len < kernels.FA4_MIN_SEQ_LEN <= cog_480p.seq_len
+
+    def call(layout):
+        placeholder = torch.empty(1, 1, layout.seq_len, 64, device=meta, dtype=torch.bfloat16)
+        return TileCall(placeholder, placeholder, placeholder, layout, 1)
+
+    assert att.preference(call(cog_480p)) == ("split", "gathered")  # prefers_fa4: not a CUDA device
+    monkeypatch.setattr(kernels, "prefers_fa4", lambda device: True)
+    assert att.preference(call(cog_480p)) == ("fa4", "split", "gathered")
+    assert att.preference(call(mid)) == ("split", "gathered")
+    assert att.choose(cog_480p, 1, meta, call=call(cog_480p)) == "split"  # fa4 refused: runs on cuda tensors
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert att.preference(call(cog_480p)) == ("split", "gathered")  # its first call compiles: not in a trace
+
+
+def test_fa4_kernel_refuses_clearly_where_it_cannot_run(monkeypatch):
+    """Named on the CPU, fa4 names the device; where FlashAttention-4 is missing, the package to install."""
+    import diffusers_evdit.kernels.registry as registry
+
+    layout = TileLayout(4, 8)
+    q = torch.randn(1, 1, layout.seq_len, 16)
+    with pytest.raises(UnsupportedKernelError, match="'fa4' tile kernel runs on cuda tensors.*kernel='split'"):
+        TileAttention("fa4")(q, q, q, layout, 1)
+    spec = KernelSpec("needs_fa4", fn=None, needs_fa4=True)
+    monkeypatch.setattr(registry, "fa4_available", lambda device: False)
+    assert "pip install flash-attn-4" in spec.refusal(TileCall(q, q, q, layout, 1))
+    monkeypatch.setattr(registry, "fa4_available", lambda device: True)
+    assert spec.refusal(TileCall(q, q, q, layout, 1)) is None
+
+
+@pytest.mark.gpu
+def test_auto_runs_fa4_on_a_long_cuda_sequence_exactly():
+    """Where FlashAttention-4 runs on a Hopper GPU, auto picks it for a long sequence and matches float64, forward
+    and backward (a key-padding mask sends the call to split instead)."""
+    from diffusers_evdit.kernels.fa4 import fa4_available, prefers_fa4
+
+    if not torch.cuda.is_available() or not (fa4_available() and prefers_fa4("cuda")):
+        pytest.skip("needs FlashAttention-4 on a Hopper GPU")
+    layout = TileLayout(13, 1350, 226, "first")
+    g = torch.Generator().manual_seed(0)
+    q, k, v, do = (torch.randn(1, 2, layout.seq_len, 64, generator=g).cuda().bfloat16() for _ in range(4))
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    att = TileAttention()
+    assert att.choose(layout, 2, q.device, call=TileCall(q, k, v, layout, 2)) == "fa4"
+    out = att(q, k, v, layout, 2)
+    grads = torch.autograd.grad(out, (q, k, v), do)
+    qd, kd, vd = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = attention_f64(qd, kd, vd, paper_mask(13, 1350, 226, True, 2).cuda())
+    ref_grads = torch.autograd.grad(ref, (qd, kd, vd), do.double())
+    assert ((out.double() - ref).norm() / ref.norm()).item() < 1e-2
+    for got, want in zip(grads, ref_grads):
+        assert ((got.double() - want).norm() / want.norm()).item() < 2e-2
+    pad = torch.ones(1, layout.seq_len, dtype=torch.bool, device=q.device)
+    assert att.choose(layout, 2, q.device, pad, call=TileCall(q, k, v, layout, 2, pad)) == "split"
 
 
 def test_walk_global_rows_follow_the_sequence_length(monkeypatch):

@@ -11,7 +11,10 @@ Kernels (all exact for the ``k:F-k`` mask, inputs ``[B, H, N, D]``):
   (:mod:`.walk`; CUDA, inference only), which ``auto`` runs on mid-length CUDA sequences;
 * ``"masked"``: one SDPA call with the explicit boolean tile mask (cached per layout), for short sequences;
 * ``"keysets"``: two dense calls, no mask and no merge (global rows against every key; the non-reference frames,
-  batched, against their gathered key sets), for short sequences (:mod:`.keysets`; no key-padding mask).
+  batched, against their gathered key sets), for short sequences (:mod:`.keysets`; no key-padding mask);
+* ``"fa4"``: FlashAttention-4's block-sparse kernel with the tile rule as its ``mask_mod`` (:mod:`.fa4`; CUDA,
+  Hopper or Blackwell, ``pip install flash-attn-4``; forward and backward; no key-padding mask), which ``auto`` runs
+  on long sequences on Hopper GPUs where it is installed.
 
 Each kernel is registered in :data:`TILE_KERNELS` (:mod:`.registry`) with its constraints (devices, dtypes, head
 sizes, key-padding masks, backward), checked in one place. ``"auto"`` picks dense where the mask keeps every pair
@@ -29,6 +32,7 @@ import torch
 from ..layout import TileLayout
 from ..masks import additive_tile_mask, element_sparsity, is_dense, non_reference_frames
 from .dense import dense_attention
+from .fa4 import FA4TileKernel, prefers_fa4
 from .flex import FlexTileKernel, tile_block_mask
 from .gathered import gathered_tile_attention
 from .indices import TileIndices, tile_indices
@@ -42,7 +46,7 @@ from .walk import BLOCK_M as WALK_BLOCK_M
 from .walk import GLOBAL_ROWS, WalkTables, walk_segments, walk_tile_attention
 
 # the names the CLI offers
-KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk", "masked", "keysets")
+KERNELS = ("auto", "fastest", "dense", "gathered", "split", "flex", "walk", "masked", "keysets", "fa4")
 # "fastest" runs dense attention for a sparse entry only when auto's kernel is slower by more than this share
 FASTEST_MARGIN = 0.02
 MERGES = ("auto", "eager", "compiled", "triton")
@@ -64,6 +68,10 @@ CUDA_GATHERED_MIN_SPARSITY = 0.6  # longer small CUDA sequences run gathered abo
 SMALL_MASKED_MAX_SPARSITY = 0.05  # one CPU thread
 SMALL_MASKED_MAX_SPARSITY_THREADED = 0.15  # several CPU threads
 SMALL_TRAIN_MIN_SPARSITY = 0.25  # under autograd: keysets above, masked below
+# Long sequences: FlashAttention-4 (fa4) ahead of split from this length, on the GPUs of prefers_fa4 where it is
+# installed: ahead forward and backward on every full-size shape measured (17,776 tokens and up); at 3510-4516 tokens
+# its ~0.33 ms of host time a call lost to dense (BENCHMARKS.md "FlashAttention-4 on an H100", kernels-fa4-h100.json)
+FA4_MIN_SEQ_LEN = 16384
 MAX_KEYSET_BUFFERS = 32  # pairs of kept key-set buffers a TileAttention holds (per thread, shape and inference mode)
 
 
@@ -135,7 +143,7 @@ class TileAttention:
 
     Args:
         kernel: ``"auto"`` (default), ``"fastest"``, or a kernel of :data:`TILE_KERNELS`: ``"dense"``,
-            ``"gathered"``, ``"split"``, ``"flex"``, ``"walk"``, ``"masked"`` or ``"keysets"``.
+            ``"gathered"``, ``"split"``, ``"flex"``, ``"walk"``, ``"masked"``, ``"keysets"`` or ``"fa4"``.
         merge: how the ``split`` kernel merges its two partial results: ``"eager"`` (PyTorch), ``"compiled"``
             (``torch.compile``, one fused pass), ``"triton"`` (a Triton kernel; CUDA) or ``"auto"`` (default:
             compiled on CUDA for large inputs, else eager). BENCHMARKS.md compares them.
@@ -161,7 +169,9 @@ class TileAttention:
     is faster by more than :data:`FASTEST_MARGIN`. ``auto`` runs the walk kernel only on mid-length CUDA sequences
     (above :data:`CUDA_MASKED_SEQ_LEN` tokens, up to ``small_seq_len``), where it was the fastest exact kernel; its
     first call per shape compiles and tunes four launch settings (seconds). Longer sequences keep ``split``, which
-    walk never beat there (BENCHMARKS.md). An entry that picks dense attention then computes full attention, not its
+    walk never beat there (BENCHMARKS.md), except on Hopper GPUs where FlashAttention-4 is installed: there ``auto``
+    runs ``fa4`` from :data:`FA4_MIN_SEQ_LEN` tokens, ahead of split forward and backward on every full-size shape
+    measured (its first call per head size, dtype and direction compiles, seconds). An entry that picks dense attention then computes full attention, not its
     tile mask: the plan becomes a licence to skip work where that pays. Under ``torch.compile`` tracing and
     CUDA-graph capture nothing is timed and auto's kernel runs. ``"auto"`` always applies the plan's masks (exact
     kernels only).
@@ -184,6 +194,7 @@ class TileAttention:
     small_seq_len: int | None = None
     tuner: KernelTuner = field(default_factory=KernelTuner)
     flex: FlexTileKernel = field(default_factory=FlexTileKernel)
+    fa4: FA4TileKernel = field(default_factory=FA4TileKernel)
     fused_merge: CompiledFn = field(default_factory=lambda: CompiledFn(merge_partial_attention, {"dynamic": False}))
     _indices: dict = field(default_factory=dict, repr=False)
     _walk_tables: dict = field(default_factory=dict, repr=False)
@@ -249,14 +260,18 @@ class TileAttention:
 
     def preference(self, call: TileCall) -> tuple[str, ...]:
         """``auto``'s kernels for a sparse entry, fastest first; it runs the first that supports the call."""
+        # fa4's and walk's first call per shape compiles (walk also tunes): not inside a trace or a graph capture
+        tracing = torch.compiler.is_compiling() or (call.q.is_cuda and torch.cuda.is_current_stream_capturing())
         if not self.is_small(call):
-            return ("split", "gathered")
+            # FlashAttention-4 where it was measured ahead of split (Hopper); refused without it, for a key-padding
+            # mask, float32 or an odd head size, and then split runs
+            long = call.layout.seq_len >= FA4_MIN_SEQ_LEN
+            fa4 = ("fa4",) if long and not tracing and prefers_fa4(call.q.device) else ()
+            return fa4 + ("split", "gathered")
         sparsity = element_sparsity(call.layout, call.k_ref)
         if call.q.device.type != "cpu":
             if call.layout.seq_len <= CUDA_MASKED_SEQ_LEN:
                 return ("masked", "gathered")
-            # walk's first call per shape compiles and tunes (timing runs): not inside a trace or a graph capture
-            tracing = torch.compiler.is_compiling() or (call.q.is_cuda and torch.cuda.is_current_stream_capturing())
             walk = () if tracing else ("walk",)  # refused under autograd, for float64 or without Triton
             if sparsity > CUDA_GATHERED_MIN_SPARSITY:
                 return walk + ("gathered", "split")
@@ -274,9 +289,10 @@ class TileAttention:
 
         ``auto``: dense where the mask keeps every pair (a dense entry, or ``k = F - 1``: the one non-reference
         frame sees every frame); otherwise the first kernel of :meth:`preference` whose declared constraints hold
-        (:data:`TILE_KERNELS`): ``split`` (the fastest exact kernel on the shapes measured, BENCHMARKS.md; exact
-        backward too), ``gathered`` where a key-padding mask covers video tokens (``split`` handles padded text
-        only; under ``torch.compile`` any key-padding mask takes a kernel that handles every mask, so the check
+        (:data:`TILE_KERNELS`): ``fa4`` on Hopper GPUs where FlashAttention-4 is installed, from
+        :data:`FA4_MIN_SEQ_LEN` tokens (no key-padding mask; bf16/fp16), ``split`` (the fastest exact kernel on
+        the shapes measured without FA4, BENCHMARKS.md; exact backward too), ``gathered`` where a key-padding mask
+        covers video tokens (``split`` handles padded text only; under ``torch.compile`` any key-padding mask takes a kernel that handles every mask, so the check
         adds no graph break), and on short sequences (:data:`SMALL_SEQ_LEN`) one masked SDPA call (on CUDA above
         :data:`CUDA_MASKED_SEQ_LEN` tokens the ``walk`` kernel where it runs, else ``gathered`` for masks skipping
         more than :data:`CUDA_GATHERED_MIN_SPARSITY` and ``masked`` for the others) or, on the CPU, ``keysets``
@@ -443,6 +459,12 @@ def _keysets(attention: TileAttention, c: TileCall) -> torch.Tensor:
             buffers = attention._keyset_buffers[key] = (torch.empty(shapes[0], dtype=c.k.dtype, device=c.k.device),
                                                         torch.empty(shapes[1], dtype=c.v.dtype, device=c.v.device))
     return keyset_tile_attention(c.q, c.k, c.v, plan, c.scale, gather_buffers=buffers)
+
+
+@TILE_KERNELS.register("fa4", devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), head_dim_multiple=8,
+                       padding="none", backward=("cuda",), needs_fa4=True, fix="use kernel='split'")
+def _fa4(attention: TileAttention, c: TileCall) -> torch.Tensor:
+    return attention.fa4(c.q, c.k, c.v, c.layout, c.k_ref, scale=c.scale)
 
 
 def tile_attention(q, k, v, layout: TileLayout, k_ref: int | None, key_padding_mask=None, kernel="auto", scale=None):

@@ -33,6 +33,9 @@ from ..masks import reference_flags
 GLOBAL_CODE = -1
 # compute capabilities FA4 targets with block sparsity: Hopper (9.x) and Blackwell (10.x, 11.x)
 SUPPORTED_MAJORS = (9, 10, 11)
+# where "auto" prefers it to split on long sequences: where it was measured ahead of split, forward and backward
+# (Hopper: H100, BENCHMARKS.md "FlashAttention-4 on an H100"); elsewhere it runs only when named, kernel="fa4"
+AUTO_MAJORS = (9,)
 
 
 def token_codes(layout: TileLayout, k_ref: int | None, device=None) -> torch.Tensor:
@@ -75,8 +78,8 @@ class FA4BlockSparsity:
     """The block-sparsity tensors of one plan entry on one layout.
 
     ``full`` and ``partial`` are the ``[query blocks, key blocks]`` maps; ``codes`` (int32, padded to whole blocks
-    with frame codes no real token has) is the ``mask_mod``'s auxiliary tensor. :meth:`forward_lists` and
-    :meth:`backward_lists` give the ``(count, index)`` pairs FA4 reads.
+    with frame codes no real token has) is the ``mask_mod``'s auxiliary tensor. :attr:`forward_lists` and
+    :attr:`backward_lists` give the ``(count, index)`` pairs FA4 reads.
     """
 
     q_block: int
@@ -86,14 +89,17 @@ class FA4BlockSparsity:
     partial: torch.Tensor
     codes: torch.Tensor
 
+    @functools.cached_property
     def forward_lists(self) -> dict:
-        """Per query block: ``full_block_cnt/idx`` and ``mask_block_cnt/idx`` (``[1, 1, QB]``, ``[1, 1, QB, KB]``)."""
+        """Per query block: ``full_block_cnt/idx`` and ``mask_block_cnt/idx`` (``[1, 1, QB]``, ``[1, 1, QB, KB]``).
+        Built on first use and kept: a call then costs no index work."""
         full_cnt, full_idx = _index_lists(self.full)
         mask_cnt, mask_idx = _index_lists(self.partial)
         return dict(full_block_cnt=full_cnt, full_block_idx=full_idx, mask_block_cnt=mask_cnt, mask_block_idx=mask_idx)
 
+    @functools.cached_property
     def backward_lists(self) -> dict:
-        """Per key block: the same four tensors over query blocks (``[1, 1, KB]``, ``[1, 1, KB, QB]``)."""
+        """Per key block: the same four tensors over query blocks (``[1, 1, KB]``, ``[1, 1, KB, QB]``); kept too."""
         full_cnt, full_idx = _index_lists(self.full.T)
         mask_cnt, mask_idx = _index_lists(self.partial.T)
         return dict(full_block_cnt=full_cnt, full_block_idx=full_idx, mask_block_cnt=mask_cnt, mask_block_idx=mask_idx)
@@ -169,6 +175,17 @@ def fa4_available(device=None) -> bool:
         return False
 
 
+def prefers_fa4(device) -> bool:
+    """Whether ``auto`` tries the FA4 tile kernel first on a long sequence on ``device``: a CUDA device of a
+    compute capability in :data:`AUTO_MAJORS` (the kernel's own constraints, FA4 installed among them, are checked
+    after this). Never raises."""
+    try:
+        device = torch.device(device)
+        return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] in AUTO_MAJORS
+    except Exception:
+        return False
+
+
 def fa4_block_size(device) -> tuple[int, int]:
     """Sparse (query, key) block sizes FA4 accepts on ``device``: ``(128, 128)`` on Hopper; on Blackwell its forward
     takes query tiles in pairs, ``(256, 128)``."""
@@ -226,10 +243,10 @@ def fa4_tile_attention(q, k, v, sparsity: FA4BlockSparsity, scale=None) -> torch
     if q.shape[2] != sparsity.seq_len:
         raise ValueError(f"The block sparsity was built for {sparsity.seq_len} tokens, got {q.shape[2]}.")
     size = (sparsity.q_block, sparsity.kv_block)
-    forward = BlockSparseTensorsTorch(**sparsity.forward_lists(), block_size=size)
+    forward = BlockSparseTensorsTorch(**sparsity.forward_lists, block_size=size)
     backward = None
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        backward = BlockSparseTensorsTorch(**sparsity.backward_lists(), block_size=size)
+        backward = BlockSparseTensorsTorch(**sparsity.backward_lists, block_size=size)
     out = _first(flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale,
                                  mask_mod=_tile_mask_mod(), aux_tensors=[sparsity.codes],
                                  block_sparse_tensors=forward, block_sparse_tensors_bwd=backward))

@@ -1,7 +1,7 @@
 """A registry of tile-attention kernels with declared constraints, checked in one place.
 
 In the style of diffusers' ``attention_dispatch`` registry: each kernel is a function registered under its name with
-what it supports (devices, dtypes, head sizes, key-padding masks, an exact backward, Triton). :meth:`KernelSpec.check`
+what it supports (devices, dtypes, head sizes, key-padding masks, an exact backward, Triton, FlashAttention-4). :meth:`KernelSpec.check`
 tells why a kernel cannot run a call; ``TileAttention`` runs a forced kernel only after that check, and its ``"auto"``
 choice takes the first kernel of its preference order whose check passes.
 """
@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from ..layout import TileLayout
+from .fa4 import fa4_available
 from .triton_support import triton_runs
 
 PADDING = ("any", "text", "none")
@@ -79,6 +80,7 @@ class KernelSpec:
         padding: key-padding masks it takes: ``"any"``, ``"text"`` (text tokens only) or ``"none"``.
         backward: whether it has an exact backward pass, and on which devices (``True``: all, a tuple: those).
         needs_triton: whether it runs only where Triton kernels run (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
+        needs_fa4: whether it runs only where FlashAttention-4 runs (:func:`.fa4.fa4_available`).
         fix: what to do instead, appended to every refusal.
 
     Example:
@@ -98,6 +100,7 @@ class KernelSpec:
     padding: str = "any"
     backward: bool | tuple[str, ...] = True
     needs_triton: bool = False
+    needs_fa4: bool = False
     fix: str = "use kernel='auto'"
 
     def has_backward(self, device: torch.device) -> bool:
@@ -111,6 +114,8 @@ class KernelSpec:
             return f"runs on {'/'.join(self.devices)} tensors, got {q.device.type}"
         if self.needs_triton and not triton_runs(q.device):
             return "needs Triton and CUDA tensors (or TRITON_INTERPRET=1)"
+        if self.needs_fa4 and not fa4_available(q.device):
+            return "needs FlashAttention-4 (`pip install flash-attn-4`) and a Hopper or Blackwell GPU"
         dtype_applies = self.dtype_devices is None or q.device.type in self.dtype_devices
         if self.dtypes is not None and dtype_applies and q.dtype not in self.dtypes:
             where = f" on {'/'.join(self.dtype_devices)}" if self.dtype_devices else ""
