@@ -20,8 +20,8 @@
 #      steps, the MLCD student under the searched and uniform plans without KD (issue 21)  -> demo-rows-<gpu>.json
 #   7. (quality-wallclock, not in the default parts) every row of the committed quality tables timed on the demo
 #      model with its own steps, guidance and plan (benchmarks/quality_wallclock.py)   -> quality*.json, updated
-#   5. FlashAttention-4 rows (forward, its tile kernel beside split; only where `flash_attn.cute` imports on this
-#      GPU: its CUTLASS DSL wheels must be installed)                                 -> kernels-fa4-<gpu>.json
+#   5. FlashAttention-4 rows (forward, its tile kernel beside split, 3 rounds; only where `flash_attn.cute` imports
+#      on this GPU: its wheels travel in two calls, benchmarks/device_setup.sh)      -> kernels-fa4-<gpu>.json
 # Results land in $OUT (at most 5 files; JSON written after every shape/model, so a part cut by its cap keeps what
 # it measured) and, for committing, under benchmarks/results/ in the repo copy.
 #
@@ -58,7 +58,7 @@ else
           --backward --kernels auto gathered --rounds 2 --rep-ms 200)
     # shellcheck disable=SC2206
     train=(--models ${DEVICE_BENCH_TRAIN_MODELS:-wan2.1-1.3b_81f_480p} --reps 2)
-    fa4=(--shapes full --kernels split fa4 fa4_kv64 --rounds 1 --rep-ms 50)
+    fa4=(--shapes full --kernels split fa4 --rounds 3 --rep-ms 100)
     plan=diffusers_evdit/demo_model/evdit/mask_plan.json
     demo=(--device cuda --prompts 64 --seeds 3 --workers 12 --base-steps 10 4
           --extra-row "MLCD + searched plan, no KD=mlcd:$PWD/$plan"
@@ -138,7 +138,7 @@ part train-step 110 $PY -m diffusers_evdit.cli bench train-step "${train[@]}" --
 fa4_runs() { $PY -c "from diffusers_evdit.kernels.fa4 import fa4_available as a; import sys; sys.exit(not a())"; }
 if [ "${DEVICE_BENCH_CPU:-0}" = 1 ] || fa4_runs; then
     r=$RESULTS/kernels-fa4-$gpu.json
-    part kernels-fa4 60 $PY -m diffusers_evdit.cli bench kernels "${fa4[@]}" --out "$r" && keep "$r"
+    part kernels-fa4 260 $PY -m diffusers_evdit.cli bench kernels "${fa4[@]}" --out "$r" && keep "$r"
 else
     echo "== kernels-fa4: skipped: FlashAttention-4 does not run here ($($PY -c "
 import importlib.util, torch

@@ -162,6 +162,19 @@ def test_auto_tries_fa4_first_on_long_sequences_where_it_was_measured(monkeypatc
     assert att.preference(call(cog_480p)) == ("split", "gathered")  # its first call compiles: not in a trace
 
 
+def test_kernels_used_reports_the_kernels_that_ran():
+    """What a caller (e.g. `evdit bench train-step`'s kernel_used) reads back: each kernel a call actually ran."""
+    att = TileAttention()
+    assert att.kernels_used() == ()
+    q = _inputs(DEMO, dim=16)[0]
+    for k_ref in (1, 6, 7):
+        att(q, q, q, DEMO, k_ref)
+    assert att.kernels_used() == tuple(sorted({"keysets", "masked", "dense"}))
+    split = TileAttention("split")
+    split(q, q, q, DEMO, 2)
+    assert split.kernels_used() == ("split",)
+
+
 def test_fa4_kernel_refuses_clearly_where_it_cannot_run(monkeypatch):
     """Named on the CPU, fa4 names the device; where FlashAttention-4 is missing, the package to install."""
     import diffusers_evdit.kernels.registry as registry

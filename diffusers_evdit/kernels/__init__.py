@@ -351,6 +351,21 @@ class TileAttention:
             self._chosen[signature] = (kernel, TILE_KERNELS[kernel].fn)
         return TILE_KERNELS[kernel].fn(self, call)
 
+    def kernels_used(self) -> tuple[str, ...]:
+        """The kernels this instance's calls have run so far, sorted (from its per-signature choice cache: calls under
+        ``fastest``, with a key-padding mask or inside a ``torch.compile`` trace are not recorded there).
+
+        Example:
+            >>> import torch
+            >>> from diffusers_evdit import TileLayout
+            >>> att, layout = TileAttention("gathered"), TileLayout(num_frames=4, tokens_per_frame=8)
+            >>> q = torch.randn(1, 2, layout.seq_len, 16)
+            >>> _ = att(q, q, q, layout, k_ref=1)
+            >>> att.kernels_used()
+            ('gathered',)
+        """
+        return tuple(sorted({kernel for kernel, _ in self._chosen.values()}))
+
     def _signature(self, c: TileCall):
         """What decides a call's checks and kernel, as a key of the per-instance choice cache; None where the choice
         must be made afresh (``fastest``, which times kernels; a key-padding mask, whose padded tokens are data;
