@@ -5,7 +5,9 @@ first / last / none with 0..300 tokens, frame sizes that fit no block size), ``k
 batch and head counts, head sizes, dtypes (float32, float64, bfloat16 with a relative tolerance), key-padding masks and
 non-contiguous / strided inputs. Each case runs every kernel of :data:`diffusers_evdit.kernels.KERNELS` that runs on
 the CPU (flex, slower there, on every fourth case); the Triton ``walk`` kernel runs in a child process under the
-Triton interpreter (no bfloat16 there), and every kernel on CUDA in a ``gpu`` test.
+Triton interpreter (no bfloat16 there), and every kernel on CUDA in a ``gpu`` test. ``fa4`` (FlashAttention-4:
+Hopper/Blackwell, bf16/fp16, no key-padding mask) is not drawn here; tests/test_fa4_blocks.py and
+tests/test_registry.py check it against float64 on the GPU.
 
 The default budget runs in CI; ``EVDIT_FUZZ_CASES=2000 pytest tests/test_fuzz_exactness.py -k long`` runs a long sweep
 (``EVDIT_FUZZ_CASES`` cases; ``EVDIT_FUZZ_SEED`` picks the first seed). A failure prints its seed and
@@ -30,8 +32,9 @@ from diffusers_evdit.kernels import KERNELS, TileAttention, tile_attention
 from diffusers_evdit.kernels.registry import UnsupportedKernelError
 from diffusers_evdit.layout import TileLayout
 
-#: Kernels that run on the CPU; ``walk`` is the Triton kernel (CUDA, or the slow Triton interpreter).
-CPU_KERNELS = tuple(k for k in KERNELS if k != "walk")
+#: Kernels that run on the CPU; ``walk`` is the Triton kernel (CUDA, or the slow Triton interpreter), ``fa4``
+#: FlashAttention-4's (CUDA only).
+CPU_KERNELS = tuple(k for k in KERNELS if k not in ("walk", "fa4"))
 CI_CASES = 80
 PRIMES = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37, 41, 43, 47, 53)
 
