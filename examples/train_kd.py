@@ -96,9 +96,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--plan", default=None,
                    help="the student's plan: a plan JSON (evdit search), uniform:K, or 'saved' (the --student folder's "
                         "plan; the default with --student)")
-    g.add_argument("--kernel", choices=("auto", "split", "gathered", "flex"), default="auto",
+    g.add_argument("--kernel", choices=("auto", "split", "gathered", "flex", "fa4"), default="auto",
                    help="tile kernel of the sparse layers during training, one with exact gradients (auto: picks "
-                        "one under autograd; flex needs CUDA)")
+                        "one under autograd, fa4 on Hopper GPUs where FlashAttention-4 is installed; flex needs CUDA, "
+                        "fa4 FlashAttention-4)")
     g.add_argument("--kd_weight", type=float, default=1.0,
                    help="weight of the feature loss mean_l MSE(attn) + MSE(mlp) (0: task loss only)")
     g.add_argument("--task_loss", choices=TASK_LOSSES, default="auto",

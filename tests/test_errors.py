@@ -459,7 +459,7 @@ CASES = [
     Refusal("loss-type", "distillation", "`mlcd_loss(..., loss_type=\"l1\")`", _loss_type, ValueError,
             "loss_type must be 'l2' or 'huber', got 'l1'.", "must be 'l2' or 'huber'"),
     Refusal("walk-student", "distillation", "`make_sparse_student(..., kernel=\"walk\")` (inference only)",
-            _walk_student, ValueError, "kernel must be one of ('auto', 'split', 'gathered', 'flex') for training "
+            _walk_student, ValueError, "kernel must be one of ('auto', 'split', 'gathered', 'flex', 'fa4') for training "
             "(exact gradients), got 'walk'.", "must be one of"),
     Refusal("walk-training", "distillation", "`kd_loss` with gradients on a student running the walk kernel",
             _walk_kernel_training, ValueError,
@@ -512,7 +512,7 @@ CASES = [
     Refusal("cli-ema", "training scripts", "`train_mlcd.py --ema_decay 1`", _cli_ema, UsageError,
             "--ema_decay must be in [0, 1)", "must be in [0, 1)"),
     Refusal("cli-kd-kernel", "training scripts", "`train_kd.py --kernel walk`", _cli_kd_kernel, UsageError,
-            "argument --kernel: invalid choice: 'walk' (choose from 'auto', 'split', 'gathered', 'flex')",
+            "argument --kernel: invalid choice: 'walk' (choose from 'auto', 'split', 'gathered', 'flex', 'fa4')",
             "choose from"),
     Refusal("cli-kd-weights", "training scripts", "`train_kd.py --kd_weight -1`", _cli_kd_weights, UsageError,
             "--kd_weight and --task_weight must be >= 0", "must be >= 0"),

@@ -81,7 +81,7 @@ __all__ = [
 
 #: Tile kernels whose backward pass is exact (``"dense"`` too, but it ignores the plan's sparse entries); ``"auto"``
 #: picks one of them whenever gradients are enabled.
-TRAINABLE_KERNELS = ("auto", "split", "gathered", "flex")
+TRAINABLE_KERNELS = ("auto", "split", "gathered", "flex", "fa4")
 
 
 # ------------------------------------------------------------------------------------------------------ the loss
@@ -188,7 +188,8 @@ def check_trainable_kernel(transformer: nn.Module) -> None:
     """Raise ``ValueError`` when ``transformer`` has a plan whose sparse layers run a kernel with a wrong backward.
 
     Trainable kernels are :data:`TRAINABLE_KERNELS`: ``"auto"`` (it picks an exact-backward kernel under autograd),
-    ``"split"``, ``"gathered"`` and ``"flex"`` (CUDA). Dense plans and no plan pass.
+    ``"split"``, ``"gathered"``, ``"flex"`` (CUDA) and ``"fa4"`` (FlashAttention-4, Hopper/Blackwell). Dense plans
+    and no plan pass.
 
     Example:
         >>> from diffusers_evdit.tiny import tiny_transformer
