@@ -175,6 +175,34 @@ def test_kernels_used_reports_the_kernels_that_ran():
     assert split.kernels_used() == ("split",)
 
 
+def test_auto_falls_back_to_split_when_fa4_fails(monkeypatch):
+    """FA4 is a pre-release compiled at its first call: if that call raises under auto, the call still returns the
+    exact result (split's), with a warning, and auto stops choosing fa4 in that instance. A named fa4 raises."""
+    import diffusers_evdit.kernels as kernels
+
+    calls = []
+
+    def broken(attention, call):
+        calls.append(call.q.shape)
+        raise RuntimeError("CuTe DSL compile failed")
+
+    monkeypatch.setattr(kernels, "prefers_fa4", lambda device: True)
+    monkeypatch.setattr(kernels, "FA4_MIN_SEQ_LEN", 0)
+    monkeypatch.setitem(TILE_KERNELS.kernels, "fa4", KernelSpec("fa4", fn=broken))
+    layout = TileLayout(6, 16, 5, "first")
+    q, k, v = _inputs(layout, dim=16)
+    att = TileAttention(small_seq_len=0)
+    with pytest.warns(RuntimeWarning, match="FlashAttention-4 failed.*runs split instead"):
+        out = att(q, k, v, layout, 2)
+    assert len(calls) == 1 and att.kernels_used() == ("split",)
+    want = attention_f64(q, k, v, paper_mask(6, 16, 5, True, 2))
+    assert (out.double() - want).abs().max().item() < 1e-5
+    att(q, k, v, layout, 3)  # a new signature: fa4 is no longer tried
+    assert len(calls) == 1
+    with pytest.raises(RuntimeError, match="compile failed"):
+        TileAttention("fa4")(q, k, v, layout, 2)
+
+
 def test_fa4_kernel_refuses_clearly_where_it_cannot_run(monkeypatch):
     """Named on the CPU, fa4 names the device; where FlashAttention-4 is missing, the package to install."""
     import diffusers_evdit.kernels.registry as registry

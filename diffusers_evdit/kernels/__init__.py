@@ -24,6 +24,7 @@ and, otherwise, the first kernel of its preference order that supports the call 
 from __future__ import annotations
 
 import threading
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -204,6 +205,7 @@ class TileAttention:
     _chosen: dict = field(default_factory=dict, repr=False)
     _keyset_plans: dict = field(default_factory=dict, repr=False)
     _keyset_buffers: dict = field(default_factory=dict, repr=False)
+    _fa4_failed: bool = field(default=False, repr=False)  # auto's FA4 call raised once: auto no longer picks it
 
     def __post_init__(self):
         check_kernel(self.kernel)
@@ -266,7 +268,7 @@ class TileAttention:
             # FlashAttention-4 where it was measured ahead of split (Hopper); refused without it, for a key-padding
             # mask, float32 or an odd head size, and then split runs
             long = call.layout.seq_len >= FA4_MIN_SEQ_LEN
-            fa4 = ("fa4",) if long and not tracing and prefers_fa4(call.q.device) else ()
+            fa4 = ("fa4",) if long and not tracing and not self._fa4_failed and prefers_fa4(call.q.device) else ()
             return fa4 + ("split", "gathered")
         sparsity = element_sparsity(call.layout, call.k_ref)
         if call.q.device.type != "cpu":
@@ -349,7 +351,23 @@ class TileAttention:
             TILE_KERNELS[kernel].check(call)
         if signature is not None:  # only a call that passed its checks is remembered, with its kernel's function
             self._chosen[signature] = (kernel, TILE_KERNELS[kernel].fn)
+        if kernel == "fa4" and self.kernel == "auto":
+            return self._first_fa4_call(call)
         return TILE_KERNELS[kernel].fn(self, call)
+
+    def _first_fa4_call(self, call: TileCall) -> torch.Tensor:
+        """Run auto's first FlashAttention-4 call of a signature (it compiles there). FA4 is a pre-release package: if
+        that call fails, warn, stop choosing it in this instance and run the call again with the next kernel."""
+        try:
+            return TILE_KERNELS["fa4"].fn(self, call)
+        except Exception as err:  # a compile or launch error inside FA4 / the CuTe DSL
+            warnings.warn(f"FlashAttention-4 failed on a {tuple(call.q.shape)} {call.q.dtype} call "
+                          f"({type(err).__name__}: {err}); kernel='auto' runs split instead from now on. "
+                          "kernel='fa4' would raise this error.", RuntimeWarning, stacklevel=3)
+            self._fa4_failed = True
+            self._chosen.clear()  # every signature chooses again, without fa4
+            c = call
+            return self(c.q, c.k, c.v, c.layout, c.k_ref, c.key_padding_mask, c.scale, c.dense_fn)
 
     def kernels_used(self) -> tuple[str, ...]:
         """The kernels this instance's calls have run so far, sorted (from its per-signature choice cache: calls under
