@@ -459,8 +459,9 @@ CASES = [
     Refusal("loss-type", "distillation", "`mlcd_loss(..., loss_type=\"l1\")`", _loss_type, ValueError,
             "loss_type must be 'l2' or 'huber', got 'l1'.", "must be 'l2' or 'huber'"),
     Refusal("walk-student", "distillation", "`make_sparse_student(..., kernel=\"walk\")` (inference only)",
-            _walk_student, ValueError, "kernel must be one of ('auto', 'split', 'gathered', 'flex', 'fa4') for training "
-            "(exact gradients), got 'walk'.", "must be one of"),
+            _walk_student, ValueError,
+            "kernel must be one of ('auto', 'split', 'gathered', 'flex', 'fa4') for training (exact gradients), got "
+            "'walk'.", "must be one of"),
     Refusal("walk-training", "distillation", "`kd_loss` with gradients on a student running the walk kernel",
             _walk_kernel_training, ValueError,
             "The student's tile kernel is 'walk', whose backward pass is not exact. Train with "

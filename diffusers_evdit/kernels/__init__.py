@@ -172,7 +172,8 @@ class TileAttention:
     first call per shape compiles and tunes four launch settings (seconds). Longer sequences keep ``split``, which
     walk never beat there (BENCHMARKS.md), except on Hopper GPUs where FlashAttention-4 is installed: there ``auto``
     runs ``fa4`` from :data:`FA4_MIN_SEQ_LEN` tokens, ahead of split forward and backward on every full-size shape
-    measured (its first call per head size, dtype and direction compiles, seconds). An entry that picks dense attention then computes full attention, not its
+    measured (its first call per head size, dtype and direction compiles, seconds; if that call fails, ``auto``
+    warns and runs split from then on). An entry that picks dense attention then computes full attention, not its
     tile mask: the plan becomes a licence to skip work where that pays. Under ``torch.compile`` tracing and
     CUDA-graph capture nothing is timed and auto's kernel runs. ``"auto"`` always applies the plan's masks (exact
     kernels only).
@@ -294,14 +295,15 @@ class TileAttention:
         (:data:`TILE_KERNELS`): ``fa4`` on Hopper GPUs where FlashAttention-4 is installed, from
         :data:`FA4_MIN_SEQ_LEN` tokens (no key-padding mask; bf16/fp16), ``split`` (the fastest exact kernel on
         the shapes measured without FA4, BENCHMARKS.md; exact backward too), ``gathered`` where a key-padding mask
-        covers video tokens (``split`` handles padded text only; under ``torch.compile`` any key-padding mask takes a kernel that handles every mask, so the check
-        adds no graph break), and on short sequences (:data:`SMALL_SEQ_LEN`) one masked SDPA call (on CUDA above
-        :data:`CUDA_MASKED_SEQ_LEN` tokens the ``walk`` kernel where it runs, else ``gathered`` for masks skipping
-        more than :data:`CUDA_GATHERED_MIN_SPARSITY` and ``masked`` for the others) or, on the CPU, ``keysets``
-        for masks that skip more than :func:`masked_max_sparsity` of the pairs (it depends on the thread count;
-        without a key-padding mask, else ``split``; under autograd for masks skipping more than
-        :data:`SMALL_TRAIN_MIN_SPARSITY`, else ``masked``). ``fastest``: the same, then a call may
-        still run dense attention (see the class docs). A named kernel runs as named.
+        covers video tokens (``split`` handles padded text only; under ``torch.compile`` any key-padding mask takes
+        a kernel that handles every mask, so the check adds no graph break), and on short sequences
+        (:data:`SMALL_SEQ_LEN`) one masked SDPA call (on CUDA above :data:`CUDA_MASKED_SEQ_LEN` tokens the ``walk``
+        kernel where it runs, else ``gathered`` for masks skipping more than :data:`CUDA_GATHERED_MIN_SPARSITY` and
+        ``masked`` for the others) or, on the CPU, ``keysets`` for masks that skip more than
+        :func:`masked_max_sparsity` of the pairs (it depends on the thread count; without a key-padding mask, else
+        ``split``; under autograd for masks skipping more than :data:`SMALL_TRAIN_MIN_SPARSITY`, else ``masked``).
+        ``fastest``: the same, then a call may still run dense attention (see the class docs). A named kernel runs
+        as named.
         """
         if is_dense(layout.num_frames, k_ref) or len(non_reference_frames(layout.num_frames, k_ref)) <= 1:
             return "dense"

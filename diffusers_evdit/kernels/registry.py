@@ -1,9 +1,9 @@
 """A registry of tile-attention kernels with declared constraints, checked in one place.
 
 In the style of diffusers' ``attention_dispatch`` registry: each kernel is a function registered under its name with
-what it supports (devices, dtypes, head sizes, key-padding masks, an exact backward, Triton, FlashAttention-4). :meth:`KernelSpec.check`
-tells why a kernel cannot run a call; ``TileAttention`` runs a forced kernel only after that check, and its ``"auto"``
-choice takes the first kernel of its preference order whose check passes.
+what it supports (devices, dtypes, head sizes, key-padding masks, an exact backward, Triton, FlashAttention-4).
+:meth:`KernelSpec.check` tells why a kernel cannot run a call; ``TileAttention`` runs a forced kernel only after that
+check, and its ``"auto"`` choice takes the first kernel of its preference order whose check passes.
 """
 
 from __future__ import annotations
