@@ -24,7 +24,8 @@ def test_bad_plan_file_is_an_error_not_a_traceback(tmp_path, capsys):
 
 def test_smoke_runs(capsys):
     assert main(["smoke", "--frames", "4", "--k", "1"]) == 0
-    assert "kernels agree: yes" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "kernels agree: yes" in out and "FlashAttention-4: " in out
 
 
 def _subcommands():

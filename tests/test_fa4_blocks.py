@@ -171,3 +171,19 @@ def test_computed_pairs_count_the_kept_blocks_elementwise(frames, tpf, text, pos
     expand = covered.repeat_interleave(16, 0)[:n].repeat_interleave(8, 1)[:, :n]  # block map -> element map
     assert sp.computed_pairs() == int(expand.sum())
     assert bool(expand[_explicit(layout, 2)].all())  # every kept pair lies in a computed block
+
+
+def test_fa4_status_says_what_runs_and_what_to_do(monkeypatch):
+    """The line `evdit smoke` prints, in each of its four cases."""
+    import diffusers_evdit.kernels.fa4 as fa4
+
+    monkeypatch.setattr(fa4, "fa4_available", lambda device=None: False)
+    monkeypatch.setattr(fa4, "_fa4_importable", lambda: False)
+    assert "not installed" in fa4.fa4_status() and "pip install flash-attn-4" in fa4.fa4_status()
+    monkeypatch.setattr(fa4, "_fa4_importable", lambda: True)
+    assert "not usable here" in fa4.fa4_status()
+    monkeypatch.setattr(fa4, "fa4_available", lambda device=None: True)
+    monkeypatch.setattr(fa4, "prefers_fa4", lambda device: True)
+    assert "auto uses the fa4 tile kernel" in fa4.fa4_status()
+    monkeypatch.setattr(fa4, "prefers_fa4", lambda device: False)
+    assert "kernel='fa4'" in fa4.fa4_status() and "Hopper GPUs only" in fa4.fa4_status()

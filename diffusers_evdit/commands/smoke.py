@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+from ..kernels.fa4 import fa4_status
 from ..plan import MaskPlan, apply_mask_plan, num_plan_layers, remove_mask_plan
 
 
@@ -39,6 +40,7 @@ def _cmd_smoke(args) -> int:
             assert dense.shape == sparse.shape
     ok = worst < 1e-5
     print(f"kernels agree: {'yes' if ok else 'NO'} (worst {worst:.2e}); random weights: timings only, no quality")
+    print(fa4_status())
     return 0 if ok else 1
 
 

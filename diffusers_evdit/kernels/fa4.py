@@ -186,6 +186,23 @@ def prefers_fa4(device) -> bool:
         return False
 
 
+def fa4_status(device=None) -> str:
+    """One line on FlashAttention-4 here: whether ``kernel="fa4"`` runs and whether ``auto`` picks it (for
+    ``evdit smoke``). Never raises.
+
+    Example:
+        >>> fa4_status("cpu").startswith("FlashAttention-4:")
+        True
+    """
+    if fa4_available(device):
+        if prefers_fa4(device if device is not None else "cuda"):
+            return "FlashAttention-4: runs here; auto uses the fa4 tile kernel on long sequences"
+        return "FlashAttention-4: runs here with kernel='fa4' (auto picks it on Hopper GPUs only: measured there)"
+    if not _fa4_importable():
+        return "FlashAttention-4: not installed (on a Hopper GPU, pip install flash-attn-4 adds the fa4 tile kernel)"
+    return "FlashAttention-4: installed, but not usable here (it needs a Hopper or Blackwell GPU and its libraries)"
+
+
 def fa4_block_size(device) -> tuple[int, int]:
     """Sparse (query, key) block sizes FA4 accepts on ``device``: ``(128, 128)`` on Hopper; on Blackwell its forward
     takes query tiles in pairs, ``(256, 128)``."""
