@@ -55,6 +55,7 @@ import torch
 
 from diffusers_evdit.distill.checkpoints import save_checkpoint
 from diffusers_evdit.distill.common import call_default
+from diffusers_evdit.distill.kd import TRAINABLE_KERNELS
 from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
     TINY_PREFIX,
@@ -96,7 +97,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--plan", default=None,
                    help="the student's plan: a plan JSON (evdit search), uniform:K, or 'saved' (the --student folder's "
                         "plan; the default with --student)")
-    g.add_argument("--kernel", choices=("auto", "split", "gathered", "flex", "fa4"), default="auto",
+    g.add_argument("--kernel", choices=TRAINABLE_KERNELS, default="auto",
                    help="tile kernel of the sparse layers during training, one with exact gradients (auto: picks "
                         "one under autograd, fa4 on Hopper GPUs where FlashAttention-4 is installed; flex needs CUDA, "
                         "fa4 FlashAttention-4)")

@@ -368,8 +368,8 @@ class TileAttention:
                           "kernel='fa4' would raise this error.", RuntimeWarning, stacklevel=3)
             self._fa4_failed = True
             self._chosen.clear()  # every signature chooses again, without fa4
-            c = call
-            return self(c.q, c.k, c.v, c.layout, c.k_ref, c.key_padding_mask, c.scale, c.dense_fn)
+            return self(call.q, call.k, call.v, call.layout, call.k_ref, call.key_padding_mask, call.scale,
+                        call.dense_fn)
 
     def kernels_used(self) -> tuple[str, ...]:
         """The kernels this instance's calls have run so far, sorted (from its per-signature choice cache: calls under

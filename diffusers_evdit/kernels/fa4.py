@@ -254,6 +254,11 @@ def fa4_tile_attention(q, k, v, sparsity: FA4BlockSparsity, scale=None) -> torch
     """Exact tile attention of ``[B, H, N, D]`` inputs through FA4's block sparsity (forward, and backward where
     the inputs need gradients). ``sparsity`` from :func:`block_sparsity` on the inputs' device."""
     _require_fa4(q.device)
+    return _block_sparse_attention(q, k, v, sparsity, scale)
+
+
+def _block_sparse_attention(q, k, v, sparsity: FA4BlockSparsity, scale=None) -> torch.Tensor:
+    """:func:`fa4_tile_attention` once FA4 is known to run here (the kernel's per-call path checks that once)."""
     from flash_attn.cute.block_sparsity import BlockSparseTensorsTorch
     from flash_attn.cute.interface import flash_attn_func
 
@@ -299,4 +304,4 @@ class FA4TileKernel:
         if key_padding_mask is not None:
             raise NotImplementedError("The FA4 tile kernel takes no key-padding mask; use kernel='gathered'.")
         _require_fa4(q.device)
-        return fa4_tile_attention(q, k, v, self.sparsity(layout, k_ref, q.device), scale)
+        return _block_sparse_attention(q, k, v, self.sparsity(layout, k_ref, q.device), scale)
