@@ -70,8 +70,8 @@ SMALL_MASKED_MAX_SPARSITY = 0.05  # one CPU thread
 SMALL_MASKED_MAX_SPARSITY_THREADED = 0.15  # several CPU threads
 SMALL_TRAIN_MIN_SPARSITY = 0.25  # under autograd: keysets above, masked below
 # Long sequences: FlashAttention-4 (fa4) ahead of split from this length, on the GPUs of prefers_fa4 where it is
-# installed: ahead forward and backward on every full-size shape measured (17,776 tokens and up); at 3510-4516 tokens
-# its ~0.33 ms of host time a call lost to dense (BENCHMARKS.md "FlashAttention-4 on an H100", kernels-fa4-h100.json)
+# installed: ahead forward and backward on every full-size shape measured; on mid-length sequences its host time a
+# call lost to dense (figures: BENCHMARKS.md "FlashAttention-4 on an H100", kernels-fa4-h100.json)
 FA4_MIN_SEQ_LEN = 16384
 MAX_KEYSET_BUFFERS = 32  # pairs of kept key-set buffers a TileAttention holds (per thread, shape and inference mode)
 
