@@ -22,6 +22,13 @@
 #      model with its own steps, guidance and plan (benchmarks/quality_wallclock.py)   -> quality*.json, updated
 #   5. FlashAttention-4 rows (forward, its tile kernel beside split, 3 rounds; only where `flash_attn.cute` imports
 #      on this GPU: its wheels travel in two calls, benchmarks/device_setup.sh)      -> kernels-fa4-<gpu>.json
+#   then, where FlashAttention-4 runs, parts not in the default list (the FA4 follow-ups, issue 21's closing notes):
+#      fa4-tests (the FA4 kernel on the generated exactness cases, its GPU tests and auto's pick, -m gpu -k fa4);
+#      flex-flash (FlexAttention's FlashAttention-4 backend beside fa4, flex and split, CogVideoX-5B and Wan2.1-14B)
+#                                                                                -> kernels-flex-flash-<gpu>.json;
+#      step-fa4, step-split (`evdit bench step` on Wan2.1-1.3B and CogVideoX-5B with each kernel, 3 reps)
+#                                                                                -> step-fa4-<gpu>.json, step-split-...;
+#      fa4-bwd-long (forward + backward on HunyuanVideo's shape, split and fa4)   -> kernels-fa4-bwd-long-<gpu>.json
 # Results land in $OUT (at most 5 files; JSON written after every shape/model, so a part cut by its cap keeps what
 # it measured) and, for committing, under benchmarks/results/ in the repo copy.
 #
@@ -39,6 +46,9 @@ if [ "${DEVICE_BENCH_CPU:-0}" = 1 ]; then  # CPU-sized equivalents, to check thi
     full=(--shapes quick --device cpu --backward --kernels auto split gathered)
     train=(--models tiny_wan --device cpu --reps 1)
     fa4=(--shapes quick --device cpu --kernels split fa4)  # fa4 does not run on a CPU: skipped with a note
+    fa4_tests=(-m "not gpu" tests/test_fa4_blocks.py -k fa4)
+    flex_flash=(--shapes quick --device cpu --kernels split flex flex_flash)
+    fa4_bwd_long=(--shapes quick_text_last --device cpu --backward --kernels split fa4)
     demo=(--model tiny --device cpu --prompts 2 --seeds 1 --timing-videos 1 --base-steps 2
           --extra-row "MLCD + uniform 1:7, no KD=mlcd:uniform:1")
     tests=(-m "not gpu" tests/test_fa4_blocks.py)
@@ -59,6 +69,12 @@ else
     # shellcheck disable=SC2206
     train=(--models ${DEVICE_BENCH_TRAIN_MODELS:-wan2.1-1.3b_81f_480p} --reps 2)
     fa4=(--shapes full --kernels split fa4 --rounds 3 --rep-ms 100)
+    fa4_tests=(-m gpu -p no:benchmark -n 8 tests/test_fuzz_exactness.py tests/test_fa4_blocks.py
+               tests/test_registry.py -k fa4)
+    flex_flash=(--shapes cogvideox5b_49f_480p wan2.1-14b_81f_480p --kernels split fa4 flex flex_flash --rounds 2
+                --rep-ms 100)
+    step=(--models wan2.1-1.3b_81f_480p cogvideox-5b_49f_480p --reps 3)
+    fa4_bwd_long=(--shapes hunyuan_129f_720p --backward --kernels split fa4 --rounds 2 --rep-ms 200)
     plan=diffusers_evdit/demo_model/evdit/mask_plan.json
     demo=(--device cuda --prompts 64 --seeds 3 --workers 12 --base-steps 10 4
           --extra-row "MLCD + searched plan, no KD=mlcd:$PWD/$plan"
@@ -139,6 +155,20 @@ fa4_runs() { $PY -c "from diffusers_evdit.kernels.fa4 import fa4_available as a;
 if [ "${DEVICE_BENCH_CPU:-0}" = 1 ] || fa4_runs; then
     r=$RESULTS/kernels-fa4-$gpu.json
     part kernels-fa4 260 $PY -m diffusers_evdit.cli bench kernels "${fa4[@]}" --out "$r" && keep "$r"
+    # the FA4 kernel on the generated exactness cases and its own GPU tests (auto's pick included)
+    part fa4-tests 200 $PY -m pytest -q -rs "${fa4_tests[@]}"
+    # FlexAttention's FlashAttention-4 backend beside the fa4 tile kernel: FA4 inside torch.compile graphs?
+    r=$RESULTS/kernels-flex-flash-$gpu.json
+    part flex-flash 170 $PY -m diffusers_evdit.cli bench kernels "${flex_flash[@]}" --out "$r" && keep "$r"
+    # whole denoising steps with the fa4 tile kernel, and with split in the same call (same host, same dense step)
+    for k in fa4 split; do  # (full-size models only: no CPU equivalent)
+        r=$RESULTS/step-$k-$gpu.json
+        [ "${DEVICE_BENCH_CPU:-0}" = 1 ] && continue
+        part "step-$k" 170 $PY -m diffusers_evdit.cli bench step "${step[@]}" --kernel $k --out "$r" && keep "$r"
+    done
+    # forward + backward on HunyuanVideo's shape (cut from the first FA4 run by its cap)
+    r=$RESULTS/kernels-fa4-bwd-long-$gpu.json
+    part fa4-bwd-long 300 $PY -m diffusers_evdit.cli bench kernels "${fa4_bwd_long[@]}" --out "$r" && keep "$r"
 else
     echo "== kernels-fa4: skipped: FlashAttention-4 does not run here ($($PY -c "
 import importlib.util, torch

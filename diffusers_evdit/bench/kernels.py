@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ..kernels import TileAttention
 from ..kernels.fa4 import FA4TileKernel, block_sparsity, fa4_available, fa4_dense_attention
-from ..kernels.flex import tile_block_mask
+from ..kernels.flex import FlexTileKernel, tile_block_mask
 from ..kernels.triton_support import triton_runs
 from ..layout import TileLayout
 from ..masks import allowed_pairs, element_sparsity, format_mask, reference_flags
@@ -60,6 +60,9 @@ FA4_KERNELS = {FA4_KERNEL: None, "fa4_kv64": (128, 64)}
 # The dispatcher's own choice, timed when named: rows then carry ``auto_vs_dense = best_dense_ms / auto_ms``, what a
 # user of kernel="auto" gets against the best dense kernel
 AUTO_KERNEL = "auto"
+# FlexAttention's experimental FlashAttention-4 backend (torch's own CuTe DSL lowering of the same block mask as
+# ``flex``), timed when named: the route by which FA4 could run inside torch.compile graphs
+FLEX_FLASH_KERNEL = "flex_flash"
 
 
 def make_attention(name: str):
@@ -67,6 +70,8 @@ def make_attention(name: str):
     kernel, or an ``EXTRA_KERNELS`` variant) or, for ``"fa4"``, the FlashAttention-4 tile kernel."""
     if name in FA4_KERNELS:
         return FA4TileKernel(FA4_KERNELS[name])
+    if name == FLEX_FLASH_KERNEL:
+        return TileAttention("flex", flex=FlexTileKernel(backend="FLASH"))
     return TileAttention(**EXTRA_KERNELS.get(name, {"kernel": name}))
 
 

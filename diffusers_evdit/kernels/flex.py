@@ -112,6 +112,9 @@ class FlexTileKernel:
     """FlexAttention with cached block masks (per layout, ``k``, batch size and device).
 
     ``compile=None`` compiles on CUDA and runs eagerly elsewhere (eager FlexAttention is a slow reference path).
+    ``backend``: FlexAttention's own kernel choice for compiled calls (its ``kernel_options["BACKEND"]``): ``None``
+    leaves torch's default (Triton); ``"FLASH"`` asks for its FlashAttention-4 (CuTe DSL) path, experimental in torch
+    and needing ``flash-attn-4`` (BENCHMARKS.md compares it with the ``fa4`` tile kernel).
 
     Example:
         >>> from diffusers_evdit import TileLayout, tile_attention
@@ -124,6 +127,7 @@ class FlexTileKernel:
 
     block_size: int = DEFAULT_BLOCK_SIZE
     compile: bool | None = None
+    backend: str | None = None
     _masks: dict = field(default_factory=dict, repr=False)
     _compiled: CompiledFn = field(default_factory=lambda: CompiledFn(flex_attention, {"dynamic": False}), repr=False)
 
@@ -144,7 +148,9 @@ class FlexTileKernel:
                     f"Compiled FlexAttention needs a head_dim that is a multiple of 16, got {q.shape[-1]}; "
                     "use kernel='split'."
                 )
-            return self._compiled(q, k, v, block_mask=mask, scale=scale)
+            if self.backend is None:
+                return self._compiled(q, k, v, block_mask=mask, scale=scale)
+            return self._compiled(q, k, v, block_mask=mask, scale=scale, kernel_options={"BACKEND": self.backend})
         with warnings.catch_warnings():  # eager FlexAttention is the intended (reference-speed) path off CUDA
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             return flex_attention(q, k, v, block_mask=mask, scale=scale)
