@@ -8,16 +8,19 @@
 #                     torch-c-dlpack-ext wheels (cp312, --no-deps, ~8 MiB)
 #          .fa4big/   cu13.tar.xz: the unpacked nvidia-cutlass-dsl-libs-cu13 wheel, `xz -9e` (~61 MiB)
 #   call 1 (demo_model/ and benchmarks/results/ moved out of the tree for its duration), carry .fa4big:
-#          mkdir -p .fa4site && xz -dc .fa4big/cu13.tar.xz | tar -C .fa4site -xf -
-#   call 2, within the machine's 30 s idle window, carry .whl and .fa4: this script merges .fa4site (an ignored
-#          path, kept on the warm machine) into /tmp/site.
+#          mkdir -p /tmp/fa4site && xz -dc .fa4big/cu13.tar.xz | tar -C /tmp/fa4site -xf -
+#          (outside the tree: an ignored folder inside it did not survive to the next call on 2026-12-07)
+#   call 2, within the machine's 30 s idle window, carry .whl and .fa4: this script merges /tmp/fa4site (or
+#          .fa4site) into /tmp/site.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     || return 1
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
-if compgen -G ".fa4/*.whl" >/dev/null && [ -d .fa4site/nvidia_cutlass_dsl ]; then
+FA4SITE=.fa4site
+[ -d $FA4SITE/nvidia_cutlass_dsl ] || FA4SITE=/tmp/fa4site  # call 1 may unpack outside the tree (kept while warm)
+if compgen -G ".fa4/*.whl" >/dev/null && [ -d $FA4SITE/nvidia_cutlass_dsl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .fa4/*.whl || return 1
-    cp -r .fa4site/. /tmp/site/  # the compiler library beside the DSL's Python (one nvidia_cutlass_dsl tree)
+    cp -r $FA4SITE/. /tmp/site/  # the compiler library beside the DSL's Python (one nvidia_cutlass_dsl tree)
     # the wheel's .pth line, which --target installs do not run
     export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/dsl_packages:$PWD
     python3 -c "import flash_attn.cute.interface; print('FlashAttention-4 imports')" || echo "FlashAttention-4 fails"

@@ -268,3 +268,18 @@ def test_overlap_is_a_cuda_option_the_cpu_ignores():
     with torch.no_grad():
         out = att(q, kk, v, layout, 2)
     assert (out.double() - ref).abs().max().item() < 2e-6 and att._side_streams == {}
+
+
+@pytest.mark.parametrize("layout,k", [(TileLayout(13, 20, 9, "first"), 1), (TileLayout(7, 10, 9, "last"), 3),
+                                      (TileLayout(5, 12), 2)])
+def test_token_codes_rule_gives_the_same_flex_mask(layout, k):
+    """The FA4-style code rule (for FlexAttention's FLASH backend) masks exactly the pairs of the group lookup."""
+    by_groups = tile_block_mask(layout, k, block_size=16)
+    by_codes = tile_block_mask(layout, k, block_size=16, token_codes_rule=True)
+    n = layout.seq_len
+    q_idx, kv_idx = torch.arange(n)[:, None], torch.arange(n)[None, :]
+    expected = paper_mask(layout.num_frames, layout.tokens_per_frame, layout.num_text_tokens,
+                          layout.text_position == "first", k)
+    assert torch.equal(by_codes.mask_mod(0, 0, q_idx, kv_idx), expected)
+    assert torch.equal(by_groups.mask_mod(0, 0, q_idx, kv_idx), expected)
+    assert torch.equal(by_codes.to_dense(), by_groups.to_dense())

@@ -21,6 +21,7 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from ..layout import TileLayout
 from ..masks import frame_tile_mask
 from .compiled import CompiledFn
+from .fa4 import code_rule, token_codes
 
 DEFAULT_BLOCK_SIZE = 128
 
@@ -64,8 +65,14 @@ def tile_block_mask(
     batch_size: int = 1,
     block_size: int = DEFAULT_BLOCK_SIZE,
     device=None,
+    token_codes_rule: bool = False,
 ) -> BlockMask:
     """FlexAttention :class:`BlockMask` of a ``k:F-k`` plan entry on ``layout`` (plus an optional key-padding mask).
+
+    The element mask looks the pair's groups up in the ``[G, G]`` group mask. ``token_codes_rule=True`` (no
+    key-padding mask) gives the same mask as the FA4 kernel's rule instead: one int32 code per token and three
+    comparisons (:func:`.fa4.code_rule`), which FlexAttention's FlashAttention-4 backend lowers (it refuses the int64
+    group lookup).
 
     Example:
         >>> mask = tile_block_mask(TileLayout(num_frames=4, tokens_per_frame=128), k=1)
@@ -90,7 +97,15 @@ def tile_block_mask(
     full = any_allowed & ~any_blocked & in_range[None, :, None] & in_range[None, None, :]
     partial = any_allowed & ~full
 
-    if key_padding_mask is None:
+    if token_codes_rule:
+        if key_padding_mask is not None:
+            raise ValueError("token_codes_rule takes no key-padding mask.")
+        codes = token_codes(layout, k, device)
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            return code_rule(codes[q_idx], codes[kv_idx])
+
+    elif key_padding_mask is None:
 
         def mask_mod(b, h, q_idx, kv_idx):
             return allowed[q_groups[q_idx], q_groups[kv_idx]]
@@ -136,7 +151,8 @@ class FlexTileKernel:
             return tile_block_mask(layout, k, key_padding_mask, batch_size, self.block_size, device)
         key = (layout, k, str(device))
         if key not in self._masks:  # batch-independent: one mask broadcasts over the batch
-            self._masks[key] = tile_block_mask(layout, k, None, 1, self.block_size, device)
+            self._masks[key] = tile_block_mask(layout, k, None, 1, self.block_size, device,
+                                               token_codes_rule=self.backend == "FLASH")
         return self._masks[key]
 
     def __call__(self, q, k, v, layout: TileLayout, k_ref: int, key_padding_mask=None, scale=None):
