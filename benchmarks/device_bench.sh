@@ -24,7 +24,7 @@
 #      on this GPU: its wheels travel in two calls, benchmarks/device_setup.sh)      -> kernels-fa4-<gpu>.json
 #   then, where FlashAttention-4 runs, parts not in the default list (the FA4 follow-ups, issue 21's closing notes):
 #      fa4-tests (the FA4 kernel on the generated exactness cases, its GPU tests and auto's pick, -m gpu -k fa4);
-#      flex-flash (FlexAttention's FlashAttention-4 backend beside fa4, flex and split, CogVideoX-5B and Wan2.1-14B)
+#      flex-flash (FlexAttention's FlashAttention-4 backend beside fa4 and split on CogVideoX-5B's shape)
 #                                                                                -> kernels-flex-flash-<gpu>.json;
 #      step-fa4, step-split (`evdit bench step` on Wan2.1-1.3B and CogVideoX-5B with each kernel, 3 reps)
 #                                                                                -> step-fa4-<gpu>.json, step-split-...;
@@ -71,8 +71,7 @@ else
     fa4=(--shapes full --kernels split fa4 --rounds 3 --rep-ms 100)
     fa4_tests=(-m gpu -p no:benchmark -n 8 tests/test_fuzz_exactness.py tests/test_fa4_blocks.py
                tests/test_registry.py -k fa4)
-    flex_flash=(--shapes cogvideox5b_49f_480p wan2.1-14b_81f_480p --kernels split fa4 flex flex_flash --rounds 2
-                --rep-ms 100)
+    flex_flash=(--shapes cogvideox5b_49f_480p --kernels split fa4 flex_flash --rounds 2 --rep-ms 100)
     step=(--models wan2.1-1.3b_81f_480p cogvideox-5b_49f_480p --reps 3)
     fa4_bwd_long=(--shapes hunyuan_129f_720p --backward --kernels split fa4 --rounds 2 --rep-ms 200)
     plan=diffusers_evdit/demo_model/evdit/mask_plan.json
