@@ -371,3 +371,17 @@ def test_auto_is_not_slower_than_dense_on_the_demo_layout_on_cuda():
                 "dense": lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
                 "auto": lambda: att(q, k, v, DEMO, k_ref)}.items()}
             assert times["dense"] / times["auto"] >= 0.95, (k_ref, times)
+
+
+def test_a_head_size_above_a_kernels_limit_is_refused_by_name():
+    """FA4 takes head sizes up to 256 (a multiple of 8 above it would reach FA4's own assertion)."""
+    from diffusers_evdit.kernels import TILE_KERNELS
+    from diffusers_evdit.kernels.registry import KernelSpec, TileCall
+
+    assert TILE_KERNELS["fa4"].max_head_dim == 256
+    layout = TileLayout(num_frames=2, tokens_per_frame=4)
+    spec = KernelSpec("limited", fn=None, head_dim_multiple=8, max_head_dim=256)
+    for head_dim, refused in ((256, False), (264, True)):
+        q = torch.randn(1, 1, layout.seq_len, head_dim)
+        reason = spec.refusal(TileCall(q, q, q, layout, k_ref=1))
+        assert (reason == f"takes head sizes up to 256, got {head_dim}") if refused else reason is None

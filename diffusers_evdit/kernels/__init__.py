@@ -33,7 +33,7 @@ import torch
 from ..layout import TileLayout
 from ..masks import additive_tile_mask, element_sparsity, is_dense, non_reference_frames
 from .dense import dense_attention
-from .fa4 import FA4TileKernel, prefers_fa4
+from .fa4 import FA4_MAX_HEAD_DIM, FA4TileKernel, prefers_fa4
 from .flex import FlexTileKernel, tile_block_mask
 from .gathered import gathered_tile_attention
 from .indices import TileIndices, tile_indices
@@ -497,7 +497,7 @@ def _keysets(attention: TileAttention, c: TileCall) -> torch.Tensor:
 
 
 @TILE_KERNELS.register("fa4", devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), head_dim_multiple=8,
-                       padding="none", backward=("cuda",), needs_fa4=True, fix="use kernel='split'")
+                       max_head_dim=FA4_MAX_HEAD_DIM, padding="none", backward=("cuda",), needs_fa4=True, fix="use kernel='split'")
 def _fa4(attention: TileAttention, c: TileCall) -> torch.Tensor:
     return attention.fa4(c.q, c.k, c.v, c.layout, c.k_ref, scale=c.scale)
 

@@ -36,6 +36,8 @@ SUPPORTED_MAJORS = (9, 10, 11)
 # where "auto" prefers it to split on long sequences: where it was measured ahead of split, forward and backward
 # (Hopper: H100, BENCHMARKS.md "FlashAttention-4 on an H100"); elsewhere it runs only when named, kernel="fa4"
 AUTO_MAJORS = (9,)
+# the largest head size FA4 takes on Hopper (its own check; on Blackwell it takes up to 128, and FA4 says so itself)
+FA4_MAX_HEAD_DIM = 256
 
 
 def token_codes(layout: TileLayout, k_ref: int | None, device=None) -> torch.Tensor:

@@ -77,6 +77,7 @@ class KernelSpec:
         dtypes: input dtypes it takes (``None``: any), on ``dtype_devices``.
         dtype_devices: device types where ``dtypes`` applies (``None``: all).
         head_dim_multiple: head sizes it takes are multiples of this, on ``head_dim_devices`` (``None``: all).
+        max_head_dim: the largest head size it takes (``None``: no limit), on ``head_dim_devices``.
         padding: key-padding masks it takes: ``"any"``, ``"text"`` (text tokens only) or ``"none"``.
         backward: whether it has an exact backward pass, and on which devices (``True``: all, a tuple: those).
         needs_triton: whether it runs only where Triton kernels run (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
@@ -97,6 +98,7 @@ class KernelSpec:
     dtype_devices: tuple[str, ...] | None = None
     head_dim_multiple: int = 1
     head_dim_devices: tuple[str, ...] | None = None
+    max_head_dim: int | None = None
     padding: str = "any"
     backward: bool | tuple[str, ...] = True
     needs_triton: bool = False
@@ -123,6 +125,8 @@ class KernelSpec:
         on_device = self.head_dim_devices is None or q.device.type in self.head_dim_devices
         if on_device and q.shape[-1] % self.head_dim_multiple:
             return f"needs a head_dim that is a multiple of {self.head_dim_multiple}, got {q.shape[-1]}"
+        if on_device and self.max_head_dim is not None and q.shape[-1] > self.max_head_dim:
+            return f"takes head sizes up to {self.max_head_dim}, got {q.shape[-1]}"
         if call.key_padding_mask is not None:
             if self.padding == "none":
                 return "takes no key-padding mask"
