@@ -159,7 +159,8 @@ if [ "${DEVICE_BENCH_CPU:-0}" = 1 ] || fa4_runs; then
     # FlexAttention's FlashAttention-4 backend beside the fa4 tile kernel: FA4 inside torch.compile graphs?
     r=$RESULTS/kernels-flex-flash-$gpu.json
     part flex-flash 170 $PY -m diffusers_evdit.cli bench kernels "${flex_flash[@]}" --out "$r" && keep "$r"
-    # whole denoising steps with the fa4 tile kernel, and with split in the same call (same host, same dense step)
+    # whole denoising steps with the fa4 tile kernel, and with split in the same call (same host; each run times its
+    # own dense step)
     for k in fa4 split; do  # (full-size models only: no CPU equivalent)
         r=$RESULTS/step-$k-$gpu.json
         [ "${DEVICE_BENCH_CPU:-0}" = 1 ] && continue

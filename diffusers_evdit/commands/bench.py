@@ -46,14 +46,16 @@ def register(sub) -> None:
                          help="shape groups (small: the demo model's shape and three up to CogVideoX's; full: the "
                               "five model shapes; all: both) and/or shape names (default: full)")
     kernels.add_argument("--kernels", nargs="*",
-                         choices=[*SPARSE_KERNELS, *SHORT_KERNELS, *EXTRA_KERNELS, *FA4_KERNELS, FLEX_FLASH_KERNEL, AUTO_KERNEL],
+                         choices=[*SPARSE_KERNELS, *SHORT_KERNELS, *EXTRA_KERNELS, *FA4_KERNELS, FLEX_FLASH_KERNEL,
+                                  AUTO_KERNEL],
                          help="sparse kernels to time (default: split, gathered, flex, walk on CUDA with Triton, fa4 "
                               "where FlashAttention-4 runs; split_triton = split with its Triton merge, "
                               "split_triton_c2 = the same with the global queries in 2 key chunks, split_overlap = "
                               "split with its global call on a second stream, walk = a Triton launch over the kept "
                               "tiles of the partial rows + cuDNN for the global rows, walk_all = the Triton launch for "
                               "all rows, fa4 = FlashAttention-4 block sparsity, fa4_kv64 = the same with 64-token key "
-                              "blocks, flex_flash = FlexAttention's experimental FlashAttention-4 backend; CUDA only; masked = one SDPA call with the tile mask, keysets = two dense calls "
+                              "blocks, flex_flash = FlexAttention's experimental FlashAttention-4 backend; CUDA "
+                              "only; masked = one SDPA call with the tile mask, keysets = two dense calls "
                               "over the rows' key sets, no mask or merge (the short-sequence kernels); auto = the "
                               "dispatcher's choice, rows then carry auto_vs_dense)")
     kernels.add_argument("--backward", action="store_true",

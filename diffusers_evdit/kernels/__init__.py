@@ -497,7 +497,8 @@ def _keysets(attention: TileAttention, c: TileCall) -> torch.Tensor:
 
 
 @TILE_KERNELS.register("fa4", devices=("cuda",), dtypes=(torch.float16, torch.bfloat16), head_dim_multiple=8,
-                       max_head_dim=FA4_MAX_HEAD_DIM, padding="none", backward=("cuda",), needs_fa4=True, fix="use kernel='split'")
+                       max_head_dim=FA4_MAX_HEAD_DIM, padding="none", backward=("cuda",), needs_fa4=True,
+                       fix="use kernel='split'")
 def _fa4(attention: TileAttention, c: TileCall) -> torch.Tensor:
     return attention.fa4(c.q, c.k, c.v, c.layout, c.k_ref, scale=c.scale)
 
