@@ -4,10 +4,20 @@
 #
 # FlashAttention-4 (optional) does not fit one call: its CUTLASS DSL compiler library is ~61 MiB even as .tar.xz and
 # the tracked tree is ~50 MiB of a call's 64. So it travels in two calls on one warm machine (README's device notes):
-#   here:  .fa4/      flash-attn-4, nvidia-cutlass-dsl (+ -libs-base), quack-kernels, apache-tvm-ffi,
-#                     torch-c-dlpack-ext wheels (cp312, --no-deps, ~8 MiB)
+#   here:  .fa4/      flash-attn-4, nvidia-cutlass-dsl (+ -libs-base, -libs-core), quack-kernels, apache-tvm-ffi,
+#                     torch-c-dlpack-ext wheels (cp312, --no-deps, ~10 MiB)
 #          .fa4big/   cu13.tar.xz: the unpacked nvidia-cutlass-dsl-libs-cu13 wheel, `xz -9e` (~61 MiB)
-#   call 1 (demo_model/ and benchmarks/results/ moved out of the tree for its duration), carry .fa4big:
+#          (both listed in .git/info/exclude). Made with, on 2026-12-07:
+#            W="--no-deps --python-version 3.12 --only-binary :all: --platform manylinux_2_28_x86_64
+#               --platform manylinux_2_17_x86_64 --platform any"
+#            pip download -d .fa4 $W --pre flash-attn-4==4.0.0b40 nvidia-cutlass-dsl==4.8.1 \
+#                nvidia-cutlass-dsl-libs-base==4.8.1 nvidia-cutlass-dsl-libs-core==4.8.1 quack-kernels==0.6.5 \
+#                apache-tvm-ffi torch-c-dlpack-ext
+#            pip download -d /tmp/cu13 $W nvidia-cutlass-dsl-libs-cu13==4.8.1
+#            mkdir /tmp/cu13/x && cd /tmp/cu13/x && unzip -q ../*.whl && tar -cf - . | xz -9e -T2 >.fa4big/cu13.tar.xz
+#            (the last step takes ~2.5 min on the 2-core machine; write to the repo's .fa4big/ by its full path)
+#   call 1 (demo_model/ and benchmarks/results/ moved out of the tree for both calls: `bash
+#          benchmarks/device_hold.sh out`, then `... back`), carry .fa4big:
 #          mkdir -p /tmp/fa4site && xz -dc .fa4big/cu13.tar.xz | tar -C /tmp/fa4site -xf -
 #          (outside the tree: an ignored folder inside it did not survive to the next call on 2026-12-07)
 #   call 2, within the machine's 30 s idle window, carry .whl and .fa4: this script merges /tmp/fa4site (or
