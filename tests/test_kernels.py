@@ -283,3 +283,16 @@ def test_token_codes_rule_gives_the_same_flex_mask(layout, k):
     assert torch.equal(by_codes.mask_mod(0, 0, q_idx, kv_idx), expected)
     assert torch.equal(by_groups.mask_mod(0, 0, q_idx, kv_idx), expected)
     assert torch.equal(by_codes.to_dense(), by_groups.to_dense())
+
+
+def test_flex_flash_backend_refuses_a_key_padding_mask_by_name():
+    """The FLASH backend's element rule has no padded-key code: a key-padding mask is refused before any compile."""
+    from diffusers_evdit.kernels.flex import FlexTileKernel
+
+    layout = TileLayout(4, 16)
+    q = torch.randn(1, 2, layout.seq_len, 16)
+    keep = torch.ones(1, layout.seq_len, dtype=torch.bool)
+    with pytest.raises(NotImplementedError, match="key-padding mask"):
+        FlexTileKernel(compile=True, backend="FLASH")(q, q, q, layout, 1, keep)
+    out = FlexTileKernel(backend="FLASH")(q, q, q, layout, 1, keep)  # eager on the CPU: the backend does not apply
+    assert torch.allclose(out, tile_attention(q, q, q, layout, 1, keep, kernel="gathered"), atol=1e-5)

@@ -156,8 +156,13 @@ class FlexTileKernel:
         return self._masks[key]
 
     def __call__(self, q, k, v, layout: TileLayout, k_ref: int, key_padding_mask=None, scale=None):
-        mask = self.block_mask(layout, k_ref, q.shape[0], q.device, key_padding_mask)
         use_compile = self.compile if self.compile is not None else q.device.type == "cuda"
+        if use_compile and self.backend == "FLASH" and key_padding_mask is not None:
+            raise NotImplementedError(
+                "FlexTileKernel(backend='FLASH') runs the tile mask without a key-padding mask (its element rule reads "
+                "one code per token); use backend=None, or kernel='gathered' for padded keys."
+            )
+        mask = self.block_mask(layout, k_ref, q.shape[0], q.device, key_padding_mask)
         if use_compile:
             if q.shape[-1] % 16:  # measured: 64, 96, 128 compile; 12 fails inside inductor
                 raise ValueError(
