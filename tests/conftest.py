@@ -11,9 +11,16 @@ torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    """Skip ``gpu`` tests without CUDA, and ``needs_fa4`` tests where FlashAttention-4 does not run."""
+    if not torch.cuda.is_available():
+        marker, reason = "gpu", "needs a CUDA device"
+    else:
+        from diffusers_evdit.kernels.fa4 import fa4_available
+
+        if fa4_available():
+            return
+        marker, reason = "needs_fa4", "FlashAttention-4 is not installed or this GPU is not Hopper/Blackwell"
+    skip = pytest.mark.skip(reason=reason)
     for item in items:
-        if "gpu" in item.keywords:
+        if marker in item.keywords:
             item.add_marker(skip)

@@ -140,11 +140,10 @@ def test_fa4_degrades_cleanly_without_its_gpu():
 
 
 @pytest.mark.gpu
+@pytest.mark.needs_fa4
 @pytest.mark.parametrize("frames,tpf,text,pos,head_dim", [(13, 330, 226, "first", 64), (9, 390, 0, "none", 128),
                                                          (8, 256, 0, "none", 64), (5, 300, 40, "last", 128)])
 def test_fa4_tile_attention_matches_float64_forward_and_backward(frames, tpf, text, pos, head_dim):
-    if not fa4_available():
-        pytest.skip("FlashAttention-4 is not installed or this GPU is not Hopper/Blackwell")
     layout = _layout(frames, tpf, text, pos)
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(1, layout.seq_len, 4, head_dim, generator=g).cuda().bfloat16().transpose(1, 2)
@@ -190,14 +189,13 @@ def test_fa4_status_says_what_runs_and_what_to_do(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.needs_fa4
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "backward"])
 def test_flex_flash_backend_fa4_matches_float64(backward):
     """FlexAttention's experimental FlashAttention-4 backend (``FlexTileKernel(backend="FLASH")``, compiled) on the
     tile block mask, against float64 masked attention: forward, and the gradients where it has a backward."""
     from diffusers_evdit.kernels.flex import FlexTileKernel
 
-    if not fa4_available():
-        pytest.skip("FlashAttention-4 is not installed or this GPU is not Hopper/Blackwell")
     layout = _layout(13, 330, 226, "first")
     g = torch.Generator().manual_seed(0)
     q, k, v, do = (torch.randn(1, layout.seq_len, 4, 64, generator=g).cuda().bfloat16().transpose(1, 2)

@@ -257,14 +257,11 @@ def test_generated_case_walk_on_cuda(seed):
 
 
 @pytest.mark.gpu
+@pytest.mark.needs_fa4
 @pytest.mark.parametrize("seed", range(CI_CASES))
 def test_generated_case_fa4_on_cuda(seed):
     """FlashAttention-4's tile kernel on CUDA tensors against the float64 reference (where FA4 runs): ragged frames,
     text first / last / none, batches, strided inputs; the inputs it refuses must be refused by name."""
-    from diffusers_evdit.kernels.fa4 import fa4_available
-
-    if not fa4_available():
-        pytest.skip("FlashAttention-4 is not installed or this GPU is not Hopper/Blackwell")
     check_case(draw_case(seed), kernels=("fa4",), device="cuda")
 
 
@@ -272,19 +269,16 @@ def fa4_case(seed: int) -> Case:
     """A generated case moved into what FA4 computes (half precision, head sizes in multiples of 8, no key padding),
     layout, plan entry, batch, heads, strides and scale as drawn: most drawn cases are ones FA4 refuses."""
     r = random.Random(-1 - seed)
-    return replace(draw_case(seed), dtype=r.choice([torch.bfloat16, torch.float16]), head_dim=r.choice([8, 16, 24, 64]),
-                   padding="none")
+    return replace(draw_case(seed), dtype=r.choice([torch.bfloat16, torch.float16]),
+                   head_dim=r.choice([8, 16, 24, 64]), padding="none")
 
 
 @pytest.mark.gpu
+@pytest.mark.needs_fa4
 @pytest.mark.parametrize("seed", range(CI_CASES))
 def test_generated_case_fa4_computes_on_cuda(seed):
     """FlashAttention-4's tile kernel computing every generated layout and plan entry (:func:`fa4_case`) against the
     float64 reference (where FA4 runs)."""
-    from diffusers_evdit.kernels.fa4 import fa4_available
-
-    if not fa4_available():
-        pytest.skip("FlashAttention-4 is not installed or this GPU is not Hopper/Blackwell")
     check_case(fa4_case(seed), kernels=("fa4",), device="cuda")
 
 
