@@ -69,9 +69,10 @@ CUDA_GATHERED_MIN_SPARSITY = 0.6  # longer small CUDA sequences run gathered abo
 SMALL_MASKED_MAX_SPARSITY = 0.05  # one CPU thread
 SMALL_MASKED_MAX_SPARSITY_THREADED = 0.15  # several CPU threads
 SMALL_TRAIN_MIN_SPARSITY = 0.25  # under autograd: keysets above, masked below
-# Long sequences: FlashAttention-4 (fa4) ahead of split from this length, on the GPUs of prefers_fa4 where it is
-# installed: ahead forward and backward on every full-size shape measured; on mid-length sequences its host time a
-# call lost to dense (figures: BENCHMARKS.md "FlashAttention-4 on an H100", kernels-fa4-h100.json)
+# Long sequences: FlashAttention-4 (fa4) before split from this length, on the GPUs of prefers_fa4 where it is
+# installed: level with split or ahead forward, ahead forward + backward, on every full-size shape measured;
+# on mid-length sequences its host time a call lost to dense (figures: BENCHMARKS.md "FlashAttention-4 on an H100",
+# kernels-fa4-h100.json)
 FA4_MIN_SEQ_LEN = 16384
 MAX_KEYSET_BUFFERS = 32  # pairs of kept key-set buffers a TileAttention holds (per thread, shape and inference mode)
 
@@ -171,12 +172,12 @@ class TileAttention:
     (above :data:`CUDA_MASKED_SEQ_LEN` tokens, up to ``small_seq_len``), where it was the fastest exact kernel; its
     first call per shape compiles and tunes four launch settings (seconds). Longer sequences keep ``split``, which
     walk never beat there (BENCHMARKS.md), except on Hopper GPUs where FlashAttention-4 is installed: there ``auto``
-    runs ``fa4`` from :data:`FA4_MIN_SEQ_LEN` tokens, ahead of split forward and backward on every full-size shape
-    measured (its first call per head size, dtype and direction compiles, seconds; if that call fails, ``auto``
-    warns and runs split from then on). An entry that picks dense attention then computes full attention, not its
-    tile mask: the plan becomes a licence to skip work where that pays. Under ``torch.compile`` tracing and
-    CUDA-graph capture nothing is timed and auto's kernel runs. ``"auto"`` always applies the plan's masks (exact
-    kernels only).
+    runs ``fa4`` from :data:`FA4_MIN_SEQ_LEN` tokens: on every full-size shape measured it was level with split
+    or ahead forward, and ahead forward + backward (its first call per head size, dtype and direction compiles,
+    seconds; if that call fails, ``auto`` warns and runs split from then on). An entry that picks dense attention
+    then computes full attention, not its tile mask: the plan becomes a licence to skip work where that pays. Under
+    ``torch.compile`` tracing and CUDA-graph capture nothing is timed and auto's kernel runs. ``"auto"`` always
+    applies the plan's masks (exact kernels only).
 
     Example:
         >>> import torch
@@ -266,8 +267,8 @@ class TileAttention:
         # fa4's and walk's first call per shape compiles (walk also tunes): not inside a trace or a graph capture
         tracing = torch.compiler.is_compiling() or (call.q.is_cuda and torch.cuda.is_current_stream_capturing())
         if not self.is_small(call):
-            # FlashAttention-4 where it was measured ahead of split (Hopper); refused without it, for a key-padding
-            # mask, float32 or an odd head size, and then split runs
+            # FlashAttention-4 where it was measured level with or ahead of split (Hopper); refused without it, for
+            # a key-padding mask, float32 or an odd head size, and then split runs
             long = call.layout.seq_len >= FA4_MIN_SEQ_LEN
             fa4 = ("fa4",) if long and not tracing and not self._fa4_failed and prefers_fa4(call.q.device) else ()
             return fa4 + ("split", "gathered")

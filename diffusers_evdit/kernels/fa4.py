@@ -33,7 +33,7 @@ from ..masks import reference_flags
 GLOBAL_CODE = -1
 # compute capabilities FA4 targets with block sparsity: Hopper (9.x) and Blackwell (10.x, 11.x)
 SUPPORTED_MAJORS = (9, 10, 11)
-# where "auto" prefers it to split on long sequences: where it was measured ahead of split, forward and backward
+# where "auto" prefers it to split on long sequences: where it was measured level or ahead forward, ahead backward
 # (Hopper: H100, BENCHMARKS.md "FlashAttention-4 on an H100"); elsewhere it runs only when named, kernel="fa4"
 AUTO_MAJORS = (9,)
 # the largest head size FA4 takes on Hopper (its own check; on Blackwell it takes up to 128, and FA4 says so itself)
