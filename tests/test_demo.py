@@ -122,6 +122,38 @@ def test_row_folder_loads_student_with_base_components(tmp_path):
         load_row(base, str(base_dir), evdit)
 
 
+def test_delta_row_in_bfloat16_keeps_the_dtypes_base_has(tmp_path):
+    """A delta student is loaded the way Base is: in bfloat16, diffusers' float32 modules stay float32 (the whole
+    model is not cast), and each weight is the base weight plus the delta."""
+    from diffusers_evdit.demo import DEFAULT_ROWS, load_row
+    from diffusers_evdit.distill.weight_delta import save_delta
+
+    base_dir = tmp_path / "model"
+    build_demo_pipeline("tiny").save_pretrained(base_dir)
+    GenerationConfig.tiny().save(base_dir)
+    _save_row(base_dir / "evdit", seed=7, plan=1)
+    (base_dir / "evdit" / "transformer" / "config.json").unlink()  # the row ships a delta, not a transformer
+    base_fp32 = build_demo_pipeline("tiny").transformer
+    save_delta(build_transformer("tiny", seed=7, zero_init_output=False), base_fp32, str(base_dir / "evdit"))
+    student_fp32 = load_row(load_pipeline(str(base_dir), device="cpu")[0], str(base_dir), DEFAULT_ROWS[2]).transformer
+    base, _ = load_pipeline(str(base_dir), device="cpu", dtype=torch.bfloat16)
+    pipe = load_row(base, str(base_dir), DEFAULT_ROWS[2])
+    want = {n: p.dtype for n, p in base.transformer.named_parameters()}
+    assert {n: p.dtype for n, p in pipe.transformer.named_parameters()} == want
+    assert {torch.float32, torch.bfloat16} <= set(want.values())
+    reference = dict(student_fp32.named_parameters())
+    changed = 0
+    for name, p in pipe.transformer.named_parameters():
+        ref, before = reference[name].detach(), base_fp32.state_dict()[name]
+        changed += not torch.equal(ref, before)
+        if p.dtype == torch.float32:
+            assert torch.equal(p.detach(), ref), name
+        else:  # base rounded to bfloat16, plus the delta, rounded again: within one bfloat16 step of each
+            bound = 2.0**-8 * (before.abs() + ref.abs()) + 1e-30
+            assert bool(((p.detach().float() - ref).abs() <= bound).all()), name
+    assert changed > len(reference) // 2  # the delta moved most tensors
+
+
 def test_demo_skips_a_missing_row_with_the_reason(tmp_path):
     base_dir = tmp_path / "model"
     build_demo_pipeline("tiny").save_pretrained(base_dir)

@@ -18,6 +18,7 @@ import json
 import os
 from dataclasses import dataclass
 
+import torch
 
 from .loading import parse_plan
 from ..distill.weight_delta import DELTA_FILE, load_delta
@@ -159,7 +160,10 @@ def load_row(base_pipe, base_path: str, row: DemoRow, kernel: str = "auto", seed
         folder = row_folder(base_path, row)
         check_row_folder(folder, row)
         if os.path.isfile(os.path.join(folder, DELTA_FILE)):  # the base transformer + the student's delta
-            transformer = type(base_pipe.transformer).from_pretrained(base_path, subfolder="transformer")
+            # loaded in the row's dtype as Base is (diffusers keeps its float32 modules float32); the delta is
+            # added to each weight in float32 arithmetic
+            transformer = type(base_pipe.transformer).from_pretrained(base_path, subfolder="transformer",
+                                                                      torch_dtype=dtype)
             transformer = load_delta(transformer, folder).eval()
         else:
             transformer = type(base_pipe.transformer).from_pretrained(folder, subfolder="transformer",
@@ -168,7 +172,9 @@ def load_row(base_pipe, base_path: str, row: DemoRow, kernel: str = "auto", seed
             sched_name = json.load(f).get("_class_name", "")
         scheduler = _scheduler_class(sched_name).from_pretrained(folder, subfolder="scheduler")
         plan_spec = os.path.join(folder, "mask_plan.json") if row.plan == "saved" else row.plan
-    transformer.to(device=device, dtype=dtype)
+    if folder is None and dtype != torch.float32:
+        transformer.to(dtype=dtype)  # the tiny stand-in, cast as load_pipeline casts the tiny Base
+    transformer.to(device)
     pipe = EfficientVDiTPipeline.from_pipe(base_pipe, transformer=transformer, scheduler=scheduler, kernel=kernel)
     pipe.set_mask_plan(parse_plan(plan_spec, transformer), kernel=kernel)
     if folder is not None:
