@@ -15,6 +15,8 @@
 #   bash benchmarks/device_ship.sh s8-evdit # an 8-step Efficient-vDiT: S=8 (3 min), KD with the shipped plan and
 #                                          # with 4:4 (2 min), validation choice, then the test prompts (~8.5 min)
 #   bash benchmarks/device_ship.sh s8-test  # the S=8 student, then it, Base and the shipped MLCD on the test prompts
+#   bash benchmarks/device_ship.sh s8-seeds # three S=8 students (training seeds 0-2, snapshots), each one's stopping
+#                                          # point chosen on validation prompts, the three on the test prompts
 #   bash benchmarks/device_ship.sh compare # searched (COMPARE_PLAN, default the budget plan) vs uniform plans of
 #                                          # equal sparsity, both with KD from the shipped MLCD student, 3 training
 #                                          # seeds each, scored on the test prompts (< 10 min)
@@ -22,7 +24,7 @@
 # Each call packs the trained transformers in float16 (transformer/ + scheduler/ + plan + training configs) as
 # $OUT/<row>.tar, ready to unpack under diffusers_evdit/demo_model/<row>/.
 set -uo pipefail
-phase=${1:?usage: device_ship.sh mlcd|kd|all|curve|ship-best|steps-curve|steps-test|s8-test|s8-evdit|compare}
+phase=${1:?usage: device_ship.sh mlcd|kd|all|curve|ship-best|steps-curve|steps-test|s8-test|s8-seeds|s8-evdit|compare}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -148,6 +150,37 @@ s8-test)
         --seeds 3 --workers 12 --timing-videos 3 --extra-row "MLCD, 8 segments=$PWD/runs/mlcd-s8:dense@8" \
         --out "$OUT/steps-test.json" 2>&1 | grep -v '%|' | tail -n 8
     cp runs/mlcd-s8/losses.jsonl "$OUT/steps-s8-losses.jsonl"
+    ;;
+s8-seeds)
+    # The 8-step point of the quality curve as issue 21's protocol asks: three S=8 students of the shipped first-stage
+    # recipe (training seeds 0, 1, 2; S8_STEPS steps, default 650, with snapshots), trained side by side on one GPU
+    # from one teacher-latent cache; each seed's stopping point chosen on 64 validation prompts x 1 seed; then the
+    # three chosen students beside Base and the shipped MLCD on the 64 test prompts x 3 seeds (~8 min).
+    bash benchmarks/device_stages.sh s8-seeds
+    tail -n 1 "$OUT"/s8-seed*.log
+    rows=()
+    for d in runs/s8-seed*/snapshot-* runs/s8-seed?; do
+        [ -f "$d/model_index.json" ] && rows+=(--extra-row "$(basename "$(dirname "$d")")/$(basename "$d")=$PWD/$d:dense@8")
+    done
+    timeout $((400 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --split validation --rows Base \
+        --prompts 64 --seeds 1 --workers 12 --timing-videos 0 "${rows[@]}" --out "$OUT/s8-seeds-validation.json" \
+        2>&1 | grep -v '%|' | tail -n 16
+    mapfile -t picks < <(python - "$OUT/s8-seeds-validation.json" <<'PY'
+import json, sys
+rows = [r for r in json.load(open(sys.argv[1]))["rows"] if r["name"] != "Base"]
+for seed in sorted({r["name"].split("/")[0] for r in rows}):
+    mine = [r for r in rows if r["name"].startswith(seed + "/")]
+    best = max(mine, key=lambda r: r["final_score"]["mean"])
+    print("--extra-row")
+    print(f'{seed} ({best["name"].split("/")[1]})={best["folder"]}:dense@8')
+PY
+)
+    echo "validation picks: ${picks[*]}"
+    timeout $((585 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base,MLCD --prompts 64 \
+        --seeds 3 --workers 12 --timing-videos 3 "${picks[@]}" --out "$OUT/s8-seeds-test.json" 2>&1 \
+        | grep -v '%|' | tail -n 8
+    tar czf "$OUT/s8-seeds-logs.tar.gz" "$OUT"/s8-seed*.log runs/s8-seed?/losses.jsonl runs/s8-seed0/mlcd_config.json \
+        2>/dev/null && rm -f "$OUT"/s8-seed*.log
     ;;
 s8-evdit)
     # An 8-step Efficient-vDiT candidate (stage1_steps in demo-rows-h100.json: the S=8 student is 0.027 below Base at

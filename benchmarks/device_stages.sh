@@ -29,7 +29,7 @@
 # three time shares of its budget: weaker than the `mlcd` phase's) when runs/mlcd-s8 is gone. These phases made
 # benchmarks/results/mlcd*, quality*, kd-lr/ (H100, 2026-11-23).
 set -uo pipefail
-phase=${1:?usage: device_stages.sh mlcd|s4-student|s4-curve|s8-student|s8-s6-s4|reproduce|low-r|s4-sweep|reproduce-long|reproduce-quick|reproduce-resume|s4-long-kd|kd-lr|kd-options}
+phase=${1:?usage: device_stages.sh mlcd|s4-student|s4-curve|s8-student|s8-seeds|s8-s6-s4|reproduce|low-r|s4-sweep|reproduce-long|reproduce-quick|reproduce-resume|s4-long-kd|kd-lr|kd-options}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" runs
 # shellcheck disable=SC1091
@@ -144,6 +144,19 @@ s4-curve)
     ;;
 s8-student)
     train_s8 "${S8_MINUTES:-2.0}"
+    ;;
+s8-seeds)
+    # three S=8 students of train_s8's recipe, training seeds 0, 1, 2 (the seed also draws the synthetic clips, so each
+    # run has its own latent cache), S8_STEPS steps (default 650) with snapshots at S8_SNAPSHOTS, side by side on one
+    # GPU -> runs/s8-seed<N>; logs $OUT/s8-seed<N>.log. device_ship.sh s8-seeds scores them.
+    for seed in 0 1 2; do
+        # shellcheck disable=SC2086
+        python examples/train_mlcd.py "${mlcd_common[@]}" --output_dir "runs/s8-seed$seed" --num_segments 8 \
+            --seed "$seed" --latent_cache "runs/latents-seed$seed.pt" --max_train_steps "${S8_STEPS:-650}" \
+            --max_minutes "${S8_MINUTES:-3.5}" --snapshot_steps ${S8_SNAPSHOTS:-200 350 500} \
+            >"$OUT/s8-seed$seed.log" 2>&1 &
+    done
+    wait
     ;;
 s8-s6-s4)
     # a gentler progressive reduction, S=8 -> 6 -> 4 (the shipped S=4 came from S=8 directly; mlcd.md): the S=8
