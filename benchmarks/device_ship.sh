@@ -156,14 +156,15 @@ s8-seeds)
     # recipe (training seeds 0, 1, 2; S8_STEPS steps, default 650, with snapshots), trained side by side on one GPU
     # from one teacher-latent cache; each seed's stopping point chosen on 64 validation prompts x 1 seed; then the
     # three chosen students beside Base and the shipped MLCD on the 64 test prompts x 3 seeds (~8 min).
+    deadline=${SHIP_DEADLINE_S:-585}  # seconds this phase may take (validation gets up to two thirds of them)
     bash benchmarks/device_stages.sh s8-seeds
     tail -n 1 "$OUT"/s8-seed*.log
     rows=()
     for d in runs/s8-seed*/snapshot-* runs/s8-seed?; do
         [ -f "$d/model_index.json" ] && rows+=(--extra-row "$(basename "$(dirname "$d")")/$(basename "$d")=$PWD/$d:dense@8")
     done
-    timeout $((400 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --split validation --rows Base \
-        --prompts 64 --seeds 1 --workers 12 --timing-videos 0 "${rows[@]}" --out "$OUT/s8-seeds-validation.json" \
+    timeout $((deadline * 2 / 3 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --split validation \
+        --rows Base --prompts 64 --seeds 1 --workers 12 --timing-videos 0 "${rows[@]}" --out "$OUT/s8-seeds-validation.json" \
         2>&1 | grep -v '%|' | tail -n 16
     mapfile -t picks < <(python - "$OUT/s8-seeds-validation.json" <<'PY'
 import json, sys
@@ -176,7 +177,7 @@ for seed in sorted({r["name"].split("/")[0] for r in rows}):
 PY
 )
     echo "validation picks: ${picks[*]}"
-    timeout $((585 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base,MLCD --prompts 64 \
+    timeout $((deadline - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base,MLCD --prompts 64 \
         --seeds 3 --workers 12 --timing-videos 3 "${picks[@]}" --out "$OUT/s8-seeds-test.json" 2>&1 \
         | grep -v '%|' | tail -n 8
     tar czf "$OUT/s8-seeds-logs.tar.gz" "$OUT"/s8-seed*.log runs/s8-seed?/losses.jsonl runs/s8-seed0/mlcd_config.json \
