@@ -161,11 +161,15 @@ s8-seeds)
     tail -n 1 "$OUT"/s8-seed*.log
     rows=()
     for d in runs/s8-seed*/snapshot-* runs/s8-seed?; do
-        [ -f "$d/model_index.json" ] && rows+=(--extra-row "$(basename "$(dirname "$d")")/$(basename "$d")=$PWD/$d:dense@8")
+        case $d in  # s8-seed<N>/snapshot-<step>, s8-seed<N>/final
+        */snapshot-*) name="$(basename "$(dirname "$d")")/$(basename "$d")" ;;
+        *) name="$(basename "$d")/final" ;;
+        esac
+        [ -f "$d/model_index.json" ] && rows+=(--extra-row "$name=$PWD/$d:dense@8")
     done
     timeout $((deadline * 2 / 3 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --split validation \
-        --rows Base --prompts 64 --seeds 1 --workers 12 --timing-videos 0 "${rows[@]}" --out "$OUT/s8-seeds-validation.json" \
-        2>&1 | grep -v '%|' | tail -n 16
+        --rows Base --prompts 64 --seeds 1 --workers 12 --timing-videos 0 "${rows[@]}" \
+        --out "$OUT/s8-seeds-validation.json" 2>&1 | grep -v '%|' | tail -n 16
     mapfile -t picks < <(python - "$OUT/s8-seeds-validation.json" <<'PY'
 import json, sys
 rows = [r for r in json.load(open(sys.argv[1]))["rows"] if r["name"] != "Base"]
