@@ -59,7 +59,7 @@ materialize() {  # ROW DIR: the shipped student row (a 4-bit delta) as a full pi
     python - "$teacher" "$1" "$2" <<'PY'
 import json, os, shutil, sys
 from diffusers import WanTransformer3DModel
-from diffusers_evdit.distill.weight_delta import load_delta
+from diffusers_evdit.weight_delta import load_delta
 base, row, dst = sys.argv[1:]
 shutil.copytree(base, dst, ignore=shutil.ignore_patterns("mlcd", "evdit", "transformer", "scheduler"), dirs_exist_ok=True)
 t = load_delta(WanTransformer3DModel.from_pretrained(base, subfolder="transformer"), os.path.join(base, row))

@@ -30,7 +30,7 @@ def pack_row(source: str, row: str, base: str, mlcd_record: str | None = None) -
     import torch
     from diffusers import WanTransformer3DModel
 
-    from diffusers_evdit.distill.weight_delta import save_delta
+    from diffusers_evdit.weight_delta import save_delta
     from diffusers_evdit.generation import GENERATION_DEFAULTS_FILE, GenerationDefaults
 
     for need in ("transformer/config.json", "scheduler/scheduler_config.json"):

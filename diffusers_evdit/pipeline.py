@@ -24,6 +24,7 @@ from .kernels import check_kernel
 from .model_card import CARD_BEGIN, CARD_END, PLAN_FILES, mask_plan_model_card, write_model_card  # noqa: F401
 from .plan import MaskPlan, apply_mask_plan, get_mask_plan, num_plan_layers, remove_mask_plan
 from .processors import family_for, supported_models
+from .students import is_delta_student, load_delta_student
 
 TRANSFORMER_SLOTS = ("transformer", "transformer_2")
 MODEL_INDEX_KEY = "_evdit"
@@ -79,8 +80,7 @@ def _user_files(old: str, new: str) -> list[str]:
 
 
 def _read_model_index(folder: str) -> dict:
-    path = os.path.join(folder, "model_index.json")
-    with open(path, encoding="utf-8") as f:
+    with open(os.path.join(folder, "model_index.json"), encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -373,6 +373,7 @@ class EfficientVDiTPipeline(DiffusionPipeline):
         The base class comes from ``model_index.json``, the plans and :attr:`generation_defaults` from the files
         :meth:`save_pretrained` wrote (a stock diffusers folder loads dense). They are parsed before any weights are
         read; a corrupt file, a plan that does not fit its transformer, or an incomplete save raises ``ValueError``.
+        A student shipped as a weight delta inside its base pipeline's folder loads on that base (:mod:`.students`).
 
         Args:
             pretrained_model_name_or_path: a local folder or a Hub repo id.
@@ -408,6 +409,8 @@ class EfficientVDiTPipeline(DiffusionPipeline):
                 f"{path} is not a folder; pass the folder that save_pretrained wrote, or a Hub repo id."
             )
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+        if local and is_delta_student(path):  # a distilled student beside its base pipeline (students.py)
+            return load_delta_student(cls, path, mask_plan, mask_plan_2, kernel, **kwargs)
         if local:
             if not os.path.isfile(os.path.join(path, "model_index.json")):
                 raise ValueError(
@@ -434,11 +437,9 @@ class EfficientVDiTPipeline(DiffusionPipeline):
                         f"{', '.join(supported_models())}."
                     )
 
-        if mask_plan_2 == "same":
+        derived_2 = mask_plan_2 == "same"
+        if derived_2:
             mask_plan_2 = "saved" if mask_plan == "saved" else mask_plan
-            derived_2 = True
-        else:
-            derived_2 = False
         need_saved = mask_plan == "saved" or mask_plan_2 == "saved"
         saved = cls._load_saved_plans(path, index, local, hub_kwargs) if need_saved else {}
         defaults = GenerationDefaults.load(path, **hub_kwargs)

@@ -126,7 +126,7 @@ def test_delta_row_in_bfloat16_keeps_the_dtypes_base_has(tmp_path):
     """A delta student is loaded the way Base is: in bfloat16, diffusers' float32 modules stay float32 (the whole
     model is not cast), and each weight is the base weight plus the delta."""
     from diffusers_evdit.demo import DEFAULT_ROWS, load_row
-    from diffusers_evdit.distill.weight_delta import save_delta
+    from diffusers_evdit.weight_delta import save_delta
 
     base_dir = tmp_path / "model"
     build_demo_pipeline("tiny").save_pretrained(base_dir)

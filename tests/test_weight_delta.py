@@ -1,9 +1,9 @@
-"""A student shipped as a 4-bit grouped delta from its base (diffusers_evdit.distill.weight_delta)."""
+"""A student shipped as a 4-bit grouped delta from its base (diffusers_evdit.weight_delta)."""
 
 import pytest
 import torch
 
-from diffusers_evdit.distill.weight_delta import GROUP, apply_delta, compress_delta, load_delta, save_delta
+from diffusers_evdit.weight_delta import GROUP, apply_delta, compress_delta, load_delta, save_delta
 from diffusers_evdit.tiny import tiny_transformer
 
 

@@ -4,7 +4,7 @@ A student row ships as a small folder inside the base model folder (``demo_model
 
     evdit/
       transformer_delta.safetensors   the student's weights as a 4-bit delta from the base transformer
-                          (:mod:`diffusers_evdit.distill.weight_delta`), or transformer/ (config.json + weights)
+                          (:mod:`diffusers_evdit.weight_delta`), or transformer/ (config.json + weights)
       scheduler/          scheduler_config.json (the few-step MLCD scheduler)
       mask_plan.json      the searched plan (Efficient-vDiT row only)
 
@@ -14,14 +14,14 @@ The VAE, text encoder and tokenizer are the base folder's, shared in memory betw
 from __future__ import annotations
 
 import copy
-import json
 import os
 from dataclasses import dataclass
 
 import torch
 
 from .loading import parse_plan
-from ..distill.weight_delta import DELTA_FILE, load_delta
+from ..weight_delta import DELTA_FILE
+from ..students import student_scheduler, student_transformer
 from .model import GenerationConfig, build_transformer
 
 
@@ -117,17 +117,6 @@ def check_row_folder(folder: str, row: DemoRow) -> None:
         )
 
 
-def _scheduler_class(name: str):
-    import diffusers
-
-    from .. import schedulers
-
-    cls = getattr(schedulers, name, None) or getattr(diffusers, name, None)
-    if cls is None:
-        raise ValueError(f"unknown scheduler class {name!r}; expected a diffusers or diffusers_evdit scheduler")
-    return cls
-
-
 def load_row(base_pipe, base_path: str, row: DemoRow, kernel: str = "auto", seed: int = 0):
     """The pipeline of ``row``: the base pipeline's VAE, text encoder and tokenizer with the row's transformer,
     scheduler and plan.
@@ -159,18 +148,9 @@ def load_row(base_pipe, base_path: str, row: DemoRow, kernel: str = "auto", seed
     else:
         folder = row_folder(base_path, row)
         check_row_folder(folder, row)
-        if os.path.isfile(os.path.join(folder, DELTA_FILE)):  # the base transformer + the student's delta
-            # loaded in the row's dtype as Base is (diffusers keeps its float32 modules float32); the delta is
-            # added to each weight in float32 arithmetic
-            transformer = type(base_pipe.transformer).from_pretrained(base_path, subfolder="transformer",
-                                                                      torch_dtype=dtype)
-            transformer = load_delta(transformer, folder).eval()
-        else:
-            transformer = type(base_pipe.transformer).from_pretrained(folder, subfolder="transformer",
-                                                                      torch_dtype=dtype).eval()
-        with open(os.path.join(folder, "scheduler", "scheduler_config.json"), encoding="utf-8") as f:
-            sched_name = json.load(f).get("_class_name", "")
-        scheduler = _scheduler_class(sched_name).from_pretrained(folder, subfolder="scheduler")
+        # in the row's dtype as Base is (diffusers keeps its float32 modules float32): base + delta, or shipped whole
+        transformer = student_transformer(type(base_pipe.transformer), base_path, folder, dtype)
+        scheduler = student_scheduler(folder)
         plan_spec = os.path.join(folder, "mask_plan.json") if row.plan == "saved" else row.plan
     if folder is None and dtype != torch.float32:
         transformer.to(dtype=dtype)  # the tiny stand-in, cast as load_pipeline casts the tiny Base

@@ -113,5 +113,5 @@ def load_delta(model: nn.Module, folder: str) -> nn.Module:
     path = os.path.join(folder, DELTA_FILE)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no {DELTA_FILE} in {folder}: a student folder holds its weights as a delta "
-                                "from the base model (diffusers_evdit.distill.weight_delta.save_delta)")
+                                "from the base model (diffusers_evdit.weight_delta.save_delta)")
     return apply_delta(model, load_file(path))
