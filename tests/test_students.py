@@ -101,3 +101,14 @@ def test_the_shipped_students_are_delta_folders_of_the_demo_model():
         assert is_delta_student(folder), folder
         with open(f"{folder}/scheduler/scheduler_config.json", encoding="utf-8") as f:
             assert json.load(f)["_class_name"] == "MLCDFlowMatchEulerScheduler"
+
+
+def test_eval_scores_a_student_folder_at_its_own_steps_and_plan(base_with_student, tmp_path, capsys):
+    root, _ = base_with_student
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--model", str(root / "evdit"), "--plan", "saved", "--prompts", "1", "--json", str(out),
+                 "--no-progress"]) == 0
+    data = json.loads(out.read_text())
+    assert data["generation"]["num_inference_steps"] == 4 and data["generation"]["guidance_scale"] == 1.0
+    assert data["timing"]["steps"] == 4 and data["plan"]["layers"] == [1, 1] and data["plan"]["sparsity"] > 0
+    assert data["model"].endswith("evdit") and data["num_videos"] == 1

@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from ..students import base_folder, is_delta_student
 from .model import DEMO_MODEL_DIR, GenerationConfig, build_demo_pipeline
 
 class DemoModelMissingError(FileNotFoundError):
@@ -46,8 +47,9 @@ def resolve_model(model: str | os.PathLike | None = None) -> str:
         return model
     if not os.path.isdir(model):
         raise FileNotFoundError(f"{model} is not a folder; pass a pipeline folder (save_pretrained) or 'tiny'.")
-    if not os.path.isfile(os.path.join(model, "model_index.json")):
-        raise FileNotFoundError(f"{model} has no model_index.json; it is not a diffusers pipeline folder.")
+    if not os.path.isfile(os.path.join(model, "model_index.json")) and not is_delta_student(model):
+        raise FileNotFoundError(f"{model} has no model_index.json; it is not a diffusers pipeline folder (nor a "
+                                "student folder inside one).")
     return model
 
 
@@ -82,7 +84,8 @@ def load_pipeline(
             for name in ("transformer", "text_encoder"):
                 getattr(pipe, name).to(dtype=dtype)
     else:
-        gen = GenerationConfig.load(path)
+        # a student folder (students.py) takes the demo settings of its base; its own defaults come on the pipeline
+        gen = GenerationConfig.load(base_folder(path) if is_delta_student(path) else path)
         try:
             # the VAE is small: float32 decoding is cheap and avoids colour banding
             pipe = EfficientVDiTPipeline.from_pretrained(
