@@ -112,3 +112,15 @@ def test_eval_scores_a_student_folder_at_its_own_steps_and_plan(base_with_studen
     assert data["generation"]["num_inference_steps"] == 4 and data["generation"]["guidance_scale"] == 1.0
     assert data["timing"]["steps"] == 4 and data["plan"]["layers"] == [1, 1] and data["plan"]["sparsity"] > 0
     assert data["model"].endswith("evdit") and data["num_videos"] == 1
+
+
+def test_a_loaded_student_saves_as_an_ordinary_whole_pipeline(base_with_student, tmp_path):
+    root, _ = base_with_student
+    pipe = EfficientVDiTPipeline.from_pretrained(root / "evdit")
+    pipe.save_pretrained(tmp_path / "whole")
+    assert (tmp_path / "whole" / "model_index.json").is_file() and not is_delta_student(tmp_path / "whole")
+    again = EfficientVDiTPipeline.from_pretrained(tmp_path / "whole")
+    assert type(again.scheduler).__name__ == "MLCDFlowMatchEulerScheduler" and again.mask_plan.layers == [1, 1]
+    assert again.generation_defaults.call_kwargs()["num_inference_steps"] == 4
+    for (name, p), q in zip(pipe.transformer.state_dict().items(), again.transformer.state_dict().values()):
+        assert torch.equal(p, q), name
