@@ -21,9 +21,9 @@ import os
 import diffusers
 
 from . import schedulers
-from .weight_delta import DELTA_FILE, load_delta
 from .generation import GenerationDefaults
 from .plan import MaskPlan
+from .weight_delta import DELTA_FILE, load_delta
 
 __all__ = ["base_folder", "is_delta_student", "load_delta_student", "student_scheduler", "student_transformer"]
 
@@ -78,10 +78,11 @@ def load_delta_student(pipeline_class, folder: str, mask_plan="saved", mask_plan
                        **kwargs):
     """``pipeline_class.from_pretrained`` of a student folder (see the module docs): the base pipeline with
     ``kwargs``, its transformer plus the delta (in place: the freshly loaded base is not shared), the student's
-    scheduler and generation defaults, and its saved plan (``mask_plan="saved"``) or the plan given."""
+    scheduler (unless ``kwargs`` passes one) and generation defaults, and its saved plan (``mask_plan="saved"``) or
+    the plan given."""
     folder = os.fspath(folder)
     base = base_folder(folder)
-    scheduler = student_scheduler(folder)
+    scheduler = kwargs.pop("scheduler", None) or student_scheduler(folder)
     plan_file = os.path.join(folder, "mask_plan.json")
     if mask_plan == "saved":
         mask_plan = MaskPlan.load(plan_file) if os.path.isfile(plan_file) else None

@@ -69,6 +69,8 @@ def test_student_folder_plan_arguments_and_errors(base_with_student, tmp_path):
     root, _ = base_with_student
     folder = root / "evdit"
     assert EfficientVDiTPipeline.from_pretrained(folder, mask_plan=None).mask_plan is None
+    own = EfficientVDiTPipeline.from_pretrained(root).scheduler
+    assert EfficientVDiTPipeline.from_pretrained(folder, scheduler=own).scheduler is own  # a scheduler passed wins
     assert EfficientVDiTPipeline.from_pretrained(folder, mask_plan=MaskPlan([None, 1])).mask_plan.layers == [None, 1]
     with pytest.raises(ValueError, match="one plan, for transformer"):
         EfficientVDiTPipeline.from_pretrained(folder, mask_plan_2="saved")

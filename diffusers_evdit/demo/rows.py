@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .loading import parse_plan
-from ..weight_delta import DELTA_FILE
 from ..students import student_scheduler, student_transformer
+from ..weight_delta import DELTA_FILE
+from .loading import parse_plan
 from .model import GenerationConfig, build_transformer
 
 
