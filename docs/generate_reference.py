@@ -233,7 +233,9 @@ def cli_markdown() -> str:
         "status 2. Every command takes `-q/--quiet` (results and errors only) and `-v/--verbose` (per-step detail, "
         "library info); progress is a bar on a terminal and a line every few seconds with an ETA in a log file. "
         "`evdit generate`, `evdit demo` and `evdit eval` use the model folder's `generation_defaults.json` (frames, "
-        "size, steps, guidance, fps) unless a flag overrides it.",
+        "size, steps, guidance, fps) unless a flag overrides it; `evdit profile` and `evdit search` take its frames "
+        "and size. Each takes a student folder shipped as a weight delta inside its base pipeline's folder "
+        "(`--model diffusers_evdit/demo_model/evdit`, [pipeline.md](pipeline.md#student-folders)).",
         "",
         "| command | what it does |",
         "| --- | --- |",

@@ -227,6 +227,25 @@ def test_profile_cli(tmp_path, capsys):
     assert "Unknown layer index 7" in capsys.readouterr().err
 
 
+def test_profile_takes_the_size_a_model_folder_is_meant_for(tmp_path, capsys):
+    """Without --frames/--height/--width, a pipeline folder is profiled at its generation defaults; a flag given
+    overrides only its own value."""
+    from diffusers_evdit import EfficientVDiTPipeline
+    from diffusers_evdit.analysis import latent_size
+    from diffusers_evdit.tiny import tiny_pipeline
+
+    folder = tmp_path / "model"
+    pipe = EfficientVDiTPipeline.from_pipe(tiny_pipeline("wan"))
+    pipe.set_generation_defaults(num_frames=9, height=32, width=48)
+    pipe.save_pretrained(folder)
+    for flags, size in (([], (9, 32, 48)), (["--frames", "5"], (5, 32, 48))):
+        assert main(["profile", "--model", str(folder), "--out", str(tmp_path / "p"), "--layers", "0", "--no-plots",
+                     "--no-progress", *flags]) == 0
+        frames, h, w = latent_size(pipe.transformer, *size)
+        p_t, p_h, p_w = pipe.transformer.config.patch_size
+        assert f"{frames // p_t} latent frames x {(h // p_h) * (w // p_w)} tokens" in capsys.readouterr().out
+
+
 def test_profile_errors():
     t = tiny_transformer("wan", num_layers=2)
     x = tiny_inputs(t)

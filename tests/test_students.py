@@ -126,3 +126,13 @@ def test_a_loaded_student_saves_as_an_ordinary_whole_pipeline(base_with_student,
     assert again.generation_defaults.call_kwargs()["num_inference_steps"] == 4
     for (name, p), q in zip(pipe.transformer.state_dict().items(), again.transformer.state_dict().values()):
         assert torch.equal(p, q), name
+
+
+def test_profile_and_search_load_a_student_folder_as_its_transformer(base_with_student):
+    from diffusers_evdit.analysis import load_transformer
+
+    root, _ = base_with_student
+    transformer = load_transformer(str(root / "evdit"))
+    want = EfficientVDiTPipeline.from_pretrained(root / "evdit").transformer
+    for (name, p), q in zip(transformer.state_dict().items(), want.state_dict().values()):
+        assert torch.equal(p, q), name

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..processors import family_for
+from ..students import base_folder, is_delta_student, student_transformer
 
 # Full-size configurations (random weights, no download) for timing on a GPU: the class, and the arguments that differ
 # from its diffusers defaults (the defaults are CogVideoX-2B's and Wan2.1-14B's).
@@ -50,7 +51,8 @@ def load_transformer(
         spec: ``"tiny:<family>"`` (``cogvideox``, ``wan``, ``hunyuan_video``: a tiny random transformer from
             :mod:`diffusers_evdit.tiny`), ``"shape:<name>"`` (a full-size random transformer of a known architecture,
             :data:`MODEL_SHAPES`, for timing; built directly on ``device``), or a diffusers model path / Hub id: a
-            pipeline folder (its ``transformer`` subfolder is used) or a transformer folder.
+            pipeline folder (its ``transformer`` subfolder is used), a transformer folder, or a student folder
+            shipped as a weight delta inside its base pipeline's folder (:mod:`diffusers_evdit.students`).
         device, dtype: where and in which precision the weights live.
         num_layers: tiny and shape models only: number of transformer blocks (tiny default 2, shape default: full).
 
@@ -76,7 +78,9 @@ def load_transformer(
     from diffusers import AutoModel
 
     subfolder = None
-    if os.path.isdir(spec):
+    if is_delta_student(spec):  # a distilled student shipped as a weight delta inside its base pipeline's folder
+        model = student_transformer(AutoModel, base_folder(spec), spec, dtype)
+    elif os.path.isdir(spec):
         if os.path.isfile(os.path.join(spec, "transformer", "config.json")):
             subfolder = "transformer"
         elif not os.path.isfile(os.path.join(spec, "config.json")):

@@ -46,9 +46,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     g.add_argument("--dtype", choices=DTYPES, default=None, help="default: bfloat16 on cuda, float32 on cpu")
     g.add_argument("--num-layers", type=int, default=None, help="tiny:/shape: models only: number of blocks")
-    g.add_argument("--frames", type=int, default=49, help="video frames (pixels; default 49)")
-    g.add_argument("--height", type=int, default=480, help="video height in pixels (default 480)")
-    g.add_argument("--width", type=int, default=720, help="video width in pixels (default 720)")
+    where = "the model folder's generation_defaults.json, else"
+    g.add_argument("--frames", type=int, default=None, help=f"video frames (pixels; default: {where} 49)")
+    g.add_argument("--height", type=int, default=None, help=f"video height in pixels (default: {where} 480)")
+    g.add_argument("--width", type=int, default=None, help=f"video width in pixels (default: {where} 720)")
     g.add_argument("--latent", type=_latent, default=None,
                    help="latent FRAMES,HEIGHT,WIDTH, overriding --frames/--height/--width (tiny default 6,8,8)")
     g.add_argument("--text-tokens", type=int, default=None,
@@ -74,6 +75,25 @@ def load_model(args):
     return transformer, device, dtype
 
 
+FALLBACK_SIZE = {"frames": 49, "height": 480, "width": 720}  # CogVideoX's video, for models without defaults
+
+
+def video_size(args) -> tuple[int, int, int]:
+    """``(frames, height, width)`` in pixels: each flag given, else the local model folder's generation defaults
+    (the size the model is meant for; a student folder's own), else :data:`FALLBACK_SIZE`."""
+    import os
+
+    from ..generation import GenerationDefaults
+
+    given = {"frames": args.frames, "height": args.height, "width": args.width}
+    defaults = GenerationDefaults.load(args.model) if os.path.isdir(args.model) else None
+    if defaults is not None:
+        own = defaults.call_kwargs()
+        own = {"frames": own.get("num_frames"), "height": own.get("height"), "width": own.get("width")}
+        given = {k: v if v is not None else own[k] for k, v in given.items()}
+    return tuple(v if v is not None else FALLBACK_SIZE[k] for k, v in given.items())
+
+
 def make_inputs(args, transformer, timesteps: list, seeds: list[int]) -> list[dict]:
     """Random inputs for every (timestep, seed), timestep-major; or the ``--inputs`` file."""
     import torch
@@ -97,7 +117,7 @@ def make_inputs(args, transformer, timesteps: list, seeds: list[int]) -> list[di
         v = TinyVideo()
         latent = (v.frames, v.height, v.width)
     else:
-        latent = latent_size(transformer, args.frames, args.height, args.width)
+        latent = latent_size(transformer, *video_size(args))
     text = args.text_tokens if args.text_tokens is not None else (7 if tiny else None)
     return [random_inputs(transformer, *latent, timestep=t, seed=s, text_tokens=text) for t in timesteps for s in seeds]
 
