@@ -80,7 +80,24 @@ def test_shortened_demo_writes_rows_video_sheet_and_report(tmp_path):
     assert data["prompts"] == [c for c, _ in eval_prompts(2, split="test")]
     md = (out / "report.md").read_text()
     assert "denoising speedup" in md and "contact_sheet.png" in md and "random-weight" in md
+    assert "Generate with a row yourself" not in md  # random stand-ins: no folder to generate from
     assert rep["files"]["video"] == "side_by_side.gif"
+
+
+def test_report_names_the_command_that_generates_with_each_row_folder():
+    from diffusers_evdit.demo.report import markdown_report
+
+    row = {"steps": 4, "guidance_scale": 1.0, "plan": {"sparsity": 0.0}, "denoise_seconds": 1.0,
+           "decode_seconds": 0.1, "seconds_per_video": 1.5, "wallclock_speedup": 1.0, "video_speedup": 1.0,
+           "final_score": 0.5, "metrics": {}, "per_video": [{"final_score": 0.5}]}
+    rep = {"model": "m", "pipeline_class": "P", "device": "cpu", "dtype": "float32", "prompts": ["p"],
+           "generation": {"num_frames": 9, "height": 32, "width": 32}, "total_s": 1.0, "notes": [],
+           "missing_rows": [], "reference": {}, "files": {"video": "v.gif"},
+           "rows": [{**row, "name": "Base", "folder": "/m"}, {**row, "name": "Efficient-vDiT", "folder": "/m/evdit"},
+                    {**row, "name": "Other", "folder": None}]}
+    md = markdown_report(rep)
+    assert "* Base: `evdit generate --model /m --prompt" in md
+    assert "* Efficient-vDiT: `evdit generate --model /m/evdit --prompt" in md and "* Other:" not in md
 
 
 def _save_row(folder, seed, plan=None, sigmas=(1.0, 0.75, 0.5, 0.25)):

@@ -106,4 +106,12 @@ def markdown_report(report: dict) -> str:
     ]
     for i, p in enumerate(report["prompts"]):
         lines.append(f"| {i} | {p} | " + " | ".join(f"{r['per_video'][i]['final_score']:.3f}" for r in rows) + " |")
+    folders = [(r["name"], r["folder"]) for r in rows if r.get("folder") and r["folder"] != "tiny"]
+    if folders:
+        lines += ["", "## Generate with a row yourself", "",
+                  "Each row's folder loads as a whole pipeline with its own defaults (steps, guidance, size), "
+                  "scheduler and saved plan (`EfficientVDiTPipeline.from_pretrained(folder)`; a student folder "
+                  "loads on its base pipeline, docs/pipeline.md):", ""]
+        lines += [f"* {name}: `evdit generate --model {folder} --prompt \"...\" --out video.mp4`"
+                  for name, folder in folders]
     return "\n".join(lines) + "\n"
