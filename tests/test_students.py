@@ -1,5 +1,5 @@
 """A distilled student shipped as a weight delta inside its base pipeline's folder loads as a whole pipeline
-(diffusers_evdit.students, through EfficientVDiTPipeline.from_pretrained and evdit generate)."""
+(diffusers_evdit.students: EfficientVDiTPipeline.from_pretrained, evdit generate / eval / profile / search)."""
 
 import json
 import shutil
@@ -9,11 +9,11 @@ import torch
 
 from diffusers_evdit import EfficientVDiTPipeline, MaskPlan
 from diffusers_evdit.cli import main
-from diffusers_evdit.weight_delta import GROUP, save_delta
 from diffusers_evdit.generation import GenerationDefaults
 from diffusers_evdit.schedulers import mlcd_scheduler_from
 from diffusers_evdit.students import is_delta_student
 from diffusers_evdit.tiny import tiny_pipeline
+from diffusers_evdit.weight_delta import GROUP, save_delta
 
 
 @pytest.fixture(scope="module")
