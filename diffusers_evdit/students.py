@@ -84,8 +84,9 @@ def load_delta_student(pipeline_class, folder: str, mask_plan="saved", mask_plan
     base = base_folder(folder)
     scheduler = kwargs.pop("scheduler", None) or student_scheduler(folder)
     plan_file = os.path.join(folder, "mask_plan.json")
+    saved = mask_plan == "saved" and os.path.isfile(plan_file)
     if mask_plan == "saved":
-        mask_plan = MaskPlan.load(plan_file) if os.path.isfile(plan_file) else None
+        mask_plan = MaskPlan.load(plan_file) if saved else None
     if mask_plan_2 == "saved":
         raise ValueError(f"{folder}: a student folder saves one plan, for transformer; pass mask_plan_2='same', a "
                          "MaskPlan or None.")
@@ -95,4 +96,10 @@ def load_delta_student(pipeline_class, folder: str, mask_plan="saved", mask_plan
     if defaults is not None:
         pipe.set_generation_defaults(defaults)
     pipe.register_to_config(_name_or_path=os.path.abspath(folder))
-    return pipe.set_mask_plan(mask_plan, mask_plan_2, kernel=kernel)
+    try:
+        return pipe.set_mask_plan(mask_plan, mask_plan_2, kernel=kernel)
+    except ValueError as err:
+        if not saved:
+            raise
+        raise ValueError(f"{plan_file}: {err} Fix or remove the plan file, or load with mask_plan=None to run "
+                         "dense.") from None

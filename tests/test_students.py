@@ -74,6 +74,15 @@ def test_student_folder_plan_arguments_and_errors(base_with_student, tmp_path):
     assert EfficientVDiTPipeline.from_pretrained(folder, mask_plan=MaskPlan([None, 1])).mask_plan.layers == [None, 1]
     with pytest.raises(ValueError, match="one plan, for transformer"):
         EfficientVDiTPipeline.from_pretrained(folder, mask_plan_2="saved")
+    plan = folder / "mask_plan.json"
+    kept = plan.read_text()
+    MaskPlan.uniform(3, k=1).save(plan)  # a plan for another model: the error names the file and the way out
+    try:
+        with pytest.raises(ValueError, match=r"evdit/mask_plan.json: .*3 layers.*mask_plan=None to run dense"):
+            EfficientVDiTPipeline.from_pretrained(folder)
+        assert EfficientVDiTPipeline.from_pretrained(folder, mask_plan=None).mask_plan is None
+    finally:
+        plan.write_text(kept)
     loose = tmp_path / "alone"
     shutil.copytree(folder, loose)
     with pytest.raises(ValueError, match="folder above it.*no model_index.json"):
