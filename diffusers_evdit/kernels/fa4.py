@@ -293,6 +293,7 @@ class FA4TileKernel:
 
     block_size: tuple[int, int] | None = None
     _sparsity: dict = field(default_factory=dict, repr=False)
+    _checked_devices: set = field(default_factory=set, repr=False)
 
     def sparsity(self, layout: TileLayout, k_ref: int | None, device) -> FA4BlockSparsity:
         """The cached :class:`FA4BlockSparsity` of a plan entry on ``layout``."""
@@ -305,5 +306,7 @@ class FA4TileKernel:
     def __call__(self, q, k, v, layout: TileLayout, k_ref: int | None, key_padding_mask=None, scale=None):
         if key_padding_mask is not None:
             raise NotImplementedError("The FA4 tile kernel takes no key-padding mask; use kernel='gathered'.")
-        _require_fa4(q.device)
+        if q.device not in self._checked_devices:  # FA4's availability is a property of the device: check it once
+            _require_fa4(q.device)
+            self._checked_devices.add(q.device)
         return _block_sparse_attention(q, k, v, self.sparsity(layout, k_ref, q.device), scale)
