@@ -20,6 +20,7 @@ from diffusers_evdit.demo import (
     GenerationConfig,
     build_demo_pipeline,
     build_transformer,
+    build_vae,
     caption_tokenizer,
     eval_prompts,
     load_pipeline,
@@ -276,6 +277,25 @@ def test_batched_decoding_matches_the_pipeline():
     lat = pipe(**call, output_type="latent", generator=torch.Generator().manual_seed(1)).frames
     video = decode_latents(pipe, lat)[0]
     assert np.abs(video.astype(np.float32) - ref * 255.0).max() <= 1.0
+
+
+def test_channels_last_decoding_keeps_the_vae_output():
+    """The memory format changes nothing but rounding: the demo VAE decodes the same video from the same latents."""
+    from diffusers_evdit.demo import channels_last_convolutions
+
+    vae = build_vae("tiny").eval()
+    z = torch.randn(2, vae.config.z_dim, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = vae.decode(z, return_dict=False)[0]
+        convs = [m for m in vae.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d))]
+        assert convs and not all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convs
+                                 if isinstance(m, torch.nn.Conv3d))
+        assert channels_last_convolutions(channels_last_convolutions(vae)) is vae  # idempotent
+        for m in convs:
+            fmt = torch.channels_last_3d if isinstance(m, torch.nn.Conv3d) else torch.channels_last
+            assert m.weight.is_contiguous(memory_format=fmt)
+        out = vae.decode(z, return_dict=False)[0]
+    assert ((out - ref).norm() / ref.norm()).item() < 1e-5
 
 
 def test_psnr_ssim_separate_copies_from_noise():

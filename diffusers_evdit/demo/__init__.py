@@ -24,7 +24,7 @@ Example::
 
 from ..data import eval_prompts
 from .evaluation import EVAL_KEYS, evaluate_pipeline, metrics_pool, plan_summary, score_videos, strip_private
-from .generation import decode_latents, generate_videos, warm_up
+from .generation import channels_last_convolutions, decode_latents, generate_videos, warm_up
 from .loading import DemoModelMissingError, load_pipeline, parse_plan, resolve_model
 from .model import (
     ARCHITECTURES,
@@ -62,6 +62,7 @@ __all__ = [
     "parse_plan",
     "eval_prompts",
     "decode_latents",
+    "channels_last_convolutions",
     "generate_videos",
     "metrics_pool",
     "score_videos",

@@ -1,0 +1,86 @@
+"""VAE decoding of the demo model on the CPU: default memory format against channels-last convolutions.
+
+Decodes the demo's latents (8 latent frames of 16 x 16, the 29 frames of 128 x 128 that ``evdit demo`` writes) with
+two copies of the shipped VAE, one as loaded and one after
+:func:`diffusers_evdit.demo.channels_last_convolutions`, in alternating rounds; prints a table and writes JSON with
+the median, min and max seconds per decode call and the largest difference between the two outputs.
+
+    python benchmarks/decode_timing.py --threads 1 2 --batch 2 8 --rounds 7 --out benchmarks/results/decode-cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+
+def _load_vae(model: str):
+    from diffusers import AutoencoderKLWan
+
+    return AutoencoderKLWan.from_pretrained(model, subfolder="vae", torch_dtype=torch.float32).eval()
+
+
+def _time(vae, z) -> tuple[float, torch.Tensor]:
+    with torch.inference_mode():
+        start = time.perf_counter()
+        out = vae.decode(z, return_dict=False)[0]
+        return time.perf_counter() - start, out
+
+
+def main(argv=None) -> dict:
+    from diffusers_evdit.demo import DEMO_MODEL_DIR, channels_last_convolutions
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=DEMO_MODEL_DIR)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--batch", type=int, nargs="+", default=[2, 8],
+                   help="videos per decode call (evdit demo decodes a single video as a batch of two)")
+    p.add_argument("--latent-frames", type=int, default=8)
+    p.add_argument("--latent-size", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+
+    default = _load_vae(args.model)
+    last = channels_last_convolutions(_load_vae(args.model))
+    rows = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for batch in args.batch:
+            z = torch.randn(batch, default.config.z_dim, args.latent_frames, args.latent_size, args.latent_size,
+                            generator=torch.Generator().manual_seed(0))
+            _time(default, z), _time(last, z)  # warm-up
+            times = {"default": [], "channels_last": []}
+            for _ in range(args.rounds):
+                t, ref = _time(default, z)
+                times["default"].append(t)
+                t, out = _time(last, z)
+                times["channels_last"].append(t)
+            row = {"threads": threads, "batch": batch,
+                   "max_abs_difference": float((out - ref).abs().max()),
+                   **{f"{k}_s": {"median": float(np.median(v)), "min": float(min(v)), "max": float(max(v))}
+                      for k, v in times.items()}}
+            row["speedup"] = row["default_s"]["median"] / row["channels_last_s"]["median"]
+            rows.append(row)
+            print(f"threads {threads} batch {batch}: default {row['default_s']['median']:.3f} s, channels-last "
+                  f"{row['channels_last_s']['median']:.3f} s per call ({row['speedup']:.2f}x), "
+                  f"max |diff| {row['max_abs_difference']:.1e}")
+    result = {"what": __doc__.split("\n\n")[0], "command": "python benchmarks/decode_timing.py " + " ".join(
+                  argv if argv is not None else __import__("sys").argv[1:]),
+              "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "date": datetime.date.today().isoformat(), "rounds": args.rounds,
+              "latent_shape": [args.latent_frames, args.latent_size, args.latent_size], "rows": rows}
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+    return result
+
+
+if __name__ == "__main__":
+    main()
