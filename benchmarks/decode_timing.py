@@ -5,7 +5,8 @@ two copies of the shipped VAE, one as loaded and one after
 :func:`diffusers_evdit.demo.channels_last_convolutions`, in alternating rounds; prints a table and writes JSON with
 the median, min and max seconds per decode call and the largest difference between the two outputs.
 
-    python benchmarks/decode_timing.py --threads 1 2 --batch 2 8 --rounds 7 --out benchmarks/results/decode-cpu.json
+    python benchmarks/decode_timing.py --threads 1 2 --batch 2 8 --rounds 7 \
+        --into benchmarks/results/demo-curve-cpu.json     # kept there as its "decode_timing"
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def main(argv=None) -> dict:
     p.add_argument("--latent-frames", type=int, default=8)
     p.add_argument("--latent-size", type=int, default=16)
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--out", default=None)
+    p.add_argument("--out", default=None, help="write the result to this JSON file")
+    p.add_argument("--into", default=None, help="add the result to this existing JSON file as its decode_timing")
     args = p.parse_args(argv)
 
     default = _load_vae(args.model)
@@ -79,6 +81,12 @@ def main(argv=None) -> dict:
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
+    if args.into:
+        with open(args.into, encoding="utf-8") as f:
+            data = json.load(f)
+        data["decode_timing"] = result
+        with open(args.into, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2)
     return result
 
 
