@@ -15,6 +15,7 @@ import argparse
 import datetime
 import json
 import platform
+import sys
 import time
 
 import numpy as np
@@ -74,7 +75,7 @@ def main(argv=None) -> dict:
                   f"{row['channels_last_s']['median']:.3f} s per call ({row['speedup']:.2f}x), "
                   f"max |diff| {row['max_abs_difference']:.1e}")
     result = {"what": __doc__.split("\n\n")[0], "command": "python benchmarks/decode_timing.py " + " ".join(
-                  argv if argv is not None else __import__("sys").argv[1:]),
+                  argv if argv is not None else sys.argv[1:]),
               "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "date": datetime.date.today().isoformat(), "rounds": args.rounds,
               "latent_shape": [args.latent_frames, args.latent_size, args.latent_size], "rows": rows}
