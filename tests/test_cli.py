@@ -116,6 +116,28 @@ def test_generate_uses_the_model_defaults_and_flags_override(tiny_model, tmp_pat
     assert captured.err == ""
 
 
+def test_generate_decodes_wan_videos_on_the_cpu_like_the_pipeline(tiny_model):
+    """On a CPU `evdit generate` decodes a Wan pipeline's latents itself (faster); the frames are the pipeline's own."""
+    import numpy as np
+    import torch
+
+    from diffusers_evdit import EfficientVDiTPipeline
+    from diffusers_evdit.commands.generate import generate_frames
+
+    pipe = EfficientVDiTPipeline.from_pretrained(str(tiny_model))
+    pipe.set_progress_bar_config(disable=True)
+    call = dict(prompt="a red circle", num_frames=9, height=32, width=48, num_inference_steps=2, guidance_scale=3.0,
+                output_type="pil")
+    ref = pipe(**call, generator=torch.Generator().manual_seed(0)).frames[0]  # diffusers' own decoding
+    convs = [m for m in pipe.vae.modules() if isinstance(m, torch.nn.Conv3d)]
+    assert not all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convs)
+    frames = generate_frames(pipe, {**call, "generator": torch.Generator().manual_seed(0)})
+    assert all(m.weight.is_contiguous(memory_format=torch.channels_last_3d) for m in convs)  # decoded by the package
+    assert len(frames) == len(ref) == 9 and frames[0].size == ref[0].size == (48, 32)
+    got, want = (np.stack([np.asarray(f, np.int16) for f in video]) for video in (frames, ref))
+    assert np.abs(got - want).max() <= 1
+
+
 def test_generate_warns_far_outside_the_model_and_when_long(tiny_model, tmp_path, capsys, monkeypatch):
     from diffusers_evdit.commands import generate
 

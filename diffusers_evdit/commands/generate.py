@@ -160,6 +160,23 @@ def work_warnings(pipe, settings: dict, sources: dict, work, seconds: float | No
     return warnings
 
 
+def generate_frames(pipe, call: dict) -> list:
+    """The frames of ``pipe(**call).frames[0]``. On a CPU a ``WanPipeline`` asked for PIL frames returns its latents
+    and :func:`~diffusers_evdit.demo.decode_latents` decodes them: the pipeline's own decoding computation, run as a
+    batch of two with channels-last convolutions, which on a CPU is several times faster than diffusers' single-video
+    decode (BENCHMARKS.md, "VAE decoding on the CPU"). The frames agree with the pipeline's to one level of 255."""
+    from diffusers import WanPipeline
+
+    if call.get("output_type") == "pil" and isinstance(pipe, WanPipeline) and pipe._execution_device.type == "cpu":
+        from PIL import Image
+
+        from ..demo.generation import decode_latents
+
+        latents = pipe(**{**call, "output_type": "latent"}).frames
+        return [Image.fromarray(frame) for frame in decode_latents(pipe, latents)[0]]
+    return pipe(**call).frames[0]
+
+
 def _cmd_generate(args) -> int:
     import sys
 
@@ -266,7 +283,7 @@ def _cmd_generate(args) -> int:
         call["callback_on_step_end"] = timer.callback
     try:
         start = time.perf_counter()
-        frames = pipe(**call).frames[0]
+        frames = generate_frames(pipe, call)
         total = time.perf_counter() - start
     finally:
         timer.close()
