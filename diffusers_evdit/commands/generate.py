@@ -163,7 +163,7 @@ def work_warnings(pipe, settings: dict, sources: dict, work, seconds: float | No
 def generate_frames(pipe, call: dict) -> list:
     """The frames of ``pipe(**call).frames[0]``. On a CPU a ``WanPipeline`` asked for PIL frames returns its latents
     and :func:`~diffusers_evdit.demo.decode_latents` decodes them: the pipeline's own decoding computation, run as a
-    batch of two with channels-last convolutions, which on a CPU is several times faster than diffusers' single-video
+    batch of two with channels-last convolutions, which on a CPU is faster than diffusers' single-video
     decode (BENCHMARKS.md, "VAE decoding on the CPU"). The frames agree with the pipeline's to one level of 255."""
     from diffusers import WanPipeline
 
