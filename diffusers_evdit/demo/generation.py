@@ -91,14 +91,15 @@ def channels_last_convolutions(module: torch.nn.Module) -> torch.nn.Module:
     return module
 
 
-def decode_latents(pipe, latents: torch.Tensor, batch_size: int = 8) -> list[np.ndarray]:
+def decode_latents(pipe, latents: torch.Tensor, batch_size: int | None = None) -> list[np.ndarray]:
     """Decode ``WanPipeline`` output latents (``output_type="latent"``) to ``uint8 (T, H, W, 3)`` videos.
 
     The same computation as the end of ``WanPipeline.__call__`` (de-normalise with the VAE's ``latents_mean`` /
-    ``latents_std``, decode, post-process), but in batches of ``batch_size`` videos across prompts. On CPU a
-    single latent is decoded as a batch of two: PyTorch runs the VAE's small 3D convolutions on its slow reference
-    path for batch 1. On CPU the VAE's convolutions are also switched to channels-last once
-    (:func:`channels_last_convolutions`: same results, faster).
+    ``latents_std``, decode, post-process), but in batches of ``batch_size`` videos across prompts (default: two on
+    a CPU, which decodes two a call faster per video than eight; eight elsewhere). On CPU a single latent is decoded
+    as a batch of two: PyTorch runs the VAE's small 3D convolutions on its slow reference path for batch 1. On CPU
+    the VAE's convolutions are also switched to channels-last once (:func:`channels_last_convolutions`: same
+    results, faster). BENCHMARKS.md, "VAE decoding on the CPU", has the measurements behind these choices.
 
     Example:
         >>> from diffusers_evdit.demo import load_pipeline
@@ -108,12 +109,14 @@ def decode_latents(pipe, latents: torch.Tensor, batch_size: int = 8) -> list[np.
         (13, 64, 64, 3)
     """
     vae = pipe.vae
-    if vae.device.type == "cpu":
+    on_cpu = vae.device.type == "cpu"
+    if on_cpu:
         channels_last_convolutions(vae)
+    batch_size = max(1, batch_size or (2 if on_cpu else 8))
     z = vae.config.z_dim
     out: list[np.ndarray] = []
-    for i in range(0, latents.shape[0], max(1, batch_size)):
-        lat = latents[i : i + max(1, batch_size)].to(vae.device, vae.dtype)
+    for i in range(0, latents.shape[0], batch_size):
+        lat = latents[i : i + batch_size].to(vae.device, vae.dtype)
         n = lat.shape[0]
         if n == 1 and lat.device.type == "cpu":
             lat = torch.cat([lat, lat])
@@ -178,9 +181,7 @@ def generate_videos(
         timer.close()
     t_dec = time.perf_counter()
     if own_decoding:
-        # on a CPU two videos a call decode faster per video than eight (BENCHMARKS.md, "VAE decoding on the CPU")
-        decode_batch = 2 if pipe.vae.device.type == "cpu" else max(batch_size, 8)
-        videos = decode_latents(pipe, torch.cat(latents), batch_size=decode_batch)
+        videos = decode_latents(pipe, torch.cat(latents))
     end = time.perf_counter()
     timing = {
         "step_ms": None if not timer.step_times else 1e3 * _median(timer.step_times),
