@@ -1,4 +1,4 @@
-"""VAE decoding of the demo model on the CPU: default memory format against channels-last convolutions.
+"""VAE decoding of the demo model: default memory format against channels-last convolutions (CPU or GPU).
 
 Decodes the demo's latents (8 latent frames of 16 x 16, the 29 frames of 128 x 128 that ``evdit demo`` writes) with
 two copies of the shipped VAE, one as loaded and one after
@@ -7,6 +7,7 @@ the median, min and max seconds per decode call and the largest difference betwe
 
     python benchmarks/decode_timing.py --threads 1 2 --batch 2 8 --rounds 7 \
         --into benchmarks/results/demo-curve-cpu.json     # kept there as its "decode_timing"
+    python benchmarks/decode_timing.py --device cuda --batch 1 2 8 --rounds 20 --out decode-gpu.json  # a GPU
 """
 
 from __future__ import annotations
@@ -29,9 +30,14 @@ def _load_vae(model: str):
 
 
 def _time(vae, z) -> tuple[float, torch.Tensor]:
+    cuda = z.device.type == "cuda"
     with torch.inference_mode():
+        if cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         out = vae.decode(z, return_dict=False)[0]
+        if cuda:
+            torch.cuda.synchronize()
         return time.perf_counter() - start, out
 
 
@@ -40,6 +46,7 @@ def main(argv=None) -> dict:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=DEMO_MODEL_DIR)
+    p.add_argument("--device", default="cpu", help="cpu or cuda (on cuda --threads is ignored)")
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--batch", type=int, nargs="+", default=[2, 8],
                    help="videos per decode call (evdit demo decodes a single video as a batch of two)")
@@ -50,14 +57,16 @@ def main(argv=None) -> dict:
     p.add_argument("--into", default=None, help="add the result to this existing JSON file as its decode_timing")
     args = p.parse_args(argv)
 
-    default = _load_vae(args.model)
-    last = channels_last_convolutions(_load_vae(args.model))
+    device = torch.device(args.device)
+    default = _load_vae(args.model).to(device)
+    last = channels_last_convolutions(_load_vae(args.model).to(device))
     rows = []
-    for threads in args.threads:
-        torch.set_num_threads(threads)
+    for threads in args.threads if device.type == "cpu" else [None]:
+        if threads is not None:
+            torch.set_num_threads(threads)
         for batch in args.batch:
             z = torch.randn(batch, default.config.z_dim, args.latent_frames, args.latent_size, args.latent_size,
-                            generator=torch.Generator().manual_seed(0))
+                            generator=torch.Generator().manual_seed(0)).to(device)
             _time(default, z), _time(last, z)  # warm-up
             times = {"default": [], "channels_last": []}
             for _ in range(args.rounds):
@@ -71,12 +80,14 @@ def main(argv=None) -> dict:
                       for k, v in times.items()}}
             row["speedup"] = row["default_s"]["median"] / row["channels_last_s"]["median"]
             rows.append(row)
-            print(f"threads {threads} batch {batch}: default {row['default_s']['median']:.3f} s, channels-last "
+            print(f"{f'threads {threads}' if threads else device.type} batch {batch}: default {row['default_s']['median']:.3f} s, channels-last "
                   f"{row['channels_last_s']['median']:.3f} s per call ({row['speedup']:.2f}x), "
                   f"max |diff| {row['max_abs_difference']:.1e}")
     result = {"what": __doc__.split("\n\n")[0], "command": "python benchmarks/decode_timing.py " + " ".join(
                   argv if argv is not None else sys.argv[1:]),
-              "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+              "machine": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                          else platform.processor() or platform.machine()),
+              "device": device.type, "torch": torch.__version__,
               "date": datetime.date.today().isoformat(), "rounds": args.rounds,
               "latent_shape": [args.latent_frames, args.latent_size, args.latent_size], "rows": rows}
     if args.out:
