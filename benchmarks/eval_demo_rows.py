@@ -11,6 +11,12 @@ final score (and every ``evdit eval`` metric) as ``mean`` / ``std`` over seed ro
 video, batch 1, after a warm-up) with the speedup over Base, and the paired per-video difference of the final
 score from Base (same prompt and seed: mean, std, n, stderr), the tighter comparison. Validation prompts (``--split validation``) are for
 choices only; report test numbers.
+
+By default each row is timed right after it is scored. On a launch-bound GPU host the time of a step drifts over a
+run, so ``--timing-rounds R`` times instead after all rows are scored, in R alternating rounds (every row once per
+round, in order): ``denoise_seconds`` is then the median over rounds, ``denoise_seconds_rounds`` holds each round's
+time, and ``wallclock_speedup_rounds`` each round's Base / row ratio (``wallclock_speedup`` stays the ratio of the
+medians).
 """
 
 from __future__ import annotations
@@ -45,14 +51,17 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--batch-size", type=int, default=None, help="videos per call when scoring (default 16 CUDA, 1 CPU)")
     p.add_argument("--timing-videos", type=int, default=4, help="videos timed one at a time per row (default 4)")
+    p.add_argument("--timing-rounds", type=int, default=0, metavar="R",
+                   help="time the rows after scoring, in R alternating rounds (default 0: each row right after it "
+                        "is scored)")
     p.add_argument("--workers", type=int, default=1, help="processes for the metrics")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", required=True, help="output JSON")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="also draw final score against denoising speedup (mean +- s.e. of the paired difference)")
     args = p.parse_args(argv)
-    if args.prompts < 1 or args.seeds < 1 or args.timing_videos < 0:
-        p.error("--prompts and --seeds must be >= 1, --timing-videos >= 0")
+    if args.prompts < 1 or args.seeds < 1 or args.timing_videos < 0 or args.timing_rounds < 0:
+        p.error("--prompts and --seeds must be >= 1, --timing-videos and --timing-rounds >= 0")
     return args
 
 
@@ -151,6 +160,8 @@ def _evaluate_rows(args, workers, on_row) -> dict:
         if args.timing_videos:
             k = min(args.timing_videos, len(captions))
             _, timing = generate_videos(pipe, captions[:k], row_gen, list(range(k)), batch_size=1, progress=False)
+            if args.timing_rounds:
+                timing = {**timing, "denoise_s": None, "video_s": None, "decode_s": None}  # timed below
         out_rows.append({
             # the steps the scheduler ran (an MLCD scheduler keeps its distilled milestones whatever is asked)
             "name": row.name, "folder": row.folder, "steps": len(pipe.scheduler.timesteps),
@@ -167,7 +178,36 @@ def _evaluate_rows(args, workers, on_row) -> dict:
         del pipe
         if on_row is not None:
             on_row(_result(args, path, where, base, captions, batch, gen, out_rows, t0))
+    if args.timing_videos and args.timing_rounds:
+        _time_in_rounds(args, base, path, gen, rows, captions, out_rows)
     return _result(args, path, where, base, captions, batch, gen, out_rows, t0)
+
+
+def _time_in_rounds(args, base, path, gen, rows, captions, out_rows) -> None:
+    """Denoising times of every row in ``args.timing_rounds`` alternating rounds, into ``out_rows`` (medians)."""
+    from diffusers_evdit.demo import generate_videos, load_row, warm_up
+
+    k = min(args.timing_videos, len(captions))
+    times = {r.name: {"denoise_s": [], "video_s": [], "decode_s": []} for r in rows}
+    for _ in range(args.timing_rounds):
+        for row in rows:
+            pipe = load_row(base, path, row, seed=args.base_seed)
+            row_gen = row.generation(gen)
+            warm_up(pipe, row_gen)
+            _, timing = generate_videos(pipe, captions[:k], row_gen, list(range(k)), batch_size=1, progress=False)
+            for key, values in times[row.name].items():
+                values.append(timing[key])
+            if pipe is base:
+                base.set_mask_plan(None)
+            del pipe
+    first = times[rows[0].name]["denoise_s"]
+    for row, out in zip(rows, out_rows):
+        mine = times[row.name]
+        out["denoise_seconds"] = float(np.median(mine["denoise_s"]))
+        out["seconds_per_video"] = float(np.median(mine["video_s"]))
+        out["decode_seconds"] = None if None in mine["decode_s"] else float(np.median(mine["decode_s"]))
+        out["denoise_seconds_rounds"] = mine["denoise_s"]
+        out["wallclock_speedup_rounds"] = [a / b for a, b in zip(first, mine["denoise_s"])]
 
 
 def _result(args, path, where, base, captions, batch, gen, out_rows, t0) -> dict:
@@ -189,7 +229,8 @@ def _result(args, path, where, base, captions, batch, gen, out_rows, t0) -> dict
         else platform.processor() or platform.machine(), "torch": torch.__version__,
         "dtype": str(base.transformer.dtype).replace("torch.", ""), "split": args.split, "prompts": len(captions),
         "seed_rounds": args.seeds, "base_seed": args.base_seed, "batch_size": batch,
-        "timing_videos": args.timing_videos, "generation": gen.to_dict(), "rows": out_rows,
+        "timing_videos": args.timing_videos, "timing_rounds": args.timing_rounds, "generation": gen.to_dict(),
+        "rows": out_rows,
         "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"), "total_s": time.perf_counter() - t0,
     }

@@ -209,6 +209,24 @@ def test_eval_demo_rows_script_on_cpu(tmp_path):
         assert paired["n"] == 4 and paired["mean"] == pytest.approx(np.mean(mine) - np.mean(base_videos))
 
 
+def test_eval_demo_rows_times_rows_in_alternating_rounds(tmp_path):
+    sys.path.insert(0, str(EXAMPLES.parent / "benchmarks"))
+    import eval_demo_rows
+
+    res = eval_demo_rows.main(["--model", "tiny", "--device", "cpu", "--prompts", "1", "--seeds", "1", "--rows",
+                               "Base,MLCD", "--timing-videos", "1", "--timing-rounds", "3",
+                               "--out", str(tmp_path / "rows.json")])
+    assert res["timing_rounds"] == 3
+    base, mlcd = res["rows"]
+    for r in (base, mlcd):
+        assert len(r["denoise_seconds_rounds"]) == 3 and min(r["denoise_seconds_rounds"]) > 0
+        assert r["denoise_seconds"] == pytest.approx(np.median(r["denoise_seconds_rounds"]))
+        assert r["wallclock_speedup_rounds"] == pytest.approx(
+            [a / b for a, b in zip(base["denoise_seconds_rounds"], r["denoise_seconds_rounds"])])
+    assert mlcd["wallclock_speedup"] == pytest.approx(base["denoise_seconds"] / mlcd["denoise_seconds"])
+    assert base["wallclock_speedup_rounds"] == [1.0, 1.0, 1.0]
+
+
 def test_eval_demo_rows_script_with_row_folders(tmp_path):
     sys.path.insert(0, str(EXAMPLES.parent / "benchmarks"))
     import eval_demo_rows
