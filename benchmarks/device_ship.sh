@@ -160,7 +160,7 @@ s8-seeds)
     bash benchmarks/device_stages.sh s8-seeds
     tail -n 1 "$OUT"/s8-seed*.log
     rows=()
-    for d in runs/s8-seed*/snapshot-* runs/s8-seed?; do
+    for d in runs/s8-seed? runs/s8-seed*/snapshot-*; do  # the final students first: a cut pass keeps them
         case $d in  # s8-seed<N>/snapshot-<step>, s8-seed<N>/final
         */snapshot-*) name="$(basename "$(dirname "$d")")/$(basename "$d")" ;;
         *) name="$(basename "$d")/final" ;;
@@ -182,7 +182,7 @@ PY
 )
     echo "validation picks: ${picks[*]}"
     timeout $((deadline - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base,MLCD --prompts 64 \
-        --seeds 3 --workers 12 --timing-videos 3 "${picks[@]}" --out "$OUT/s8-seeds-test.json" 2>&1 \
+        --seeds 3 --workers 12 --timing-videos 3 --timing-rounds 3 "${picks[@]}" --out "$OUT/s8-seeds-test.json" 2>&1 \
         | grep -v '%|' | tail -n 8
     tar czf "$OUT/s8-seeds-logs.tar.gz" "$OUT"/s8-seed*.log runs/s8-seed?/losses.jsonl runs/s8-seed0/mlcd_config.json \
         2>/dev/null && rm -f "$OUT"/s8-seed*.log
