@@ -80,7 +80,8 @@ def main(argv=None) -> dict:
                       for k, v in times.items()}}
             row["speedup"] = row["default_s"]["median"] / row["channels_last_s"]["median"]
             rows.append(row)
-            print(f"{f'threads {threads}' if threads else device.type} batch {batch}: default {row['default_s']['median']:.3f} s, channels-last "
+            where = f"threads {threads}" if threads else device.type
+            print(f"{where} batch {batch}: default {row['default_s']['median']:.3f} s, channels-last "
                   f"{row['channels_last_s']['median']:.3f} s per call ({row['speedup']:.2f}x), "
                   f"max |diff| {row['max_abs_difference']:.1e}")
     result = {"what": __doc__.split("\n\n")[0], "command": "python benchmarks/decode_timing.py " + " ".join(
