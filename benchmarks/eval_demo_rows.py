@@ -148,7 +148,8 @@ def _evaluate_rows(args, workers, on_row) -> dict:
         rounds, per_key = [], {k: [] for k in EVAL_KEYS}
         for s in range(args.seeds):
             seeds = [args.base_seed + 1000 * s + i for i in range(len(captions))]
-            videos, _ = generate_videos(pipe, captions, row_gen, seeds, batch_size=batch, progress=False)
+            videos, seen = generate_videos(pipe, captions, row_gen, seeds, batch_size=batch, progress=False)
+            layout = seen.get("layout")  # what the transformer saw, for the plan's sparsity
             summary, per_video = score_videos(videos, captions, real=real, workers=workers)
             for k in EVAL_KEYS:
                 if summary.get(k) is not None:
@@ -157,15 +158,13 @@ def _evaluate_rows(args, workers, on_row) -> dict:
                            "per_video_final": [r["final_score"] for r in per_video]})
             print(f"  seed round {s}: final score {summary['final_score']:.4f}", flush=True)
         timing = None
-        if args.timing_videos:
+        if args.timing_videos and not args.timing_rounds:  # else timed after every row is scored
             k = min(args.timing_videos, len(captions))
             _, timing = generate_videos(pipe, captions[:k], row_gen, list(range(k)), batch_size=1, progress=False)
-            if args.timing_rounds:
-                timing = {**timing, "denoise_s": None, "video_s": None, "decode_s": None}  # timed below
         out_rows.append({
             # the steps the scheduler ran (an MLCD scheduler keeps its distilled milestones whatever is asked)
             "name": row.name, "folder": row.folder, "steps": len(pipe.scheduler.timesteps),
-            "guidance_scale": row_gen.guidance_scale, "plan": plan_summary(pipe, row_gen, (timing or {}).get("layout")),
+            "guidance_scale": row_gen.guidance_scale, "plan": plan_summary(pipe, row_gen, layout),
             "final_score": _stats(per_key["final_score"]),
             "metrics": {k: _stats(v) for k, v in per_key.items() if v},
             "n_videos": len(captions) * args.seeds, "rounds": rounds,
