@@ -118,7 +118,7 @@ def decode_latents(pipe, latents: torch.Tensor, batch_size: int | None = None) -
     for i in range(0, latents.shape[0], batch_size):
         lat = latents[i : i + batch_size].to(vae.device, vae.dtype)
         n = lat.shape[0]
-        if n == 1 and lat.device.type == "cpu":
+        if n == 1 and on_cpu:
             lat = torch.cat([lat, lat])
         mean = torch.tensor(vae.config.latents_mean).view(1, z, 1, 1, 1).to(lat.device, lat.dtype)
         inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z, 1, 1, 1).to(lat.device, lat.dtype)
