@@ -78,7 +78,7 @@ compare)
     # latency-budget plan with exactly its kept pairs (benchmarks/equal_sparsity_plan.py, searched on training
     # prompts). KD as shipped (lr 3e-5, batch 32, task loss MLCD x 100), the same number of steps for every run,
     # seeds 0-2, all six side by side on the one GPU; then every student on the 64 test prompts x 3 seeds.
-    steps=${COMPARE_STEPS:-100}
+    steps=${COMPARE_STEPS:-100}  # KD steps a run; COMPARE_DEADLINE_S (default 590): seconds the phase may take
     materialize mlcd runs/mlcd-s4 || exit 1
     mkdir -p runs/cmp
     kd() {  # NAME PLAN SEED
@@ -99,8 +99,8 @@ compare)
     for s in 0 1 2; do for p in searched uniform; do
         d=runs/cmp/$p-s$s && [ -f "$d/mask_plan.json" ] && rows+=(--extra-row "$p-s$s=$PWD/$d:saved")
     done; done
-    timeout $((590 - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base --prompts 64 --seeds 3 \
-        --workers 12 --timing-videos 3 "${rows[@]}" --extra-row "MLCD=mlcd:dense" \
+    timeout $((${COMPARE_DEADLINE_S:-590} - SECONDS)) python benchmarks/eval_demo_rows.py --device cuda --rows Base \
+        --prompts 64 --seeds 3 --workers 12 --timing-videos 3 "${rows[@]}" --extra-row "MLCD=mlcd:dense" \
         --extra-row "Efficient-vDiT=evdit:saved" --out "$OUT/compare-rows.json" 2>&1 | grep -v '%|' | tail -n 14
     python benchmarks/compare_summary.py "$OUT/compare-rows.json" --runs runs/cmp  # summary + kd_runs, in place
     tar czf "$OUT/compare-runs.tar.gz" runs/cmp/*.log runs/cmp/*/kd_config.json runs/cmp/*/losses.jsonl \
