@@ -128,8 +128,14 @@ class MaskPlan:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "MaskPlan":
         """Read a plan written by :meth:`save`."""
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(
+                f"no mask plan file at {os.fspath(path)!r}; write one with `evdit plan uniform`, `evdit search` or "
+                "MaskPlan.save()"
+            ) from None
         try:
             return cls.from_dict(_decode_json(text, "re-save the plan with MaskPlan.save()"))
         except ValueError as err:

@@ -22,6 +22,26 @@ def test_bad_plan_file_is_an_error_not_a_traceback(tmp_path, capsys):
     assert "newer" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [
+    ["generate", "--model", "unused", "--prompt", "x", "--steps", "0", "--out", "a.gif"],
+    ["generate", "--model", "unused", "--prompt", "x", "--frames", "-1", "--out", "a.gif"],
+    ["generate", "--model", "unused", "--prompt", "x", "--cp", "0", "--out", "a.gif"],
+    ["demo", "--out", "unused", "--steps", "0"],
+    ["smoke", "--frames", "0"],
+    ["plan", "uniform", "--layers", "2", "--k", "0", "--out", "unused.json"],
+    ["bench", "kernels", "--rounds", "0"],
+    ["eval", "--model", "unused", "--prompts", "two", "--json", "unused.json"],
+])
+def test_counts_below_one_are_usage_errors_naming_the_flag(argv, capsys):
+    # before any model is loaded or file written: argparse exits with status 2 and names the flag and the value
+    flag, value = next((a, b) for a, b in zip(argv, argv[1:]) if b in ("0", "-1", "two"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}: expected an integer >= 1, got '{value}'" in err
+
+
 def test_smoke_runs(capsys):
     assert main(["smoke", "--frames", "4", "--k", "1"]) == 0
     out = capsys.readouterr().out

@@ -52,6 +52,12 @@ def test_malformed_plan_files(tmp_path, text, match):
         MaskPlan.load(path)
 
 
+def test_missing_plan_file_names_the_path_and_the_fix(tmp_path):
+    missing = tmp_path / "nowhere" / "plan.json"
+    with pytest.raises(FileNotFoundError, match=r"no mask plan file at .*plan\.json.*evdit plan uniform"):
+        MaskPlan.load(missing)
+
+
 def test_uniform_needs_layers():
     with pytest.raises(ValueError, match="at least one layer"):
         MaskPlan.uniform(0, 1)

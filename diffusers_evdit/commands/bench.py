@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from . import positive_int
+
 
 def _cmd_kernels(args) -> int:
     from ..bench.kernels import run_kernel_benchmark, select_shapes
@@ -64,7 +66,7 @@ def register(sub) -> None:
                          help="tiny shapes, runs on CPU (checks the code path only; same as --shapes quick)")
     kernels.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     kernels.add_argument("--rep-ms", type=float, default=300, help="timing budget per measurement (ms)")
-    kernels.add_argument("--rounds", type=int, default=3,
+    kernels.add_argument("--rounds", type=positive_int, default=3,
                          help="alternating rounds of each mask's dense and sparse timings (medians reported)")
     kernels.add_argument("--threads", type=int, default=None,
                          help="CPU threads for torch (default: torch's own; recorded in the JSON on the CPU)")
@@ -73,7 +75,7 @@ def register(sub) -> None:
     step = bench_sub.add_parser("step", help="per-step time of full-size transformers (random weights), dense vs plans")
     step.add_argument("--models", nargs="*", help="model names (default: all)")
     step.add_argument("--kernel", default="auto", help="tile kernel for sparse layers (default auto)")
-    step.add_argument("--reps", type=int, default=3, help="timed steps per configuration (median)")
+    step.add_argument("--reps", type=positive_int, default=3, help="timed steps per configuration (median)")
     step.add_argument("--out", default=None, help="JSON result path")
     step.set_defaults(func=_cmd_step)
     from ..bench.train import TRAIN_MODELS
@@ -84,7 +86,7 @@ def register(sub) -> None:
                        metavar="MODEL", help="models (default: wan2.1-1.3b_81f_480p; tiny_* run on a CPU)")
     train.add_argument("--k", type=int, default=None, help="reference frames of the sparse plan (default 1: 1:F-1)")
     train.add_argument("--kernel", default="auto", help="tile kernel of the sparse student (default auto)")
-    train.add_argument("--reps", type=int, default=2, help="timed steps per student (median, after one warm-up)")
+    train.add_argument("--reps", type=positive_int, default=2, help="timed steps per student (median, after one warm-up)")
     train.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     train.add_argument("--out", default=None, help="JSON result path, e.g. benchmarks/results/train-step-h100.json")
     train.set_defaults(func=_cmd_train_step)

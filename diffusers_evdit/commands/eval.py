@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+from . import positive_int
 
 
 def eval_model(model: str | None = None, plan: str | None = None, steps: int | None = None,
@@ -108,15 +109,15 @@ def register(sub) -> None:
     ev.add_argument("--model", default=None, help="pipeline folder (default: the shipped demo model), or 'tiny'")
     ev.add_argument("--plan", default=None,
                     help="uniform:K, a plan JSON file, or 'saved' (the folder's mask_plan.json); default: dense")
-    ev.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
-    ev.add_argument("--prompts", type=int, required=True, help="prompts of the chosen split (default split: the held-out test prompts)")
+    ev.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
+    ev.add_argument("--prompts", type=positive_int, required=True, help="prompts of the chosen split (default split: the held-out test prompts)")
     ev.add_argument("--split", choices=("test", "validation"), default="test",
                     help="test prompts for numbers you report (default), validation prompts for choices you make")
     ev.add_argument("--json", required=True, help="output JSON file")
     ev.add_argument("--guidance-scale", type=float, default=None)
     ev.add_argument("--seed", type=int, default=0, help="prompt i uses seed SEED + i")
-    ev.add_argument("--batch-size", type=int, default=None, help="videos per call (default 16 on CUDA, 1 on CPU)")
-    ev.add_argument("--workers", type=int, default=1, help="processes for the metrics")
+    ev.add_argument("--batch-size", type=positive_int, default=None, help="videos per call (default 16 on CUDA, 1 on CPU)")
+    ev.add_argument("--workers", type=positive_int, default=1, help="processes for the metrics")
     ev.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     ev.add_argument("--no-progress", action="store_true", help="no progress (the rest of the output stays)")

@@ -27,6 +27,7 @@ import time
 
 from ..kernels import KERNELS
 from ..video_io import video_format, write_video  # noqa: F401  (write_video: old import path)
+from . import positive_int
 
 
 def check_video_path(path: str) -> str:
@@ -191,8 +192,6 @@ def _cmd_generate(args) -> int:
     check_video_path(args.out)  # before loading anything
     if args.plan and args.dense:
         raise ValueError("--plan and --dense exclude each other.")
-    if args.cp < 1:
-        raise ValueError(f"--cp must be >= 1, got {args.cp}.")
     rank = 0
     if args.cp > 1:
         if "WORLD_SIZE" not in os.environ:
@@ -331,19 +330,19 @@ def register(sub) -> None:
     gen.add_argument("--dense", action="store_true", help="ignore saved plans, run dense")
     gen.add_argument("--kernel", default="auto", choices=KERNELS)
     model_default = "default: the model's generation_defaults.json, else the pipeline's"
-    gen.add_argument("--steps", type=int, default=None, help=f"denoising steps ({model_default})")
-    gen.add_argument("--frames", type=int, default=None, help=f"video frames ({model_default})")
-    gen.add_argument("--height", type=int, default=None, help=f"pixels ({model_default})")
-    gen.add_argument("--width", type=int, default=None, help=f"pixels ({model_default})")
+    gen.add_argument("--steps", type=positive_int, default=None, help=f"denoising steps ({model_default})")
+    gen.add_argument("--frames", type=positive_int, default=None, help=f"video frames ({model_default})")
+    gen.add_argument("--height", type=positive_int, default=None, help=f"pixels ({model_default})")
+    gen.add_argument("--width", type=positive_int, default=None, help=f"pixels ({model_default})")
     gen.add_argument("--guidance-scale", type=float, default=None,
                      help=f"classifier-free guidance; set on pipe.guider where the pipeline has one ({model_default})")
     gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--fps", type=int, default=None, help="frames per second of the file (default: the model's, 8)")
+    gen.add_argument("--fps", type=positive_int, default=None, help="frames per second of the file (default: the model's, 8)")
     gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     gen.add_argument(
         "--cp",
-        type=int,
+        type=positive_int,
         default=1,
         metavar="N",
         help="run on N GPUs (N processes) with tile-sparse attention under diffusers' Ulysses context parallelism; "

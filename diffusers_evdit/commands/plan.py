@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..layout import TileLayout
 from ..masks import element_sparsity
 from ..plan import MaskPlan
+from . import positive_int
 
 
 def _cmd_plan_uniform(args) -> int:
@@ -32,8 +33,8 @@ def register(sub) -> None:
     plan = sub.add_parser("plan", help="make or inspect mask plan files")
     plan_sub = plan.add_subparsers(dest="plan_command", required=True)
     uniform = plan_sub.add_parser("uniform", help="write a plan with the same k on every layer")
-    uniform.add_argument("--layers", type=int, required=True)
-    uniform.add_argument("--k", type=int, required=True)
+    uniform.add_argument("--layers", type=positive_int, required=True)
+    uniform.add_argument("--k", type=positive_int, required=True)
     uniform.add_argument("--model-class", default=None)
     uniform.add_argument("--out", required=True)
     uniform.set_defaults(func=_cmd_plan_uniform)

@@ -18,6 +18,7 @@ import sys
 
 from ..kernels import KERNELS
 from ..progress import progress_mode
+from . import positive_int
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -45,11 +46,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         "model), or shape:cogvideox-5b|wan2.1-1.3b (full-size random weights, for timing)")
     g.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     g.add_argument("--dtype", choices=DTYPES, default=None, help="default: bfloat16 on cuda, float32 on cpu")
-    g.add_argument("--num-layers", type=int, default=None, help="tiny:/shape: models only: number of blocks")
+    g.add_argument("--num-layers", type=positive_int, default=None, help="tiny:/shape: models only: number of blocks")
     where = "the model folder's generation_defaults.json, else"
-    g.add_argument("--frames", type=int, default=None, help=f"video frames (pixels; default: {where} 49)")
-    g.add_argument("--height", type=int, default=None, help=f"video height in pixels (default: {where} 480)")
-    g.add_argument("--width", type=int, default=None, help=f"video width in pixels (default: {where} 720)")
+    g.add_argument("--frames", type=positive_int, default=None, help=f"video frames (pixels; default: {where} 49)")
+    g.add_argument("--height", type=positive_int, default=None, help=f"video height in pixels (default: {where} 480)")
+    g.add_argument("--width", type=positive_int, default=None, help=f"video width in pixels (default: {where} 720)")
     g.add_argument("--latent", type=_latent, default=None,
                    help="latent FRAMES,HEIGHT,WIDTH, overriding --frames/--height/--width (tiny default 6,8,8)")
     g.add_argument("--text-tokens", type=int, default=None,
@@ -130,8 +131,6 @@ def _cmd_profile(args) -> int:
     from ..analysis import profile_attention
 
     transformer, device, dtype = load_model(args)
-    if args.prompts < 1:
-        raise ValueError(f"--prompts must be >= 1, got {args.prompts}.")
     seeds = [args.seed + p for p in range(args.prompts)]
     inputs = make_inputs(args, transformer, args.timesteps, seeds)
     if args.inputs:
@@ -174,9 +173,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (summary.json, heatmap_layer*.png, curves.png)")
     p.add_argument("--layers", default=None, help="comma-separated plan-layer indices (default: all)")
     p.add_argument("--timesteps", type=int_list, default=[500], help="comma-separated timesteps (default 500)")
-    p.add_argument("--prompts", type=int, default=2,
+    p.add_argument("--prompts", type=positive_int, default=2,
                    help="random prompts per timestep; the first two are compared for data independence (default 2)")
-    p.add_argument("--max-queries", type=int, default=None, help="evenly spaced video queries per layer (default all)")
-    p.add_argument("--query-chunk", type=int, default=1024, help="queries per probability block (default 1024)")
+    p.add_argument("--max-queries", type=positive_int, default=None, help="evenly spaced video queries per layer (default all)")
+    p.add_argument("--query-chunk", type=positive_int, default=1024, help="queries per probability block (default 1024)")
     p.add_argument("--no-plots", action="store_true", help="JSON only (no matplotlib needed)")
     p.set_defaults(func=_cmd_profile)

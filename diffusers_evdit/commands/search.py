@@ -20,6 +20,7 @@ import sys
 
 from ..progress import progress_mode
 from .profile import int_list, add_model_arguments, load_model, make_inputs
+from . import positive_int
 
 
 def _load_runtimes(path: str):
@@ -116,7 +117,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="plan JSON to write")
     p.add_argument("--chart", default=None, help="bar chart PNG (default: --out with .png)")
     p.add_argument("--no-chart", action="store_true", help="do not draw the chart (no matplotlib needed)")
-    p.add_argument("--num-timesteps", type=int, default=4, help="m timesteps drawn uniformly (default 4)")
+    p.add_argument("--num-timesteps", type=positive_int, default=4, help="m timesteps drawn uniformly (default 4)")
     p.add_argument("--masks", default=None, help="comma-separated k values to try (default F-2..1)")
     p.add_argument("--loss", choices=("output", "layer"), default="output",
                    help="MSE of the final output (default) or of the layer's block output")

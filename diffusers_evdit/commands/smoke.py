@@ -6,6 +6,7 @@ import time
 
 from ..kernels.fa4 import fa4_status
 from ..plan import MaskPlan, apply_mask_plan, num_plan_layers, remove_mask_plan
+from . import positive_int
 
 
 def _cmd_smoke(args) -> int:
@@ -46,6 +47,6 @@ def _cmd_smoke(args) -> int:
 
 def register(sub) -> None:
     smoke = sub.add_parser("smoke", help="tiny random CogVideoX/Wan/HunyuanVideo: install plans, check, time")
-    smoke.add_argument("--frames", type=int, default=6, help="latent frames of the tiny input (default 6)")
-    smoke.add_argument("--k", type=int, default=2, help="reference frames of the uniform plan (default 2)")
+    smoke.add_argument("--frames", type=positive_int, default=6, help="latent frames of the tiny input (default 6)")
+    smoke.add_argument("--k", type=positive_int, default=2, help="reference frames of the uniform plan (default 2)")
     smoke.set_defaults(func=_cmd_smoke)
