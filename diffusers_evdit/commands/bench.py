@@ -84,9 +84,11 @@ def register(sub) -> None:
                                                     "random-weight transformers: dense vs sparse student")
     train.add_argument("--models", nargs="+", default=["wan2.1-1.3b_81f_480p"], choices=list(TRAIN_MODELS),
                        metavar="MODEL", help="models (default: wan2.1-1.3b_81f_480p; tiny_* run on a CPU)")
-    train.add_argument("--k", type=int, default=None, help="reference frames of the sparse plan (default 1: 1:F-1)")
+    train.add_argument("--k", type=positive_int, default=None,
+                       help="reference frames of the sparse plan (default 1: 1:F-1)")
     train.add_argument("--kernel", default="auto", help="tile kernel of the sparse student (default auto)")
-    train.add_argument("--reps", type=positive_int, default=2, help="timed steps per student (median, after one warm-up)")
+    train.add_argument("--reps", type=positive_int, default=2,
+                       help="timed steps per student (median, after one warm-up)")
     train.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     train.add_argument("--out", default=None, help="JSON result path, e.g. benchmarks/results/train-step-h100.json")
     train.set_defaults(func=_cmd_train_step)

@@ -14,6 +14,7 @@ Progress: diffusers' bars on a terminal, one line a phase in a log.
 from __future__ import annotations
 
 import os
+
 from . import positive_int
 
 
@@ -61,7 +62,8 @@ def register(sub) -> None:
     demo.add_argument("--model", default=None,
                       help="pipeline folder (default: the shipped diffusers_evdit/demo_model), or 'tiny'")
     demo.add_argument("--prompts", type=positive_int, default=2, help="held-out prompts (default 2)")
-    demo.add_argument("--steps", type=positive_int, default=None, help="the Base row's denoising steps (default: the model's)")
+    demo.add_argument("--steps", type=positive_int, default=None,
+                      help="the Base row's denoising steps (default: the model's)")
     demo.add_argument("--plan", default=None,
                       help="override the Efficient-vDiT row's plan: uniform:K or a plan JSON file (default: its searched "
                            "plan, mask_plan.json in the row folder)")

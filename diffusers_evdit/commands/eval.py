@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+
 from . import positive_int
 
 
@@ -110,13 +111,15 @@ def register(sub) -> None:
     ev.add_argument("--plan", default=None,
                     help="uniform:K, a plan JSON file, or 'saved' (the folder's mask_plan.json); default: dense")
     ev.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")
-    ev.add_argument("--prompts", type=positive_int, required=True, help="prompts of the chosen split (default split: the held-out test prompts)")
+    ev.add_argument("--prompts", type=positive_int, required=True,
+                    help="prompts of the chosen split (default split: the held-out test prompts)")
     ev.add_argument("--split", choices=("test", "validation"), default="test",
                     help="test prompts for numbers you report (default), validation prompts for choices you make")
     ev.add_argument("--json", required=True, help="output JSON file")
     ev.add_argument("--guidance-scale", type=float, default=None)
     ev.add_argument("--seed", type=int, default=0, help="prompt i uses seed SEED + i")
-    ev.add_argument("--batch-size", type=positive_int, default=None, help="videos per call (default 16 on CUDA, 1 on CPU)")
+    ev.add_argument("--batch-size", type=positive_int, default=None,
+                    help="videos per call (default 16 on CUDA, 1 on CPU)")
     ev.add_argument("--workers", type=positive_int, default=1, help="processes for the metrics")
     ev.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")

@@ -337,7 +337,8 @@ def register(sub) -> None:
     gen.add_argument("--guidance-scale", type=float, default=None,
                      help=f"classifier-free guidance; set on pipe.guider where the pipeline has one ({model_default})")
     gen.add_argument("--seed", type=int, default=None)
-    gen.add_argument("--fps", type=positive_int, default=None, help="frames per second of the file (default: the model's, 8)")
+    gen.add_argument("--fps", type=positive_int, default=None,
+                     help="frames per second of the file (default: the model's, 8)")
     gen.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     gen.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     gen.add_argument(

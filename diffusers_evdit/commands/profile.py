@@ -175,7 +175,9 @@ def register(sub) -> None:
     p.add_argument("--timesteps", type=int_list, default=[500], help="comma-separated timesteps (default 500)")
     p.add_argument("--prompts", type=positive_int, default=2,
                    help="random prompts per timestep; the first two are compared for data independence (default 2)")
-    p.add_argument("--max-queries", type=positive_int, default=None, help="evenly spaced video queries per layer (default all)")
-    p.add_argument("--query-chunk", type=positive_int, default=1024, help="queries per probability block (default 1024)")
+    p.add_argument("--max-queries", type=positive_int, default=None,
+                   help="evenly spaced video queries per layer (default all)")
+    p.add_argument("--query-chunk", type=positive_int, default=1024,
+                   help="queries per probability block (default 1024)")
     p.add_argument("--no-plots", action="store_true", help="JSON only (no matplotlib needed)")
     p.set_defaults(func=_cmd_profile)

@@ -19,8 +19,8 @@ import os
 import sys
 
 from ..progress import progress_mode
-from .profile import int_list, add_model_arguments, load_model, make_inputs
 from . import positive_int
+from .profile import int_list, add_model_arguments, load_model, make_inputs
 
 
 def _load_runtimes(path: str):
