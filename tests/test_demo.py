@@ -47,6 +47,12 @@ def test_missing_demo_model_is_a_clear_error(tmp_path, capsys):
     assert not (tmp_path / "d").exists()
 
 
+def test_run_demo_refuses_no_prompts_before_writing_anything(tmp_path):
+    with pytest.raises(ValueError, match=r"num_prompts \(evdit demo --prompts\) must be >= 1, got 0"):
+        run_demo(tmp_path / "d", model="tiny", num_prompts=0, progress=False, log=lambda s: None)
+    assert not (tmp_path / "d").exists()
+
+
 def test_tokenizer_covers_every_caption():
     tok = caption_tokenizer()
     for caption, _ in eval_prompts(30):

@@ -41,7 +41,7 @@ def eval_model(model: str | None = None, plan: str | None = None, steps: int | N
     from ..progress import Progress, count_transformer_calls, progress_mode
 
     if prompts < 1:
-        raise ValueError("--prompts must be >= 1")
+        raise ValueError(f"prompts (evdit eval --prompts) must be >= 1, got {prompts}")
     path = resolve_model(model)
     pipe, gen = load_pipeline(path, device=device)
     if getattr(pipe, "generation_defaults", None) is not None:  # generation_defaults.json over evdit_demo.json

@@ -57,7 +57,7 @@ def run_demo(
     if video_format not in ("gif", "mp4"):
         raise ValueError(f"video format must be gif or mp4, got {video_format!r}")
     if num_prompts < 1:
-        raise ValueError("--prompts must be >= 1")
+        raise ValueError(f"num_prompts (evdit demo --prompts) must be >= 1, got {num_prompts}")
     rows = list(DEFAULT_ROWS if rows is None else rows)
     if not rows:
         raise ValueError("no rows to run")
