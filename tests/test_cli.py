@@ -22,24 +22,27 @@ def test_bad_plan_file_is_an_error_not_a_traceback(tmp_path, capsys):
     assert "newer" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [
-    ["generate", "--model", "unused", "--prompt", "x", "--steps", "0", "--out", "a.gif"],
-    ["generate", "--model", "unused", "--prompt", "x", "--frames", "-1", "--out", "a.gif"],
-    ["generate", "--model", "unused", "--prompt", "x", "--cp", "0", "--out", "a.gif"],
-    ["demo", "--out", "unused", "--steps", "0"],
-    ["smoke", "--frames", "0"],
-    ["plan", "uniform", "--layers", "2", "--k", "0", "--out", "unused.json"],
-    ["bench", "kernels", "--rounds", "0"],
-    ["eval", "--model", "unused", "--prompts", "two", "--json", "unused.json"],
+@pytest.mark.parametrize("argv, minimum", [
+    (["generate", "--model", "unused", "--prompt", "x", "--steps", "0", "--out", "a.gif"], 1),
+    (["generate", "--model", "unused", "--prompt", "x", "--frames", "-1", "--out", "a.gif"], 1),
+    (["generate", "--model", "unused", "--prompt", "x", "--cp", "0", "--out", "a.gif"], 1),
+    (["demo", "--out", "unused", "--steps", "0"], 1),
+    (["demo", "--out", "unused", "--threads", "-1"], 0),
+    (["smoke", "--frames", "0"], 1),
+    (["plan", "uniform", "--layers", "2", "--k", "0", "--out", "unused.json"], 1),
+    (["plan", "show", "unused.json", "--text", "-1"], 0),
+    (["bench", "kernels", "--rounds", "0"], 1),
+    (["eval", "--model", "unused", "--prompts", "two", "--json", "unused.json"], 1),
+    (["search", "--model", "unused", "--threshold", "0.1", "--refine-rounds", "-2"], 0),
 ])
-def test_counts_below_one_are_usage_errors_naming_the_flag(argv, capsys):
+def test_counts_out_of_range_are_usage_errors_naming_the_flag(argv, minimum, capsys):
     # before any model is loaded or file written: argparse exits with status 2 and names the flag and the value
-    flag, value = next((a, b) for a, b in zip(argv, argv[1:]) if b in ("0", "-1", "two"))
+    flag, value = next((a, b) for a, b in zip(argv, argv[1:]) if b in ("0", "-1", "-2", "two"))
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert f"argument {flag}: expected an integer >= 1, got '{value}'" in err
+    assert f"argument {flag}: expected an integer >= {minimum}, got '{value}'" in err
 
 
 def test_smoke_runs(capsys):

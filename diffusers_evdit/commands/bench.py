@@ -68,7 +68,7 @@ def register(sub) -> None:
     kernels.add_argument("--rep-ms", type=float, default=300, help="timing budget per measurement (ms)")
     kernels.add_argument("--rounds", type=positive_int, default=3,
                          help="alternating rounds of each mask's dense and sparse timings (medians reported)")
-    kernels.add_argument("--threads", type=int, default=None,
+    kernels.add_argument("--threads", type=positive_int, default=None,
                          help="CPU threads for torch (default: torch's own; recorded in the JSON on the CPU)")
     kernels.add_argument("--out", default=None, help="JSON result path, e.g. benchmarks/results/kernels-h100.json")
     kernels.set_defaults(func=_cmd_kernels)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 
-from . import positive_int
+from . import non_negative_int, positive_int
 
 
 def _model_generation(model):
@@ -72,6 +72,6 @@ def register(sub) -> None:
     demo.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     demo.add_argument("--video-format", default="gif", choices=["gif", "mp4"],
                       help="side-by-side video format (default gif)")
-    demo.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    demo.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (default: torch's choice)")
     demo.add_argument("--no-progress", action="store_true", help="hide progress bars")
     demo.set_defaults(func=_cmd_demo)

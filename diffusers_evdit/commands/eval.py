@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 
-from . import positive_int
+from . import non_negative_int, positive_int
 
 
 def eval_model(model: str | None = None, plan: str | None = None, steps: int | None = None,
@@ -122,6 +122,6 @@ def register(sub) -> None:
                     help="videos per call (default 16 on CUDA, 1 on CPU)")
     ev.add_argument("--workers", type=positive_int, default=1, help="processes for the metrics")
     ev.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    ev.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (default: torch's choice)")
     ev.add_argument("--no-progress", action="store_true", help="no progress (the rest of the output stays)")
     ev.set_defaults(func=_cmd_eval)

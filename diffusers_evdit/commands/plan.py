@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..layout import TileLayout
 from ..masks import element_sparsity
 from ..plan import MaskPlan
-from . import positive_int
+from . import non_negative_int, positive_int
 
 
 def _cmd_plan_uniform(args) -> int:
@@ -40,8 +40,8 @@ def register(sub) -> None:
     uniform.set_defaults(func=_cmd_plan_uniform)
     show = plan_sub.add_parser("show", help="print a plan, with per-layer sparsity for a given layout")
     show.add_argument("path")
-    show.add_argument("--frames", type=int, default=0, help="latent frames F (enables the sparsity table)")
-    show.add_argument("--tokens-per-frame", type=int, default=1)
-    show.add_argument("--text", type=int, default=0, help="text tokens in self-attention")
+    show.add_argument("--frames", type=non_negative_int, default=0, help="latent frames F (enables the sparsity table)")
+    show.add_argument("--tokens-per-frame", type=positive_int, default=1)
+    show.add_argument("--text", type=non_negative_int, default=0, help="text tokens in self-attention")
     show.add_argument("--text-position", choices=["first", "last"], default="first")
     show.set_defaults(func=_cmd_plan_show)

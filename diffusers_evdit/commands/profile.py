@@ -18,7 +18,7 @@ import sys
 
 from ..kernels import KERNELS
 from ..progress import progress_mode
-from . import positive_int
+from . import non_negative_int, positive_int
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -53,7 +53,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=positive_int, default=None, help=f"video width in pixels (default: {where} 720)")
     g.add_argument("--latent", type=_latent, default=None,
                    help="latent FRAMES,HEIGHT,WIDTH, overriding --frames/--height/--width (tiny default 6,8,8)")
-    g.add_argument("--text-tokens", type=int, default=None,
+    g.add_argument("--text-tokens", type=non_negative_int, default=None,
                    help="text length (default: the model's; tiny models 7)")
     g.add_argument("--inputs", default=None,
                    help="torch.save'd list of transformer forward-keyword dicts (record_transformer_inputs) instead "

@@ -19,7 +19,7 @@ import os
 import sys
 
 from ..progress import progress_mode
-from . import positive_int
+from . import non_negative_int, positive_int
 from .profile import int_list, add_model_arguments, load_model, make_inputs
 
 
@@ -123,16 +123,16 @@ def register(sub) -> None:
                    help="MSE of the final output (default) or of the layer's block output")
     p.add_argument("--reduce", choices=("max", "mean"), default="max", help="budget search: loss over timesteps")
     p.add_argument("--solver", choices=("lagrangian", "exact"), default="lagrangian", help="budget search solver")
-    p.add_argument("--bins", type=int, default=None,
+    p.add_argument("--bins", type=positive_int, default=None,
                    help="exact solver: discretise the budget into this many units (default: exact Pareto frontier)")
     p.add_argument("--runtimes", default=None,
                    help="JSON of per-mask attention runtimes in seconds ({\"dense\": s, \"1\": s, ...}, or one per "
                         "layer); default: measured on the device")
     p.add_argument("--fixed-ms", type=float, default=0.0,
                    help="mask-independent time per forward, for end-to-end speedup targets (default 0)")
-    p.add_argument("--refine-rounds", type=int, default=0,
+    p.add_argument("--refine-rounds", type=non_negative_int, default=0,
                    help="budget search: rounds of joint refinement around the plan found (each about one sweep; "
                         "output loss only; default 0)")
     p.add_argument("--no-prefix-cache", action="store_true", help="full forwards per trial (slower; for checking)")
-    p.add_argument("--cost-layer", type=int, default=0, help="--estimate-cost: layer of the timed trial")
+    p.add_argument("--cost-layer", type=non_negative_int, default=0, help="--estimate-cost: layer of the timed trial")
     p.set_defaults(func=_cmd_search)
