@@ -224,3 +224,43 @@ def test_compare_summary_pairs_each_test_video_across_training_seeds():
     assert d["stderr"] == pytest.approx(statistics.stdev([0.05, -0.1, 0.0, 0.1]) / 2, abs=1e-4)
     with pytest.raises(SystemExit, match="no training seed"):
         script.summarize({"rows": [row("searched-s0", [0.5] * 4)]})
+
+
+def test_demo_frontier_takes_interleaved_timings_where_a_row_of_the_same_cost_was_timed(tmp_path):
+    """benchmarks/plot_demo_frontier.py: which speedup each point gets (interleaved rounds over single timings, the
+    8-step rounds for the 8-step mean), which rows it leaves out, and that it draws."""
+    from example_scripts import import_script
+
+    script = import_script("plot_demo_frontier")
+
+    def row(name, steps, diff, speedup, sparsity=0.0):
+        return {"name": name, "steps": steps, "wallclock_speedup": speedup, "plan": {"sparsity": sparsity},
+                "paired_difference_vs_first_row": {"mean": diff, "stderr": 0.02}}
+
+    data = {
+        "rows": [row("Base", 20, 0.0, 1.0), row("MLCD", 4, -0.08, 6.2), row("Base-4", 4, -0.25, 3.5),
+                 row("MLCD + uniform 3:5, no KD", 4, -0.15, 6.3, 0.31)],
+        "gpu_timing": {"device_name": "GPU X",
+                       "rows_timing": {"rows": [{"name": "Base", "wallclock_speedup": 1.0},
+                                                {"name": "MLCD", "wallclock_speedup": 9.9}]},
+                       "steps_timing": {"rows": [{"name": "Base", "steps": 20, "wallclock_speedup": 1.0},
+                                                 {"name": "8 steps, no CFG", "steps": 8, "wallclock_speedup": 4.8}]}},
+        "stage1_steps_s8_seeds": {"summary": {"paired_vs_base": {"mean": -0.05, "stderr": 0.018}}},
+        "stage1_steps_s8_evdit": {"rows": [row("Base", 20, 0.0, 1.0),
+                                           row("8 segments + shipped-plan + KD", 8, -0.04, 4.7, 0.25)]},
+    }
+    points = {p["name"]: p for p in script.frontier_points(data)}
+    assert set(points) == {"Base (20 steps, CFG)", "MLCD (shipped, 4 steps)", "Base, 4 steps",
+                           "8 steps, mean of 3 training seeds", "8 steps + plan + KD (one run)"}
+    mlcd = points["MLCD (shipped, 4 steps)"]
+    assert (mlcd["speedup"], mlcd["interleaved"], mlcd["diff"]) == (9.9, True, -0.08)  # the rounds, not 6.2
+    assert (points["Base, 4 steps"]["speedup"], points["Base, 4 steps"]["interleaved"]) == (3.5, False)
+    eight = points["8 steps, mean of 3 training seeds"]
+    assert (eight["speedup"], eight["diff"], eight["stderr"], eight["interleaved"]) == (4.8, -0.05, 0.018, True)
+    kd = points["8 steps + plan + KD (one run)"]
+    assert (kd["speedup"], kd["sparse"], kd["interleaved"]) == (4.7, True, False)
+    with_plans = script.frontier_points(data, with_plans_without_kd=True)
+    assert "MLCD + uniform 3:5, no KD" in {p["name"] for p in with_plans}
+    out = script.plot_frontier(list(points.values()), "GPU X", str(tmp_path / "f.png"))
+    assert (tmp_path / "f.png").stat().st_size > 1000 and out.endswith("f.png")
+
