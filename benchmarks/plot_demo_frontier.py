@@ -2,7 +2,7 @@
 
 Reads ``benchmarks/results/demo-rows-h100.json`` and plots, per row, the paired difference in final score from Base
 (mean +- standard error over the 192 test videos) against the denoising speedup over Base. It measures nothing: every
-point is a number the JSON already holds, and the figure names where each comes from.
+point is a number the JSON already holds, and the figure marks which timing each point has.
 
 * Quality: the top-level rows (Base at 10 and 4 steps, the shipped MLCD and Efficient-vDiT), the 8-step students over
   three training seeds (``stage1_steps_s8_seeds.summary``) and the single 8-step run with a plan and KD
@@ -21,6 +21,8 @@ import json
 import os
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "demo-rows-h100.json")
+LABELS = {"MLCD": "MLCD (shipped, 4 steps)", "Efficient-vDiT": "Efficient-vDiT (shipped, 4 steps)",
+          "Base-10": "Base, 10 steps", "Base-4": "Base, 4 steps"}  # the top-level rows' names, as the figure shows them
 
 
 def frontier_points(data: dict, with_plans_without_kd: bool = False) -> list[dict]:
@@ -38,9 +40,7 @@ def frontier_points(data: dict, with_plans_without_kd: bool = False) -> list[dic
         speedup, interleaved = rounds.get(row["name"]), True
         if speedup is None:
             speedup, interleaved = row["wallclock_speedup"], False
-        label = {"MLCD": "MLCD (shipped, 4 steps)", "Efficient-vDiT": "Efficient-vDiT (shipped, 4 steps)",
-                 "Base-10": "Base, 10 steps", "Base-4": "Base, 4 steps"}
-        points.append(dict(name=label.get(row["name"], row["name"]), speedup=speedup, diff=paired["mean"],
+        points.append(dict(name=LABELS.get(row["name"], row["name"]), speedup=speedup, diff=paired["mean"],
                            stderr=paired["stderr"], interleaved=interleaved, sparse=row["plan"]["sparsity"] > 0))
     seeds = data["stage1_steps_s8_seeds"]["summary"]["paired_vs_base"]
     points.append(dict(name="8 steps, mean of 3 training seeds", speedup=by_steps[8], diff=seeds["mean"],
