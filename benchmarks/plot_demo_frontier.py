@@ -21,6 +21,7 @@ import json
 import os
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "demo-rows-h100.json")
+NEEDED = ("rows", "gpu_timing", "stage1_steps_s8_seeds", "stage1_steps_s8_evdit")  # the parts of the JSON it reads
 LABELS = {"MLCD": "MLCD (shipped, 4 steps)", "Efficient-vDiT": "Efficient-vDiT (shipped, 4 steps)",
           "Base-10": "Base, 10 steps", "Base-4": "Base, 4 steps"}  # the top-level rows' names, as the figure shows them
 
@@ -90,6 +91,10 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     with open(args.results, encoding="utf-8") as f:
         data = json.load(f)
+    missing = [k for k in NEEDED if k not in data]
+    if missing:
+        raise SystemExit(f"{args.results} lacks {', '.join(missing)}: pass the committed demo-rows-h100.json, or a "
+                         "result with the same parts (benchmarks/results/MANIFEST.md names the command of each)")
     points = frontier_points(data, with_plans_without_kd=args.with_plans_without_kd)
     print(f"{'row':<44} {'speedup':>8} {'vs Base':>8} {'s.e.':>6}  timing")
     for p in points:

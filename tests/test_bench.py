@@ -263,4 +263,8 @@ def test_demo_frontier_takes_interleaved_timings_where_a_row_of_the_same_cost_wa
     assert "MLCD + uniform 3:5, no KD" in {p["name"] for p in with_plans}
     out = script.plot_frontier(list(points.values()), "GPU X", str(tmp_path / "f.png"))
     assert (tmp_path / "f.png").stat().st_size > 1000 and out.endswith("f.png")
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"rows": data["rows"]}))
+    with pytest.raises(SystemExit, match="lacks gpu_timing, stage1_steps_s8_seeds, stage1_steps_s8_evdit"):
+        script.main(["--results", str(partial), "--out", str(tmp_path / "g.png")])
 
