@@ -32,6 +32,8 @@ import numpy as np
 
 
 def parse_args(argv=None):
+    from diffusers_evdit.commands import non_negative_int, positive_int
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="base pipeline folder (default: the shipped demo model), or 'tiny'")
     p.add_argument("--mlcd", default=None, help="MLCD row folder (default: MODEL/mlcd)")
@@ -44,14 +46,14 @@ def parse_args(argv=None):
                         "none, e.g. @4cfg1.5: two transformer calls a step); repeatable")
     p.add_argument("--base-steps", type=int, nargs="*", default=[], metavar="N",
                    help="more Base rows at N steps (the model's CFG, dense): the few-step curve without distillation")
-    p.add_argument("--prompts", type=int, default=64, help="test prompts (default 64)")
-    p.add_argument("--seeds", type=int, default=3, help="seed rounds per prompt (default 3)")
+    p.add_argument("--prompts", type=positive_int, default=64, help="test prompts (default 64)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="seed rounds per prompt (default 3)")
     p.add_argument("--base-seed", type=int, default=0)
     p.add_argument("--split", default="test", choices=["test", "validation"])
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--batch-size", type=int, default=None, help="videos per call when scoring (default 16 CUDA, 1 CPU)")
-    p.add_argument("--timing-videos", type=int, default=4, help="videos timed one at a time per row (default 4)")
-    p.add_argument("--timing-rounds", type=int, default=0, metavar="R",
+    p.add_argument("--timing-videos", type=non_negative_int, default=4, help="videos timed one at a time per row (default 4)")
+    p.add_argument("--timing-rounds", type=non_negative_int, default=0, metavar="R",
                    help="time the rows after scoring, in R alternating rounds (default 0: each row right after it "
                         "is scored)")
     p.add_argument("--workers", type=int, default=1, help="processes for the metrics")
@@ -59,10 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--out", required=True, help="output JSON")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="also draw final score against denoising speedup (mean +- s.e. of the paired difference)")
-    args = p.parse_args(argv)
-    if args.prompts < 1 or args.seeds < 1 or args.timing_videos < 0 or args.timing_rounds < 0:
-        p.error("--prompts and --seeds must be >= 1, --timing-videos and --timing-rounds >= 0")
-    return args
+    return p.parse_args(argv)
 
 
 def _stats(values) -> dict:

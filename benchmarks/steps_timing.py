@@ -20,17 +20,16 @@ import time
 
 
 def parse_args(argv=None):
+    from diffusers_evdit.commands import positive_int
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default=None, help="base pipeline folder (default: the shipped demo model)")
-    p.add_argument("--steps", type=int, nargs="+", default=[8, 4], help="step counts of the rows without CFG")
-    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds (one video a row each)")
+    p.add_argument("--steps", type=positive_int, nargs="+", default=[8, 4], help="step counts of the rows without CFG")
+    p.add_argument("--rounds", type=positive_int, default=7, help="interleaved rounds (one video a row each)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", required=True, help="output JSON")
-    args = p.parse_args(argv)
-    if args.rounds < 1 or min(args.steps) < 1:
-        p.error("--rounds and --steps must be >= 1")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv=None) -> dict:
