@@ -76,6 +76,7 @@ if os.path.isdir(os.path.join(ROOT, "diffusers_evdit")) and ROOT not in sys.path
 
 import torch  # noqa: E402
 # the modules beside this script (its folder is on sys.path: run as a script, or while the tests import it)
+from diffusers_evdit.commands import non_negative_int, positive_int  # noqa: E402
 from fullsize_speedup import StepTimes, fullsize_model, map_plan, measure_step_speedups  # noqa: E402
 from quality_report import finish_rows, fmt, render, write_results  # noqa: E402
 from stage_runs import (StopForResume, count_wave, finished_run, keep_summary, kept_summary,  # noqa: E402
@@ -98,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true",
                    help="reuse what an earlier run with the same --work_dir finished: its MLCD model, searched plans, "
                         "KD runs (those that saved their kd_config.json) and row evaluations")
-    p.add_argument("--max_kd_waves", type=int, default=None,
+    p.add_argument("--max_kd_waves", type=non_negative_int, default=None,
                    help="train at most this many waves of KD runs in this call, then write the rows so far and stop "
                         "(exit status 3); a later --resume goes on. Splits a run over calls of limited length")
     p.add_argument("--kd_minutes", type=float, default=None,
@@ -107,10 +108,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="no training run gets less, even when the budget is spent (a KD run of a few steps would "
                         "make its row meaningless; the run then overruns --budget_minutes and says so)")
     p.add_argument("--eval_prompts", type=int, default=64, help="held-out prompts per row")
-    p.add_argument("--eval_batch_size", type=int, default=None, help="default 16 on CUDA, 1 on CPU")
-    p.add_argument("--eval_workers", type=int, default=None, help="metric processes (default: min(8, CPUs))")
-    p.add_argument("--num_segments", type=int, default=8, help="S, the MLCD student's steps")
-    p.add_argument("--teacher_steps", type=int, default=None, help="N of MLCD (default: the Base model's steps)")
+    p.add_argument("--eval_batch_size", type=positive_int, default=None, help="default 16 on CUDA, 1 on CPU")
+    p.add_argument("--eval_workers", type=positive_int, default=None, help="metric processes (default: min(8, CPUs))")
+    p.add_argument("--num_segments", type=positive_int, default=8, help="S, the MLCD student's steps")
+    p.add_argument("--teacher_steps", type=positive_int, default=None,
+                   help="N of MLCD (default: the Base model's steps)")
     p.add_argument("--mlcd_shares", type=float, default=3.0, help="time shares of the MLCD run (a KD run has 1)")
     p.add_argument("--ratios", default=",".join(map(str, DEFAULT_RATIOS)), help="search thresholds r")
     p.add_argument("--uniform_ks", default="auto",
@@ -119,9 +121,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ablation_r", type=float, default=0.1, help="r of the order ablation's plan")
     p.add_argument("--no_ablation", action="store_true", help="skip the order ablation")
     p.add_argument("--no_search_rows", action="store_true", help="skip the Search_r=R rows (searched plans before KD)")
-    p.add_argument("--search_prompts", type=int, default=2, help="training prompts whose MLCD calls feed the search")
+    p.add_argument("--search_prompts", type=positive_int, default=2,
+                   help="training prompts whose MLCD calls feed the search")
     p.add_argument("--search_loss", choices=("output", "layer"), default="output")
-    p.add_argument("--kd_batch_size", type=int, default=8)
+    p.add_argument("--kd_batch_size", type=positive_int, default=8)
     p.add_argument("--kd_learning_rate", type=float, default=None,
                    help="default: the learning rate the MLCD model was distilled with (its mlcd_config.json), else "
                         "1e-4; KD goes on minimising the MLCD loss (x --task_weight), and a few-step student drifts "
@@ -131,14 +134,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="more train_kd.py options for every KD run, one string (e.g. \"--use_lora --lora_rank 16\"); "
                         "they come after this script's own, so they win")
     p.add_argument("--task_weight", type=float, default=100.0, help="lambda of the KD runs (paper: 100)")
-    p.add_argument("--mlcd_batch_size", type=int, default=8)
+    p.add_argument("--mlcd_batch_size", type=positive_int, default=8)
     p.add_argument("--mlcd_learning_rate", type=float, default=1e-4)
-    p.add_argument("--dataloader_num_workers", type=int, default=None,
+    p.add_argument("--dataloader_num_workers", type=non_negative_int, default=None,
                    help="default on CUDA: 8 shared by the concurrent jobs (at least 2 each); 0 on CPU")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=positive_int, default=1,
                    help="KD runs trained at once, each in its own process (for small batches, which leave a GPU "
                         "idle; at batch 32 the demo model's runs side by side got no more samples than one alone)")
-    p.add_argument("--cache_samples", type=int, default=2048,
+    p.add_argument("--cache_samples", type=non_negative_int, default=2048,
                    help="synthetic clips of every training run, their VAE posteriors encoded once into "
                         "WORK_DIR/latents-*.pt and shared by every run (--latent_cache); 0: a fresh clip every step, "
                         "no cache")
@@ -163,8 +166,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--ratios must be comma-separated numbers, got {args.ratios!r}")
     if not args.ratio_list or any(r <= 0 for r in args.ratio_list):
         p.error("--ratios must be positive")
-    if args.jobs < 1:
-        p.error("--jobs must be >= 1")
     if args.eval_prompts < 2:
         p.error("--eval_prompts must be >= 2 (the Frechet distance needs two videos)")
     if args.measure_step_speedups and not torch.cuda.is_available():

@@ -295,6 +295,16 @@ def test_reproduce_kd_extra_args_reach_every_kd_run_and_win(tmp_path):
     assert kd.learning_rate == 3e-5 and kd.use_lora and kd.lora_rank == 16 and kd.plan == "uniform:2"
 
 
+@pytest.mark.parametrize("flag, value, minimum", [("--jobs", "0", 1), ("--num_segments", "0", 1),
+                                                  ("--kd_batch_size", "-1", 1), ("--cache_samples", "-1", 0),
+                                                  ("--max_kd_waves", "-1", 0)])
+def test_reproduce_counts_out_of_range_are_usage_errors_naming_the_flag(flag, value, minimum, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        import_script("reproduce_tables").parse_args([flag, value])
+    assert exit_info.value.code == 2
+    assert f"argument {flag}: expected an integer >= {minimum}, got '{value}'" in capsys.readouterr().err
+
+
 def test_reproduce_tables_stops_after_max_kd_waves_and_resumes(tmp_path):
     script = import_script("reproduce_tables")
     common = ["--smoke", "--work_dir", str(tmp_path / "work"), "--out_dir", str(tmp_path / "out"), "--ratios", "0.1",
