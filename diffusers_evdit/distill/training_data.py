@@ -138,6 +138,8 @@ class LatentCache:
                 logger.warning("%s was made from other data or another VAE; encoding the dataset again.", path)
             loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=evdit_data.collate_videos,
                                 num_workers=num_workers)
+            logger.info("Latent cache: encoding %d clips in %d batches into %s, once (runs with the same data and VAE "
+                        "load it); on a CPU this can take many minutes", len(dataset), len(loader), path)
             means, stds = [], []
             for batch in tqdm(loader, desc="latent cache", disable=not sys.stderr.isatty()):
                 mean, std = mlcd.encode_video_posteriors(self.pipe, batch["video"])
