@@ -29,7 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-import diffusers_evdit.kernels as kernels
+import diffusers_evdit.kernels.dispatch as kernels
 from diffusers_evdit.kernels import TileAttention
 from diffusers_evdit.kernels import keysets as ks
 from diffusers_evdit.layout import TileLayout

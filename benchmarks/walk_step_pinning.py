@@ -22,7 +22,7 @@ import time
 
 import torch
 
-import diffusers_evdit.kernels as kernels
+import diffusers_evdit.kernels.dispatch as kernels
 from diffusers_evdit.bench.step import StepModel, build_model
 from diffusers_evdit.kernels.walk import walk_available
 from diffusers_evdit.masks import format_mask

@@ -176,7 +176,7 @@ def test_fused_cuda_attention_is_not_given_float64_or_unaligned_heads():
 def test_fastest_times_split_against_dense_once_per_signature(monkeypatch, faster):
     """kernel='fastest' with a tuner: split and dense are timed once per call signature, the faster one runs, and
     later calls reuse the choice; 'auto' and forced kernels never time and always apply the mask."""
-    import diffusers_evdit.kernels as kernels
+    import diffusers_evdit.kernels.dispatch as kernels
 
     ran = []
     real_split, real_dense = kernels.split_tile_attention, kernels.dense_attention

@@ -6,13 +6,8 @@ import torch
 import torch.nn.functional as F
 from reference import attention_f64, paper_mask
 
-from diffusers_evdit.kernels import (
-    SMALL_TRAIN_MIN_SPARSITY,
-    TileAttention,
-    UnsupportedKernelError,
-    masked_max_sparsity,
-    tile_attention,
-)
+from diffusers_evdit.kernels import TileAttention, UnsupportedKernelError, tile_attention
+from diffusers_evdit.kernels.dispatch import SMALL_TRAIN_MIN_SPARSITY, masked_max_sparsity
 from diffusers_evdit.kernels.keysets import keyset_plan, keyset_tile_attention
 from diffusers_evdit.layout import TileLayout
 from diffusers_evdit.masks import element_sparsity
@@ -224,7 +219,7 @@ def test_inference_reuses_the_key_set_buffers_without_changing_a_result():
 
 
 def test_kept_key_set_buffers_are_bounded(monkeypatch):
-    import diffusers_evdit.kernels as kernels
+    import diffusers_evdit.kernels.dispatch as kernels
 
     monkeypatch.setattr(kernels, "MAX_KEYSET_BUFFERS", 2)
     layout = TileLayout(7, 5)
@@ -253,7 +248,7 @@ def test_keyset_stages_benchmark_times_the_kernel_it_claims(fresh):
     """benchmarks/keyset_stages.py times a copy of keyset_tile_attention's body with timers between its stages: the
     copy must give the kernel's result (float64 reference) on every layout and k, fill every stage, and the script
     must put the stock kernel back when it is done."""
-    import diffusers_evdit.kernels as kernels
+    import diffusers_evdit.kernels.dispatch as kernels
 
     script = _keyset_stages_script()
     for case in LAYOUTS:
@@ -265,7 +260,7 @@ def test_keyset_stages_benchmark_times_the_kernel_it_claims(fresh):
             totals = {name: [0.0, 0] for name in script.STAGES}
             buffers = None
             if not fresh:
-                buffers = tuple(torch.empty(s) for s in (kernels.keysets.gather_buffer_shapes(k, v, plan)))
+                buffers = tuple(torch.empty(s) for s in (kernels.gather_buffer_shapes(k, v, plan)))
             out = script.staged_keysets(totals, fresh)(q, k, v, plan, 0.3, buffers)
             assert torch.equal(out, keyset_tile_attention(q, k, v, plan, 0.3)), (case, k_ref)
             ref = _reference(q, k, v, paper_mask(frames, tpf, nt, pos == "first", k_ref), scale=0.3)

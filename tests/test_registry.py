@@ -14,9 +14,9 @@ from diffusers_evdit.kernels import (
     TileAttention,
     TileCall,
     UnsupportedKernelError,
-    masked_max_sparsity,
     tile_attention,
 )
+from diffusers_evdit.kernels.dispatch import masked_max_sparsity
 from diffusers_evdit.kernels.registry import KernelRegistry
 from diffusers_evdit.kernels.triton_support import triton_runs
 from diffusers_evdit.layout import TileLayout
@@ -118,7 +118,7 @@ def test_auto_on_short_gpu_sequences():
     """The CUDA rule (placeholders on the meta device, which takes the same non-CPU branch and where the walk
     kernel, needing Triton on CUDA, is refused): masked up to 2048 tokens for every mask; up to 4608 tokens walk
     first, then masked for masks skipping up to 60% of the pairs and gathered above; split beyond."""
-    from diffusers_evdit.kernels import SMALL_SEQ_LEN
+    from diffusers_evdit.kernels.dispatch import SMALL_SEQ_LEN
 
     att = TileAttention(small_seq_len=SMALL_SEQ_LEN["cuda"])
     meta = torch.device("meta")
@@ -141,7 +141,7 @@ def test_auto_tries_fa4_first_on_long_sequences_where_it_was_measured(monkeypatc
     """Long sequences (from FA4_MIN_SEQ_LEN tokens) on a GPU of prefers_fa4 put fa4 before split; shorter ones,
     traces and other devices do not. The fa4 kernel's own constraints still decide: on the meta device (which stands
     for a GPU here) it is refused, so split runs."""
-    import diffusers_evdit.kernels as kernels
+    import diffusers_evdit.kernels.dispatch as kernels
 
     meta = torch.device("meta")
     att = TileAttention()
@@ -178,7 +178,7 @@ def test_kernels_used_reports_the_kernels_that_ran():
 def test_auto_falls_back_to_split_when_fa4_fails(monkeypatch):
     """FA4 is a pre-release compiled at its first call: if that call raises under auto, the call still returns the
     exact result (split's), with a warning, and auto stops choosing fa4 in that instance. A named fa4 raises."""
-    import diffusers_evdit.kernels as kernels
+    import diffusers_evdit.kernels.dispatch as kernels
 
     calls = []
 
@@ -247,7 +247,7 @@ def test_auto_runs_fa4_on_a_long_cuda_sequence_exactly():
 def test_walk_global_rows_follow_the_sequence_length(monkeypatch):
     """walk_global="auto" keeps the global rows in the one launch up to small_seq_len tokens, and runs them as one
     SDPA call above (what walk_tile_attention is asked for; its exactness is tests/test_walk.py's)."""
-    import diffusers_evdit.kernels as kernels
+    import diffusers_evdit.kernels.dispatch as kernels
 
     seen = []
     monkeypatch.setattr(kernels, "walk_tile_attention",

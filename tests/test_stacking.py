@@ -313,10 +313,10 @@ def test_cogvideox_under_a_backend_equals_masked_reference(backend_spy):
 COMPILE_BREAKS = (
     "Graph breaks on the planned forward: (1) processors/base.py LayoutHook.__call__ stores a TileLayout (a frozen "
     "dataclass) created inside the traced forward on the shared TileState, a side effect Dynamo cannot replay "
-    "(gb0092 'Reconstruction failure ... FrozenDataClassVariable(TileLayout)'); (2) kernels/__init__.py "
+    "(gb0092 'Reconstruction failure ... FrozenDataClassVariable(TileLayout)'); (2) kernels/dispatch.py "
     "TileAttention.indices caches TileIndices in a dict keyed by that in-graph TileLayout (same failure); "
     "(3) HunyuanVideo: bool(mask.all()) in processors/base.py key_padding_from_attention_mask and "
-    "bool(key_padding_mask[:, layout.video_slice].all()) in kernels/__init__.py TileAttention.choose are "
+    "bool(key_padding_mask[:, layout.video_slice].all()) in kernels/dispatch.py TileAttention.choose are "
     "data-dependent branches."
 )
 RECOMPILES = (

@@ -6,7 +6,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ..kernels import TileAttention, cached_outside_trace, check_kernel
+from ..kernels import TileAttention, check_kernel
+from ..kernels.dispatch import cached_outside_trace
 from ..layout import TileLayout
 from .intercept import intercepting_call
 
