@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as err:
         print(f"evdit: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `evdit plan show ... | head`: the reader left; end quietly, as other Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 141  # the shell's status for a process ended by SIGPIPE
 
 
 if __name__ == "__main__":

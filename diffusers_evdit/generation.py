@@ -4,7 +4,9 @@ A saved :class:`~diffusers_evdit.EfficientVDiTPipeline` folder records how the m
 size, steps, guidance, fps, text length, a distilled model's few-step schedule) in ``generation_defaults.json``, a
 diffusers :class:`~diffusers.configuration_utils.ConfigMixin` config (``save_config`` / ``load_config``). Folders
 written before it existed are read from the legacy ``evdit_demo.json``. Explicit arguments override the defaults;
-what is still unset falls back to the pipeline's own ``__call__`` defaults.
+what is still unset falls back to the pipeline's own ``__call__`` defaults. An ``EfficientVDiTPipeline`` applies its
+defaults in ``__call__`` itself (:func:`with_generation_defaults`), as transformers' ``generate`` applies a model's
+``generation_config.json``.
 
     >>> defaults = GenerationDefaults(num_frames=29, height=128, width=128, num_inference_steps=20, guidance_scale=4.0)
     >>> defaults.call_kwargs()["num_frames"], defaults.fps
@@ -13,6 +15,7 @@ what is still unset falls back to the pipeline's own ``__call__`` defaults.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
@@ -29,10 +32,12 @@ __all__ = [
     "device_flops",
     "estimate_work",
     "guider_scale",
+    "missing_call_defaults",
     "pipeline_call_defaults",
     "resolve_call",
     "token_patch",
     "vae_compression",
+    "with_generation_defaults",
 ]
 
 #: The defaults file of a pipeline folder (written by ``EfficientVDiTPipeline.save_pretrained``).
@@ -166,6 +171,54 @@ def _find_file(folder: str, name: str, hub_kwargs: dict) -> str | None:
         return hf_hub_download(folder, name, **hub_kwargs)
     except Exception:  # noqa: BLE001  no such file in the repo, or offline: no defaults
         return None
+
+
+#: Call keys that together set the sampling schedule: a caller who gives one of them gets none of the others from the
+#: defaults (``num_inference_steps=8`` on a model whose defaults hold a 4-step ``sigmas`` means 8 steps).
+SCHEDULE_KEYS = ("num_inference_steps", "timesteps", "sigmas")
+
+
+def missing_call_defaults(defaults: GenerationDefaults, parameters, given) -> dict:
+    """The values of ``defaults`` for the ``__call__`` ``parameters`` a caller did not give (names in ``given``).
+
+    Example:
+        >>> d = GenerationDefaults(num_frames=29, num_inference_steps=4, sigmas=[1.0, 0.5], guidance_scale=1.0)
+        >>> missing_call_defaults(d, ["prompt", "num_frames", "num_inference_steps", "sigmas", "guidance_scale"],
+        ...                       {"prompt", "num_inference_steps"})
+        {'num_frames': 29, 'guidance_scale': 1.0}
+    """
+    values = {k: v for k, v in defaults.call_kwargs().items() if k in parameters and k not in given}
+    if set(given) & set(SCHEDULE_KEYS):
+        values = {k: v for k, v in values.items() if k not in SCHEDULE_KEYS}
+    return values
+
+
+def with_generation_defaults(call):
+    """Wrap a pipeline class's ``__call__`` so that the arguments a caller leaves out come from the instance's
+    ``generation_defaults`` (:func:`missing_call_defaults`), then from ``__call__``'s own defaults. Explicit arguments
+    always win; an instance whose ``generation_defaults`` is ``None`` calls ``call`` unchanged. The wrapper keeps
+    ``call``'s name, docstring and signature (``inspect.signature`` follows ``__wrapped__``).
+
+    Example:
+        >>> from diffusers_evdit import EfficientVDiTPipeline
+        >>> from diffusers_evdit.tiny import tiny_pipeline
+        >>> pipe = EfficientVDiTPipeline.from_pipe(tiny_pipeline("wan")).set_generation_defaults(
+        ...     num_frames=9, height=32, width=32, num_inference_steps=2, max_sequence_length=8)
+        >>> pipe.set_progress_bar_config(disable=True)
+        >>> pipe("a red circle", output_type="latent").frames.shape  # 9 frames of 32 x 32: 3 latent frames of 4 x 4
+        torch.Size([1, 4, 3, 4, 4])
+    """
+    signature = inspect.signature(call)
+
+    @functools.wraps(call)
+    def __call__(self, *args, **kwargs):
+        defaults = getattr(self, "generation_defaults", None)
+        if defaults is not None:
+            given = signature.bind_partial(self, *args, **kwargs).arguments
+            kwargs.update(missing_call_defaults(defaults, signature.parameters, given))
+        return call(self, *args, **kwargs)
+
+    return __call__
 
 
 def pipeline_call_defaults(pipe) -> dict:

@@ -2,8 +2,8 @@
 
 Instances are of a per-base class ``EfficientVDiT<Base>(EfficientVDiTPipeline, <Base>)`` made by
 :meth:`EfficientVDiTPipeline.subclass_for`: the base pipeline itself (its ``__init__``, ``__call__``, LoRA loader,
-offloading; ``isinstance`` holds) plus plan handling, generation defaults, ``from_pretrained``, ``from_pipe`` and
-``save_pretrained``. The saved folder is the base pipeline's diffusers folder plus ``mask_plan.json`` /
+offloading; ``isinstance`` holds) plus plan handling, generation defaults (which ``__call__`` fills in for the
+arguments a caller leaves out), ``from_pretrained``, ``from_pipe`` and ``save_pretrained``. The saved folder is the base pipeline's diffusers folder plus ``mask_plan.json`` /
 ``mask_plan_2.json``, an ``"_evdit"`` entry in ``model_index.json``, ``generation_defaults.json``
 (:class:`~diffusers_evdit.generation.GenerationDefaults`) and a model card section; docs/pipeline.md describes it.
 """
@@ -19,7 +19,7 @@ from diffusers import DiffusionPipeline
 from torch import nn
 
 from .atomic import atomic_directory, check_complete
-from .generation import GENERATION_DEFAULTS_FILE, GenerationDefaults
+from .generation import GENERATION_DEFAULTS_FILE, GenerationDefaults, with_generation_defaults
 from .kernels import check_kernel
 from .model_card import CARD_BEGIN, CARD_END, PLAN_FILES, mask_plan_model_card, write_model_card  # noqa: F401
 from .plan import MaskPlan, apply_mask_plan, get_mask_plan, num_plan_layers, remove_mask_plan
@@ -88,7 +88,8 @@ class EfficientVDiTPipeline(DiffusionPipeline):
     """A diffusers video pipeline (CogVideoX, Wan 2.1/2.2, HunyuanVideo, ...) that runs with per-layer mask plans.
 
     Instances are of a per-base subclass ``EfficientVDiT<Base>(EfficientVDiTPipeline, <Base>)``: the base pipeline
-    itself (same ``__init__``, ``__call__``, LoRA loading, offloading) plus plan handling. Get one with
+    itself (same ``__init__``, ``__call__``, LoRA loading, offloading) plus plan handling; ``__call__`` takes the
+    arguments a caller leaves out from :attr:`generation_defaults` when the folder recorded them. Get one with
     :meth:`from_pipe` or :meth:`from_pretrained`, change the plan with :meth:`set_mask_plan` (``mask_plan_2`` for
     Wan 2.2's ``transformer_2``), save with :meth:`save_pretrained`. docs/pipeline.md covers the saved folder and
     ``torch.compile``, offloading, LoRA and cache hooks.
@@ -141,6 +142,7 @@ class EfficientVDiTPipeline(DiffusionPipeline):
                 (EfficientVDiTPipeline, base_class),
                 {
                     "__init__": base_class.__init__,
+                    "__call__": with_generation_defaults(base_class.__call__),
                     "__module__": __name__,
                     "__qualname__": name,
                     "__doc__": f"{base_class.__name__} with Efficient-vDiT mask plans (see EfficientVDiTPipeline).",
@@ -159,9 +161,7 @@ class EfficientVDiTPipeline(DiffusionPipeline):
     @property
     def generation_defaults(self) -> GenerationDefaults | None:
         """How the model is meant to be called (``generation_defaults.json`` of its folder); ``None``: not recorded.
-
-        Call with them: ``pipe(prompt, **pipe.generation_defaults.call_kwargs(pipe))``.
-        """
+        ``pipe(prompt)`` takes every call argument it leaves out from here; explicit arguments win."""
         return getattr(self, "_evdit_generation_defaults", None)
 
     def set_generation_defaults(self, defaults: GenerationDefaults | None = None, **values) -> "EfficientVDiTPipeline":

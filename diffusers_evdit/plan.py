@@ -121,7 +121,8 @@ class MaskPlan:
         return cls.from_dict(_decode_json(text, "pass the text MaskPlan.to_json() / MaskPlan.save() wrote"))
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the plan as JSON to ``path``."""
+        """Write the plan as JSON to ``path`` (its folder is created if missing)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as f:
             f.write(self.to_json() + "\n")
 

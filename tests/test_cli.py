@@ -192,3 +192,18 @@ def test_eval_log_stays_short(tmp_path):
     assert progress and progress[-1].startswith("eval: 3 videos: 24/24 transformer calls (100%)")
     # at most Progress.max_lines (30) progress lines, plus the header, the 10-line table and "wrote"
     assert len(lines) <= 30 + 12 and json.loads((tmp_path / "out.json").read_text())["num_videos"] == 3
+
+
+def test_output_cut_short_by_the_reader_ends_quietly(tmp_path):
+    # `evdit plan show ... | head -n 1`: the pipe closes under the printing command; no traceback, SIGPIPE's status
+    import subprocess
+    import sys
+
+    path = tmp_path / "plan.json"
+    assert main(["plan", "uniform", "--layers", "3000", "--k", "1", "--out", str(path)]) == 0
+    proc = subprocess.Popen([sys.executable, "-m", "diffusers_evdit.cli", "plan", "show", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(str(path).encode())
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141
+    assert b"Traceback" not in proc.stderr.read()

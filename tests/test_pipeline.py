@@ -353,6 +353,42 @@ def test_generation_defaults_travel_with_the_folder(tmp_path):
     assert merged == {"num_frames": 9, "guidance_scale": 1.0, "num_inference_steps": 3}
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_call_takes_left_out_arguments_from_the_generation_defaults(family, tmp_path):
+    import inspect
+
+    from diffusers_evdit.generation import missing_call_defaults
+
+    base = tiny_pipeline(family)
+    explicit = tiny_pipeline_inputs(base, num_frames=9, steps=3)
+    explicit["guidance_scale"] = 1.0
+    reference = base(**explicit).frames  # the stock pipeline, every argument given
+
+    model = {k: explicit[k] for k in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale",
+                                      "max_sequence_length")}
+    pipe = EfficientVDiTPipeline.from_pipe(base).set_generation_defaults(**model)
+    pipe.save_pretrained(tmp_path)
+    pipe = EfficientVDiTPipeline.from_pretrained(tmp_path)
+    pipe.set_progress_bar_config(disable=True)
+    assert inspect.signature(pipe.__call__) == inspect.signature(base.__call__)  # tools that inspect it still see it
+    left_out = {k: v for k, v in explicit.items() if k not in model}
+    left_out["generator"] = torch.Generator().manual_seed(0)
+    assert torch.allclose(pipe(**left_out).frames, reference, atol=1e-4, rtol=1e-4)
+
+    # explicit arguments win, positional ones included
+    prompt = left_out.pop("prompt")
+    longer = pipe(prompt, num_frames=13, generator=torch.Generator().manual_seed(0), **{
+        k: v for k, v in left_out.items() if k != "generator"}).frames
+    # 4 latent frames for 13 frames where 9 frames gave 3 (the frame axis is 1 or 2, by family)
+    assert [(a, b) for a, b in zip(longer.shape, reference.shape) if a != b] == [(4, 3)]
+
+    # a caller who sets the schedule one way gets no other schedule key from the defaults
+    defaults = pipe.generation_defaults.replace(sigmas=[1.0, 0.5, 0.25])
+    params = inspect.signature(base.__call__).parameters
+    assert "num_inference_steps" not in missing_call_defaults(defaults, params, {"prompt", "sigmas"})
+    assert "sigmas" not in missing_call_defaults(defaults, params, {"prompt", "num_inference_steps"})
+
+
 def test_save_pretrained_is_atomic(tmp_path, monkeypatch):
     import diffusers_evdit.pipeline as pipeline_module
     from diffusers_evdit.atomic import INCOMPLETE_MARKER

@@ -16,6 +16,8 @@ def test_uniform_dense_and_roundtrip(tmp_path):
     data = json.loads(path.read_text())
     assert data["version"] == 1 and data["num_layers"] == 3 and data["model_class"] is None
     assert MaskPlan.from_json(plan.to_json()) == plan
+    plan.save(tmp_path / "new" / "folder" / "plan.json")  # a missing folder is created, as save_pretrained does
+    assert MaskPlan.load(tmp_path / "new" / "folder" / "plan.json") == plan
 
 
 def test_describe_and_sparsity():
