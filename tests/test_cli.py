@@ -207,3 +207,21 @@ def test_output_cut_short_by_the_reader_ends_quietly(tmp_path):
     proc.stdout.close()
     assert proc.wait(timeout=120) == 141
     assert b"Traceback" not in proc.stderr.read()
+
+
+def test_generate_model_reference_resolves_the_demo_model_and_refuses_a_mistyped_folder(tmp_path, capsys):
+    from diffusers_evdit.commands.generate import model_reference
+    from diffusers_evdit.demo.model import DEMO_MODEL_DIR
+
+    (tmp_path / "my_model").mkdir()
+    assert model_reference(str(tmp_path / "my_model")) == str(tmp_path / "my_model")
+    assert model_reference("THUDM/CogVideoX-5b") == "THUDM/CogVideoX-5b"  # a Hub id is left to from_pretrained
+    if os.path.isfile(os.path.join(DEMO_MODEL_DIR, "model_index.json")):  # a checkout with the trained demo model
+        assert model_reference(None) == model_reference("default") == DEMO_MODEL_DIR
+        assert model_reference("default/evdit") == os.path.join(DEMO_MODEL_DIR, "evdit")
+        with pytest.raises(FileNotFoundError, match="its students: default/evdit, default/mlcd"):
+            model_reference("default/evdt")
+    # a typo under a local folder fails at once, naming the close folder, before any Hub request
+    typo = str(tmp_path / "my_modle")
+    assert main(["generate", "--model", typo, "--prompt", "x", "--out", str(tmp_path / "a.gif")]) == 2
+    assert f"Did you mean '{tmp_path / 'my_model'}'" in capsys.readouterr().err

@@ -21,13 +21,65 @@ under ``torchrun --nproc-per-node N``, runs as one of its ranks); rank 0 prints 
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import os
+import re
 import time
 
 from ..kernels import KERNELS
 from ..video_io import video_format, write_video  # noqa: F401  (write_video: old import path)
 from . import positive_int
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # "name" or "owner/name"
+
+
+def model_reference(model: str | None) -> str:
+    """``--model`` as ``from_pretrained`` takes it: ``None`` or ``"default"`` is the shipped demo model and
+    ``"default/mlcd"`` / ``"default/evdit"`` its students, wherever the command runs; an existing folder or a Hub repo
+    id is returned as is. A missing path that cannot be a Hub id (absolute, ``./``, ``~``, more than one ``/``, or
+    under an existing local folder) is a ``FileNotFoundError`` naming the closest folders there, before any
+    download is tried.
+
+    Example:
+        >>> model_reference("THUDM/CogVideoX-5b")
+        'THUDM/CogVideoX-5b'
+        >>> os.path.basename(model_reference("default/evdit"))
+        'evdit'
+    """
+    from ..demo.loading import resolve_model
+    from ..demo.model import DEMO_MODEL_DIR
+    from ..students import is_delta_student
+
+    if model is None or model == "default":
+        return resolve_model(None)  # says how to get the weights where a checkout has none
+    if model.startswith("default/"):
+        model = os.path.join(resolve_model(None), model[len("default/"):])
+        if not os.path.isdir(model):
+            students = [f"default/{f}" for f in _folders(DEMO_MODEL_DIR)
+                        if is_delta_student(os.path.join(DEMO_MODEL_DIR, f))]
+            raise FileNotFoundError(f"the shipped demo model has no folder {model}; its students: "
+                                    f"{', '.join(students) or 'none'}.")
+        return model
+    if os.path.isdir(model):
+        return model
+    first = model.split("/")[0]
+    if _HUB_ID.match(model) and not os.path.isdir(first):
+        return model  # a Hub repo id
+    parent = os.path.dirname(os.path.abspath(os.path.expanduser(model)))
+    while not os.path.isdir(parent):
+        parent = os.path.dirname(parent)
+    close = difflib.get_close_matches(os.path.basename(model.rstrip("/")), _folders(parent), n=3)
+    typed_parent = os.path.dirname(model.rstrip("/")) if parent == os.path.dirname(os.path.abspath(model)) else parent
+    hint = f" Did you mean {' or '.join(repr(os.path.join(typed_parent, c)) for c in close)}?" if close else ""
+    where = "" if os.path.isabs(model) else f" (relative to {os.getcwd()})"
+    raise FileNotFoundError(f"no folder at {model!r}{where}.{hint} Pass a pipeline folder, a Hub repo id, or leave "
+                            "--model out for the shipped demo model.")
+
+
+def _folders(path: str) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
 def check_video_path(path: str) -> str:
@@ -190,6 +242,7 @@ def _cmd_generate(args) -> int:
     from ..progress import Progress, configure_pipeline_progress, progress_mode
 
     check_video_path(args.out)  # before loading anything
+    args.model = model_reference(args.model)
     if args.plan and args.dense:
         raise ValueError("--plan and --dense exclude each other.")
     rank = 0
@@ -322,7 +375,9 @@ def register(sub) -> None:
         "generate",
         help="text-to-video with an EfficientVDiT pipeline folder or repo, at the model's own defaults",
     )
-    gen.add_argument("--model", required=True, help="pipeline folder (save_pretrained) or Hub repo id")
+    gen.add_argument("--model", default=None,
+                     help="pipeline folder (save_pretrained) or Hub repo id (default: the shipped demo model; "
+                          "default/mlcd and default/evdit: its students)")
     gen.add_argument("--prompt", required=True)
     gen.add_argument("--negative-prompt", default=None)
     gen.add_argument("--plan", default=None, help="mask plan JSON for transformer (default: the folder's saved plan)")
