@@ -91,6 +91,42 @@ def test_shortened_demo_writes_rows_video_sheet_and_report(tmp_path):
     assert rep["files"]["video"] == "side_by_side.gif"
 
 
+def test_demo_times_the_rows_prompt_by_prompt_in_turn_and_flags_uneven_timings(tmp_path, monkeypatch):
+    import diffusers_evdit.demo.run as demo_run
+    from diffusers_evdit.demo.rows import DemoRow
+    from diffusers_evdit.demo.report import timing_notes
+
+    calls, real_generate = [], demo_run.generate_videos
+
+    def recording(pipe, captions, generation, seeds=None, **kwargs):
+        calls.append((captions[0], generation.num_inference_steps, pipe.mask_plan))
+        return real_generate(pipe, captions, generation, seeds, **kwargs)
+
+    monkeypatch.setattr(demo_run, "generate_videos", recording)
+    # two rows on the base pipeline (dense and uniform:1) take turns with their plans, a student row between them
+    rows = [DemoRow("Base", None, None, None, None), DemoRow("MLCD", "mlcd", 4, 1.0, None),
+            DemoRow("Base 1:F-1", None, None, None, "uniform:1")]
+    rep = demo_run.run_demo(tmp_path / "d", model="tiny", num_prompts=2, steps=2, rows=rows, progress=False,
+                            log=lambda s: None)
+    captions = rep["prompts"]
+    assert [(c, steps) for c, steps, _ in calls] == [(captions[0], 2), (captions[0], 4), (captions[0], 2),
+                                                     (captions[1], 2), (captions[1], 4), (captions[1], 2)]
+    assert [plan is None for *_, plan in calls] == [True, True, False] * 2
+    assert [p.layers for *_, p in calls if p is not None] == [[1, 1], [1, 1]]
+    for r in rep["rows"]:
+        per_call = r["timing"]["denoise_s_per_call"]
+        assert len(per_call) == 2 and r["denoise_seconds"] == pytest.approx(sum(per_call) / 2)
+    assert rep["rows"][2]["plan"]["sparsity"] > 0 and rep["rows"][0]["plan"]["sparsity"] == 0
+
+    steady = {"name": "A", "denoise_seconds": 1.0, "decode_seconds": 0.1, "seconds_per_video": 1.2,
+              "timing": {"denoise_s_per_call": [1.0, 1.2]}}
+    assert timing_notes([steady]) == []
+    uneven = dict(steady, timing={"denoise_s_per_call": [0.4, 2.0]})
+    assert "A's videos took 0.40-2.00 s" in timing_notes([uneven])[0]
+    tie = dict(steady, decode_seconds=1.05)  # decoding level with denoising is not "more than" it
+    assert timing_notes([tie]) == []
+
+
 def test_report_names_the_command_that_generates_with_each_row_folder():
     from diffusers_evdit.demo.report import markdown_report
 

@@ -131,8 +131,8 @@ def decode_latents(pipe, latents: torch.Tensor, batch_size: int | None = None) -
 
 def generate_videos(
     pipe, captions: Sequence[str], generation: GenerationConfig, seeds: Sequence[int] | None = None,
-    batch_size: int = 1, progress: bool = True, guidance_scale: float | None = None,
-) -> tuple[list[np.ndarray], dict]:
+    batch_size: int = 1, progress: bool = True, guidance_scale: float | None = None, decode: bool = True,
+) -> tuple[list, dict]:
     """Generate one ``uint8 (T, H, W, 3)`` video per caption (seed ``seeds[i]``, default ``i``).
 
     Sampling runs ``batch_size`` prompts per pipeline call; decoding (:func:`decode_latents`) batches across calls.
@@ -141,6 +141,10 @@ def generate_videos(
     ``forward_ms`` (median transformer forward), ``video_s`` (seconds per video: text encoding, sampling and
     decoding), ``decode_s`` (of which decoding), ``denoise_s`` (seconds per video in denoising steps: every
     transformer call and scheduler step, from the first call of a step to its step-end callback).
+
+    ``decode=False`` (a ``WanPipeline``, which this module decodes itself): return each video's output latents
+    (``[C, F, H, W]``) in place of the video, undecoded (``timing["latents"]`` is then true and ``decode_s`` is
+    ``None``); :func:`decode_latents` decodes them later, e.g. several calls' latents in one batch.
 
     Example:
         >>> from diffusers_evdit.demo import load_pipeline
@@ -181,14 +185,15 @@ def generate_videos(
         timer.close()
     t_dec = time.perf_counter()
     if own_decoding:
-        videos = decode_latents(pipe, torch.cat(latents))
+        videos = decode_latents(pipe, torch.cat(latents)) if decode else list(torch.cat(latents))
     end = time.perf_counter()
     timing = {
         "step_ms": None if not timer.step_times else 1e3 * _median(timer.step_times),
         "forward_ms": None if not timer.forward_times else 1e3 * _median(timer.forward_times),
         "video_s": (end - start) / max(1, len(captions)),
         "denoise_s": sum(timer.step_times) / max(1, len(captions)),
-        "decode_s": (end - t_dec) / max(1, len(captions)) if own_decoding else None,
+        "decode_s": (end - t_dec) / max(1, len(captions)) if own_decoding and decode else None,
+        "latents": own_decoding and not decode,
         "batch_size": batch_size,
         "steps": len(timer.step_times),
         "total_s": end - start,
@@ -198,6 +203,41 @@ def generate_videos(
                             "num_text_tokens": timer.layout.num_text_tokens,
                             "text_position": timer.layout.text_position}
     return videos, timing
+
+
+def merge_timings(timings: Sequence[dict]) -> dict:
+    """One timing dict (as :func:`generate_videos` returns) for videos timed in separate calls: per-video seconds
+    averaged over the calls (each weighted by its videos), step and forward times the median of the calls' medians,
+    counts summed; ``denoise_s_per_call`` keeps each call's seconds per video, for their spread.
+
+    Example:
+        >>> merged = merge_timings([{"denoise_s": 1.0, "video_s": 2.0, "decode_s": 0.5, "step_ms": 10.0,
+        ...                          "forward_ms": 4.0, "steps": 4, "total_s": 2.0, "batch_size": 1},
+        ...                         {"denoise_s": 3.0, "video_s": 4.0, "decode_s": 0.5, "step_ms": 30.0,
+        ...                          "forward_ms": 12.0, "steps": 4, "total_s": 4.0, "batch_size": 1}])
+        >>> merged["denoise_s"], merged["video_s"], merged["steps"], merged["denoise_s_per_call"]
+        (2.0, 3.0, 8, [1.0, 3.0])
+    """
+    if not timings:
+        raise ValueError("no timings to merge")
+    videos = [t["total_s"] / t["video_s"] if t["video_s"] else 1.0 for t in timings]
+    n = sum(videos)
+
+    def mean(key):
+        values = [t[key] for t in timings]
+        return None if any(v is None for v in values) else sum(v * w for v, w in zip(values, videos)) / n
+
+    def median(key):
+        values = [t[key] for t in timings if t[key] is not None]
+        return _median(values) if values else None
+
+    merged = {"step_ms": median("step_ms"), "forward_ms": median("forward_ms"), "video_s": mean("video_s"),
+              "denoise_s": mean("denoise_s"), "decode_s": mean("decode_s"), "batch_size": timings[0]["batch_size"],
+              "steps": sum(t["steps"] for t in timings), "total_s": sum(t["total_s"] for t in timings),
+              "denoise_s_per_call": [t["denoise_s"] for t in timings]}
+    if timings[0].get("layout"):
+        merged["layout"] = timings[0]["layout"]
+    return merged
 
 
 def warm_up(pipe, generation: GenerationConfig, decode: bool = False) -> None:

@@ -20,7 +20,8 @@ def fmt(value, spec: str = ".3f") -> str:
 
 
 def timing_notes(rows: list[dict]) -> list[str]:
-    """Sentences on the timings of ``rows`` (``evdit demo`` report rows): where VAE decoding dominates a row.
+    """Sentences on the timings of ``rows`` (``evdit demo`` report rows): where a row's videos took uneven times (the
+    machine's speed changed) and where VAE decoding dominates a row.
 
     Example:
         >>> row = {"name": "fast", "denoise_seconds": 0.2, "decode_seconds": 0.5, "seconds_per_video": 0.8}
@@ -28,9 +29,19 @@ def timing_notes(rows: list[dict]) -> list[str]:
         'fast: VAE decoding takes 0.50 s o'
     """
     notes = []
+    spread = {r["name"]: r.get("timing", {}).get("denoise_s_per_call") or [] for r in rows}
+    uneven = {name: (min(v), max(v)) for name, v in spread.items()
+              if len(v) > 1 and min(v) > 0 and max(v) > 1.5 * min(v)}
+    if uneven:
+        notes.append(
+            "the machine's speed changed during the run: "
+            + ", ".join(f"{name}'s videos took {lo:.2f}-{hi:.2f} s to denoise" for name, (lo, hi) in uneven.items())
+            + ". The rows ran prompt by prompt in turn, so each ratio compares rows of the same moments, but with so "
+            "few videos the speedups are rough; run again (more --prompts) on a quiet machine for steadier numbers."
+        )
     for r in rows:
         dec, den, total = r.get("decode_seconds"), r["denoise_seconds"], r["seconds_per_video"]
-        if dec is not None and den and dec > den:
+        if dec is not None and den and dec > 1.1 * den:  # clearly more, not a tie at the printed precision
             notes.append(
                 f"{r['name']}: VAE decoding takes {dec:.2f} s of its {total:.2f} s per video, more than denoising "
                 f"({den:.2f} s), so decoding dominates this row: its whole-video speedup (video_speedup) is bounded "

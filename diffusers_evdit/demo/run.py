@@ -7,9 +7,11 @@ import os
 import time
 from typing import Callable, Sequence
 
+import torch
+
 from ..data import eval_prompts, render
 from .evaluation import plan_summary, score_videos
-from .generation import generate_videos, warm_up
+from .generation import decode_latents, generate_videos, merge_timings, warm_up
 from .loading import load_pipeline, resolve_model
 from .model import GenerationConfig
 from .pictures import contact_sheet, labeled_video_grid, write_video
@@ -29,7 +31,8 @@ def run_demo(
 ) -> dict:
     """``evdit demo``: generate test prompts with each row (Base, MLCD, Efficient-vDiT), time, score, write.
 
-    Every row runs in this process on this machine, on the same prompts and seeds. Writes into ``out_dir``:
+    Every row runs in this process on this machine, on the same prompts and seeds, prompt by prompt with the rows in
+    turn (so that a change of the machine's speed reaches every row alike). Writes into ``out_dir``:
     ``side_by_side.gif`` (or ``.mp4``; rows = prompts, columns = real | one per row), ``contact_sheet.png``,
     ``report.md`` and ``report.json``. ``report["rows"]`` has, per row: ``name``, ``denoise_seconds`` (all
     transformer calls and scheduler steps of one video), ``seconds_per_video`` (with text encoding and VAE
@@ -81,7 +84,7 @@ def run_demo(
     real = [render(s, gen.num_frames, gen.height, gen.width) for _, s in pairs]
 
     warm_up(base_pipe, gen, decode=True)  # one-time set-up (kernels, allocator, VAE) counts for no row
-    results, missing, videos = [], [], {}
+    loaded, missing = [], []
     for row in rows:
         try:
             pipe = load_row(base_pipe, path, row, seed=seed)
@@ -90,16 +93,42 @@ def run_demo(
             missing.append({"name": row.name, "reason": str(err)})
             continue
         row_gen = row.generation(gen)
-        info = plan_summary(pipe, row_gen)
         log(f"{row.name}: {row_gen.num_inference_steps} steps, guidance {row_gen.guidance_scale}, "
-            f"attention sparsity {info['sparsity']:.1%}")
+            f"attention sparsity {plan_summary(pipe, row_gen)['sparsity']:.1%}")
         warm_up(pipe, row_gen)
-        vids, timing = generate_videos(pipe, captions, row_gen, seeds, progress=progress)
-        if timing.get("layout"):
-            info = plan_summary(pipe, row_gen, timing["layout"])
+        loaded.append((row, pipe, row_gen, pipe.mask_plan))
+    if not loaded:
+        raise DemoRowMissingError("no demo row could be loaded: " + "; ".join(m["reason"] for m in missing))
+    # Prompt by prompt, every row in turn: a change of the machine's speed during the run (a shared CPU's slow
+    # phase) then reaches every row alike instead of the rows that ran through it.
+    videos = {row.name: [] for row, *_ in loaded}
+    timings = {row.name: [] for row, *_ in loaded}
+    for caption, video_seed in zip(captions, seeds):
+        for row, pipe, row_gen, row_plan in loaded:
+            if pipe.mask_plan != row_plan:  # rows on the base pipeline take turns with their plans
+                pipe.set_mask_plan(row_plan)
+                warm_up(pipe, row_gen)
+            # decoded below, a row's videos in one batch (the VAE decodes two videos a call faster per video)
+            outputs, timing = generate_videos(pipe, [caption], row_gen, [video_seed], progress=progress, decode=False)
+            videos[row.name] += outputs
+            timings[row.name].append(timing)
+    decode_s = {}
+    for row, pipe, *_ in loaded:
+        if timings[row.name][0]["latents"]:
+            start = time.perf_counter()
+            videos[row.name] = decode_latents(pipe, torch.stack(videos[row.name]))
+            decode_s[row.name] = (time.perf_counter() - start) / len(captions)
+    results = []
+    for row, pipe, row_gen, row_plan in loaded:
+        if pipe.mask_plan != row_plan:
+            pipe.set_mask_plan(row_plan)  # the row's own plan for its summary
+        timing = merge_timings(timings[row.name])
+        if row.name in decode_s:
+            timing["decode_s"] = decode_s[row.name]
+            timing["video_s"] += decode_s[row.name]
+        info = plan_summary(pipe, row_gen, timing["layout"]) if timing.get("layout") else plan_summary(pipe, row_gen)
         info["spec"] = row.plan or "dense"
-        summary, per_video = score_videos(vids, captions, real=real)
-        videos[row.name] = vids
+        summary, per_video = score_videos(videos[row.name], captions, real=real)
         results.append({
             "name": row.name, "folder": pipe.config.get("_name_or_path") if row.folder else path,
             "steps": row_gen.num_inference_steps, "guidance_scale": row_gen.guidance_scale, "plan": info,
@@ -107,10 +136,7 @@ def run_demo(
             "decode_seconds": timing["decode_s"], "final_score": summary["final_score"], "metrics": summary,
             "timing": timing, "per_video": per_video,
         })
-        if pipe is base_pipe:
-            base_pipe.set_mask_plan(None)
-    if not results:
-        raise DemoRowMissingError("no demo row could be loaded: " + "; ".join(m["reason"] for m in missing))
+    base_pipe.set_mask_plan(None)
     ref = results[0]
     for r in results:
         r["wallclock_speedup"] = _ratio(ref["denoise_seconds"], r["denoise_seconds"])
@@ -157,5 +183,6 @@ def run_demo(
             f"final score {r['final_score']:.3f}")
     for note in report["notes"]:
         log(f"note: {note}")
-    log(f"wrote {out_dir}/{{{video_name}, contact_sheet.png, report.md, report.json}} in {report['total_s']:.1f} s")
+    written = os.path.join(out_dir, f"{{{video_name}, contact_sheet.png, report.md, report.json}}")
+    log(f"wrote {written} in {report['total_s']:.1f} s")
     return report
