@@ -17,7 +17,7 @@ from .processors.install import STATE_ATTR, attention_modules_with_processors, i
 PLAN_VERSION = 1
 
 
-@dataclass
+@dataclass(repr=False)
 class MaskPlan:
     """Per-layer Attention Tile plan: ``layers[i]`` is the number of reference frames ``k`` of layer ``i``, or
     ``None`` for a dense layer. Layers are the transformer's video self-attentions in execution order
@@ -65,6 +65,15 @@ class MaskPlan:
     @property
     def num_layers(self) -> int:
         return len(self.layers)
+
+    def __repr__(self) -> str:
+        """Layers and model class in full; the metadata (search losses, training configs) by its keys only.
+
+        Example:
+            >>> MaskPlan([2, None], metadata={"threshold": 0.05, "trial_losses": {"0": {"2": 0.01}}})
+            MaskPlan(layers=[2, None], model_class=None, metadata keys=['threshold', 'trial_losses'])
+        """
+        return f"MaskPlan(layers={self.layers}, model_class={self.model_class!r}, metadata keys={list(self.metadata)})"
 
     def describe(self, num_frames: int) -> list[str]:
         """The paper's name (``"k:F-k"`` or ``"dense"``) of every layer for ``num_frames`` latent frames."""

@@ -363,7 +363,10 @@ def _cmd_generate(args) -> int:
     if rank == 0:
         path = write_video(frames, args.out, fps=fps)
         width, height = frames[0].size
-        print(f"wrote {path} ({len(frames)} frames of {width}x{height}, {fps} fps)", flush=True)
+        asked = settings.get("num_frames")
+        rounded = f"; {type(pipe).__name__} made {len(frames)} of the {asked} frames asked for (the frame counts its " \
+                  "VAE takes)" if asked and asked != len(frames) else ""
+        print(f"wrote {path} ({len(frames)} frames of {width}x{height}, {fps} fps{rounded})", flush=True)
     if args.cp > 1:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()

@@ -169,6 +169,11 @@ def run_demo(
                   "report_json": "report.json"},
     }
     report["notes"] = timing_notes(results)
+    if len(captions) < 64:
+        report["notes"].append(
+            f"final scores over {len(captions)} test prompt{'s' if len(captions) > 1 else ''}, one seed each: too few "
+            "to rank the rows or to set beside BENCHMARKS.md's quality tables (64 test prompts x 3 seeds); --prompts "
+            "64 gives a steadier look.")
     if path == "tiny":
         report["notes"].insert(0, "random-weight tiny pipeline and random stand-in students: checks the plumbing "
                                   "only; the scores and speedups say nothing about the method.")
