@@ -37,7 +37,7 @@ def test_mlcd_then_kd_in_bf16_mixed_precision(teacher, device, tmp_path, monkeyp
     assert kd["task_loss"] == "mlcd" and len(kd["losses"]) == 2
     assert all(math.isfinite(row["loss"]) and row["feature_loss"] > 0 for row in kd["losses"])
 
-    student = EfficientVDiTPipeline.from_pretrained(tmp_path / "kd", torch_dtype=torch.bfloat16).to(device)
+    student = EfficientVDiTPipeline.from_pretrained(tmp_path / "kd", dtype=torch.bfloat16).to(device)
     assert student.scheduler.mlcd_num_steps == 2 and set(student.mask_plan.layers) == {1}
     kw = tiny_pipeline_inputs(student, num_frames=9)
     kw.pop("num_inference_steps")  # the student's own S steps
