@@ -107,7 +107,8 @@ def _cmd_eval(args) -> int:
 
 def register(sub) -> None:
     ev = sub.add_parser("eval", help="analytic metrics (colour, object, motion, ...) on held-out prompts, as JSON")
-    ev.add_argument("--model", default=None, help="pipeline folder (default: the shipped demo model), or 'tiny'")
+    ev.add_argument("--model", default=None, help="pipeline folder (default: the shipped demo model; default/mlcd and "
+                                                  "default/evdit: its students), or 'tiny'")
     ev.add_argument("--plan", default=None,
                     help="uniform:K, a plan JSON file, or 'saved' (the folder's mask_plan.json); default: dense")
     ev.add_argument("--steps", type=positive_int, default=None, help="denoising steps (default: the model's)")

@@ -49,19 +49,9 @@ def model_reference(model: str | None) -> str:
         'evdit'
     """
     from ..demo.loading import resolve_model
-    from ..demo.model import DEMO_MODEL_DIR
-    from ..students import is_delta_student
 
-    if model is None or model == "default":
-        return resolve_model(None)  # says how to get the weights where a checkout has none
-    if model.startswith("default/"):
-        model = os.path.join(resolve_model(None), model[len("default/"):])
-        if not os.path.isdir(model):
-            students = [f"default/{f}" for f in _folders(DEMO_MODEL_DIR)
-                        if is_delta_student(os.path.join(DEMO_MODEL_DIR, f))]
-            raise FileNotFoundError(f"the shipped demo model has no folder {model}; its students: "
-                                    f"{', '.join(students) or 'none'}.")
-        return model
+    if model is None or model == "default" or model.startswith("default/"):
+        return resolve_model(model)  # says how to get the weights where a checkout has none
     if os.path.isdir(model):
         return model
     first = model.split("/")[0]

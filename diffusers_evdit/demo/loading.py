@@ -28,7 +28,8 @@ def _missing_model_message(path: str) -> str:
 
 
 def resolve_model(model: str | os.PathLike | None = None) -> str:
-    """The pipeline folder to load: ``None`` / ``"default"`` means the shipped :data:`DEMO_MODEL_DIR`.
+    """The pipeline folder to load: ``None`` / ``"default"`` means the shipped :data:`DEMO_MODEL_DIR`, and
+    ``"default/mlcd"`` / ``"default/evdit"`` its students (wherever the command runs).
 
     ``"tiny"`` is returned as is. Raises :class:`DemoModelMissingError` (a ``FileNotFoundError``) with the way out
     when the shipped model has not been trained yet, ``FileNotFoundError`` for a missing folder.
@@ -45,6 +46,13 @@ def resolve_model(model: str | os.PathLike | None = None) -> str:
     model = os.fspath(model)
     if model == "tiny":
         return model
+    if model.startswith("default/"):
+        model = os.path.join(resolve_model(None), model[len("default/"):])
+        if not os.path.isdir(model):
+            students = [f"default/{e.name}" for e in sorted(os.scandir(DEMO_MODEL_DIR), key=lambda e: e.name)
+                        if e.is_dir() and is_delta_student(e.path)]
+            raise FileNotFoundError(f"the shipped demo model has no folder {model}; its students: "
+                                    f"{', '.join(students) or 'none'}.")
     if not os.path.isdir(model):
         raise FileNotFoundError(f"{model} is not a folder; pass a pipeline folder (save_pretrained) or 'tiny'.")
     if not os.path.isfile(os.path.join(model, "model_index.json")) and not is_delta_student(model):
