@@ -442,12 +442,22 @@ def main(argv=None) -> dict:
         final_schedule = schedules[final_segments]
         inference_scheduler = final_schedule.inference_scheduler(teacher_scheduler)
         generation = generation_settings()
+        # Saved before the evaluation, which can outlast the budget's reserve (on a CPU): a run stopped then still
+        # leaves its student. With LoRA the evaluation comes first: saving fuses the adapter into the weights whose
+        # adapter-free view is the teacher of the evaluation's Teacher and Base rows.
+        save_first = not args.use_lora
+        provenance = run_record(final_segments, train_s, stopped_by_time)
+        if save_first:
+            save_student(output_dir, final_segments, inference_scheduler, provenance)
+            logger.info("Saved the %d-step pipeline to %s", final_segments, output_dir)
         if args.eval_prompts:
+            logger.info("Evaluating the student, the teacher at %d steps and at %d steps on %d held-out prompts",
+                        final_segments, base_steps, args.eval_prompts)
             summary["eval"] = evaluate(args, pipe, unwrapped, student_weights, teacher_transformer,
                                        inference_scheduler, teacher_scheduler, final_segments, base_steps,
                                        guidance, generation, output_dir)
-        provenance = run_record(final_segments, train_s, stopped_by_time)
-        save_student(output_dir, final_segments, inference_scheduler, provenance)
+        if not save_first:
+            save_student(output_dir, final_segments, inference_scheduler, provenance)
         append_model_card(output_dir, provenance, summary.get("eval"))
         logger.info("Saved the %d-step pipeline to %s (%.1f s in total)", final_segments, output_dir,
                     time.time() - t_start)

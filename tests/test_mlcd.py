@@ -420,9 +420,25 @@ def test_train_script_resume_is_exact_and_the_folder_samples_in_s_steps(tmp_path
     calls = []
     pipe.transformer.register_forward_hook(lambda *args: calls.append(1))
     kw = tiny_pipeline_inputs(pipe)
-    kw.pop("num_inference_steps")  # the pipeline's default (50) must give S = 2 steps
+    kw["num_inference_steps"] = 50  # any step count asked for gives S = 2 steps
     pipe(**kw, guidance_scale=1.0)
     assert len(calls) == 2
+
+
+def test_train_script_saves_the_student_before_the_evaluation(tmp_path, monkeypatch):
+    """An evaluation that outlasts the budget's reserve (a CPU run) and is stopped leaves the trained student."""
+    script = import_script("train_mlcd")
+
+    def stopped(*args, **kwargs):
+        assert (tmp_path / "out" / "model_index.json").is_file() and (tmp_path / "out" / "mlcd_config.json").is_file()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "evaluate", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_script(["--teacher", "tiny:wan", *TINY_ARGS, "--num_segments", 2, "--max_train_steps", 1,
+                    "--output_dir", tmp_path / "out", "--checkpointing_steps", 0, "--validation_steps", 0,
+                    "--no_final_validation", "--eval_prompts", 2])
+    assert EfficientVDiTPipeline.from_pretrained(tmp_path / "out").scheduler.mlcd_num_steps == 2
 
 
 def test_train_script_snapshot_is_the_shorter_run_and_leaves_training_unchanged(tmp_path):
