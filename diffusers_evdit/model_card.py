@@ -83,7 +83,7 @@ def mask_plan_model_card(
     if pipeline_class:
         lines += [
             f"`DiffusionPipeline.from_pretrained` loads the same folder as a stock `{pipeline_class}` (dense "
-            "attention, no plan).",
+            "attention, no plan; a few-step MLCD scheduler needs `import diffusers_evdit` first).",
             "",
         ]
     if scheduler_class:

@@ -28,8 +28,8 @@ checkpoints (``--checkpointing_steps``, ``--checkpoints_total_limit``, ``--resum
 Examples::
 
     # MLCD model -> sparse student with a searched plan, one GPU, ~1 minute
-    evdit search --model runs/mlcd-s8 --device cuda --threshold 0.1 --out plan.json
-    python examples/train_kd.py --teacher runs/mlcd-s8 --plan plan.json --output_dir runs/kd-r0.1 \\
+    evdit search --model runs/mlcd-s8 --device cuda --threshold 0.005 --out plan.json
+    python examples/train_kd.py --teacher runs/mlcd-s8 --plan plan.json --output_dir runs/kd-r0.005 \\
         --train_batch_size 8 --learning_rate 1e-4 --max_train_steps 100000 --max_minutes 1 --allow_tf32
 
     # base model, uniform 2:6 plan, LoRA, bf16, two GPUs, resumable

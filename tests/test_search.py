@@ -260,6 +260,23 @@ def test_estimate_search_cost_counts():
     assert cost["trial_layer_forwards"] == 2 and cost["trial_s"] > 0 and cost["dense_forward_s"] > 0
 
 
+def test_search_cli_weighs_a_few_step_students_own_timesteps(tmp_path, capsys):
+    from diffusers_evdit import EfficientVDiTPipeline
+    from diffusers_evdit.schedulers import mlcd_scheduler_from
+    from diffusers_evdit.tiny import tiny_pipeline
+
+    pipe = EfficientVDiTPipeline.from_pipe(tiny_pipeline("wan"))
+    pipe.scheduler = mlcd_scheduler_from(pipe.scheduler, [999.0, 700.0, 350.0], sigmas=[1.0, 0.7, 0.35])
+    pipe.save_pretrained(tmp_path / "student")
+    common = ["search", "--model", str(tmp_path / "student"), "--threshold", "0.05", "--no-chart", "--no-progress",
+              "--latent", "4,4,4", "--text-tokens", "7"]
+    assert main([*common, "--out", str(tmp_path / "own.json")]) == 0
+    assert MaskPlan.load(tmp_path / "own.json").metadata["timesteps"] == [999, 700, 350]
+    assert "the few-step student's own" in capsys.readouterr().out
+    assert main([*common, "--out", str(tmp_path / "drawn.json"), "--num-timesteps", "2"]) == 0  # asked: drawn
+    assert MaskPlan.load(tmp_path / "drawn.json").metadata["timesteps"] == sample_timesteps(2, 0)
+
+
 def test_search_cli_and_chart(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out = tmp_path / "plan.json"

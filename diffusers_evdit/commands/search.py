@@ -33,6 +33,7 @@ def _load_runtimes(path: str):
 
 def _cmd_search(args) -> int:
     from ..search import budget_search, estimate_search_cost, greedy_search, plot_plan, sample_timesteps
+    from ..search.options import student_timesteps
 
     modes = [args.threshold is not None, args.target_speedup is not None, args.budget_ms is not None]
     if not args.estimate_cost and sum(modes) != 1:
@@ -42,7 +43,10 @@ def _cmd_search(args) -> int:
     if not args.estimate_cost and not args.out:
         raise ValueError("--out is required (the plan JSON to write).")
     transformer, device, dtype = load_model(args)
-    timesteps = sample_timesteps(args.num_timesteps, args.seed)
+    own = student_timesteps(args.model) if args.num_timesteps is None else None
+    timesteps = own or sample_timesteps(args.num_timesteps or 4, args.seed)
+    if own and not args.quiet:
+        print(f"timesteps {own}: the few-step student's own (its scheduler); --num-timesteps M draws M instead")
     inputs = make_inputs(args, transformer, timesteps, [args.seed])
     masks = int_list(args.masks) if args.masks else None
     progress = progress_mode(args.quiet or args.no_progress) == "bar"  # the search's tqdm bar: terminals only
@@ -109,7 +113,9 @@ def register(sub) -> None:
     p = sub.add_parser("search", help="per-layer mask plan: greedy threshold search or latency-budget search")
     add_model_arguments(p)
     mode = p.add_argument_group("search (one of)")
-    mode.add_argument("--threshold", type=float, default=None, help="greedy search: max loss r per layer (> 0)")
+    mode.add_argument("--threshold", type=float, default=None,
+                      help="greedy search: max loss r per layer (> 0), the mean squared error against the dense "
+                           "output in the output's own units, not a fraction (the shipped demo plan: 0.005)")
     mode.add_argument("--target-speedup", type=float, default=None, help="budget search: attention speedup target")
     mode.add_argument("--budget-ms", type=float, default=None, help="budget search: summed attention time budget")
     mode.add_argument("--estimate-cost", action="store_true",
@@ -117,7 +123,8 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="plan JSON to write")
     p.add_argument("--chart", default=None, help="bar chart PNG (default: --out with .png)")
     p.add_argument("--no-chart", action="store_true", help="do not draw the chart (no matplotlib needed)")
-    p.add_argument("--num-timesteps", type=positive_int, default=4, help="m timesteps drawn uniformly (default 4)")
+    p.add_argument("--num-timesteps", type=positive_int, default=None,
+                   help="m timesteps drawn uniformly (default: a few-step MLCD student folder's own timesteps, else 4)")
     p.add_argument("--masks", default=None, help="comma-separated k values to try (default F-2..1)")
     p.add_argument("--loss", choices=("output", "layer"), default="output",
                    help="MSE of the final output (default) or of the layer's block output")

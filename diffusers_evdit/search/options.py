@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 import torch
 
 from ..masks import check_k
@@ -10,6 +13,31 @@ from ..processors import family_for
 LOSSES = ("output", "layer")
 REDUCTIONS = ("max", "mean")
 SOLVERS = ("lagrangian", "exact")
+
+
+def student_timesteps(folder: str) -> list[int] | None:
+    """The timesteps a few-step MLCD student samples at (``mlcd_timesteps`` of its folder's saved scheduler), the
+    ones a search of its plan should weigh; ``None`` for anything else (a Hub id, a stock scheduler, no folder).
+
+    Example:
+        >>> import tempfile
+        >>> from diffusers import FlowMatchEulerDiscreteScheduler
+        >>> from diffusers_evdit.schedulers import mlcd_scheduler_from
+        >>> folder = tempfile.mkdtemp()
+        >>> student = mlcd_scheduler_from(FlowMatchEulerDiscreteScheduler(), [999.0, 600.0], sigmas=[1.0, 0.6])
+        >>> student.save_pretrained(os.path.join(folder, "scheduler"))
+        >>> student_timesteps(folder), student_timesteps(tempfile.mkdtemp())
+        ([999, 600], None)
+    """
+    path = os.path.join(os.fspath(folder), "scheduler", "scheduler_config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    steps = config.get("mlcd_timesteps")
+    if not steps or not config.get("use_mlcd_steps", True):
+        return None
+    return [int(round(float(t))) for t in steps]
 
 
 def sample_timesteps(m: int, seed: int = 0, num_train_timesteps: int = 1000) -> list[int]:
