@@ -70,6 +70,7 @@ from diffusers_evdit.distill.training import (
     load_pipeline,
     prepare_optimisation,
     read_folder_json,
+    script_parser,
     setup_accelerator,
     start_logging,
 )
@@ -85,7 +86,7 @@ MLCD_CONFIG = "mlcd_config.json"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     g = p.add_argument_group("teacher, student and loss")
     g.add_argument("--teacher", default=None,
                    help="dense teacher pipeline: a folder of a pipeline distillation drives (README, Limitations; "

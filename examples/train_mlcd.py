@@ -42,10 +42,10 @@ Examples::
     # CPU only (the demo model on 2 cores): --cache_latents runs the VAE once per clip (512 clips), then a step
     # costs only the transformer calls; S = 4 then starts from the S = 8 student (progressive, across runs) at a lower
     # learning rate (on the demo model: 3e-5 reached 0.814 against the teacher's 0.823, 1e-4 plateaued at 0.76-0.77)
-    python examples/train_mlcd.py --teacher diffusers_evdit/demo_model --output_dir runs/mlcd-s8 --num_segments 8 \
-        --teacher_steps 48 --train_batch_size 8 --learning_rate 1e-4 --mixed_precision no --cache_latents \
+    python examples/train_mlcd.py --teacher diffusers_evdit/demo_model --output_dir runs/mlcd-s8 --num_segments 8 \\
+        --teacher_steps 48 --train_batch_size 8 --learning_rate 1e-4 --mixed_precision no --cache_latents \\
         --synthetic_num_samples 512 --max_train_steps 100000 --max_minutes 55 --validation_steps 0
-    python examples/train_mlcd.py ... --output_dir runs/mlcd-s4 --num_segments 4 --init_student runs/mlcd-s8 \
+    python examples/train_mlcd.py ... --output_dir runs/mlcd-s4 --num_segments 4 --init_student runs/mlcd-s8 \\
         --learning_rate 3e-5
 
     # the committed table (benchmarks/results/mlcd.json): students vs the teacher at its default and at S steps
@@ -91,6 +91,7 @@ from diffusers_evdit.distill.training import (
     load_pipeline,
     prepare_optimisation,
     read_folder_json,
+    script_parser,
     setup_accelerator,
     start_logging,
 )
@@ -103,7 +104,7 @@ logger = logging.getLogger("train_mlcd")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     g = p.add_argument_group("teacher and distillation")
     g.add_argument("--teacher", required=True,
                    help="teacher pipeline: a folder (or Hub id) of a pipeline distillation drives (README, "
@@ -545,8 +546,8 @@ def evaluate(args, pipe, unwrapped, student_weights, teacher_transformer, schedu
         row = {"name": name, "steps": steps, "guidance_scale": guidance_scale,
                **{k: res.get(k) for k in EVAL_KEYS}, "num_videos": res.get("num_videos"),
                "step_ms": res.get("timing", {}).get("step_ms"), "eval_seconds": round(time.time() - t0, 1)}
-        logger.info("eval %-8s steps %3d final_score %.4f frechet %s", name, steps, row["final_score"],
-                    row["frechet"])
+        frechet = "n/a" if row["frechet"] is None else f"{row['frechet']:.4f}"
+        logger.info("eval %-8s steps %3d final_score %.4f frechet %s", name, steps, row["final_score"], frechet)
         return row
 
     unwrapped.eval()

@@ -51,6 +51,38 @@ TINY_HUNYUAN_TEMPLATE = {"template": "{}", "crop_start": 0}
 # --------------------------------------------------------------------------------------------------------- args
 
 
+class TrainingHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """``--help`` of the training scripts: the docstring's line breaks kept in the description and the epilog (the
+    example commands stay copyable), flag help wrapped, and every flag that has a default shows it.
+
+    Example:
+        >>> p = argparse.ArgumentParser(prog="train", formatter_class=TrainingHelpFormatter)
+        >>> _ = p.add_argument("--learning_rate", type=float, default=5e-5, help="peak learning rate")
+        >>> "peak learning rate (default: 5e-05)" in p.format_help()
+        True
+    """
+
+    def add_argument(self, action):
+        if action.help is None and action.option_strings and action.default not in (None, False, "",
+                                                                                   argparse.SUPPRESS):
+            action.help = "(default: %(default)s)"  # argparse prints nothing for a flag without help
+        super().add_argument(action)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        shown = action.default not in (None, False, "", argparse.SUPPRESS) and "default" not in text.lower()
+        if action.option_strings and shown:  # help that already names its default keeps its own words
+            text += " (default: %(default)s)"
+        return text
+
+
+def script_parser(doc: str) -> argparse.ArgumentParser:
+    """A training script's parser: ``doc``'s first paragraph as the description, the rest (settings and example
+    commands) after the flags, defaults shown."""
+    head, _, rest = doc.partition("\n\n")
+    return argparse.ArgumentParser(description=head, epilog=rest or None, formatter_class=TrainingHelpFormatter)
+
+
 def add_lora_args(p: argparse.ArgumentParser, use_lora: str) -> None:
     """The LoRA options shared by the distillation examples (``use_lora``: what the flag trains, per script)."""
     g = p.add_argument_group("LoRA")
