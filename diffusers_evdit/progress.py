@@ -36,6 +36,21 @@ def progress_mode(quiet: bool = False, stream: TextIO | None = None) -> str:
     return "bar" if isatty is not None and isatty() else "log"
 
 
+def as_mode(progress: bool | str) -> str:
+    """A library function's ``progress`` argument as a :class:`Progress` mode: ``True`` a bar, ``False`` nothing,
+    or a mode name (``"bar"``, ``"log"``, ``"off"``) as :func:`progress_mode` gives for the command's stream.
+
+    Example:
+        >>> as_mode(True), as_mode(False), as_mode("log")
+        ('bar', 'off', 'log')
+    """
+    if isinstance(progress, str):
+        if progress not in MODES:
+            raise ValueError(f"progress must be True, False or one of {MODES}, got {progress!r}")
+        return progress
+    return "bar" if progress else "off"
+
+
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
     if seconds < 60:

@@ -59,6 +59,7 @@ from diffusers_evdit.distill.kd import TRAINABLE_KERNELS
 from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
     TINY_PREFIX,
+    StepLog,
     ValidationVideos,
     add_data_args,
     add_lora_adapter,
@@ -372,6 +373,7 @@ def main(argv=None) -> dict:
     stopped_by_time = False
     data_iter = iter(loader)
     train_start = time.time()
+    step_log = StepLog(args.max_train_steps, global_step, train_start)
 
     def reserve_s() -> float:
         if args.time_reserve_s is not None:
@@ -444,10 +446,13 @@ def main(argv=None) -> dict:
             with open(loss_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             accelerator.log({k: v for k, v in row.items() if isinstance(v, float)}, step=global_step)
-            if global_step == 1 or global_step % 10 == 0:
-                logger.info("step %d loss %.5f (features %.5f, task %s) (%.1f s)", global_step, row["loss"],
-                            row["feature_loss"], "n/a" if row["task_loss"] is None else f"{row['task_loss']:.5f}",
-                            row["elapsed_s"])
+            now = time.time()
+            if step_log.due(global_step, now):
+                left = None if budget_s is None else budget_s - reserve_s() - (now - t_start)
+                logger.info("step %d/%d loss %.5f (features %.5f, task %s) (%.1f s, %s)", global_step,
+                            args.max_train_steps, row["loss"], row["feature_loss"],
+                            "n/a" if row["task_loss"] is None else f"{row['task_loss']:.5f}", row["elapsed_s"],
+                            step_log.eta(global_step, now, left))
         stop = torch.tensor(0.0, device=device)
         if budget_s is not None and time.time() - t_start > budget_s - reserve_s():
             stop += 1

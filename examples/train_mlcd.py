@@ -80,6 +80,7 @@ from diffusers_evdit.distill.common import call_default
 from diffusers_evdit.distill.training import (
     TINY_HUNYUAN_TEMPLATE,
     TINY_PREFIX,
+    StepLog,
     ValidationVideos,
     add_data_args,
     add_lora_adapter,
@@ -318,6 +319,7 @@ def main(argv=None) -> dict:
     stopped_by_time = False
     data_iter = iter(loader)
     train_start = time.time()
+    step_log = StepLog(args.max_train_steps, global_step, train_start)
 
     def current_segments() -> int:
         progress = global_step / args.max_train_steps
@@ -404,8 +406,11 @@ def main(argv=None) -> dict:
             with open(loss_log, "a", encoding="utf-8") as f:
                 f.write(json.dumps(row) + "\n")
             accelerator.log({"loss": step_loss, "lr": row["lr"], "num_segments": num_segments}, step=global_step)
-            if global_step == 1 or global_step % 10 == 0:
-                logger.info("step %d loss %.5f S=%d (%.1f s)", global_step, step_loss, num_segments, row["elapsed_s"])
+            now = time.time()
+            if step_log.due(global_step, now):
+                left = None if budget_s is None else budget_s - reserve_s() - (now - t_start)
+                logger.info("step %d/%d loss %.5f S=%d (%.1f s, %s)", global_step, args.max_train_steps, step_loss,
+                            num_segments, row["elapsed_s"], step_log.eta(global_step, now, left))
 
         stop = torch.tensor(0.0, device=device)
         if budget_s is not None and time.time() - t_start > budget_s - reserve_s():

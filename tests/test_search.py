@@ -123,6 +123,18 @@ def test_greedy_is_deterministic_under_seed_and_restores_plan():
     assert get_mask_plan(t).layers == [2, 1]
 
 
+def test_search_progress_in_log_mode_prints_lines_and_the_same_plan(capsys):
+    # a command whose stderr is a log file gets lines (a tqdm bar would be one long \r line there)
+    t = tiny_transformer("wan", num_layers=2)
+    quiet = greedy_search(t, _inputs(t, seed=5), threshold=3e-6, progress=False)
+    assert capsys.readouterr().err == ""
+    logged = greedy_search(t, _inputs(t, seed=5), threshold=3e-6, progress="log")
+    assert logged.layers == quiet.layers
+    assert "greedy mask search: " in capsys.readouterr().err
+    with pytest.raises(ValueError, match="progress must be"):
+        greedy_search(t, _inputs(t, seed=5), threshold=3e-6, progress="lines")
+
+
 def test_greedy_interrupt_returns_partial_plan():
     t = tiny_transformer("cogvideox", num_layers=3)
     x = tiny_inputs(t)

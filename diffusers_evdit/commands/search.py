@@ -49,7 +49,7 @@ def _cmd_search(args) -> int:
         print(f"timesteps {own}: the few-step student's own (its scheduler); --num-timesteps M draws M instead")
     inputs = make_inputs(args, transformer, timesteps, [args.seed])
     masks = int_list(args.masks) if args.masks else None
-    progress = progress_mode(args.quiet or args.no_progress) == "bar"  # the search's tqdm bar: terminals only
+    progress = progress_mode(args.quiet or args.no_progress)  # a bar on a terminal, a line every few seconds in a log
 
     if args.estimate_cost:
         cost = estimate_search_cost(transformer, inputs, masks=masks, loss=args.loss, layer=args.cost_layer,

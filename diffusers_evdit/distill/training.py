@@ -83,6 +83,41 @@ def script_parser(doc: str) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(description=head, epilog=rest or None, formatter_class=TrainingHelpFormatter)
 
 
+class StepLog:
+    """Which training steps get a log line, and the time left: the first step, every ``every``-th, and any step
+    ``seconds`` or more after the last line (slow CPU steps would otherwise leave minutes silent); the estimate runs
+    to ``max_steps`` at this run's pace, or to the end of the training budget where that comes first.
+
+    Example:
+        >>> log = StepLog(max_steps=100, first_step=0, start=0.0)
+        >>> [s for s in range(1, 31) if log.due(s, now=float(s))]  # 1 s a step: the first, then every 10th
+        [1, 10, 20, 30]
+        >>> log.eta(30, now=30.0), log.eta(30, now=30.0, budget_left_s=12.0)
+        ('ETA 1m10s', 'ETA 12s')
+    """
+
+    def __init__(self, max_steps: int, first_step: int, start: float, every: int = 10, seconds: float = 10.0):
+        self.max_steps, self.first_step, self.start = max_steps, first_step, start
+        self.every, self.seconds, self.last = every, seconds, None
+
+    def due(self, step: int, now: float) -> bool:
+        due = (step == self.first_step + 1 or step % self.every == 0 or self.last is None
+               or now - self.last >= self.seconds)
+        if due:
+            self.last = now
+        return due
+
+    def eta(self, step: int, now: float, budget_left_s: float | None = None) -> str:
+        done = step - self.first_step
+        if done <= 0:
+            return "ETA n/a"
+        left = (self.max_steps - step) * (now - self.start) / done
+        if budget_left_s is not None:
+            left = min(left, max(budget_left_s, 0.0))
+        minutes, seconds = divmod(int(round(left)), 60)
+        return f"ETA {minutes}m{seconds:02d}s" if minutes else f"ETA {seconds}s"
+
+
 def add_lora_args(p: argparse.ArgumentParser, use_lora: str) -> None:
     """The LoRA options shared by the distillation examples (``use_lora``: what the flag trains, per script)."""
     g = p.add_argument_group("LoRA")

@@ -48,7 +48,7 @@ def mask_loss_table(
     reduce: str = "max",
     kernel: str = "auto",
     prefix_cache: bool = True,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> LossTable:
     """Measure the loss of every mask on every layer (one layer sparse at a time), reduced over the inputs by
     ``"max"`` (as Algorithm 1) or ``"mean"``. Interrupting raises ``KeyboardInterrupt`` (no partial table).
@@ -60,7 +60,7 @@ def mask_loss_table(
         >>> len(table.losses), len(table.losses[0])
         (2, 2)
     """
-    from tqdm.auto import tqdm
+    from ..progress import Progress, as_mode
 
     check_choice(loss, LOSSES, "loss")
     check_choice(reduce, REDUCTIONS, "reduction")
@@ -70,7 +70,7 @@ def mask_loss_table(
     with torch.no_grad(), instrument(transformer, None, kernel) as processors:
         engine = TrialEngine(transformer, inputs, processors, loss, prefix_cache)
         engine.start()
-        with tqdm(total=len(processors) * len(masks), desc="mask losses", disable=not progress) as bar:
+        with Progress(len(processors) * len(masks), "mask losses", unit="trial", mode=as_mode(progress)) as bar:
             for layer in range(len(processors)):
                 engine.enter_layer(layer)
                 row = []
@@ -95,7 +95,7 @@ def budget_search(
     fixed_runtime_s: float = 0.0,
     kernel: str = "auto",
     prefix_cache: bool = True,
-    progress: bool = True,
+    progress: bool | str = True,
     iterations: int = 300,
     bins: int | None = None,
     loss_table: LossTable | None = None,

@@ -26,7 +26,7 @@ def greedy_search(
     layers: list[int] | None = None,
     kernel: str = "auto",
     prefix_cache: bool = True,
-    progress: bool = True,
+    progress: bool | str = True,
     on_trial: Callable[[int, int, float], None] | None = None,
     runtimes: list[dict] | dict | None = None,
 ) -> MaskPlan:
@@ -41,7 +41,8 @@ def greedy_search(
         layers: layers to search (default all); the others stay dense.
         kernel: tile kernel for the sparse trials (all kernels are exact; this only changes speed).
         prefix_cache: run only blocks ``l..L-1`` per trial on cached dense inputs (``False``: full forwards).
-        progress: tqdm progress bar over trials.
+        progress: a progress bar over trials (``True``), nothing (``False``), or a mode of
+            :func:`~diffusers_evdit.progress.as_mode` (``"log"``: a line every few seconds, for log files).
         on_trial: called as ``on_trial(layer, k, max_loss)`` after every trial.
         runtimes: optional per-mask runtimes (as from :func:`measure_mask_runtimes`) recorded in the metadata.
 
@@ -61,7 +62,7 @@ def greedy_search(
         >>> plan.layers       # nothing is below a near-zero threshold
         [None, None]
     """
-    from tqdm.auto import tqdm
+    from ..progress import Progress, as_mode
 
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold > 0:
         raise ValueError(f"The loss threshold r must be a number > 0, got {threshold!r}.")
@@ -79,7 +80,7 @@ def greedy_search(
     done: list[int] = []
     complete = True
     runs = 0
-    bar = tqdm(total=len(layers) * len(masks), desc="greedy mask search", disable=not progress)
+    bar = Progress(len(layers) * len(masks), "greedy mask search", unit="trial", mode=as_mode(progress))
     with torch.no_grad(), instrument(transformer, None, kernel) as processors:
         engine = TrialEngine(transformer, inputs, processors, loss, prefix_cache)
         try:

@@ -24,7 +24,7 @@ def refine_budget_plan(
     solver: str = "exact",
     kernel: str = "auto",
     prefix_cache: bool = True,
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> tuple[list, list[dict]]:
     """Refine the per-layer masks ``layers`` (entries of ``options``) under ``budget_s``.
 
@@ -52,7 +52,7 @@ def refine_budget_plan(
         >>> history[0]["layers"], bool(sum(runtimes[0][[None, 3, 1].index(k)] for k in layers) <= 5.0)
         ([None, 1], True)
     """
-    from tqdm.auto import tqdm
+    from ..progress import Progress, as_mode
 
     num_layers = len(layers)
     reduce_fn = max if reduce == "max" else (lambda xs: sum(xs) / len(xs))
@@ -73,7 +73,8 @@ def refine_budget_plan(
         trial_forwards = 0  # blocks run by the rounds' trial engines; dense.layer_forwards counts the whole plans
         history = [{"round": 0, "layers": list(current), "plan_loss": current_loss, "accepted": True,
                     "layer_forwards": dense.layer_forwards}]
-        bar = tqdm(total=rounds * num_layers * (len(options) - 1), desc="refining the plan", disable=not progress)
+        bar = Progress(rounds * num_layers * (len(options) - 1), "refining the plan", unit="trial",
+                       mode=as_mode(progress))
         try:
             for r in range(1, rounds + 1):
                 set_plan(current)  # trials change one layer around the current plan
