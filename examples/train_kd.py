@@ -71,6 +71,7 @@ from diffusers_evdit.distill.training import (
     load_pipeline,
     prepare_optimisation,
     read_folder_json,
+    resolve_student_plan,
     script_parser,
     setup_accelerator,
     start_logging,
@@ -170,20 +171,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def resolve_plan(spec: str, transformer, saved):
-    """The student's plan from ``--plan`` (``saved``: ``saved``, the --student folder's plan)."""
-    from diffusers_evdit.demo import parse_plan
-
-    if spec == "saved":
-        if saved is None:
-            raise SystemExit("--plan saved: the --student folder has no saved plan; pass --plan FILE or uniform:K")
-        return copy.deepcopy(saved)
-    plan = parse_plan(spec, transformer)
-    if plan is None:
-        raise SystemExit("--plan dense: a dense student needs no distillation; pass a sparse plan")
-    return plan
-
-
 # --------------------------------------------------------------------------------------------------------- main
 
 
@@ -221,7 +208,7 @@ def main(argv=None) -> dict:
     is_tiny = init_spec.startswith(TINY_PREFIX)
     if args.eval_prompts and family in ("hunyuan_video", "hunyuan_video15"):
         raise SystemExit("--eval_prompts (the evdit eval metrics) supports CogVideoX and Wan pipelines only.")
-    plan = resolve_plan(args.plan, pipe.transformer, saved_plan)
+    plan = resolve_student_plan(args.plan, pipe.transformer, saved_plan)
     if teacher_pipe is not None and type(teacher_pipe.transformer) is not type(pipe.transformer):
         raise SystemExit("--teacher and --student hold different transformer classes")
 

@@ -89,6 +89,7 @@ from diffusers_evdit.distill.training import (
     add_output_args,
     add_validation_args,
     freeze_components,
+    load_student_weights,
     load_pipeline,
     prepare_optimisation,
     read_folder_json,
@@ -470,25 +471,6 @@ def main(argv=None) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
-
-
-def load_student_weights(student: torch.nn.Module, folder: str) -> None:
-    """Copy the transformer of pipeline ``folder`` (same architecture as the teacher's) into ``student``."""
-    path = os.path.join(folder, "transformer")
-    if not os.path.isdir(path):
-        raise SystemExit(f"--init_student {folder}: no transformer/ folder (expected a saved pipeline)")
-    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        saved_class = json.load(f).get("_class_name")
-    if saved_class != type(student).__name__:
-        raise SystemExit(f"--init_student {folder}: its transformer ({saved_class}) does not match the teacher's "
-                         f"({type(student).__name__}); pass a student distilled from this teacher")
-    init = type(student).from_pretrained(path, torch_dtype=torch.float32)
-    try:
-        student.load_state_dict(init.state_dict())
-    except RuntimeError as err:
-        raise SystemExit(f"--init_student {folder}: its transformer does not match the teacher's ({err})") from None
-    logger.info("Student initialised from %s", path)
-
 
 
 def save_pipeline(args, pipe, unwrapped, ema, scheduler, orig_dtypes, output_dir: str, family: str) -> None:

@@ -314,7 +314,7 @@ def _ema_mismatch(tmp):
 def _init_student_missing(tmp):
     student = tiny_transformer("wan")
     with unchanged(student, tmp):
-        import_script("train_mlcd").load_student_weights(student, str(tmp))
+        training.load_student_weights(student, str(tmp))
 
 
 def _init_student_other_class(tmp):
@@ -322,7 +322,7 @@ def _init_student_other_class(tmp):
     (tmp / "transformer" / "config.json").write_text('{"_class_name": "CogVideoXTransformer3DModel"}')
     student = tiny_transformer("wan")
     with unchanged(student, tmp):
-        import_script("train_mlcd").load_student_weights(student, str(tmp))
+        training.load_student_weights(student, str(tmp))
 
 
 def _cli_frames(tmp):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import inspect
 import json
 import logging
@@ -363,6 +364,39 @@ def start_logging(args, accelerator, output_dir: str, global_step: int) -> None:
         trim_loss_log(os.path.join(output_dir, "losses.jsonl"), global_step)
     config = {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v)) for k, v in vars(args).items()}
     accelerator.init_trackers(args.tracker_project_name, config=config)
+
+
+def load_student_weights(student: torch.nn.Module, folder: str) -> None:
+    """Copy the transformer of pipeline ``folder`` (same architecture as the teacher's) into ``student``."""
+    path = os.path.join(folder, "transformer")
+    if not os.path.isdir(path):
+        raise SystemExit(f"--init_student {folder}: no transformer/ folder (expected a saved pipeline)")
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        saved_class = json.load(f).get("_class_name")
+    if saved_class != type(student).__name__:
+        raise SystemExit(f"--init_student {folder}: its transformer ({saved_class}) does not match the teacher's "
+                         f"({type(student).__name__}); pass a student distilled from this teacher")
+    init = type(student).from_pretrained(path, torch_dtype=torch.float32)
+    try:
+        student.load_state_dict(init.state_dict())
+    except RuntimeError as err:
+        raise SystemExit(f"--init_student {folder}: its transformer does not match the teacher's ({err})") from None
+    logger.info("Student initialised from %s", path)
+
+
+def resolve_student_plan(spec: str, transformer, saved):
+    """train_kd.py's student plan from ``--plan`` (``"saved"``: ``saved``, the --student folder's plan; ``uniform:K`` or
+    a plan file); a missing saved plan or a dense one ends the script with the way out."""
+    from ..demo import parse_plan
+
+    if spec == "saved":
+        if saved is None:
+            raise SystemExit("--plan saved: the --student folder has no saved plan; pass --plan FILE or uniform:K")
+        return copy.deepcopy(saved)
+    plan = parse_plan(spec, transformer)
+    if plan is None:
+        raise SystemExit("--plan dense: a dense student needs no distillation; pass a sparse plan")
+    return plan
 
 
 def load_pipeline(spec: str, mask_plan: str | None = None, revision: str | None = None):
