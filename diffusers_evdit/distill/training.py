@@ -54,7 +54,7 @@ TINY_HUNYUAN_TEMPLATE = {"template": "{}", "crop_start": 0}
 
 class TrainingHelpFormatter(argparse.RawDescriptionHelpFormatter):
     """``--help`` of the training scripts: the docstring's line breaks kept in the description and the epilog (the
-    example commands stay copyable), flag help wrapped, and every flag that has a default shows it.
+    example commands stay copyable), flag help wrapped, and each default shown unless the flag's help names it.
 
     Example:
         >>> p = argparse.ArgumentParser(prog="train", formatter_class=TrainingHelpFormatter)
