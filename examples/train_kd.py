@@ -18,7 +18,7 @@ runs plain MLCD training of a sparse model (the "KD then MLCD" order of the pape
 
 The sparse layers train with the ``auto`` kernel (``--kernel``), which picks a kernel with an exact backward pass
 under autograd. The result is an :class:`~diffusers_evdit.EfficientVDiTPipeline` folder with the plan
-(``mask_plan.json``), the scheduler and ``evdit_demo.json`` (generation settings), loadable with
+(``mask_plan.json``), the scheduler and ``generation_defaults.json`` (generation settings), loadable with
 ``EfficientVDiTPipeline.from_pretrained(DIR)`` and ``evdit eval --model DIR``.
 
 Same conventions as ``examples/train_mlcd.py``: ``accelerate`` (mixed precision, gradient accumulation, DDP),
@@ -68,10 +68,12 @@ from diffusers_evdit.distill.training import (
     add_output_args,
     add_validation_args,
     freeze_components,
+    generation_settings_of,
     load_pipeline,
     prepare_optimisation,
     read_folder_json,
     resolve_student_plan,
+    save_generation_settings,
     script_parser,
     setup_accelerator,
     start_logging,
@@ -116,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="fraction of captions replaced by --negative_prompt, so the student also learns the "
                         "unconditional branch of classifier-free guidance (default 0.1; 0 with the mlcd task)")
     g.add_argument("--max_sequence_length", type=int, default=None,
-                   help="text tokens (default: evdit_demo.json's, else the pipeline's default)")
+                   help="text tokens (default: the folder's generation_defaults.json, else the pipeline's default)")
     g.add_argument("--negative_prompt", default="", help="unconditional prompt (CFG; caption dropout)")
 
     g = p.add_argument_group("MLCD task loss (--task_loss mlcd)")
@@ -131,7 +133,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--num_segments", type=int, default=None, help="S (default: mlcd_config.json)")
     g.add_argument("--solver_steps", type=int, default=None, help="default: mlcd_config.json, else 1")
     g.add_argument("--guidance_scale", type=float, default=None,
-                   help="CFG of the MLCD teacher (default: mlcd_config.json, else its evdit_demo.json / default)")
+                   help="CFG of the MLCD teacher (default: mlcd_config.json, else its saved default)")
     g.add_argument("--embedded_guidance_scale", type=float, default=None, help="HunyuanVideo (default 6.0)")
     g.add_argument("--ema_decay", type=float, default=0.95, help="EMA target network of the MLCD loss (0: the "
                    "student under no_grad)")
@@ -212,8 +214,8 @@ def main(argv=None) -> dict:
     if teacher_pipe is not None and type(teacher_pipe.transformer) is not type(pipe.transformer):
         raise SystemExit("--teacher and --student hold different transformer classes")
 
-    # generation settings of the student: flags, else its folder's evdit_demo.json, else the pipeline's defaults
-    saved = read_folder_json(init_spec, "evdit_demo.json")
+    # generation settings of the student: flags, else its folder's saved defaults, else the pipeline's
+    saved = generation_settings_of(init_spec)
     args.num_frames = args.num_frames or saved.get("num_frames", 29)
     args.height = args.height or saved.get("height", 128)
     args.width = args.width or saved.get("width", 128)
@@ -242,7 +244,7 @@ def main(argv=None) -> dict:
         solver_spec = args.mlcd_teacher or mlcd_cfg.get("teacher")
         if not solver_spec:
             raise SystemExit("--task_loss mlcd needs --mlcd_teacher (no mlcd_config.json names the MLCD teacher)")
-        solver_saved = read_folder_json(solver_spec, "evdit_demo.json")
+        solver_saved = generation_settings_of(solver_spec)
         if solver_spec == args.teacher and args.mlcd_teacher_plan == "dense" and teacher_pipe is not None:
             solver_pipe = teacher_pipe
         else:
@@ -497,18 +499,16 @@ def main(argv=None) -> dict:
         metadata["kd"] = {k: v for k, v in provenance.items() if k != "plan_layers"}
         final_plan.metadata = metadata
         if args.eval_prompts:
-            teacher_saved = read_folder_json(args.teacher, "evdit_demo.json") if args.teacher != init_spec else saved
+            teacher_saved = generation_settings_of(args.teacher) if args.teacher != init_spec else saved
             t_steps = teacher_saved.get("num_inference_steps") or gen_steps
             t_guidance = teacher_saved.get("guidance_scale", gen_guidance)
             summary["eval"] = evaluate(args, pipe, unwrapped, final_plan, teacher_module, teacher_pipe, save_scheduler,
                                        out_steps, out_guidance, t_steps, t_guidance, generation, output_dir)
         save_pipeline(args, pipe, unwrapped, final_plan, save_scheduler, orig_dtypes, output_dir)
-        from diffusers_evdit.demo import GenerationConfig
-
-        GenerationConfig(num_frames=args.num_frames, height=args.height, width=args.width,
-                         max_sequence_length=max_seq, num_inference_steps=int(out_steps),
-                         guidance_scale=float(out_guidance), fps=args.validation_fps,
-                         extra={"kd_teacher": args.teacher, "kd_student_init": init_spec}).save(output_dir)
+        save_generation_settings(output_dir, {"kd_teacher": args.teacher, "kd_student_init": init_spec},
+                                 num_frames=args.num_frames, height=args.height, width=args.width,
+                                 max_sequence_length=max_seq, num_inference_steps=int(out_steps),
+                                 guidance_scale=float(out_guidance), fps=args.validation_fps)
         provenance["total_seconds"] = round(time.time() - t_start, 1)
         with open(os.path.join(output_dir, "kd_config.json"), "w", encoding="utf-8") as f:
             json.dump(provenance, f, indent=2)

@@ -58,8 +58,9 @@ Examples::
 Each optimisation step appends ``{"step", "loss", "lr", "num_segments", "elapsed_s"}`` to
 ``<output_dir>/losses.jsonl``; the final folder also holds ``mlcd_config.json`` (settings and provenance) and, with
 ``--eval_prompts N``, ``eval.json`` (the ``evdit eval`` metrics of the student at S steps, the teacher at S steps and
-the teacher at its default steps on N held-out synthetic prompts), and ``evdit_demo.json`` (the student's generation
-settings: S steps, no CFG), so ``evdit eval --model DIR`` evaluates the student as it should run.
+the teacher at its default steps on N held-out synthetic prompts), and ``generation_defaults.json`` (the student's
+generation settings: S steps, no CFG; also in the legacy ``evdit_demo.json``), so ``pipe(prompt)`` and
+``evdit eval --model DIR`` run the student as it should run.
 """
 
 from __future__ import annotations
@@ -89,10 +90,12 @@ from diffusers_evdit.distill.training import (
     add_output_args,
     add_validation_args,
     freeze_components,
+    generation_settings_of,
     load_student_weights,
     load_pipeline,
     prepare_optimisation,
     read_folder_json,
+    save_generation_settings,
     script_parser,
     setup_accelerator,
     start_logging,
@@ -115,7 +118,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--revision", default=None, help="Hub revision of --teacher")
     g.add_argument("--teacher_steps", type=int, default=None,
                    help="N, the teacher's step count the segments split (default: the teacher's default steps, from "
-                        "its evdit_demo.json or the pipeline's __call__; a finer grid, e.g. 48, makes the teacher's "
+                        "its saved defaults or the pipeline's __call__; a finer grid, e.g. 48, makes the teacher's "
                         "first-order solver step more accurate)")
     g.add_argument("--num_segments", type=int, default=8, help="S, the student's step count (default 8)")
     g.add_argument("--progressive_segments", default=None,
@@ -124,7 +127,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--solver_steps", type=int, default=1,
                    help="teacher grid steps of the solver step t_m -> t_n (default 1)")
     g.add_argument("--guidance_scale", type=float, default=None,
-                   help="teacher classifier-free guidance scale w (default for CogVideoX / Wan: evdit_demo.json's, "
+                   help="teacher classifier-free guidance scale w (default for CogVideoX / Wan: the saved default's, "
                         "else the pipeline's default; 1.0, i.e. no true CFG, for HunyuanVideo)")
     g.add_argument("--embedded_guidance_scale", type=float, default=None,
                    help="HunyuanVideo's embedded guidance (default: the pipeline's default guidance_scale, 6.0)")
@@ -134,7 +137,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--ema_decay", type=float, default=0.95,
                    help="decay of the EMA target network f_target (0: the student itself, under no_grad)")
     g.add_argument("--max_sequence_length", type=int, default=None,
-                   help="text tokens (default: evdit_demo.json's, else the pipeline's default)")
+                   help="text tokens (default: the folder's generation_defaults.json, else the pipeline's default)")
     g.add_argument("--init_student", default=None,
                    help="start the student (and its EMA target) from this pipeline folder's transformer instead of "
                         "the teacher's, e.g. an S=8 student when distilling S=4 (the paper's progressive reduction "
@@ -198,8 +201,8 @@ def main(argv=None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     base_predictor = mlcd.TransformerPredictor.from_pipeline(pipe)  # refuses unsupported pipelines and families early
     family = base_predictor.family
-    # generation settings: flags, else the teacher folder's evdit_demo.json, else the pipeline's defaults
-    saved = read_folder_json(args.teacher, "evdit_demo.json")
+    # generation settings: flags, else the teacher folder's generation_defaults.json, else the pipeline's defaults
+    saved = generation_settings_of(args.teacher)
     args.num_frames = args.num_frames or saved.get("num_frames", 29)
     args.height = args.height or saved.get("height", 128)
     args.width = args.width or saved.get("width", 128)
@@ -551,13 +554,9 @@ def evaluate(args, pipe, unwrapped, student_weights, teacher_transformer, schedu
 
 def write_generation_settings(output_dir: str, generation: dict, steps: int, guidance_scale: float,
                               teacher: str) -> None:
-    """``evdit_demo.json`` of the student: its S steps and no CFG, so ``evdit demo/eval --model DIR`` use them."""
-    from diffusers_evdit.demo import GenerationConfig
-
-    GenerationConfig(num_frames=generation["num_frames"], height=generation["height"], width=generation["width"],
-                     max_sequence_length=generation["max_sequence_length"], num_inference_steps=steps,
-                     guidance_scale=guidance_scale, fps=generation["fps"],
-                     extra={"mlcd_teacher": teacher}).save(output_dir)
+    """The student's generation settings: its S steps and no CFG, so ``pipe(prompt)`` and ``evdit`` use them."""
+    save_generation_settings(output_dir, {"mlcd_teacher": teacher}, num_inference_steps=steps,
+                             guidance_scale=guidance_scale, **generation)
 
 
 def append_model_card(output_dir: str, provenance: dict, eval_rows: list[dict] | None) -> None:

@@ -403,6 +403,15 @@ def test_train_script_resume_is_exact_and_the_folder_samples_in_s_steps(tmp_path
     assert all(0 <= r["final_score"] <= 1 for r in rows)
     generation = json.loads((a / "evdit_demo.json").read_text())
     assert generation["num_inference_steps"] == 2 and generation["guidance_scale"] == 1.0
+    defaults = json.loads((a / "generation_defaults.json").read_text())  # the same values, none left null
+    assert {k: defaults[k] for k in ("num_frames", "height", "width", "num_inference_steps", "guidance_scale")} == {
+        "num_frames": 9, "height": 32, "width": 32, "num_inference_steps": 2, "guidance_scale": 1.0}
+    # a teacher folder that records its settings only in generation_defaults.json is read too
+    from diffusers_evdit.distill.training import generation_settings_of
+
+    (a / "evdit_demo.json").rename(a / "legacy.json")
+    assert generation_settings_of(str(a))["num_frames"] == 9
+    (a / "legacy.json").rename(a / "evdit_demo.json")
     b.mkdir()
     shutil.copytree(a / "checkpoint-2", b / "checkpoint-2")
     run_b = run_script([*common, "--output_dir", b, "--resume_from_checkpoint", "latest",

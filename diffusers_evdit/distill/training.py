@@ -435,6 +435,35 @@ def read_folder_json(spec: str | None, name: str) -> dict:
     return data
 
 
+def generation_settings_of(spec: str | None) -> dict:
+    """How a local pipeline folder is meant to be called (``generation_defaults.json`` over the legacy
+    ``evdit_demo.json``, as :meth:`~diffusers_evdit.generation.GenerationDefaults.load` merges them), as a dict of the
+    set values; {} for ``tiny:<family>``, a Hub id or a folder that records none.
+
+    Example:
+        >>> generation_settings_of("tiny:wan")
+        {}
+    """
+    from ..generation import GenerationDefaults
+
+    if not spec or spec.startswith(TINY_PREFIX) or not os.path.isdir(spec):
+        return {}
+    found = GenerationDefaults.load(spec)
+    return found.to_dict() if found is not None else {}
+
+
+def save_generation_settings(folder: str, extra: dict, **values) -> None:
+    """Record how a trained folder is meant to be called: ``generation_defaults.json`` (what
+    ``EfficientVDiTPipeline`` and the ``evdit`` commands read) and, with the run's ``extra`` provenance, the legacy
+    ``evdit_demo.json``, both with the same ``values`` (``num_frames``, ``height``, ``width``, ``num_inference_steps``,
+    ``guidance_scale``, ``max_sequence_length``, ``fps``)."""
+    from ..demo import GenerationConfig
+    from ..generation import GenerationDefaults
+
+    GenerationConfig(**values, extra=extra).save(folder)
+    GenerationDefaults(**values).save(folder)
+
+
 def stored_dtype(spec: str, component: str) -> torch.dtype | None:
     """The dtype of a component's saved safetensors weights in a local pipeline folder (``None`` if unknown)."""
     folder = os.path.join(spec, component)
