@@ -16,7 +16,8 @@ import sys
 import time
 from typing import TextIO
 
-__all__ = ["Progress", "progress_mode", "set_verbosity", "configure_pipeline_progress", "count_transformer_calls"]
+__all__ = ["Progress", "as_mode", "configure_pipeline_progress", "count_transformer_calls", "format_duration",
+           "progress_mode", "set_verbosity"]
 
 MODES = ("bar", "log", "off")
 
@@ -51,7 +52,13 @@ def as_mode(progress: bool | str) -> str:
     return "bar" if progress else "off"
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
+    """Seconds as a short duration for progress and log lines.
+
+    Example:
+        >>> format_duration(7.4), format_duration(70), format_duration(3725)
+        ('7s', '1m10s', '1h02m')
+    """
     seconds = int(round(seconds))
     if seconds < 60:
         return f"{seconds}s"
@@ -104,9 +111,9 @@ class Progress:
         text = f"{self.desc}: {self.n}/{self.total} {units}"
         if self.total:
             text += f" ({min(100.0, 100.0 * self.n / self.total):.0f}%)"
-        text += f", {_duration(elapsed)}"
+        text += f", {format_duration(elapsed)}"
         if 0 < self.n < self.total:
-            text += f", ETA {_duration(elapsed / self.n * (self.total - self.n))}"
+            text += f", ETA {format_duration(elapsed / self.n * (self.total - self.n))}"
         return text
 
     def update(self, n: int = 1) -> None:

@@ -126,7 +126,7 @@ def run_demo(
         if row.name in decode_s:
             timing["decode_s"] = decode_s[row.name]
             timing["video_s"] += decode_s[row.name]
-        info = plan_summary(pipe, row_gen, timing["layout"]) if timing.get("layout") else plan_summary(pipe, row_gen)
+        info = plan_summary(pipe, row_gen, timing.get("layout"))
         info["spec"] = row.plan or "dense"
         summary, per_video = score_videos(videos[row.name], captions, real=real)
         results.append({

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..progress import format_duration
 from .checkpoints import trim_loss_log
 
 __all__ = [
@@ -63,16 +64,18 @@ class TrainingHelpFormatter(argparse.RawDescriptionHelpFormatter):
         True
     """
 
+    @staticmethod
+    def _shows_default(action) -> bool:
+        return bool(action.option_strings) and action.default not in (None, False, "", argparse.SUPPRESS)
+
     def add_argument(self, action):
-        if action.help is None and action.option_strings and action.default not in (None, False, "",
-                                                                                   argparse.SUPPRESS):
+        if action.help is None and self._shows_default(action):
             action.help = "(default: %(default)s)"  # argparse prints nothing for a flag without help
         super().add_argument(action)
 
     def _get_help_string(self, action):
         text = action.help or ""
-        shown = action.default not in (None, False, "", argparse.SUPPRESS) and "default" not in text.lower()
-        if action.option_strings and shown:  # help that already names its default keeps its own words
+        if self._shows_default(action) and "default" not in text.lower():  # else the help names it in its own words
             text += " (default: %(default)s)"
         return text
 
@@ -102,8 +105,7 @@ class StepLog:
         self.every, self.seconds, self.last = every, seconds, None
 
     def due(self, step: int, now: float) -> bool:
-        due = (step == self.first_step + 1 or step % self.every == 0 or self.last is None
-               or now - self.last >= self.seconds)
+        due = self.last is None or step % self.every == 0 or now - self.last >= self.seconds
         if due:
             self.last = now
         return due
@@ -115,8 +117,7 @@ class StepLog:
         left = (self.max_steps - step) * (now - self.start) / done
         if budget_left_s is not None:
             left = min(left, max(budget_left_s, 0.0))
-        minutes, seconds = divmod(int(round(left)), 60)
-        return f"ETA {minutes}m{seconds:02d}s" if minutes else f"ETA {seconds}s"
+        return f"ETA {format_duration(left)}"
 
 
 def add_lora_args(p: argparse.ArgumentParser, use_lora: str) -> None:
